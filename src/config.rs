@@ -1,0 +1,74 @@
+//! The daemon's command line: one struct, validated once.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "celld", version, about = "A Cloud Foundry Diego cell: the Garden container API on real namespaces and cgroups")]
+pub struct Config {
+    /// Unix socket the Garden API listens on.
+    #[arg(long, default_value = "/run/celld/garden.sock")]
+    pub garden_socket: PathBuf,
+    /// Also serve the Garden API on this TCP address (e.g. 127.0.0.1:7777).
+    #[arg(long)]
+    pub garden_tcp: Option<String>,
+    /// Where container records, bundles and overlay layers live.
+    #[arg(long, default_value = "/var/lib/celld")]
+    pub depot: PathBuf,
+    /// Runtime state: init sockets, libcontainer state, the helper's id-map tools.
+    #[arg(long, default_value = "/run/celld")]
+    pub run_dir: PathBuf,
+    /// Directory of preloaded root filesystems (`preloaded:NAME` is NAME here).
+    /// Defaults to rootfs/out of the checkout celld was built in.
+    #[arg(long)]
+    pub rootfs_dir: Option<PathBuf>,
+    /// Rootfs for containers that name none.
+    #[arg(long, default_value = "preloaded:tiny")]
+    pub default_rootfs: String,
+    /// Most containers this cell runs at once.
+    #[arg(long, default_value_t = 250)]
+    pub max_containers: usize,
+    /// Grace time, in seconds, for containers that ask for none (0 = never reaped).
+    #[arg(long, default_value_t = 0)]
+    pub default_grace_time: u64,
+    /// Seconds Stop waits between TERM and KILL.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: u64,
+    /// Destroy every container left by a previous run instead of restoring them.
+    #[arg(long)]
+    pub destroy_containers_on_startup: bool,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Role {
+    /// Internal: the single-threaded runtime helper the daemon starts.
+    #[command(hide = true)]
+    Helper {
+        #[arg(long)]
+        map_bin_dir: PathBuf,
+    },
+}
+
+impl Config {
+    /// The rootfs directory: the flag, else `rootfs/out` next to the checkout the
+    /// binary was built in (target/release/celld → ../../rootfs/out), else the
+    /// current directory's `rootfs/out`.
+    pub fn rootfs_dir(&self) -> PathBuf {
+        if let Some(d) = &self.rootfs_dir {
+            return d.clone();
+        }
+        let from_exe = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent()?.parent().map(|p| p.join("rootfs/out")));
+        match from_exe {
+            Some(p) if p.is_dir() => p,
+            _ => PathBuf::from("rootfs/out"),
+        }
+    }
+}

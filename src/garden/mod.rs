@@ -1,0 +1,7 @@
+//! The Garden HTTP API: wire types, the server (routes and the hijacked process
+//! stream), and a client used by `cellctl` and the tests.
+
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod types;

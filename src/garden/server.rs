@@ -1,0 +1,659 @@
+//! Garden's HTTP server. Ordinary routes are served by hyper. The process routes
+//! are not HTTP as hyper knows it: Garden replies `201` with
+//! `Transfer-Encoding: chunked` and then hijacks the connection, sending raw
+//! newline-delimited JSON. So every connection's request head is read first; the
+//! process routes are handled by hand here, everything else goes to hyper.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::error::GardenError;
+use super::types::*;
+use crate::gardener::Gardener;
+use crate::runtime::initproto::{self as proto, client::read_frame};
+
+/// Largest JSON request body accepted (Garden has none; a bound keeps a bad
+/// client from exhausting memory).
+const MAX_JSON_BODY: usize = 4 << 20;
+const MAX_HEAD: usize = 64 * 1024;
+/// Garden buffers this many output chunks per stream and drops writes beyond.
+const STREAM_CHUNKS: usize = 4000;
+/// Stream ids stay usable this long after the process exits.
+const STREAM_KEEP: Duration = Duration::from_secs(60);
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+struct OutputStreams {
+    stdout: Option<mpsc::Receiver<Bytes>>,
+    stderr: Option<mpsc::Receiver<Bytes>>,
+    created: Instant,
+}
+
+pub struct Server {
+    gardener: Arc<Gardener>,
+    streams: Mutex<HashMap<String, OutputStreams>>,
+    next_stream: AtomicU64,
+}
+
+fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed()))
+}
+
+fn error_response(e: &GardenError) -> Response<Body> {
+    json_response(e.status(), &e.body())
+}
+
+fn empty_ok() -> Response<Body> {
+    json_response(200, &serde_json::json!({}))
+}
+
+/// Percent-decoding for path segments and query values.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_start_matches('/').split('/').map(percent_decode).collect()
+}
+
+/// What the hand-made process routes are.
+enum Hijack {
+    Run(String),
+    Attach(String, String),
+    Output(String, bool),
+}
+
+fn hijack_route(method: &str, path: &str) -> Option<Hijack> {
+    let s = segments(path);
+    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+    match (method, s.as_slice()) {
+        ("POST", ["containers", h, "processes"]) => Some(Hijack::Run(h.to_string())),
+        ("GET", ["containers", h, "processes", pid]) if *h != "bulk_info" => {
+            Some(Hijack::Attach(h.to_string(), pid.to_string()))
+        }
+        ("GET", ["containers", _, "processes", _, "attaches", sid, kind @ ("stdout" | "stderr")]) => {
+            Some(Hijack::Output(sid.to_string(), *kind == "stderr"))
+        }
+        _ => None,
+    }
+}
+
+/// Bytes already read from a connection, replayed before the rest of it.
+struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body read from a container's init (stream-out tar bytes).
+struct InitBody {
+    conn: UnixStream,
+    _guard: crate::gardener::StreamGuard,
+}
+
+impl hyper::body::Body for InitBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut self.conn).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                buf.truncate(n);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// RFC 7231 date, as Go's server sends it.
+fn http_date() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86400) as i64;
+    let (h, m, s) = ((secs % 86400) / 3600, (secs % 3600) / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
+    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(mo - 1) as usize];
+    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+fn hijack_head(status: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nDate: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        http_date()
+    )
+}
+
+async fn write_plain_error<S: AsyncWrite + Unpin>(conn: &mut S, e: &GardenError) {
+    let mut body = serde_json::to_vec(&e.body()).unwrap_or_default();
+    body.push(b'\n');
+    let reason = if e.status() == 404 { "Not Found" } else { "Internal Server Error" };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        e.status(),
+        http_date(),
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes()).await;
+    let _ = conn.write_all(&body).await;
+    let _ = conn.shutdown().await;
+}
+
+impl Server {
+    pub fn new(gardener: Arc<Gardener>) -> Arc<Self> {
+        Arc::new(Self { gardener, streams: Mutex::new(HashMap::new()), next_stream: AtomicU64::new(1) })
+    }
+
+    /// Serves one accepted connection.
+    pub async fn serve<S>(self: Arc<Self>, mut conn: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Read the request head to choose between hyper and a hijacked stream.
+        let mut buf = Vec::with_capacity(1024);
+        let head_len = loop {
+            let mut chunk = [0u8; 4096];
+            let n = match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                write_plain_error(&mut conn, &GardenError::BadRequest("request head too large".into())).await;
+                return;
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(&buf[..head_len]);
+        let route = match (parsed, req.method, req.path) {
+            (Ok(_), Some(m), Some(p)) => hijack_route(m, p.split('?').next().unwrap_or(p)),
+            _ => None,
+        };
+        let content_length = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        match route {
+            Some(Hijack::Run(handle)) => {
+                let rest = buf.split_off(head_len);
+                self.run_process(conn, handle, rest, content_length).await
+            }
+            Some(Hijack::Attach(handle, pid)) => {
+                let rest = buf.split_off(head_len);
+                match self.gardener.attach(&handle, &pid).await {
+                    Ok(init) => self.pump(conn, rest, handle, pid, init, "200 OK").await,
+                    Err(e) => write_plain_error(&mut conn, &e).await,
+                }
+            }
+            Some(Hijack::Output(sid, is_err)) => self.serve_output(conn, &sid, is_err).await,
+            None => {
+                let io = hyper_util::rt::TokioIo::new(Rewind { prefix: Bytes::from(buf), inner: conn });
+                let me = self.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.route(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
+            }
+        }
+    }
+
+    async fn run_process<S>(&self, mut conn: S, handle: String, mut rest: Vec<u8>, len: Option<usize>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The process spec is the request body; stdin messages may follow it.
+        let spec_bytes: Vec<u8> = match len {
+            Some(n) if n > MAX_JSON_BODY => {
+                write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into())).await;
+                return;
+            }
+            Some(n) => {
+                while rest.len() < n {
+                    let mut chunk = vec![0u8; n - rest.len()];
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => rest.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                let tail = rest.split_off(n);
+                std::mem::replace(&mut rest, tail)
+            }
+            // Without a length the spec is the first line (Go's encoder ends it with \n).
+            None => loop {
+                if let Some(p) = rest.iter().position(|&b| b == b'\n') {
+                    let tail = rest.split_off(p + 1);
+                    break std::mem::replace(&mut rest, tail);
+                }
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break std::mem::take(&mut rest),
+                    Ok(k) => rest.extend_from_slice(&chunk[..k]),
+                }
+                if rest.len() > MAX_JSON_BODY {
+                    write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into())).await;
+                    return;
+                }
+            },
+        };
+        let spec: ProcessSpec = match serde_json::from_slice(&spec_bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                write_plain_error(&mut conn, &GardenError::BadRequest(format!("invalid process spec: {e}"))).await;
+                return;
+            }
+        };
+        match self.gardener.run(&handle, &spec).await {
+            Ok((pid, init)) => self.pump(conn, rest, handle, pid, init, "201 Created").await,
+            Err(e) => write_plain_error(&mut conn, &e).await,
+        }
+    }
+
+    /// The hijacked connection: forwards client messages to init and init's
+    /// output to the stdout/stderr streams, ending with the exit status.
+    async fn pump<S>(&self, conn: S, rest: Vec<u8>, handle: String, pid: String, init: UnixStream, status: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(guard) = self.gardener.hold(&handle) else { return };
+        let sid = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
+        let (err_tx, err_rx) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            streams.retain(|_, s| s.created.elapsed() < STREAM_KEEP || s.stdout.is_some() || s.stderr.is_some());
+            streams.insert(sid.clone(), OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), created: Instant::now() });
+        }
+        let (client_r, mut client_w) = tokio::io::split(conn);
+        let (mut init_r, mut init_w) = init.into_split();
+        let started = serde_json::to_string(&ProcessStarted { process_id: pid.clone(), stream_id: sid }).unwrap_or_default();
+        let head = format!("{}{started}\n", hijack_head(status));
+        if client_w.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        // Client → init.
+        let to_init = tokio::spawn(async move {
+            let mut lines = BufReader::new(Rewind { prefix: Bytes::from(rest), inner: client_r }).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(msg) = serde_json::from_str::<ProcessPayload>(&line) else {
+                    let _ = proto::client::write_frame(&mut init_w, proto::TAG_STDIN_EOF, &[]).await;
+                    continue;
+                };
+                let frame = if let Some(sig) = msg.signal {
+                    let s = if sig == SIGNAL_KILL { libc::SIGKILL } else { libc::SIGTERM };
+                    (proto::TAG_SIGNAL, vec![s as u8])
+                } else if let Some(tty) = msg.tty {
+                    match tty.window_size {
+                        Some(w) => (proto::TAG_RESIZE, proto::resize_payload(w.columns, w.rows).to_vec()),
+                        None => continue,
+                    }
+                } else if msg.source == Some(SOURCE_STDIN) {
+                    match msg.data {
+                        Some(d) => (proto::TAG_STDIN, d.into_bytes()),
+                        None => (proto::TAG_STDIN_EOF, Vec::new()),
+                    }
+                } else {
+                    (proto::TAG_STDIN_EOF, Vec::new())
+                };
+                if proto::client::write_frame(&mut init_w, frame.0, &frame.1).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // init → streams and the exit status.
+        let last = loop {
+            match read_frame(&mut init_r).await {
+                Ok(Some((proto::TAG_STDOUT, d))) => {
+                    let _ = out_tx.try_send(Bytes::from(d));
+                }
+                Ok(Some((proto::TAG_STDERR, d))) => {
+                    let _ = err_tx.try_send(Bytes::from(d));
+                }
+                Ok(Some((proto::TAG_EXIT, p))) => {
+                    break ProcessPayload { process_id: pid.clone(), exit_status: proto::parse_exit(&p), ..Default::default() };
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    break ProcessPayload {
+                        process_id: pid.clone(),
+                        error: Some("connection to the container's init was lost".into()),
+                        ..Default::default()
+                    };
+                }
+            }
+        };
+        drop(out_tx);
+        drop(err_tx);
+        to_init.abort();
+        let mut line = serde_json::to_vec(&last).unwrap_or_default();
+        line.push(b'\n');
+        let _ = client_w.write_all(&line).await;
+        let _ = client_w.shutdown().await;
+        drop(guard);
+    }
+
+    async fn serve_output<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: S, sid: &str, is_err: bool) {
+        let rx = {
+            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            streams.get_mut(sid).and_then(|s| if is_err { s.stderr.take() } else { s.stdout.take() })
+        };
+        let Some(mut rx) = rx else {
+            let e = GardenError::ProcessNotFound(String::new(), format!("stream {sid}"));
+            write_plain_error(&mut conn, &e).await;
+            return;
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nDate: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            http_date()
+        );
+        if conn.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        while let Some(chunk) = rx.recv().await {
+            if conn.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = conn.shutdown().await;
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        match self.route_inner(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed");
+                error_response(&e)
+            }
+        }
+    }
+
+    async fn route_inner(&self, req: Request<Incoming>) -> Result<Response<Body>, GardenError> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = parse_query(req.uri().query());
+        let segs = segments(&path);
+        let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let g = &self.gardener;
+        match (&method, s.as_slice()) {
+            (&Method::GET, ["ping"]) => Ok(empty_ok()),
+            (&Method::GET, ["capacity"]) => Ok(json_response(200, &g.capacity())),
+            (&Method::GET, ["containers"]) => Ok(json_response(200, &HandlesReply { handles: g.list(&query) })),
+            (&Method::POST, ["containers"]) => {
+                let spec: ContainerSpec = read_json(req).await?;
+                let handle = g.create(spec).await?;
+                Ok(json_response(200, &HandleReply { handle }))
+            }
+            (&Method::GET, ["containers", "bulk_info"]) => {
+                let mut out = BTreeMap::new();
+                for h in handles_param(&query) {
+                    let entry = match g.info(&h).await {
+                        Ok(info) => BulkInfoEntry { info: Some(info), err: None },
+                        Err(e) => BulkInfoEntry { info: None, err: Some(e.body()) },
+                    };
+                    out.insert(h, entry);
+                }
+                Ok(json_response(200, &out))
+            }
+            (&Method::GET, ["containers", "bulk_metrics"]) => {
+                let mut out = BTreeMap::new();
+                for h in handles_param(&query) {
+                    let entry = match g.metrics(&h) {
+                        Ok(m) => BulkMetricsEntry { metrics: Some(m), err: None },
+                        Err(e) => BulkMetricsEntry { metrics: None, err: Some(e.body()) },
+                    };
+                    out.insert(h, entry);
+                }
+                Ok(json_response(200, &out))
+            }
+            (&Method::DELETE, ["containers", h]) => {
+                g.destroy(h).await?;
+                Ok(empty_ok())
+            }
+            (&Method::GET, ["containers", h, "info"]) => Ok(json_response(200, &g.info(h).await?)),
+            (&Method::GET, ["containers", h, "metrics"]) => Ok(json_response(200, &g.metrics(h)?)),
+            (&Method::PUT, ["containers", h, "stop"]) => {
+                let h = h.to_string();
+                let stop: StopRequest = read_json(req).await?;
+                g.stop(&h, stop.kill).await?;
+                Ok(empty_ok())
+            }
+            (&Method::PUT, ["containers", h, "grace_time"]) => {
+                let h = h.to_string();
+                let ns: u64 = read_json(req).await?;
+                g.set_grace_time(&h, ns)?;
+                Ok(empty_ok())
+            }
+            (&Method::GET, ["containers", h, "properties"]) => Ok(json_response(200, &g.properties(h)?)),
+            (&Method::GET, ["containers", h, "properties", k]) => {
+                Ok(json_response(200, &PropertyValue { value: g.property(h, k)? }))
+            }
+            (&Method::PUT, ["containers", h, "properties", k]) => {
+                let (h, k) = (h.to_string(), k.to_string());
+                let v: PropertyValue = read_json(req).await?;
+                g.set_property(&h, &k, &v.value)?;
+                Ok(empty_ok())
+            }
+            (&Method::DELETE, ["containers", h, "properties", k]) => {
+                g.remove_property(h, k)?;
+                Ok(empty_ok())
+            }
+            (&Method::GET, ["containers", h, "limits", kind]) => {
+                let l = g.limits(h)?;
+                Ok(match *kind {
+                    "memory" => json_response(200, &l.memory_limits),
+                    "cpu" => json_response(200, &l.cpu_limits),
+                    "bandwidth" => json_response(200, &l.bandwidth_limits),
+                    // Disk quotas are not enforced yet; Garden reports `{}` here too.
+                    "disk" => json_response(200, &DiskLimits::default()),
+                    other => return Err(GardenError::BadRequest(format!("unknown limit kind: {other}"))),
+                })
+            }
+            (&Method::PUT, ["containers", h, "files"]) => {
+                let h = h.to_string();
+                self.stream_in(&h, &query, req).await?;
+                Ok(empty_ok())
+            }
+            (&Method::GET, ["containers", h, "files"]) => {
+                let user = query.get("user").cloned().unwrap_or_default();
+                let source = query.get("source").cloned().unwrap_or_default();
+                if source.is_empty() {
+                    return Err(GardenError::BadRequest("stream out needs a source path".into()));
+                }
+                let guard = g.hold(h)?;
+                let conn = g.stream(h, crate::runtime::initproto::Request::StreamOut { user, source }).await?;
+                Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header("Content-Type", "application/x-tar")
+                    .body(InitBody { conn, _guard: guard }.boxed())
+                    .unwrap_or_else(|_| empty_ok()))
+            }
+            (&Method::POST, ["containers", h, "net", ..]) => Err(GardenError::BadRequest(format!(
+                "container {h}: networking (net in/out) is not available on this cell yet"
+            ))),
+            _ => Err(GardenError::BadRequest(format!("no route for {method} {path}"))),
+        }
+    }
+
+    async fn stream_in(&self, handle: &str, query: &BTreeMap<String, String>, req: Request<Incoming>) -> Result<(), GardenError> {
+        let user = query.get("user").cloned().unwrap_or_default();
+        let destination = query.get("destination").cloned().unwrap_or_default();
+        if destination.is_empty() {
+            return Err(GardenError::BadRequest("stream in needs a destination path".into()));
+        }
+        let _guard = self.gardener.hold(handle)?;
+        let conn = self
+            .gardener
+            .stream(handle, crate::runtime::initproto::Request::StreamIn { user, destination })
+            .await?;
+        let (mut r, mut w) = conn.into_split();
+        let mut body = req.into_body();
+        let mut send_err = None;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        if let Err(e) = w.write_all(d).await {
+                            send_err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    send_err = Some(std::io::Error::other(e));
+                    break;
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+        // init's verdict, even when the body broke off: a truncated tar is its error.
+        match proto::client::read_reply(&mut r).await {
+            Ok(reply) => match reply.error {
+                Some((_, msg)) => Err(GardenError::BadRequest(msg)),
+                None => match send_err {
+                    Some(e) => Err(GardenError::BadRequest(format!("stream in: {e}"))),
+                    None => Ok(()),
+                },
+            },
+            Err(e) => Err(GardenError::BadRequest(format!("stream in: {e}"))),
+        }
+    }
+}
+
+fn handles_param(q: &BTreeMap<String, String>) -> Vec<String> {
+    q.get("handles").map(|h| h.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, GardenError> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| GardenError::BadRequest(format!("reading request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| GardenError::BadRequest(format!("invalid request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_process_endpoints_to_hijack() {
+        assert!(matches!(hijack_route("POST", "/containers/h/processes"), Some(Hijack::Run(h)) if h == "h"));
+        assert!(matches!(hijack_route("GET", "/containers/h/processes/p1"), Some(Hijack::Attach(h, p)) if h == "h" && p == "p1"));
+        assert!(matches!(
+            hijack_route("GET", "/containers/h/processes/p1/attaches/7/stderr"),
+            Some(Hijack::Output(s, true)) if s == "7"
+        ));
+        assert!(hijack_route("GET", "/containers/h/info").is_none());
+        assert!(hijack_route("POST", "/containers").is_none());
+    }
+
+    #[test]
+    fn query_and_percent_decoding() {
+        let q = parse_query(Some("a=b%20c&k%2F=v&empty="));
+        assert_eq!(q.get("a").map(String::as_str), Some("b c"));
+        assert_eq!(q.get("k/").map(String::as_str), Some("v"));
+        assert_eq!(q.get("empty").map(String::as_str), Some(""));
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn date_is_rfc7231() {
+        let d = http_date();
+        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+    }
+}

@@ -1,0 +1,508 @@
+//! The gardener: Garden's semantics over the containerizer. It owns the table
+//! of containers, handles, properties, grace times and the rules of Garden's
+//! API (duplicate handles, limits, process environments), and restores the
+//! table from the depot when the daemon starts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixStream;
+
+use crate::garden::error::GardenError;
+use crate::garden::types::*;
+use crate::runtime::cgroups;
+use crate::runtime::depot::ContainerRecord;
+use crate::runtime::initproto::{Request, SpawnRequest};
+use crate::runtime::{Containerizer, RuntimeError};
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
+pub const DEFAULT_ROOT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const OUT_OF_MEMORY_EVENT: &str = "Out of memory";
+
+#[derive(Debug, Clone)]
+pub struct GardenerConfig {
+    pub max_containers: usize,
+    /// Nanoseconds; used when a spec asks for 0.
+    pub default_grace_time: u64,
+    /// How long Stop waits between TERM and KILL.
+    pub stop_timeout: Duration,
+}
+
+struct Activity {
+    last: Instant,
+    streams: usize,
+}
+
+struct Entry {
+    rec: Mutex<ContainerRecord>,
+    activity: Mutex<Activity>,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Arc<Entry>>,
+    /// Handles being created or destroyed: reserved, not yet or no longer usable.
+    creating: HashSet<String>,
+    destroying: HashSet<String>,
+}
+
+pub struct Gardener {
+    rt: Containerizer,
+    cfg: GardenerConfig,
+    table: Mutex<Table>,
+    handle_seq: AtomicU64,
+}
+
+/// Keeps a container's grace timer paused while a process stream is open.
+pub struct StreamGuard {
+    entry: Arc<Entry>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut a = lock(&self.entry.activity);
+        a.streams = a.streams.saturating_sub(1);
+        a.last = Instant::now();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handles name directories and cgroups: no slashes, no dot names, no control
+/// characters, and short enough for a file name.
+pub fn validate_handle(h: &str) -> Result<(), GardenError> {
+    if h.len() > 200 || h == "." || h == ".." || h.starts_with('.') || h.chars().any(|c| c == '/' || c.is_control())
+    {
+        return Err(GardenError::BadRequest(format!(
+            "invalid handle {h:?}: at most 200 characters, no '/', no control characters, not starting with '.'"
+        )));
+    }
+    Ok(())
+}
+
+fn rlimit_pairs(r: &ResourceLimits) -> Vec<(i32, u64)> {
+    let pairs: [(libc::__rlimit_resource_t, Option<u64>); 15] = [
+        (libc::RLIMIT_AS, r.r#as),
+        (libc::RLIMIT_CORE, r.core),
+        (libc::RLIMIT_CPU, r.cpu),
+        (libc::RLIMIT_DATA, r.data),
+        (libc::RLIMIT_FSIZE, r.fsize),
+        (libc::RLIMIT_LOCKS, r.locks),
+        (libc::RLIMIT_MEMLOCK, r.memlock),
+        (libc::RLIMIT_MSGQUEUE, r.msgqueue),
+        (libc::RLIMIT_NICE, r.nice),
+        (libc::RLIMIT_NOFILE, r.nofile),
+        (libc::RLIMIT_NPROC, r.nproc),
+        (libc::RLIMIT_RSS, r.rss),
+        (libc::RLIMIT_RTPRIO, r.rtprio),
+        (libc::RLIMIT_SIGPENDING, r.sigpending),
+        (libc::RLIMIT_STACK, r.stack),
+    ];
+    pairs.into_iter().filter_map(|(res, v)| v.map(|v| (res as i32, v))).collect()
+}
+
+/// Garden's process environment: the container's, then the process's, with a
+/// default PATH (root's if the user is root) and USER when they are missing.
+pub fn process_env(container_env: &[String], spec: &ProcessSpec) -> Vec<String> {
+    let mut env: Vec<String> = container_env.iter().chain(spec.env.iter()).cloned().collect();
+    let is_root = spec.user.is_empty() || spec.user == "root" || spec.user == "0" || spec.user.starts_with("0:");
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(if is_root { DEFAULT_ROOT_PATH } else { DEFAULT_PATH }.to_string());
+    }
+    if !env.iter().any(|e| e.starts_with("USER=")) {
+        env.push(format!("USER={}", if spec.user.is_empty() { "root" } else { &spec.user }));
+    }
+    env
+}
+
+impl Gardener {
+    pub fn new(rt: Containerizer, cfg: GardenerConfig) -> Self {
+        Self { rt, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
+    }
+
+    pub fn containerizer(&self) -> &Containerizer {
+        &self.rt
+    }
+
+    /// Loads the containers a previous daemon left running; cleans up those whose
+    /// init is gone and the leftovers of creates that died half-way.
+    pub async fn restore(&self, destroy_all: bool) {
+        for (handle, rec) in self.rt.depot().list() {
+            match rec {
+                Ok(rec) if !destroy_all && Containerizer::is_alive(&rec) => {
+                    tracing::info!(handle = %handle, pid = rec.init_pid, "restored container");
+                    let entry = Arc::new(Entry {
+                        rec: Mutex::new(rec),
+                        activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }),
+                    });
+                    lock(&self.table).live.insert(handle, entry);
+                }
+                Ok(rec) => {
+                    tracing::info!(handle = %handle, "removing container whose init is gone");
+                    if let Err(e) = self.rt.destroy(&rec).await {
+                        tracing::warn!(handle = %handle, error = %e, "cleanup failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(handle = %handle, error = %e, "removing container directory without a record");
+                    let rec = ContainerRecord {
+                        handle: handle.clone(),
+                        spec: ContainerSpec::default(),
+                        properties: Properties::default(),
+                        grace_time: 0,
+                        created_at: 0,
+                        init_pid: 0,
+                        init_start_time: 0,
+                        cgroup_path: format!("{}/{}", self.rt.cgroup_parent(), handle),
+                        socket: std::path::PathBuf::new(),
+                        rootfs: std::path::PathBuf::new(),
+                        privileged: false,
+                        state: String::new(),
+                    };
+                    let _ = self.rt.destroy(&rec).await;
+                }
+            }
+        }
+    }
+
+    fn entry(&self, handle: &str) -> Result<Arc<Entry>, GardenError> {
+        let e = lock(&self.table).live.get(handle).cloned().ok_or_else(|| GardenError::ContainerNotFound(handle.into()))?;
+        lock(&e.activity).last = Instant::now();
+        Ok(e)
+    }
+
+    fn record(&self, handle: &str) -> Result<ContainerRecord, GardenError> {
+        Ok(lock(&self.entry(handle)?.rec).clone())
+    }
+
+    fn new_handle(&self) -> String {
+        let n = self.handle_seq.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        format!("{:x}-{:x}-{n:x}", t, std::process::id())
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+            })
+            .unwrap_or(0)
+            * 1024;
+        let disk = nix::sys::statvfs::statvfs(self.rt.depot().root())
+            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+            .unwrap_or(0);
+        Capacity {
+            memory_in_bytes: mem,
+            disk_in_bytes: disk,
+            schedulable_disk_in_bytes: disk,
+            max_containers: self.cfg.max_containers as u64,
+        }
+    }
+
+    pub async fn create(&self, mut spec: ContainerSpec) -> Result<String, GardenError> {
+        if spec.handle.is_empty() {
+            spec.handle = self.new_handle();
+        }
+        let handle = spec.handle.clone();
+        validate_handle(&handle)?;
+        if !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty() {
+            // Networking beyond an isolated namespace comes with the networker.
+            tracing::warn!(handle = %handle, "network settings ignored: this cell has no networker yet");
+        }
+        {
+            let mut t = lock(&self.table);
+            if t.live.contains_key(&handle) || t.creating.contains(&handle) || t.destroying.contains(&handle) {
+                return Err(GardenError::HandleInUse(handle));
+            }
+            if t.live.len() + t.creating.len() >= self.cfg.max_containers {
+                return Err(GardenError::MaxContainers);
+            }
+            t.creating.insert(handle.clone());
+        }
+        let grace = if spec.grace_time > 0 { spec.grace_time } else { self.cfg.default_grace_time };
+        let result = self.rt.create(&spec, grace).await;
+        let mut t = lock(&self.table);
+        t.creating.remove(&handle);
+        let rec = result.map_err(|e| GardenError::runtime(&handle, e))?;
+        tracing::info!(handle = %handle, pid = rec.init_pid, "created container");
+        t.live.insert(
+            handle.clone(),
+            Arc::new(Entry { rec: Mutex::new(rec), activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }) }),
+        );
+        Ok(handle)
+    }
+
+    pub async fn destroy(&self, handle: &str) -> Result<(), GardenError> {
+        let entry = {
+            let mut t = lock(&self.table);
+            if t.destroying.contains(handle) {
+                return Err(GardenError::BeingDestroyed(handle.into()));
+            }
+            let e = t.live.get(handle).cloned().ok_or_else(|| GardenError::ContainerNotFound(handle.into()))?;
+            t.destroying.insert(handle.to_string());
+            e
+        };
+        let rec = lock(&entry.rec).clone();
+        let result = self.rt.destroy(&rec).await;
+        let mut t = lock(&self.table);
+        t.destroying.remove(handle);
+        match result {
+            Ok(()) => {
+                t.live.remove(handle);
+                tracing::info!(handle = %handle, "destroyed container");
+                Ok(())
+            }
+            Err(e) => Err(GardenError::runtime(handle, e)),
+        }
+    }
+
+    pub fn list(&self, filters: &BTreeMap<String, String>) -> Vec<String> {
+        let t = lock(&self.table);
+        let mut out: Vec<String> = t
+            .live
+            .iter()
+            .filter(|(h, _)| !t.destroying.contains(*h))
+            .filter(|(_, e)| {
+                let rec = lock(&e.rec);
+                filters.iter().all(|(k, v)| rec.properties.get(k) == Some(v))
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub async fn info(&self, handle: &str) -> Result<ContainerInfo, GardenError> {
+        let rec = self.record(handle)?;
+        let cg = Containerizer::cgroup(&rec);
+        let events = if cg.oom_kills() > 0 { vec![OUT_OF_MEMORY_EVENT.to_string()] } else { Vec::new() };
+        let ids = self.rt.process_ids(&rec).await;
+        Ok(ContainerInfo {
+            state: rec.state.clone(),
+            events,
+            container_path: self.rt.depot().container_dir(handle).display().to_string(),
+            process_ids: Some(ids),
+            properties: rec.properties.clone(),
+            ..ContainerInfo::default()
+        })
+    }
+
+    pub fn metrics(&self, handle: &str) -> Result<Metrics, GardenError> {
+        let rec = self.record(handle)?;
+        let u = Containerizer::cgroup(&rec).usage().map_err(|e| GardenError::runtime(handle, e))?;
+        let stat = |k: &str| u.memory_stat.get(k).copied().unwrap_or(0);
+        let (bytes, inodes) = self.rt.disk_usage(&rec);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Ok(Metrics {
+            memory_stat: MemoryStat {
+                active_anon: stat("active_anon"),
+                active_file: stat("active_file"),
+                cache: stat("cache"),
+                inactive_anon: stat("inactive_anon"),
+                inactive_file: stat("inactive_file"),
+                mapped_file: stat("mapped_file"),
+                pgfault: stat("pgfault"),
+                pgmajfault: stat("pgmajfault"),
+                rss: stat("rss"),
+                total_cache: stat("total_cache"),
+                total_rss: stat("total_rss"),
+                total_inactive_file: stat("total_inactive_file"),
+                total_active_file: stat("total_active_file"),
+                hierarchical_memory_limit: stat("hierarchical_memory_limit"),
+                swap: stat("swap"),
+                anon: stat("anon"),
+                file: stat("file"),
+                total_usage_toward_limit: cgroups::usage_toward_limit(&u),
+                ..MemoryStat::default()
+            },
+            cpu_stat: CpuStat { usage: u.cpu_usage_ns, user: u.cpu_user_ns, system: u.cpu_system_ns },
+            disk_stat: DiskStat {
+                total_bytes_used: bytes,
+                total_inodes_used: inodes,
+                exclusive_bytes_used: bytes,
+                exclusive_inodes_used: inodes,
+            },
+            network_stat: None,
+            pid_stat: PidStat { current: u.pids_current, max: u.pids_max },
+            age: now.saturating_sub(rec.created_at),
+            cpu_entitlement: 0,
+        })
+    }
+
+    pub async fn stop(&self, handle: &str, kill: bool) -> Result<(), GardenError> {
+        let entry = self.entry(handle)?;
+        let rec = lock(&entry.rec).clone();
+        self.rt.stop(&rec, kill, self.cfg.stop_timeout).await.map_err(|e| GardenError::runtime(handle, e))?;
+        let mut rec = lock(&entry.rec);
+        rec.state = "stopped".into();
+        self.rt.depot().save(&rec).map_err(|e| GardenError::runtime(handle, e))
+    }
+
+    fn update<T>(&self, handle: &str, f: impl FnOnce(&mut ContainerRecord) -> T) -> Result<T, GardenError> {
+        let entry = self.entry(handle)?;
+        let mut rec = lock(&entry.rec);
+        let mut next = rec.clone();
+        let out = f(&mut next);
+        self.rt.depot().save(&next).map_err(|e| GardenError::runtime(handle, e))?;
+        *rec = next;
+        Ok(out)
+    }
+
+    pub fn properties(&self, handle: &str) -> Result<Properties, GardenError> {
+        Ok(self.record(handle)?.properties)
+    }
+
+    pub fn property(&self, handle: &str, key: &str) -> Result<String, GardenError> {
+        self.record(handle)?
+            .properties
+            .get(key)
+            .cloned()
+            .ok_or_else(|| GardenError::BadRequest(format!("property does not exist: {key}")))
+    }
+
+    pub fn set_property(&self, handle: &str, key: &str, value: &str) -> Result<(), GardenError> {
+        self.update(handle, |r| {
+            r.properties.insert(key.to_string(), value.to_string());
+        })
+    }
+
+    pub fn remove_property(&self, handle: &str, key: &str) -> Result<(), GardenError> {
+        let existed = self.update(handle, |r| r.properties.remove(key).is_some())?;
+        if existed { Ok(()) } else { Err(GardenError::BadRequest(format!("property does not exist: {key}"))) }
+    }
+
+    pub fn set_grace_time(&self, handle: &str, ns: u64) -> Result<(), GardenError> {
+        self.update(handle, |r| r.grace_time = ns)?;
+        lock(&self.entry(handle)?.activity).last = Instant::now();
+        Ok(())
+    }
+
+    pub fn limits(&self, handle: &str) -> Result<Limits, GardenError> {
+        Ok(self.record(handle)?.spec.limits)
+    }
+
+    /// Pauses the grace timer of `handle` until the guard is dropped.
+    pub fn hold(&self, handle: &str) -> Result<StreamGuard, GardenError> {
+        let entry = self.entry(handle)?;
+        lock(&entry.activity).streams += 1;
+        Ok(StreamGuard { entry })
+    }
+
+    /// Starts a process; returns its id and the init connection that streams it.
+    pub async fn run(&self, handle: &str, spec: &ProcessSpec) -> Result<(String, UnixStream), GardenError> {
+        let rec = self.record(handle)?;
+        if !spec.image.uri.is_empty() {
+            return Err(GardenError::BadRequest("processes with their own image (peas) are not supported".into()));
+        }
+        if spec.path.is_empty() {
+            return Err(GardenError::BadRequest("process spec has no path".into()));
+        }
+        let req = SpawnRequest {
+            id: spec.id.clone(),
+            path: spec.path.clone(),
+            args: spec.args.clone(),
+            env: process_env(&rec.spec.env, spec),
+            dir: spec.dir.clone(),
+            user: spec.user.clone(),
+            tty: spec.tty.map(|t| {
+                let w = t.window_size.unwrap_or(WindowSize { columns: 80, rows: 24 });
+                (w.columns, w.rows)
+            }),
+            rlimits: rlimit_pairs(&spec.rlimits),
+        };
+        let (reply, conn) =
+            self.rt.request(&rec, &Request::Spawn(req)).await.map_err(|e| GardenError::runtime(handle, e))?;
+        let id = reply.ids.into_iter().next().unwrap_or_default();
+        tracing::info!(handle = %handle, process = %id, path = %spec.path, "started process");
+        Ok((id, conn))
+    }
+
+    pub async fn attach(&self, handle: &str, process_id: &str) -> Result<UnixStream, GardenError> {
+        let rec = self.record(handle)?;
+        let (_, conn) = self
+            .rt
+            .request(&rec, &Request::Attach { id: process_id.to_string() })
+            .await
+            .map_err(|e| GardenError::runtime(handle, e))?;
+        Ok(conn)
+    }
+
+    /// Opens a stream-in (`StreamIn`) or stream-out (`StreamOut`) connection.
+    pub async fn stream(&self, handle: &str, req: Request) -> Result<UnixStream, GardenError> {
+        let rec = self.record(handle)?;
+        let (_, conn) = self.rt.request(&rec, &req).await.map_err(|e| GardenError::runtime(handle, e))?;
+        Ok(conn)
+    }
+
+    /// Containers whose grace time ran out with nothing attached.
+    pub fn expired(&self) -> Vec<String> {
+        let t = lock(&self.table);
+        t.live
+            .iter()
+            .filter(|(h, _)| !t.destroying.contains(*h))
+            .filter(|(_, e)| {
+                let grace = lock(&e.rec).grace_time;
+                let a = lock(&e.activity);
+                grace > 0 && a.streams == 0 && a.last.elapsed() >= Duration::from_nanos(grace)
+            })
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// Destroys containers whose grace time expired, forever (Garden's bomberman).
+    pub async fn reap_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for handle in self.expired() {
+                tracing::info!(handle = %handle, "grace time expired; destroying");
+                if let Err(e) = self.destroy(&handle).await {
+                    tracing::warn!(handle = %handle, error = %e, "destroy after grace time failed");
+                }
+            }
+        }
+    }
+}
+
+impl From<RuntimeError> for GardenError {
+    fn from(e: RuntimeError) -> Self {
+        GardenError::Runtime(String::new(), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_validated() {
+        assert!(validate_handle("app-1_guid.x").is_ok());
+        for bad in ["../x", "a/b", ".hidden", "tab\there", &"x".repeat(201)] {
+            assert!(validate_handle(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_defaults_follow_garden() {
+        let spec = ProcessSpec { user: "vcap".into(), env: vec!["A=1".into()], ..Default::default() };
+        let env = process_env(&["C=2".into()], &spec);
+        assert_eq!(env, vec!["C=2", "A=1", DEFAULT_PATH, "USER=vcap"]);
+        let root = process_env(&[], &ProcessSpec::default());
+        assert_eq!(root, vec![DEFAULT_ROOT_PATH, "USER=root"]);
+        let custom = process_env(&[], &ProcessSpec { env: vec!["PATH=/x".into(), "USER=me".into()], ..Default::default() });
+        assert_eq!(custom, vec!["PATH=/x", "USER=me"]);
+    }
+
+    #[test]
+    fn rlimits_map_to_resources() {
+        let r = ResourceLimits { nofile: Some(1024), nproc: Some(7), ..Default::default() };
+        let pairs = rlimit_pairs(&r);
+        assert!(pairs.contains(&(libc::RLIMIT_NOFILE as i32, 1024)));
+        assert!(pairs.contains(&(libc::RLIMIT_NPROC as i32, 7)));
+        assert_eq!(pairs.len(), 2);
+    }
+}

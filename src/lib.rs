@@ -1,0 +1,7 @@
+//! celld: a Cloud Foundry Diego cell. See docs/architecture.md for the data flow
+//! and which module owns what.
+
+pub mod config;
+pub mod garden;
+pub mod gardener;
+pub mod runtime;

@@ -1,0 +1,112 @@
+//! celld: role dispatch happens before any async runtime or thread exists.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use celld::config::{Config, Role};
+use celld::garden::server::Server;
+use celld::gardener::{Gardener, GardenerConfig};
+use celld::runtime::{Containerizer, RuntimeConfig, helper};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // libcontainer runs `newuidmap`/`newgidmap` from PATH; the helper points those
+    // names at this binary.
+    let argv0 = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    if argv0 == "newuidmap" || argv0 == "newgidmap" {
+        match helper::write_id_map(&argv0, &args[1..]) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("{argv0}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let cfg = Config::parse();
+    init_logging(&cfg.log_level);
+    if let Some(Role::Helper { map_bin_dir }) = &cfg.role {
+        if let Err(e) = helper::run(map_bin_dir) {
+            eprintln!("celld helper: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Err(e) = run_daemon(cfg) {
+        eprintln!("celld: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run_daemon(cfg: Config) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the celld executable")?;
+    let rt = Containerizer::new(RuntimeConfig {
+        depot: cfg.depot.clone(),
+        run_dir: cfg.run_dir.clone(),
+        rootfs_dir: cfg.rootfs_dir(),
+        default_rootfs: cfg.default_rootfs.clone(),
+        exe,
+    })?;
+    let gardener = Arc::new(Gardener::new(
+        rt,
+        GardenerConfig {
+            max_containers: cfg.max_containers,
+            default_grace_time: cfg.default_grace_time.saturating_mul(1_000_000_000),
+            stop_timeout: Duration::from_secs(cfg.stop_timeout),
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(cfg, gardener))
+}
+
+async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
+    gardener.restore(cfg.destroy_containers_on_startup).await;
+    let server = Server::new(gardener.clone());
+    if let Some(dir) = cfg.garden_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&cfg.garden_socket);
+    let unix = tokio::net::UnixListener::bind(&cfg.garden_socket)
+        .with_context(|| format!("listening on {}", cfg.garden_socket.display()))?;
+    tracing::info!(socket = %cfg.garden_socket.display(), rootfs_dir = %cfg.rootfs_dir().display(), "serving the Garden API");
+    if let Some(addr) = &cfg.garden_tcp {
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(address = %addr, "serving the Garden API on TCP");
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok((conn, _)) = tcp.accept().await {
+                    let _ = conn.set_nodelay(true);
+                    tokio::spawn(server.clone().serve(conn));
+                }
+            }
+        });
+    }
+    tokio::spawn(gardener.clone().reap_forever());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = unix.accept() => {
+                if let Ok((conn, _)) = accepted {
+                    tokio::spawn(server.clone().serve(conn));
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    // Containers keep running; the next celld picks them up from the depot.
+    tracing::info!("shutting down; containers keep running");
+    let _ = std::fs::remove_file(&cfg.garden_socket);
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! Creates, connects to and destroys containers. Owns the runtime helper and the
+//! depot; knows nothing of Garden's HTTP side.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+use super::cgroups::{self, Cgroup};
+use super::depot::{ContainerRecord, Depot};
+use super::helper::{self, HelperReply, HelperRequest};
+use super::initproto::{self as proto, Reply, Request};
+use super::rootfs::{self, Overlay};
+use super::spec::{self, ROOT_HOST_ID, SpecInput};
+use super::RuntimeError;
+use crate::garden::types::ContainerSpec;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub depot: PathBuf,
+    pub run_dir: PathBuf,
+    pub rootfs_dir: PathBuf,
+    pub default_rootfs: String,
+    /// The celld executable, re-executed as the runtime helper.
+    pub exe: PathBuf,
+}
+
+struct HelperConn {
+    child: std::process::Child,
+    io: BufReader<UnixStream>,
+}
+
+pub struct Containerizer {
+    cfg: RuntimeConfig,
+    depot: Depot,
+    /// Parent of every container cgroup of this daemon, unique per depot so that
+    /// several daemons can run side by side.
+    cgroup_parent: String,
+    helper: Mutex<Option<HelperConn>>,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Containerizer {
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let depot = Depot::new(&cfg.depot);
+        for d in [depot.containers_dir(), cfg.run_dir.join("runtime"), cfg.run_dir.join("init")] {
+            std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
+        }
+        let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
+        let tag = canonical.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        Ok(Self { cgroup_parent: format!("/celld-{:08x}", tag as u32), depot, cfg, helper: Mutex::new(None) })
+    }
+
+    pub fn depot(&self) -> &Depot {
+        &self.depot
+    }
+
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    fn socket_path(&self, handle: &str) -> PathBuf {
+        // Unix socket paths are limited to 108 bytes, handles are not: name the
+        // socket by a hash of the handle.
+        let h = handle.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        self.cfg.run_dir.join("init").join(format!("{h:016x}.sock"))
+    }
+
+    async fn helper_call(&self, req: &HelperRequest) -> Result<HelperReply, RuntimeError> {
+        let mut guard = self.helper.lock().await;
+        // (Re)start the helper if it is not there or has died.
+        let alive = guard.as_mut().is_some_and(|h| matches!(h.child.try_wait(), Ok(None)));
+        if !alive {
+            if let Some(mut old) = guard.take() {
+                let _ = old.child.kill();
+                let _ = old.child.wait();
+            }
+            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.run_dir.join("bin"))
+                .map_err(|e| RuntimeError::Helper(format!("start: {e}")))?;
+            sock.set_nonblocking(true).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+            let sock = UnixStream::from_std(sock).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+            *guard = Some(HelperConn { child, io: BufReader::new(sock) });
+        }
+        let Some(h) = guard.as_mut() else { return Err(RuntimeError::Helper("not running".into())) };
+        let mut line = serde_json::to_vec(req).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+        line.push(b'\n');
+        let result = async {
+            h.io.get_mut().write_all(&line).await?;
+            let mut reply = String::new();
+            if h.io.read_line(&mut reply).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "helper exited"));
+            }
+            Ok(reply)
+        }
+        .await;
+        match result {
+            Ok(reply) => serde_json::from_str(&reply).map_err(|e| RuntimeError::Helper(format!("bad reply: {e}"))),
+            Err(e) => {
+                *guard = None;
+                Err(RuntimeError::Helper(e.to_string()))
+            }
+        }
+    }
+
+    /// Creates and starts a container. On any failure everything made so far is
+    /// undone: no mount, cgroup, socket or depot directory stays behind.
+    pub async fn create(&self, spec: &ContainerSpec, grace_time: u64) -> Result<ContainerRecord, RuntimeError> {
+        let handle = spec.handle.clone();
+        let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
+        let source = rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?;
+        let mut bind_mounts = Vec::new();
+        for m in &spec.bind_mounts {
+            if m.origin != 0 {
+                return Err(RuntimeError::BadRootfs("bind mounts with origin container are not supported".into()));
+            }
+            if !m.src_path.starts_with('/') || !m.dst_path.starts_with('/') || m.dst_path.contains("..") {
+                return Err(RuntimeError::BadRootfs(format!(
+                    "bind mount {} -> {}: both paths must be absolute",
+                    m.src_path, m.dst_path
+                )));
+            }
+            if std::fs::metadata(&m.src_path).is_err() {
+                return Err(RuntimeError::BadRootfs(format!("bind mount source {} does not exist", m.src_path)));
+            }
+            bind_mounts.push((m.src_path.clone(), m.dst_path.clone(), m.mode == 1));
+        }
+        let dir = self.depot.container_dir(&handle);
+        std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+        let cgroup_path = format!("{}/{}", self.cgroup_parent, handle);
+        let socket = self.socket_path(&handle);
+        let rec = ContainerRecord {
+            handle: handle.clone(),
+            spec: spec.clone(),
+            properties: spec.properties.clone(),
+            grace_time,
+            created_at: now_ns(),
+            init_pid: 0,
+            init_start_time: 0,
+            cgroup_path,
+            socket,
+            rootfs: source.clone(),
+            privileged: spec.privileged,
+            state: "active".into(),
+        };
+        match self.create_in(&rec, &dir, &source, &bind_mounts).await {
+            Ok(rec) => Ok(rec),
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "create failed; cleaning up");
+                let _ = self.cleanup(&rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in(
+        &self,
+        rec: &ContainerRecord,
+        dir: &Path,
+        source: &Path,
+        bind_mounts: &[(String, String, bool)],
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let limits = &rec.spec.limits;
+        let cpu_shares =
+            if limits.cpu_limits.weight > 0 { limits.cpu_limits.weight } else { limits.cpu_limits.limit_in_shares };
+        let privileged = rec.privileged;
+        let (source, cache, dir2) = (source.to_path_buf(), self.depot.rootfs_cache(), dir.to_path_buf());
+        let spec = spec::build(&SpecInput {
+            handle: &rec.handle,
+            rootfs: &Overlay::in_dir(dir).merged,
+            cgroup_path: &rec.cgroup_path,
+            privileged,
+            memory_limit: limits.memory_limits.limit_in_bytes,
+            cpu_shares,
+            pids_max: limits.pid_limits.max,
+            env: &rec.spec.env,
+            bind_mounts,
+        })?;
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
+            Overlay::in_dir(&dir2).mount(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))
+        })
+        .await
+        .map_err(|e| RuntimeError::Helper(e.to_string()))??;
+        let reply = self
+            .helper_call(&HelperRequest::Create {
+                id: rec.handle.clone(),
+                bundle: dir.to_path_buf(),
+                state_root: self.cfg.run_dir.join("runtime"),
+                socket: rec.socket.clone(),
+            })
+            .await?;
+        let pid = match reply {
+            HelperReply::Created { pid } => pid,
+            HelperReply::Failed { message } => return Err(RuntimeError::Helper(message)),
+        };
+        let mut rec = rec.clone();
+        rec.init_pid = pid;
+        rec.init_start_time = process_start_time(pid).ok_or(RuntimeError::InitGone)?;
+        self.depot.save(&rec)?;
+        Ok(rec)
+    }
+
+    /// Whether the container's init (the very process we started) still runs.
+    pub fn is_alive(rec: &ContainerRecord) -> bool {
+        rec.init_pid > 0 && process_start_time(rec.init_pid) == Some(rec.init_start_time)
+    }
+
+    /// Kills the container and removes everything it had on the host.
+    pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        self.cleanup(rec).await
+    }
+
+    async fn cleanup(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        let rec = rec.clone();
+        let dir = self.depot.container_dir(&rec.handle);
+        let state_dir = self.cfg.run_dir.join("runtime").join(&rec.handle);
+        tokio::task::spawn_blocking(move || {
+            let mut first_err = None;
+            kill_init(&rec);
+            let cg = Cgroup::new(&rec.cgroup_path);
+            if cg.exists() {
+                if let Err(e) = cg.remove() {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if let Err(e) = Overlay::in_dir(&dir).unmount() {
+                first_err.get_or_insert(e);
+            }
+            let _ = std::fs::remove_file(&rec.socket);
+            let _ = std::fs::remove_dir_all(&state_dir);
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    first_err.get_or_insert(RuntimeError::io(&dir, e));
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await
+        .map_err(|e| RuntimeError::Helper(e.to_string()))?
+    }
+
+    /// Removes this daemon's parent cgroup if no container uses it any more.
+    pub fn tidy_cgroup_parent(&self) {
+        cgroups::remove_parent_if_empty(Path::new(&self.cgroup_parent));
+    }
+
+    pub async fn connect(&self, rec: &ContainerRecord) -> Result<UnixStream, RuntimeError> {
+        if !Self::is_alive(rec) {
+            return Err(RuntimeError::InitGone);
+        }
+        UnixStream::connect(&rec.socket).await.map_err(RuntimeError::Init)
+    }
+
+    /// Sends a request and reads init's reply; the connection is returned for
+    /// requests that continue as a stream.
+    pub async fn request(&self, rec: &ContainerRecord, req: &Request) -> Result<(Reply, UnixStream), RuntimeError> {
+        let mut conn = self.connect(rec).await?;
+        proto::client::write_frame(&mut conn, proto::TAG_REQUEST, &serde_json::to_vec(req).unwrap_or_default())
+            .await
+            .map_err(RuntimeError::Init)?;
+        let reply = proto::client::read_reply(&mut conn).await.map_err(RuntimeError::Init)?;
+        if let Some((kind, msg)) = &reply.error {
+            return Err(RuntimeError::Process(*kind, msg.clone()));
+        }
+        Ok((reply, conn))
+    }
+
+    pub async fn process_ids(&self, rec: &ContainerRecord) -> Vec<String> {
+        match self.request(rec, &Request::List).await {
+            Ok((r, _)) => r.ids,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Garden's stop: TERM to every process but init, KILL after `timeout`.
+    pub async fn stop(&self, rec: &ContainerRecord, kill: bool, timeout: Duration) -> Result<(), RuntimeError> {
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let others = |cg: &Cgroup| cg.pids().into_iter().filter(|&p| p != rec.init_pid).count();
+        if !kill {
+            self.request(rec, &Request::SignalAll { signal: libc::SIGTERM }).await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            while others(&cg) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if others(&cg) > 0 {
+            self.request(rec, &Request::SignalAll { signal: libc::SIGKILL }).await?;
+        }
+        Ok(())
+    }
+
+    pub fn cgroup(rec: &ContainerRecord) -> Cgroup {
+        Cgroup::new(&rec.cgroup_path)
+    }
+
+    /// Bytes and inodes the container wrote (its overlay upper layer).
+    pub fn disk_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper];
+        let (mut bytes, mut inodes) = (0, 0);
+        while let Some(p) = stack.pop() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            }
+        }
+        (bytes, inodes)
+    }
+}
+
+fn kill_init(rec: &ContainerRecord) {
+    if rec.init_pid <= 0 {
+        return;
+    }
+    // A pidfd pins the process: after the start-time check, the signal cannot
+    // reach a different process that reused the pid.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.init_pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    if process_start_time(rec.init_pid) == Some(rec.init_start_time) {
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+        // Killing a pid namespace's init kills all of its processes; the pidfd
+        // turns readable once they are gone.
+        let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    }
+    unsafe { libc::close(pidfd) };
+}

@@ -1,0 +1,235 @@
+//! The runtime helper: a single-threaded process, started by the daemon by
+//! re-executing itself before it needs one, that is the only caller of
+//! `libcontainer` (which forks with raw `clone` and must not run on tokio
+//! threads). Requests and replies are JSON lines over the socket on its stdin.
+//!
+//! Containers it creates are its children; it reaps them between requests. When
+//! the daemon goes away the helper exits and the containers live on.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HelperRequest {
+    Create { id: String, bundle: PathBuf, state_root: PathBuf, socket: PathBuf },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HelperReply {
+    Created { pid: i32 },
+    Failed { message: String },
+}
+
+/// libcontainer's workload hook: instead of exec'ing a program, the container's
+/// first process becomes celld's init (see [`super::init`]).
+#[derive(Clone)]
+pub struct InitExecutor {
+    listen_fd: RawFd,
+}
+
+impl Executor for InitExecutor {
+    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        super::init::run(self.listen_fd)
+    }
+
+    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
+        Ok(())
+    }
+}
+
+/// The helper's main loop; returns when the daemon closes the socket.
+pub fn run(map_bin_dir: &Path) -> std::io::Result<()> {
+    // libcontainer writes multi-range id maps through `newuidmap`/`newgidmap`
+    // found on PATH; ours are celld itself (see `write_id_map`).
+    let path = std::env::var("PATH").unwrap_or_default();
+    unsafe { std::env::set_var("PATH", format!("{}:{path}", map_bin_dir.display())) };
+    // Die with the daemon rather than linger.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+
+    let sock = unsafe { std::fs::File::from_raw_fd(0) };
+    let mut writer = sock.try_clone()?;
+    let mut reader = BufReader::new(sock);
+    let mut line = String::new();
+    loop {
+        reap_children();
+        // Wake up now and then to reap containers that were destroyed.
+        let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+        if unsafe { libc::poll(&mut pfd, 1, 1000) } == 0 && reader.buffer().is_empty() {
+            continue;
+        }
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let reply = match serde_json::from_str::<HelperRequest>(&line) {
+            Ok(HelperRequest::Create { id, bundle, state_root, socket }) => create(&id, &bundle, &state_root, &socket),
+            Err(e) => HelperReply::Failed { message: format!("bad helper request: {e}") },
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+        out.push(b'\n');
+        writer.write_all(&out)?;
+    }
+}
+
+fn reap_children() {
+    let mut status = 0;
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+}
+
+fn create(id: &str, bundle: &Path, state_root: &Path, socket: &Path) -> HelperReply {
+    let _ = std::fs::remove_file(socket);
+    let listener = match UnixListener::bind(socket) {
+        Ok(l) => l,
+        Err(e) => return HelperReply::Failed { message: format!("bind {}: {e}", socket.display()) },
+    };
+    // Only host root may drive a container's init.
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+    let listen: OwnedFd = listener.into();
+    let result = build_and_start(id, bundle, state_root, listen.as_raw_fd());
+    drop(listen);
+    match result {
+        Ok(pid) => {
+            if let Err(e) = bring_up_loopback(pid) {
+                tracing::warn!(container = id, error = %e, "loopback stays down");
+            }
+            // The OOM killer should pick the process that overran the limit, not init.
+            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-998");
+            HelperReply::Created { pid }
+        }
+        Err(message) => {
+            let _ = std::fs::remove_file(socket);
+            // A half-built container leaves libcontainer state and cgroups behind.
+            if let Ok(mut c) = libcontainer::container::Container::load(state_root.join(id)) {
+                let _ = c.delete(true);
+            }
+            let _ = std::fs::remove_dir_all(state_root.join(id));
+            HelperReply::Failed { message }
+        }
+    }
+}
+
+fn build_and_start(id: &str, bundle: &Path, state_root: &Path, listen_fd: RawFd) -> Result<i32, String> {
+    // libcontainer dup2()s and then closes the stdio fds it is given, and it
+    // turns /dev/null stdio into a read-only fd; hand it private pipes instead.
+    let pipes = [pipe_end(false)?, pipe_end(true)?, pipe_end(true)?];
+    let [stdin, stdout, stderr] = pipes;
+    let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(InitExecutor { listen_fd })
+        .with_root_path(state_root)
+        .map_err(|e| e.to_string())?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("create container: {e}"))?;
+    container.start().map_err(|e| format!("start container: {e}"))?;
+    container.pid().map(|p| p.as_raw()).ok_or_else(|| "container has no init pid".to_string())
+}
+
+/// A new network namespace starts with `lo` down, and container root lacks
+/// CAP_NET_ADMIN to raise it; the helper does it from outside.
+fn bring_up_loopback(pid: i32) -> Result<(), String> {
+    use nix::sched::{CloneFlags, setns};
+    let own = std::fs::File::open("/proc/self/ns/net").map_err(|e| e.to_string())?;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+    setns(&theirs, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+    let result = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            Err(std::io::Error::last_os_error().to_string())
+        } else {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *s as libc::c_char;
+            }
+            let r = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+                Err(std::io::Error::last_os_error().to_string())
+            } else {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                    Err(std::io::Error::last_os_error().to_string())
+                } else {
+                    Ok(())
+                }
+            };
+            libc::close(fd);
+            r
+        }
+    };
+    // Returning to our own namespace must not fail silently: later creates would
+    // run in the container's network.
+    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNET) {
+        eprintln!("celld helper: cannot return to the host network namespace: {e}");
+        std::process::exit(1);
+    }
+    result
+}
+
+/// One end of a pipe whose other end is dropped: init never uses its stdio.
+fn pipe_end(write: bool) -> Result<OwnedFd, String> {
+    let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    Ok(if write { w } else { r })
+}
+
+/// `newuidmap PID ID HOSTID COUNT...` as celld implements it: writes the map
+/// straight to /proc (we are root in the parent namespace, so the kernel takes
+/// multi-range maps from us without /etc/subuid).
+pub fn write_id_map(kind: &str, args: &[String]) -> Result<(), String> {
+    let (pid, triples) = args.split_first().ok_or("usage: newuidmap PID ID HOSTID COUNT...")?;
+    if triples.is_empty() || triples.len() % 3 != 0 || pid.parse::<u32>().is_err() {
+        return Err("usage: newuidmap PID ID HOSTID COUNT...".into());
+    }
+    let mut map = String::new();
+    for t in triples.chunks(3) {
+        for n in t {
+            n.parse::<u32>().map_err(|_| format!("not a number: {n}"))?;
+        }
+        map.push_str(&format!("{} {} {}\n", t[0], t[1], t[2]));
+    }
+    let file = if kind == "newgidmap" { "gid_map" } else { "uid_map" };
+    std::fs::write(format!("/proc/{pid}/{file}"), map).map_err(|e| format!("write {file}: {e}"))
+}
+
+/// Daemon side: starts `celld helper` and returns the socket to it.
+pub fn spawn(exe: &Path, map_bin_dir: &Path) -> std::io::Result<(std::process::Child, std::os::unix::net::UnixStream)> {
+    std::fs::create_dir_all(map_bin_dir)?;
+    for name in ["newuidmap", "newgidmap"] {
+        let link = map_bin_dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, &link)?;
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs_fd: OwnedFd = theirs.into();
+    let child = std::process::Command::new(exe)
+        .arg("helper")
+        .arg("--map-bin-dir")
+        .arg(map_bin_dir)
+        .stdin(std::process::Stdio::from(theirs_fd))
+        .spawn()?;
+    Ok((child, ours))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_map_arguments_are_validated() {
+        assert!(write_id_map("newuidmap", &[]).is_err());
+        assert!(write_id_map("newuidmap", &["1".into(), "0".into(), "5".into()]).is_err());
+        assert!(write_id_map("newuidmap", &["x".into(), "0".into(), "5".into(), "1".into()]).is_err());
+        assert!(write_id_map("newuidmap", &["1".into(), "0".into(), "-5".into(), "1".into()]).is_err());
+    }
+}
