@@ -1,0 +1,260 @@
+//! Test harness: a real `celld` daemon per test, with its own depot, run
+//! directory and socket, torn down (containers, cgroups, mounts, dirs) even when
+//! the test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use celld::garden::client::{Address, Client};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn rootfs_dir() -> PathBuf {
+    std::env::var_os("CELLD_ROOTFS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/out"))
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Host-touching tests need root and the tiny rootfs (`make rootfs`); without
+/// them they say so and pass, so `cargo test` works for unit tests anywhere.
+#[macro_export]
+macro_rules! require_host {
+    () => {
+        if !common::is_root() || !common::rootfs_dir().join("tiny/bin/sh").exists() {
+            eprintln!("skipped: needs root and rootfs/out/tiny (run `make test`)");
+            return;
+        }
+    };
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    pub client: Client,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/celld-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let socket = dir.join("garden.sock");
+        let mut d = Daemon {
+            client: Client::new(Address::Unix(socket.clone())),
+            socket,
+            dir,
+            child: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn depot(&self) -> PathBuf {
+        self.dir.join("depot")
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("celld.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_celld"))
+            .arg("--depot")
+            .arg(self.depot())
+            .arg("--run-dir")
+            .arg(self.dir.join("run"))
+            .arg("--garden-socket")
+            .arg(&self.socket)
+            .arg("--rootfs-dir")
+            .arg(rootfs_dir())
+            .arg("--stop-timeout")
+            .arg("2")
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start celld");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "celld did not start; see {}", self.dir.join("celld.log").display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("celld.log")).unwrap_or_default()
+    }
+
+    /// The cgroup parent directories this daemon's containers live under.
+    pub fn cgroup_children(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for root in cgroup_roots() {
+            if let Ok(rd) = std::fs::read_dir(&root) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.starts_with("celld-") {
+                        for c in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                            if c.path().is_dir() && self.owns_cgroup(&c.path()) {
+                                out.push(c.path());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn owns_cgroup(&self, p: &Path) -> bool {
+        // Container cgroups are named by handle; tests use handles with this prefix.
+        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&self.handle_prefix()))
+    }
+
+    pub fn handle_prefix(&self) -> String {
+        format!("t{}-", self.dir.file_name().map(|s| s.to_string_lossy().replace("celld-test-", "")).unwrap_or_default())
+    }
+
+    /// A handle unique to this daemon and test run.
+    pub fn handle(&self, name: &str) -> String {
+        format!("{}{name}", self.handle_prefix())
+    }
+
+    pub fn mounts(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&dir))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Asserts that nothing of any container is left on the host.
+    pub fn assert_no_leaks(&self) {
+        let containers: Vec<_> = std::fs::read_dir(self.depot().join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(containers.is_empty(), "depot dirs left: {containers:?}");
+        assert!(self.mounts().is_empty(), "mounts left: {:?}", self.mounts());
+        assert!(self.cgroup_children().is_empty(), "cgroups left: {:?}", self.cgroup_children());
+    }
+}
+
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        vec![base.to_path_buf()]
+    } else {
+        std::fs::read_dir(base).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Destroy what the test left through the API, then clean anything a
+        // crashed daemon could not.
+        if self.child.is_some() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    if let Ok(handles) = self.client.list(&Default::default()).await {
+                        for h in handles {
+                            let _ = self.client.destroy(&h).await;
+                        }
+                    }
+                });
+            }
+        }
+        self.kill();
+        for m in self.mounts().iter().rev() {
+            if let Some(target) = m.split_whitespace().nth(4) {
+                let _ = Command::new("umount").arg("-l").arg(target).status();
+            }
+        }
+        for cg in self.cgroup_children() {
+            if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                for p in procs.lines() {
+                    let _ = Command::new("kill").arg("-9").arg(p).status();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = std::fs::remove_dir(&cg);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// An output sink tests can read while the process runs.
+#[derive(Clone, Default)]
+pub struct Sink(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Sink {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub async fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.text().contains(needle) {
+            assert!(Instant::now() < deadline, "timed out waiting for {needle:?}; output so far: {:?}", self.text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Sink {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
