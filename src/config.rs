@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "celld", version, about = "A Cloud Foundry Diego cell: the Garden container API on real namespaces and cgroups")]
+#[command(
+    name = "celld",
+    version,
+    about = "A Cloud Foundry Diego cell: the Garden container API on real namespaces and cgroups"
+)]
 pub struct Config {
     /// Unix socket the Garden API listens on.
     #[arg(long, default_value = "/run/celld/garden.sock")]
@@ -63,9 +67,8 @@ impl Config {
         if let Some(d) = &self.rootfs_dir {
             return d.clone();
         }
-        let from_exe = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent()?.parent()?.parent().map(|p| p.join("rootfs/out")));
+        let from_exe =
+            std::env::current_exe().ok().and_then(|e| e.parent()?.parent()?.parent().map(|p| p.join("rootfs/out")));
         match from_exe {
             Some(p) if p.is_dir() => p,
             _ => PathBuf::from("rootfs/out"),

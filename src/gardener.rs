@@ -12,10 +12,10 @@ use tokio::net::UnixStream;
 
 use crate::garden::error::GardenError;
 use crate::garden::types::*;
+use crate::runtime::Containerizer;
 use crate::runtime::cgroups;
 use crate::runtime::depot::ContainerRecord;
 use crate::runtime::initproto::{Request, SpawnRequest};
-use crate::runtime::{Containerizer, RuntimeError};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_ROOT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -75,8 +75,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Handles name directories and cgroups: no slashes, no dot names, no control
 /// characters, and short enough for a file name.
 pub fn validate_handle(h: &str) -> Result<(), GardenError> {
-    if h.len() > 200 || h == "." || h == ".." || h.starts_with('.') || h.chars().any(|c| c == '/' || c.is_control())
-    {
+    if h.len() > 200 || h == "." || h == ".." || h.starts_with('.') || h.chars().any(|c| c == '/' || c.is_control()) {
         return Err(GardenError::BadRequest(format!(
             "invalid handle {h:?}: at most 200 characters, no '/', no control characters, not starting with '.'"
         )));
@@ -170,7 +169,8 @@ impl Gardener {
     }
 
     fn entry(&self, handle: &str) -> Result<Arc<Entry>, GardenError> {
-        let e = lock(&self.table).live.get(handle).cloned().ok_or_else(|| GardenError::ContainerNotFound(handle.into()))?;
+        let e =
+            lock(&self.table).live.get(handle).cloned().ok_or_else(|| GardenError::ContainerNotFound(handle.into()))?;
         lock(&e.activity).last = Instant::now();
         Ok(e)
     }
@@ -189,13 +189,14 @@ impl Gardener {
         let mem = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
             })
             .unwrap_or(0)
             * 1024;
-        let disk = nix::sys::statvfs::statvfs(self.rt.depot().root())
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
-            .unwrap_or(0);
+        let disk =
+            nix::sys::statvfs::statvfs(self.rt.depot().root()).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
         Capacity {
             memory_in_bytes: mem,
             disk_in_bytes: disk,
@@ -232,7 +233,10 @@ impl Gardener {
         tracing::info!(handle = %handle, pid = rec.init_pid, "created container");
         t.live.insert(
             handle.clone(),
-            Arc::new(Entry { rec: Mutex::new(rec), activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }) }),
+            Arc::new(Entry {
+                rec: Mutex::new(rec),
+                activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }),
+            }),
         );
         Ok(handle)
     }
@@ -254,6 +258,9 @@ impl Gardener {
         match result {
             Ok(()) => {
                 t.live.remove(handle);
+                if t.live.is_empty() && t.creating.is_empty() {
+                    self.rt.tidy_cgroup_parent();
+                }
                 tracing::info!(handle = %handle, "destroyed container");
                 Ok(())
             }
@@ -468,12 +475,6 @@ impl Gardener {
     }
 }
 
-impl From<RuntimeError> for GardenError {
-    fn from(e: RuntimeError) -> Self {
-        GardenError::Runtime(String::new(), e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,7 +494,8 @@ mod tests {
         assert_eq!(env, vec!["C=2", "A=1", DEFAULT_PATH, "USER=vcap"]);
         let root = process_env(&[], &ProcessSpec::default());
         assert_eq!(root, vec![DEFAULT_ROOT_PATH, "USER=root"]);
-        let custom = process_env(&[], &ProcessSpec { env: vec!["PATH=/x".into(), "USER=me".into()], ..Default::default() });
+        let custom =
+            process_env(&[], &ProcessSpec { env: vec!["PATH=/x".into(), "USER=me".into()], ..Default::default() });
         assert_eq!(custom, vec!["PATH=/x", "USER=me"]);
     }
 

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use celld::config::{Config, Role};
 use celld::garden::server::Server;
 use celld::gardener::{Gardener, GardenerConfig};
 use celld::runtime::{Containerizer, RuntimeConfig, helper};
+use clap::Parser;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -40,7 +40,8 @@ fn main() {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

@@ -50,7 +50,9 @@ fn lifecycle_list_filters_and_errors() {
         assert_eq!(c.create(&sa).await.unwrap(), a);
         assert_eq!(c.create(&sb).await.unwrap(), b);
 
-        let filter = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let filter = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+        };
         assert_eq!(c.list(&filter(&[("space", "dev")])).await.unwrap(), vec![a.clone(), b.clone()]);
         assert_eq!(c.list(&filter(&[("space", "dev"), ("app", "web")])).await.unwrap(), vec![a.clone()]);
         assert!(c.list(&filter(&[("app", "nope")])).await.unwrap().is_empty());
@@ -139,7 +141,11 @@ fn signals_terminate_and_kill() {
         d.client.create(&spec(&h)).await.unwrap();
         let out = Sink::default();
         let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
-        let p = d.client.run(&h, &sh("trap 'echo got-term; exit 12' TERM; echo ready; while true; do sleep 0.1; done"), io).await.unwrap();
+        let p = d
+            .client
+            .run(&h, &sh("trap 'echo got-term; exit 12' TERM; echo ready; while true; do sleep 0.1; done"), io)
+            .await
+            .unwrap();
         out.wait_for("ready").await;
         p.signal(Signal::Terminate).await.unwrap();
         assert_eq!(p.wait().await.unwrap(), 12);
@@ -221,7 +227,8 @@ fn unprivileged_by_default() {
     let h = d.handle("unpriv");
     rt().block_on(async {
         d.client.create(&spec(&h)).await.unwrap();
-        let (_, out, _) = run(&d, &h, sh("id -u; grep Seccomp: /proc/self/status; grep NoNewPrivs /proc/self/status")).await;
+        let (_, out, _) =
+            run(&d, &h, sh("id -u; grep Seccomp: /proc/self/status; grep NoNewPrivs /proc/self/status")).await;
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "0");
         assert!(lines[1].ends_with("2"), "{out}");
@@ -244,7 +251,9 @@ fn unprivileged_by_default() {
 
         let (code, _, err) = run(&d, &h, sh("unshare --user true")).await;
         assert_ne!(code, 0, "unshare --user must fail: {err}");
-        let (_, out, _) = run(&d, &h, sh("wc -c < /proc/timer_list; wc -c < /proc/sched_debug; touch /sys/x 2>&1 || echo sys-ro")).await;
+        let (_, out, _) =
+            run(&d, &h, sh("wc -c < /proc/timer_list; wc -c < /proc/sched_debug; touch /sys/x 2>&1 || echo sys-ro"))
+                .await;
         assert!(out.starts_with("0\n0\n"), "masked /proc files must read empty: {out:?}");
         assert!(out.contains("sys-ro"), "{out}");
         let (_, out, _) = run(&d, &h, sh("ls /dev")).await;
@@ -317,7 +326,12 @@ fn stream_in_and_out_round_trip_and_refuse_escapes() {
         d.client.create(&spec(&h)).await.unwrap();
         let tar = tar_of(&[("hello.txt", b"hello world\n"), ("sub/nested.txt", b"nested\n")]);
         d.client.stream_in(&h, "vcap", "/home/vcap/in", std::io::Cursor::new(tar)).await.unwrap();
-        let (_, out, _) = run(&d, &h, sh("cat /home/vcap/in/hello.txt /home/vcap/in/sub/nested.txt; stat -c %U /home/vcap/in/hello.txt")).await;
+        let (_, out, _) = run(
+            &d,
+            &h,
+            sh("cat /home/vcap/in/hello.txt /home/vcap/in/sub/nested.txt; stat -c %U /home/vcap/in/hello.txt"),
+        )
+        .await;
         assert_eq!(out, "hello world\nnested\nvcap\n");
 
         let bytes = d.client.stream_out(&h, "", "/home/vcap/in").await.unwrap();
@@ -459,7 +473,10 @@ fn bad_input_gets_garden_errors() {
         out
     };
     let post = |body: &str| {
-        raw(&format!("POST /containers HTTP/1.1\r\nHost: api\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
+        raw(&format!(
+            "POST /containers HTTP/1.1\r\nHost: api\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
     };
     let r = post("{not json");
     assert!(r.starts_with("HTTP/1.1 500") && r.contains("invalid request body"), "{r}");
@@ -494,7 +511,8 @@ fn stop_terminates_processes_but_keeps_the_container() {
         d.client.create(&spec(&h)).await.unwrap();
         let out = Sink::default();
         let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
-        let p = d.client.run(&h, &sh("trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done"), io).await.unwrap();
+        let p =
+            d.client.run(&h, &sh("trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done"), io).await.unwrap();
         out.wait_for("ready").await;
         d.client.stop(&h, false).await.unwrap();
         assert_eq!(p.wait().await.unwrap(), 7);

@@ -91,7 +91,10 @@ mod tests {
     fn executable_not_found_maps() {
         let e = GardenError::runtime(
             "h",
-            RuntimeError::Process(ErrorKind::ExecutableNotFound, "exec: \"x\": executable file not found in $PATH".into()),
+            RuntimeError::Process(
+                ErrorKind::ExecutableNotFound,
+                "exec: \"x\": executable file not found in $PATH".into(),
+            ),
         );
         assert_eq!(e.body().kind, "ExecutableNotFoundError");
     }

@@ -168,7 +168,10 @@ struct InitBody {
 impl hyper::body::Body for InitBody {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut rb = ReadBuf::new(&mut buf);
         match Pin::new(&mut self.conn).poll_read(cx, &mut rb) {
@@ -354,11 +357,15 @@ impl Server {
         {
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             streams.retain(|_, s| s.created.elapsed() < STREAM_KEEP || s.stdout.is_some() || s.stderr.is_some());
-            streams.insert(sid.clone(), OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), created: Instant::now() });
+            streams.insert(
+                sid.clone(),
+                OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), created: Instant::now() },
+            );
         }
         let (client_r, mut client_w) = tokio::io::split(conn);
         let (mut init_r, mut init_w) = init.into_split();
-        let started = serde_json::to_string(&ProcessStarted { process_id: pid.clone(), stream_id: sid }).unwrap_or_default();
+        let started =
+            serde_json::to_string(&ProcessStarted { process_id: pid.clone(), stream_id: sid }).unwrap_or_default();
         let head = format!("{}{started}\n", hijack_head(status));
         if client_w.write_all(head.as_bytes()).await.is_err() {
             return;
@@ -402,7 +409,11 @@ impl Server {
                     let _ = err_tx.try_send(Bytes::from(d));
                 }
                 Ok(Some((proto::TAG_EXIT, p))) => {
-                    break ProcessPayload { process_id: pid.clone(), exit_status: proto::parse_exit(&p), ..Default::default() };
+                    break ProcessPayload {
+                        process_id: pid.clone(),
+                        exit_status: proto::parse_exit(&p),
+                        ..Default::default()
+                    };
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -566,17 +577,20 @@ impl Server {
         }
     }
 
-    async fn stream_in(&self, handle: &str, query: &BTreeMap<String, String>, req: Request<Incoming>) -> Result<(), GardenError> {
+    async fn stream_in(
+        &self,
+        handle: &str,
+        query: &BTreeMap<String, String>,
+        req: Request<Incoming>,
+    ) -> Result<(), GardenError> {
         let user = query.get("user").cloned().unwrap_or_default();
         let destination = query.get("destination").cloned().unwrap_or_default();
         if destination.is_empty() {
             return Err(GardenError::BadRequest("stream in needs a destination path".into()));
         }
         let _guard = self.gardener.hold(handle)?;
-        let conn = self
-            .gardener
-            .stream(handle, crate::runtime::initproto::Request::StreamIn { user, destination })
-            .await?;
+        let conn =
+            self.gardener.stream(handle, crate::runtime::initproto::Request::StreamIn { user, destination }).await?;
         let (mut r, mut w) = conn.into_split();
         let mut body = req.into_body();
         let mut send_err = None;
@@ -617,11 +631,8 @@ fn handles_param(q: &BTreeMap<String, String>) -> Vec<String> {
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, GardenError> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| GardenError::BadRequest(format!("reading request body: {e}")))?
-        .to_bytes();
+    let bytes =
+        limited.collect().await.map_err(|e| GardenError::BadRequest(format!("reading request body: {e}")))?.to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| GardenError::BadRequest(format!("invalid request body: {e}")))
 }
 
@@ -632,7 +643,9 @@ mod tests {
     #[test]
     fn routes_process_endpoints_to_hijack() {
         assert!(matches!(hijack_route("POST", "/containers/h/processes"), Some(Hijack::Run(h)) if h == "h"));
-        assert!(matches!(hijack_route("GET", "/containers/h/processes/p1"), Some(Hijack::Attach(h, p)) if h == "h" && p == "p1"));
+        assert!(
+            matches!(hijack_route("GET", "/containers/h/processes/p1"), Some(Hijack::Attach(h, p)) if h == "h" && p == "p1")
+        );
         assert!(matches!(
             hijack_route("GET", "/containers/h/processes/p1/attaches/7/stderr"),
             Some(Hijack::Output(s, true)) if s == "7"

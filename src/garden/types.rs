@@ -406,10 +406,7 @@ mod tests {
     #[test]
     fn zero_limits_are_omitted() {
         assert_eq!(serde_json::to_string(&MemoryLimits::default()).unwrap(), "{}");
-        assert_eq!(
-            serde_json::to_string(&CpuLimits { weight: 10, limit_in_shares: 0 }).unwrap(),
-            r#"{"weight":10}"#
-        );
+        assert_eq!(serde_json::to_string(&CpuLimits { weight: 10, limit_in_shares: 0 }).unwrap(), r#"{"weight":10}"#);
     }
 
     #[test]
@@ -426,8 +423,7 @@ mod tests {
 
     #[test]
     fn payload_round_trip() {
-        let p: ProcessPayload =
-            serde_json::from_str(r#"{"process_id":"p1","source":0,"data":"hi\n"}"#).unwrap();
+        let p: ProcessPayload = serde_json::from_str(r#"{"process_id":"p1","source":0,"data":"hi\n"}"#).unwrap();
         assert_eq!(p.source, Some(0));
         assert_eq!(p.data.as_deref(), Some("hi\n"));
         let exit = ProcessPayload { process_id: "p1".into(), exit_status: Some(42), ..Default::default() };

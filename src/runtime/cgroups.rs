@@ -78,9 +78,7 @@ impl Cgroup {
         let file = if unified() { "memory.events" } else { "memory.oom_control" };
         std::fs::read_to_string(self.memory_dir().join(file))
             .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-            })
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())))
             .unwrap_or(0)
     }
 

@@ -8,13 +8,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
 use super::depot::{ContainerRecord, Depot};
 use super::helper::{self, HelperReply, HelperRequest};
 use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
-use super::RuntimeError;
 use crate::garden::types::ContainerSpec;
 
 #[derive(Debug, Clone)]
@@ -59,9 +59,11 @@ impl Containerizer {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
         }
         let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
-        let tag = canonical.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
+        let tag = canonical
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
         Ok(Self { cgroup_parent: format!("/celld-{:08x}", tag as u32), depot, cfg, helper: Mutex::new(None) })
     }
 

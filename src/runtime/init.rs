@@ -73,7 +73,6 @@ struct Init {
     sigfd: nix::sys::signalfd::SignalFd,
     conns: Vec<Conn>,
     procs: HashMap<String, Proc>,
-    next_id: u64,
 }
 
 /// Entry point; never returns.
@@ -94,6 +93,7 @@ pub fn run(listen_fd: RawFd) -> ! {
             }
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::prctl(libc::PR_SET_NAME, c"celld-init".as_ptr());
     }
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGCHLD);
@@ -109,13 +109,8 @@ pub fn run(listen_fd: RawFd) -> ! {
         }
     };
     set_nonblocking(listen_fd);
-    let mut init = Init {
-        listener: unsafe { OwnedFd::from_raw_fd(listen_fd) },
-        sigfd,
-        conns: Vec::new(),
-        procs: HashMap::new(),
-        next_id: 1,
-    };
+    let mut init =
+        Init { listener: unsafe { OwnedFd::from_raw_fd(listen_fd) }, sigfd, conns: Vec::new(), procs: HashMap::new() };
     loop {
         init.tick();
     }
@@ -172,11 +167,8 @@ impl Init {
         push(self.sigfd.as_raw_fd(), libc::POLLIN, Slot::Signal, &mut fds);
         for (i, c) in self.conns.iter().enumerate() {
             let mut ev = 0;
-            let stdin_full = c
-                .attached
-                .as_ref()
-                .and_then(|id| self.procs.get(id))
-                .is_some_and(|p| p.stdin_buf.len() > 64 * 1024);
+            let stdin_full =
+                c.attached.as_ref().and_then(|id| self.procs.get(id)).is_some_and(|p| p.stdin_buf.len() > 64 * 1024);
             if !c.closing && !stdin_full {
                 ev |= libc::POLLIN;
             }
@@ -188,10 +180,8 @@ impl Init {
         let mut timeout = -1;
         for (pi, id) in ids.iter().enumerate() {
             let Some(p) = self.procs.get(id) else { continue };
-            let behind = self
-                .conns
-                .iter()
-                .any(|c| c.attached.as_deref() == Some(id) && c.wbuf.len() > CLIENT_HIGH_WATER);
+            let behind =
+                self.conns.iter().any(|c| c.attached.as_deref() == Some(id) && c.wbuf.len() > CLIENT_HIGH_WATER);
             if !behind {
                 if let Some(fd) = &p.stdout {
                     push(fd.as_raw_fd(), libc::POLLIN, Slot::Out(pi, false), &mut fds);
@@ -558,17 +548,11 @@ impl Init {
             }
         }
         self.procs.retain(|_, p| p.finished_at.is_none_or(|t| now.duration_since(t) < KEEP_EXITED));
-        self.conns.retain(|c| !c.dead && !(c.closing && c.wbuf.is_empty()));
+        self.conns.retain(|c| !(c.dead || c.closing && c.wbuf.is_empty()));
     }
 
     fn spawn(&mut self, req: SpawnRequest) -> Result<String, (ErrorKind, String)> {
-        let id = if req.id.is_empty() {
-            let id = format!("{:016x}-{}", nix::unistd::getpid().as_raw() as u64 ^ now_nanos(), self.next_id);
-            self.next_id += 1;
-            id
-        } else {
-            req.id.clone()
-        };
+        let id = if req.id.is_empty() { random_guid() } else { req.id.clone() };
         if let Some(p) = self.procs.get(&id) {
             if !p.finished() {
                 return Err((ErrorKind::AlreadyExists, format!("process ID '{id}' is already in use")));
@@ -607,8 +591,19 @@ impl Init {
     }
 }
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+/// A random version-4 GUID, as Garden gives processes that name no id.
+fn random_guid() -> String {
+    let mut b = [0u8; 16];
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        // Entropy is unavailable only in broken environments; stay unique anyway.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -636,9 +631,7 @@ fn resolve_executable(path: &str, env: &[String], cwd: &str) -> Result<PathBuf, 
         .split(':')
         .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(path))
         .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            (ErrorKind::ExecutableNotFound, format!("exec: \"{path}\": executable file not found in $PATH"))
-        })
+        .ok_or_else(|| (ErrorKind::ExecutableNotFound, format!("exec: \"{path}\": executable file not found in $PATH")))
 }
 
 struct Child {
@@ -729,10 +722,8 @@ fn spawn_child(req: &SpawnRequest, user: &User, cwd: &str, exe: &Path, env: &[St
                 fail("setrlimit");
             }
         }
-        if std::fs::metadata(&cwd_path).is_err() {
-            if mkdir_all_owned(&cwd_path, user.uid, user.gid).is_err() {
-                fail("create working directory");
-            }
+        if std::fs::metadata(&cwd_path).is_err() && mkdir_all_owned(&cwd_path, user.uid, user.gid).is_err() {
+            fail("create working directory");
         }
         if let Err(e) = become_user(user) {
             let _ = e;
@@ -809,7 +800,8 @@ fn enter_user(conn: &mut std::fs::File, user_spec: &str) -> Option<User> {
             return None;
         }
     };
-    if become_user(&user).is_err() || std::env::set_current_dir(&user.home).is_err() && std::env::set_current_dir("/").is_err()
+    if become_user(&user).is_err()
+        || std::env::set_current_dir(&user.home).is_err() && std::env::set_current_dir("/").is_err()
     {
         send_reply(conn, &Reply::err(ErrorKind::Failed, format!("cannot become user {}", user.name)));
         return None;

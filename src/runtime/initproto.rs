@@ -25,13 +25,23 @@ pub const HEADER_LEN: usize = 5;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Request {
     Spawn(SpawnRequest),
-    Attach { id: String },
-    StreamIn { user: String, destination: String },
-    StreamOut { user: String, source: String },
+    Attach {
+        id: String,
+    },
+    StreamIn {
+        user: String,
+        destination: String,
+    },
+    StreamOut {
+        user: String,
+        source: String,
+    },
     /// Ids of processes init knows (running or recently exited).
     List,
     /// Sends a signal to every process except init (used by Stop).
-    SignalAll { signal: i32 },
+    SignalAll {
+        signal: i32,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -162,8 +172,9 @@ pub mod client {
 
     pub async fn read_reply<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Reply> {
         match read_frame(r).await? {
-            Some((TAG_REPLY, p)) => serde_json::from_slice(&p)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Some((TAG_REPLY, p)) => {
+                serde_json::from_slice(&p).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            }
             Some((tag, _)) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("init protocol: expected a reply, got frame {tag}"),

@@ -126,12 +126,8 @@ impl Overlay {
             std::os::unix::fs::chown(&self.upper, Some(owner), Some(owner))
                 .map_err(|e| RuntimeError::io(&self.upper, e))?;
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            self.upper.display(),
-            self.work.display()
-        );
+        let opts =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display());
         nix::mount::mount(Some("overlay"), &self.merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", self.merged.display())))
     }

@@ -228,7 +228,8 @@ mod tests {
     fn unprivileged_spec_has_userns_seccomp_and_limits() {
         let spec = build(&input(false)).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
-        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> =
+            v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"user"));
         assert_eq!(v["linux"]["uidMappings"][0]["hostID"], json!(ROOT_HOST_ID));
         assert!(v["linux"]["seccomp"].is_object());

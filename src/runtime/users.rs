@@ -46,8 +46,7 @@ fn groups_of(group: &str, name: &str, primary: u32) -> Vec<u32> {
     let mut out = vec![primary];
     for line in group.lines() {
         let mut f = line.split(':');
-        let (Some(_g), Some(_pw), Some(gid), Some(members)) = (f.next(), f.next(), f.next(), f.next())
-        else {
+        let (Some(_g), Some(_pw), Some(gid), Some(members)) = (f.next(), f.next(), f.next(), f.next()) else {
             continue;
         };
         let Ok(gid) = gid.parse::<u32>() else { continue };
@@ -81,13 +80,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, UserError>
         };
         let entry = passwd_entries(passwd).find(|e| e.uid == uid);
         let name = entry.as_ref().map_or(u.to_string(), |e| e.name.to_string());
-        return Ok(User {
-            groups: vec![gid],
-            name,
-            uid,
-            gid,
-            home: entry.map_or("/".into(), |e| e.home.to_string()),
-        });
+        return Ok(User { groups: vec![gid], name, uid, gid, home: entry.map_or("/".into(), |e| e.home.to_string()) });
     }
     if let Ok(uid) = spec.parse::<u32>() {
         let entry = passwd_entries(passwd).find(|e| e.uid == uid);
@@ -102,10 +95,14 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, UserError>
             None => User { name: spec.into(), uid, gid: uid, home: "/".into(), groups: vec![uid] },
         });
     }
-    let e = passwd_entries(passwd)
-        .find(|e| e.name == spec)
-        .ok_or_else(|| UserError::NotFound(spec.to_string()))?;
-    Ok(User { groups: groups_of(group, e.name, e.gid), name: e.name.into(), uid: e.uid, gid: e.gid, home: e.home.into() })
+    let e = passwd_entries(passwd).find(|e| e.name == spec).ok_or_else(|| UserError::NotFound(spec.to_string()))?;
+    Ok(User {
+        groups: groups_of(group, e.name, e.gid),
+        name: e.name.into(),
+        uid: e.uid,
+        gid: e.gid,
+        home: e.home.into(),
+    })
 }
 
 /// Reads the user database under `root` (`/` inside a container) and resolves.

@@ -71,11 +71,8 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("celld.log"))
-            .expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("celld.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_celld"))
             .arg("--depot")
             .arg(self.depot())
@@ -143,7 +140,10 @@ impl Daemon {
     }
 
     pub fn handle_prefix(&self) -> String {
-        format!("t{}-", self.dir.file_name().map(|s| s.to_string_lossy().replace("celld-test-", "")).unwrap_or_default())
+        format!(
+            "t{}-",
+            self.dir.file_name().map(|s| s.to_string_lossy().replace("celld-test-", "")).unwrap_or_default()
+        )
     }
 
     /// A handle unique to this daemon and test run.
@@ -251,10 +251,16 @@ impl tokio::io::AsyncWrite for Sink {
         }
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
