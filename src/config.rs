@@ -43,7 +43,7 @@ pub struct Config {
     #[arg(long)]
     pub destroy_containers_on_startup: bool,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info,libcgroups=error")]
     pub log_level: String,
     #[command(subcommand)]
     pub role: Option<Role>,

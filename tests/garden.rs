@@ -251,10 +251,12 @@ fn unprivileged_by_default() {
 
         let (code, _, err) = run(&d, &h, sh("unshare --user true")).await;
         assert_ne!(code, 0, "unshare --user must fail: {err}");
-        let (_, out, _) =
-            run(&d, &h, sh("wc -c < /proc/timer_list; wc -c < /proc/sched_debug; touch /sys/x 2>&1 || echo sys-ro"))
-                .await;
-        assert!(out.starts_with("0\n0\n"), "masked /proc files must read empty: {out:?}");
+        // Masked files read empty (those this kernel has at all; timer_list it has).
+        let script = "for f in timer_list sched_debug keys; do [ -e /proc/$f ] && wc -c < /proc/$f; done; \
+                      touch /sys/x 2>&1 || echo sys-ro";
+        let (_, out, _) = run(&d, &h, sh(script)).await;
+        let sizes: Vec<&str> = out.lines().filter(|l| l.chars().all(|c| c.is_ascii_digit())).collect();
+        assert!(!sizes.is_empty() && sizes.iter().all(|l| *l == "0"), "masked /proc files must read empty: {out:?}");
         assert!(out.contains("sys-ro"), "{out}");
         let (_, out, _) = run(&d, &h, sh("ls /dev")).await;
         for dev in ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"] {
@@ -467,7 +469,8 @@ fn bad_input_gets_garden_errors() {
     let raw = |req: &str| -> String {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
+        // The server may answer and close before an oversized body is sent.
+        let _ = s.write_all(req.as_bytes());
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out

@@ -1,1 +1,231 @@
-fn main(){}
+//! cellctl: a human CLI over celld's Garden API.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use celld::garden::client::{Address, Client, ProcessIo};
+use celld::garden::types::{ContainerSpec, ProcessSpec, TtySpec, WindowSize};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cellctl", version, about = "Talk to a celld (or any Garden server)")]
+struct Cli {
+    /// Garden server: a unix socket path or HOST:PORT.
+    #[arg(long, env = "CELLD_GARDEN", default_value = "/run/celld/garden.sock")]
+    garden: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checks that the server answers.
+    Ping,
+    /// Lists container handles, optionally filtered by properties.
+    Containers {
+        #[arg(long = "property", value_name = "K=V")]
+        properties: Vec<String>,
+    },
+    /// Creates a container and prints its handle.
+    Create {
+        #[arg(long)]
+        handle: Option<String>,
+        /// `preloaded:NAME` or an absolute directory.
+        #[arg(long)]
+        rootfs: Option<String>,
+        #[arg(long)]
+        privileged: bool,
+        /// Memory limit in bytes.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Most processes (pids) in the container.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Destroy the container after this many idle seconds.
+        #[arg(long)]
+        grace_time: Option<u64>,
+        #[arg(long = "property", value_name = "K=V")]
+        properties: Vec<String>,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+    },
+    /// Shows a container's info as JSON.
+    Info { handle: String },
+    /// Shows a container's metrics as JSON.
+    Metrics { handle: String },
+    /// Runs a command in a container; exits with its status.
+    Run {
+        /// Run on a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        dir: Option<String>,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        handle: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stops a container's processes (TERM, then KILL).
+    Stop {
+        #[arg(long)]
+        kill: bool,
+        handle: String,
+    },
+    /// Destroys containers.
+    Destroy {
+        #[arg(required = true)]
+        handles: Vec<String>,
+    },
+    /// Copies a tar from stdin into the container.
+    StreamIn {
+        handle: String,
+        destination: String,
+        #[arg(long, default_value = "")]
+        user: String,
+    },
+    /// Writes a path of the container as a tar to stdout.
+    StreamOut {
+        handle: String,
+        source: String,
+        #[arg(long, default_value = "")]
+        user: String,
+    },
+}
+
+fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context(format!("expected K=V, got {kv:?}"))
+        })
+        .collect()
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cellctl: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cellctl: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let addr: Address = cli.garden.parse().unwrap_or(Address::Unix(PathBuf::from(&cli.garden)));
+    let c = Client::new(addr);
+    match cli.cmd {
+        Cmd::Ping => c.ping().await?,
+        Cmd::Containers { properties } => {
+            for h in c.list(&pairs(&properties)?).await? {
+                println!("{h}");
+            }
+        }
+        Cmd::Create { handle, rootfs, privileged, memory, pids, grace_time, properties, env } => {
+            let mut spec = ContainerSpec {
+                handle: handle.unwrap_or_default(),
+                privileged,
+                properties: pairs(&properties)?,
+                env,
+                grace_time: grace_time.unwrap_or(0).saturating_mul(1_000_000_000),
+                ..Default::default()
+            };
+            spec.image.uri = rootfs.unwrap_or_default();
+            spec.limits.memory_limits.limit_in_bytes = memory.unwrap_or(0);
+            spec.limits.pid_limits.max = pids.unwrap_or(0);
+            println!("{}", c.create(&spec).await?);
+        }
+        Cmd::Info { handle } => println!("{}", serde_json::to_string_pretty(&c.info(&handle).await?)?),
+        Cmd::Metrics { handle } => println!("{}", serde_json::to_string_pretty(&c.metrics(&handle).await?)?),
+        Cmd::Run { tty, user, dir, env, handle, command } => {
+            return run_process(&c, tty, user, dir, env, handle, command).await;
+        }
+        Cmd::Stop { kill, handle } => c.stop(&handle, kill).await?,
+        Cmd::Destroy { handles } => {
+            for h in handles {
+                c.destroy(&h).await.with_context(|| format!("destroying {h}"))?;
+            }
+        }
+        Cmd::StreamIn { handle, destination, user } => {
+            c.stream_in(&handle, &user, &destination, tokio::io::stdin()).await?
+        }
+        Cmd::StreamOut { handle, source, user } => {
+            use std::io::Write;
+            let tar = c.stream_out(&handle, &user, &source).await?;
+            std::io::stdout().write_all(&tar)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Restores the terminal's settings when dropped.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> Self {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else { return Self(None) };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        Self(Some(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+fn window_size() -> Option<WindowSize> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0;
+    ok.then_some(WindowSize { columns: ws.ws_col, rows: ws.ws_row })
+}
+
+async fn run_process(
+    c: &Client,
+    tty: bool,
+    user: Option<String>,
+    dir: Option<String>,
+    env: Vec<String>,
+    handle: String,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    let Some((path, args)) = command.split_first() else { bail!("no command given") };
+    let interactive = tty && std::io::stdin().is_terminal();
+    let spec = ProcessSpec {
+        path: path.clone(),
+        args: args.to_vec(),
+        user: user.unwrap_or_default(),
+        dir: dir.unwrap_or_default(),
+        env,
+        tty: tty.then(|| TtySpec { window_size: Some(window_size().unwrap_or(WindowSize { columns: 80, rows: 24 })) }),
+        ..Default::default()
+    };
+    let io = ProcessIo {
+        stdin: Some(Box::new(tokio::io::stdin())),
+        stdout: Some(Box::new(tokio::io::stdout())),
+        stderr: Some(Box::new(tokio::io::stderr())),
+    };
+    let _raw = interactive.then(RawMode::enter);
+    let process = c.run(&handle, &spec, io).await?;
+    Ok(process.wait().await?)
+}

@@ -7,7 +7,7 @@
 //! the daemon goes away the helper exits and the containers live on.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -120,8 +120,10 @@ fn create(id: &str, bundle: &Path, state_root: &Path, socket: &Path) -> HelperRe
 fn build_and_start(id: &str, bundle: &Path, state_root: &Path, listen_fd: RawFd) -> Result<i32, String> {
     // libcontainer dup2()s and then closes the stdio fds it is given, and it
     // turns /dev/null stdio into a read-only fd; hand it private pipes instead.
-    let pipes = [pipe_end(false)?, pipe_end(true)?, pipe_end(true)?];
-    let [stdin, stdout, stderr] = pipes;
+    let [stdin, stdout] = [pipe_end(false)?, pipe_end(true)?];
+    // The helper's own stderr (the daemon's log) carries libcontainer's errors
+    // from inside the new container; init replaces it with /dev/null once running.
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| format!("dup stderr: {e}"))?;
     let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_executor(InitExecutor { listen_fd })
         .with_root_path(state_root)

@@ -30,6 +30,7 @@ pub const UNPRIVILEGED_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Every capability, indexed by its number.
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -106,12 +107,29 @@ pub fn hostname(handle: &str) -> String {
     chars[chars.len().saturating_sub(49)..].iter().collect()
 }
 
+/// The daemon's capability bounding set: a container cannot get more, and
+/// asking for more makes `capset` fail.
+fn bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapBnd:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        })
+        .unwrap_or(u64::MAX)
+}
+
 fn device(major: i64, minor: i64) -> Value {
     json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"})
 }
 
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
-    let caps: Vec<&str> = if input.privileged { ALL_CAPS.to_vec() } else { UNPRIVILEGED_CAPS.to_vec() };
+    let bounding = bounding_set();
+    let wanted: &[&str] = if input.privileged { ALL_CAPS } else { UNPRIVILEGED_CAPS };
+    let caps: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| ALL_CAPS.iter().position(|a| a == c).is_some_and(|bit| bounding & (1 << bit) != 0))
+        .collect();
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "network"}),
