@@ -11,19 +11,6 @@ use celld::runtime::{Containerizer, RuntimeConfig, helper};
 use clap::Parser;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // libcontainer runs `newuidmap`/`newgidmap` from PATH; the helper points those
-    // names at this binary.
-    let argv0 = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
-    if argv0 == "newuidmap" || argv0 == "newgidmap" {
-        match helper::write_id_map(&argv0, &args[1..]) {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("{argv0}: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
     let cfg = Config::parse();
     init_logging(&cfg.log_level);
     if let Some(Role::Helper { map_bin_dir }) = &cfg.role {
@@ -53,6 +40,7 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         rootfs_dir: cfg.rootfs_dir(),
         default_rootfs: cfg.default_rootfs.clone(),
         exe,
+        log_level: cfg.log_level.clone(),
     })?;
     let gardener = Arc::new(Gardener::new(
         rt,

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use celld::garden::client::{Address, Client, ProcessIo};
 use celld::garden::types::{ContainerSpec, ProcessSpec, TtySpec, WindowSize};
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(name = "cellctl", version, about = "Talk to a celld (or any Garden server)")]
@@ -125,7 +125,7 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let addr: Address = cli.garden.parse().unwrap_or(Address::Unix(PathBuf::from(&cli.garden)));
+    let Ok(addr) = cli.garden.parse::<Address>();
     let c = Client::new(addr);
     match cli.cmd {
         Cmd::Ping => c.ping().await?,
@@ -155,8 +155,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Stop { kill, handle } => c.stop(&handle, kill).await?,
         Cmd::Destroy { handles } => {
-            for h in handles {
-                c.destroy(&h).await.with_context(|| format!("destroying {h}"))?;
+            let mut failed = 0;
+            for h in &handles {
+                if let Err(e) = c.destroy(h).await {
+                    eprintln!("cellctl: destroying {h}: {e}");
+                    failed += 1;
+                }
+            }
+            if failed > 0 {
+                return Ok(1);
             }
         }
         Cmd::StreamIn { handle, destination, user } => {
@@ -165,7 +172,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::StreamOut { handle, source, user } => {
             use std::io::Write;
             let tar = c.stream_out(&handle, &user, &source).await?;
-            std::io::stdout().write_all(&tar)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&tar).context("writing the tar to stdout")?;
+            out.flush()?;
         }
     }
     Ok(0)
@@ -194,9 +203,11 @@ impl Drop for RawMode {
     }
 }
 
+/// The local terminal's size (fd 0), if stdin is a terminal.
 fn window_size() -> Option<WindowSize> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0;
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusive `ws`.
+    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 && ws.ws_row > 0;
     ok.then_some(WindowSize { columns: ws.ws_col, rows: ws.ws_row })
 }
 
@@ -227,5 +238,20 @@ async fn run_process(
     };
     let _raw = interactive.then(RawMode::enter);
     let process = c.run(&handle, &spec, io).await?;
+    if interactive {
+        // Follow the local terminal's size.
+        if let Ok(mut winch) = signal(SignalKind::window_change()) {
+            let ctl = process.control();
+            tokio::spawn(async move {
+                while winch.recv().await.is_some() {
+                    if let Some(ws) = window_size() {
+                        if ctl.resize(ws.columns, ws.rows).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    }
     Ok(process.wait().await?)
 }

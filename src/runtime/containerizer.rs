@@ -25,6 +25,8 @@ pub struct RuntimeConfig {
     pub default_rootfs: String,
     /// The celld executable, re-executed as the runtime helper.
     pub exe: PathBuf,
+    /// The helper logs with the daemon's filter.
+    pub log_level: String,
 }
 
 struct HelperConn {
@@ -91,7 +93,7 @@ impl Containerizer {
                 let _ = old.child.kill();
                 let _ = old.child.wait();
             }
-            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.run_dir.join("bin"))
+            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.run_dir.join("bin"), &self.cfg.log_level)
                 .map_err(|e| RuntimeError::Helper(format!("start: {e}")))?;
             sock.set_nonblocking(true).map_err(|e| RuntimeError::Helper(e.to_string()))?;
             let sock = UnixStream::from_std(sock).map_err(|e| RuntimeError::Helper(e.to_string()))?;
@@ -191,6 +193,7 @@ impl Containerizer {
             env: &rec.spec.env,
             bind_mounts,
         })?;
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
             Overlay::in_dir(&dir2).mount(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
@@ -198,6 +201,7 @@ impl Containerizer {
         })
         .await
         .map_err(|e| RuntimeError::Helper(e.to_string()))??;
+        let prepared = started.elapsed();
         let reply = self
             .helper_call(&HelperRequest::Create {
                 id: rec.handle.clone(),
@@ -214,6 +218,12 @@ impl Containerizer {
         rec.init_pid = pid;
         rec.init_start_time = process_start_time(pid).ok_or(RuntimeError::InitGone)?;
         self.depot.save(&rec)?;
+        tracing::debug!(
+            handle = %rec.handle,
+            rootfs_ms = prepared.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "container created"
+        );
         Ok(rec)
     }
 
