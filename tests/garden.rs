@@ -553,3 +553,50 @@ fn cellctl_drives_the_daemon() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown handle"));
     d.assert_no_leaks();
 }
+
+#[test]
+fn init_reaps_orphans_and_hostname_is_the_handle() {
+    require_host!();
+    let d = Daemon::start();
+    // Longer than 49 characters: the hostname is its tail.
+    let h = d.handle(&format!("host-{}", "x".repeat(60)));
+    rt().block_on(async {
+        d.client.create(&spec(&h)).await.unwrap();
+        let (_, out, _) = run(&d, &h, sh("hostname")).await;
+        let tail: String = h.chars().rev().take(49).collect::<Vec<_>>().into_iter().rev().collect();
+        assert_eq!(out.trim(), tail);
+        // Orphans are re-parented to init, which must reap them.
+        run(&d, &h, sh("(sleep 0.1 &); (true &); exit 0")).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, out, _) = run(&d, &h, sh("cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}'")).await;
+        assert!(!out.lines().any(|s| s == "Z"), "zombies left: {out}");
+        let (_, out, _) = run(&d, &h, sh("cat /proc/1/comm")).await;
+        assert_eq!(out.trim(), "celld-init");
+    });
+}
+
+#[test]
+fn daemons_side_by_side_and_over_tcp() {
+    require_host!();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let one = Daemon::start_with(&["--garden-tcp", &addr]);
+    let two = Daemon::start();
+    let (h1, h2) = (one.handle("one"), two.handle("two"));
+    rt().block_on(async {
+        let tcp = celld::garden::client::Client::new(celld::garden::client::Address::Tcp(addr.clone()));
+        tcp.ping().await.unwrap();
+        assert_eq!(tcp.create(&spec(&h1)).await.unwrap(), h1);
+        two.client.create(&spec(&h2)).await.unwrap();
+        assert_eq!(one.client.list(&BTreeMap::new()).await.unwrap(), vec![h1.clone()]);
+        assert_eq!(two.client.list(&BTreeMap::new()).await.unwrap(), vec![h2.clone()]);
+        one.client.destroy(&h1).await.unwrap();
+        assert_eq!(run(&two, &h2, sh("exit 9")).await.0, 9);
+        two.client.destroy(&h2).await.unwrap();
+    });
+    one.assert_no_leaks();
+    two.assert_no_leaks();
+}
