@@ -39,7 +39,8 @@ type Body = BoxBody<Bytes, std::io::Error>;
 struct OutputStreams {
     stdout: Option<mpsc::Receiver<Bytes>>,
     stderr: Option<mpsc::Receiver<Bytes>>,
-    created: Instant,
+    /// When the process exited; unclaimed streams are dropped a while later.
+    exited: Option<Instant>,
 }
 
 pub struct Server {
@@ -356,16 +357,16 @@ impl Server {
         let (err_tx, err_rx) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
         {
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-            streams.retain(|_, s| s.created.elapsed() < STREAM_KEEP || s.stdout.is_some() || s.stderr.is_some());
-            streams.insert(
-                sid.clone(),
-                OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), created: Instant::now() },
-            );
+            streams.retain(|_, s| {
+                let claimed = s.stdout.is_none() && s.stderr.is_none();
+                !claimed && s.exited.is_none_or(|t| t.elapsed() < STREAM_KEEP)
+            });
+            streams.insert(sid.clone(), OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), exited: None });
         }
         let (client_r, mut client_w) = tokio::io::split(conn);
         let (mut init_r, mut init_w) = init.into_split();
-        let started =
-            serde_json::to_string(&ProcessStarted { process_id: pid.clone(), stream_id: sid }).unwrap_or_default();
+        let started = serde_json::to_string(&ProcessStarted { process_id: pid.clone(), stream_id: sid.clone() })
+            .unwrap_or_default();
         let head = format!("{}{started}\n", hijack_head(status));
         if client_w.write_all(head.as_bytes()).await.is_err() {
             return;
@@ -428,6 +429,9 @@ impl Server {
         drop(out_tx);
         drop(err_tx);
         to_init.abort();
+        if let Some(s) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&sid) {
+            s.exited = Some(Instant::now());
+        }
         let mut line = serde_json::to_vec(&last).unwrap_or_default();
         line.push(b'\n');
         let _ = client_w.write_all(&line).await;
@@ -483,7 +487,7 @@ impl Server {
             (&Method::GET, ["containers"]) => Ok(json_response(200, &HandlesReply { handles: g.list(&query) })),
             (&Method::POST, ["containers"]) => {
                 let spec: ContainerSpec = read_json(req).await?;
-                let handle = g.create(spec).await?;
+                let handle = detached(g, move |g| async move { g.create(spec).await }).await?;
                 Ok(json_response(200, &HandleReply { handle }))
             }
             (&Method::GET, ["containers", "bulk_info"]) => {
@@ -509,7 +513,8 @@ impl Server {
                 Ok(json_response(200, &out))
             }
             (&Method::DELETE, ["containers", h]) => {
-                g.destroy(h).await?;
+                let h = h.to_string();
+                detached(g, move |g| async move { g.destroy(&h).await }).await?;
                 Ok(empty_ok())
             }
             (&Method::GET, ["containers", h, "info"]) => Ok(json_response(200, &g.info(h).await?)),
@@ -517,7 +522,7 @@ impl Server {
             (&Method::PUT, ["containers", h, "stop"]) => {
                 let h = h.to_string();
                 let stop: StopRequest = read_json(req).await?;
-                g.stop(&h, stop.kill).await?;
+                detached(g, move |g| async move { g.stop(&h, stop.kill).await }).await?;
                 Ok(empty_ok())
             }
             (&Method::PUT, ["containers", h, "grace_time"]) => {
@@ -623,6 +628,18 @@ impl Server {
             Err(e) => Err(GardenError::BadRequest(format!("stream in: {e}"))),
         }
     }
+}
+
+/// Runs a state-changing operation to completion even if the client hangs up:
+/// hyper drops a request's future when its connection closes, and a create or
+/// destroy cut off half-way would leave a container behind.
+async fn detached<T, F, Fut>(g: &Arc<Gardener>, f: F) -> Result<T, GardenError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Gardener>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, GardenError>> + Send + 'static,
+{
+    tokio::spawn(f(g.clone())).await.unwrap_or_else(|e| Err(GardenError::BadRequest(format!("operation failed: {e}"))))
 }
 
 fn handles_param(q: &BTreeMap<String, String>) -> Vec<String> {
