@@ -50,10 +50,14 @@ fn main() -> Result<()> {
 
     let mut daemon = Daemon::start(&celld, &dir, &args)?;
     let client = Client::new(Address::Unix(dir.join("garden.sock")));
-    let result = rt.block_on(async {
-        daemon.wait_ready(&client).await?;
-        bench(&args, &client, daemon.pid, &dir, &tiny).await
+    // A panic (say, stdout closed under us) must still reach the cleanup below.
+    let run = std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            daemon.wait_ready(&client).await?;
+            bench(&args, &client, daemon.pid, &dir, &tiny).await
+        })
     });
+    let result = std::panic::catch_unwind(run).unwrap_or_else(|_| Err(anyhow::anyhow!("the bench panicked")));
     let destroyed = rt.block_on(destroy_all(&client));
     daemon.stop();
     let removed = remove_dir(&dir);
