@@ -57,7 +57,9 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 impl Containerizer {
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
         let depot = Depot::new(&cfg.depot);
-        for d in [depot.containers_dir(), cfg.run_dir.join("runtime"), cfg.run_dir.join("init")] {
+        // What a previous daemon had not finished deleting.
+        let _ = std::fs::remove_dir_all(depot.trash_dir());
+        for d in [depot.containers_dir(), depot.trash_dir(), cfg.run_dir.join("runtime"), cfg.run_dir.join("init")] {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
         }
         let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
@@ -241,25 +243,46 @@ impl Containerizer {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
         let state_dir = self.cfg.run_dir.join("runtime").join(&rec.handle);
+        let trash = self.depot.trash_dir();
         tokio::task::spawn_blocking(move || {
             let mut first_err = None;
+            let t0 = std::time::Instant::now();
             kill_init(&rec);
+            let killed = t0.elapsed();
             let cg = Cgroup::new(&rec.cgroup_path);
             if cg.exists() {
                 if let Err(e) = cg.remove() {
                     first_err.get_or_insert(e);
                 }
             }
+            let cgroup_removed = t0.elapsed();
             if let Err(e) = Overlay::in_dir(&dir).unmount() {
                 first_err.get_or_insert(e);
             }
             let _ = std::fs::remove_file(&rec.socket);
             let _ = std::fs::remove_dir_all(&state_dir);
+            // The container's files leave the depot at once (a rename); deleting
+            // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    first_err.get_or_insert(RuntimeError::io(&dir, e));
+                let doomed = trash.join(format!("{}.{}", rec.handle, now_ns()));
+                match std::fs::rename(&dir, &doomed) {
+                    Ok(()) => {
+                        std::thread::spawn(move || std::fs::remove_dir_all(&doomed));
+                    }
+                    Err(_) => {
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            first_err.get_or_insert(RuntimeError::io(&dir, e));
+                        }
+                    }
                 }
             }
+            tracing::debug!(
+                handle = %rec.handle,
+                kill_ms = killed.as_secs_f64() * 1e3,
+                cgroup_ms = (cgroup_removed - killed).as_secs_f64() * 1e3,
+                files_ms = (t0.elapsed() - cgroup_removed).as_secs_f64() * 1e3,
+                "container removed"
+            );
             first_err.map_or(Ok(()), Err)
         })
         .await

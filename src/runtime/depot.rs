@@ -53,6 +53,11 @@ impl Depot {
         self.containers_dir().join(handle)
     }
 
+    /// Directories of destroyed containers, waiting to be deleted.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+
     pub fn rootfs_cache(&self) -> PathBuf {
         self.root.join("rootfs-cache")
     }
