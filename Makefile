@@ -29,7 +29,7 @@ TEST_ARGS  ?=
 BENCH_ARGS ?=
 
 DEB_PACKAGES := libseccomp-dev busybox-static bash-static protobuf-compiler \
-                iptables nftables runc uidmap iproute2 pkg-config debootstrap \
+                iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps
 
 # Use sudo only when not already root.

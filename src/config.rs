@@ -54,8 +54,9 @@ pub enum Role {
     /// Internal: the single-threaded runtime helper the daemon starts.
     #[command(hide = true)]
     Helper {
+        /// The daemon's depot; only labels the process in listings.
         #[arg(long)]
-        map_bin_dir: PathBuf,
+        depot: PathBuf,
     },
 }
 

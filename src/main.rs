@@ -13,8 +13,8 @@ use clap::Parser;
 fn main() {
     let cfg = Config::parse();
     init_logging(&cfg.log_level);
-    if let Some(Role::Helper { map_bin_dir }) = &cfg.role {
-        if let Err(e) = helper::run(map_bin_dir) {
+    if let Some(Role::Helper { .. }) = &cfg.role {
+        if let Err(e) = helper::run() {
             eprintln!("celld helper: {e}");
             std::process::exit(1);
         }

@@ -95,7 +95,7 @@ impl Containerizer {
                 let _ = old.child.kill();
                 let _ = old.child.wait();
             }
-            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.run_dir.join("bin"), &self.cfg.log_level)
+            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.depot, &self.cfg.log_level)
                 .map_err(|e| RuntimeError::Helper(format!("start: {e}")))?;
             sock.set_nonblocking(true).map_err(|e| RuntimeError::Helper(e.to_string()))?;
             let sock = UnixStream::from_std(sock).map_err(|e| RuntimeError::Helper(e.to_string()))?;

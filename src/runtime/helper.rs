@@ -47,11 +47,7 @@ impl Executor for InitExecutor {
 }
 
 /// The helper's main loop; returns when the daemon closes the socket.
-pub fn run(map_bin_dir: &Path) -> std::io::Result<()> {
-    // libcontainer writes multi-range id maps through `newuidmap`/`newgidmap`
-    // found on PATH; ours are celld itself (see `write_id_map`).
-    let path = std::env::var("PATH").unwrap_or_default();
-    unsafe { std::env::set_var("PATH", format!("{}:{path}", map_bin_dir.display())) };
+pub fn run() -> std::io::Result<()> {
     // Die with the daemon rather than linger.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 
@@ -119,7 +115,98 @@ fn create(id: &str, bundle: &Path, state_root: &Path, socket: &Path) -> HelperRe
     }
 }
 
+/// A process that owns a fresh user namespace whose id maps are already
+/// written. libcontainer joins it by path instead of creating one, which would
+/// cost two `newuidmap`/`newgidmap` execs per create. Dropping it lets the
+/// process exit; the namespace lives on in the container.
+struct UserNsHolder {
+    pid: i32,
+    release: Option<OwnedFd>,
+}
+
+impl UserNsHolder {
+    fn new(uid_map: &str, gid_map: &str) -> Result<Self, String> {
+        let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (release_r, release_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // The helper is single-threaded, so the child may run ordinary code.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                drop(ready_r);
+                drop(release_w);
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    libc::_exit(1);
+                }
+                libc::write(ready_w.as_raw_fd(), b"x".as_ptr().cast(), 1);
+                let mut b = [0u8; 1];
+                libc::read(release_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+                libc::_exit(0)
+            },
+            pid if pid < 0 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+            pid => {
+                drop(ready_w);
+                drop(release_r);
+                let holder = Self { pid, release: Some(release_w) };
+                let mut b = [0u8; 1];
+                if unsafe { libc::read(ready_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) } != 1 {
+                    return Err("creating the user namespace failed".into());
+                }
+                // Root in the parent namespace may write multi-range maps directly.
+                std::fs::write(format!("/proc/{pid}/uid_map"), uid_map).map_err(|e| format!("write uid_map: {e}"))?;
+                std::fs::write(format!("/proc/{pid}/gid_map"), gid_map).map_err(|e| format!("write gid_map: {e}"))?;
+                Ok(holder)
+            }
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/user", self.pid)
+    }
+}
+
+impl Drop for UserNsHolder {
+    fn drop(&mut self) {
+        self.release.take();
+        let mut status = 0;
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+fn id_map(mappings: &serde_json::Value) -> String {
+    mappings
+        .as_array()
+        .map(|ms| {
+            ms.iter().map(|m| format!("{} {} {}\n", m["containerID"], m["hostID"], m["size"])).collect::<String>()
+        })
+        .unwrap_or_default()
+}
+
+/// If the bundle asks for a new user namespace, makes it now and points the
+/// bundle at it. Returns the holder to keep until the container has started.
+fn prepare_user_namespace(bundle: &Path) -> Result<Option<UserNsHolder>, String> {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = std::fs::read(&path)
+        .map_err(|e| format!("read {}: {e}", path.display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("parse {}: {e}", path.display())))?;
+    let linux = &mut spec["linux"];
+    let (uid_map, gid_map) = (id_map(&linux["uidMappings"]), id_map(&linux["gidMappings"]));
+    let Some(ns) = linux["namespaces"]
+        .as_array_mut()
+        .and_then(|nss| nss.iter_mut().find(|n| n["type"] == "user" && n.get("path").is_none()))
+    else {
+        return Ok(None);
+    };
+    if uid_map.is_empty() || gid_map.is_empty() {
+        return Ok(None);
+    }
+    let holder = UserNsHolder::new(&uid_map, &gid_map)?;
+    ns["path"] = serde_json::Value::String(holder.path());
+    let data = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+    std::fs::write(&path, data).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(Some(holder))
+}
+
 fn build_and_start(id: &str, bundle: &Path, state_root: &Path, listen_fd: RawFd) -> Result<i32, String> {
+    let _userns = prepare_user_namespace(bundle)?;
     // libcontainer dup2()s and then closes the stdio fds it is given, and it
     // turns /dev/null stdio into a read-only fd; hand it private pipes instead.
     let [stdin, stdout] = [pipe_end(false)?, pipe_end(true)?];
@@ -187,48 +274,22 @@ fn pipe_end(write: bool) -> Result<OwnedFd, String> {
     Ok(if write { w } else { r })
 }
 
-/// `newuidmap`/`newgidmap` as libcontainer calls them (`NAME PID ID HOSTID COUNT...`)
-/// for multi-range maps. celld is root in the parent user namespace, so the kernel
-/// takes the map written straight to /proc, without /etc/subuid. A shell script
-/// because libcontainer execs it on every create: dash starts in ~1 ms, a
-/// 12 MB Rust binary in ~3.
-const ID_MAP_SCRIPT: &str = r#"#!/bin/sh
-set -eu
-name=${0##*/}
-for n in "$@"; do
-  case $n in ''|*[!0-9]*) echo "$name: not a number: $n" >&2; exit 1 ;; esac
-done
-[ $# -ge 4 ] && [ $(( ($# - 1) % 3 )) -eq 0 ] || { echo "usage: $name PID ID HOSTID COUNT..." >&2; exit 1; }
-pid=$1; shift
-case $name in newgidmap) file=gid_map ;; *) file=uid_map ;; esac
-map=
-while [ $# -ge 3 ]; do map="$map$1 $2 $3
-"; shift 3; done
-printf %s "$map" > "/proc/$pid/$file"
-"#;
-
 /// Daemon side: starts `celld helper` and returns the socket to it.
+/// `depot` only labels the helper (and the inits forked from it) in process
+/// listings, so one can tell which daemon they belong to.
 pub fn spawn(
     exe: &Path,
-    map_bin_dir: &Path,
+    depot: &Path,
     log_level: &str,
 ) -> std::io::Result<(std::process::Child, std::os::unix::net::UnixStream)> {
-    std::fs::create_dir_all(map_bin_dir)?;
-    for name in ["newuidmap", "newgidmap"] {
-        let path = map_bin_dir.join(name);
-        let tmp = map_bin_dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, ID_MAP_SCRIPT)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(&tmp, &path)?;
-    }
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let theirs_fd: OwnedFd = theirs.into();
     let child = std::process::Command::new(exe)
         .arg("--log-level")
         .arg(log_level)
         .arg("helper")
-        .arg("--map-bin-dir")
-        .arg(map_bin_dir)
+        .arg("--depot")
+        .arg(depot)
         .stdin(std::process::Stdio::from(theirs_fd))
         .spawn()?;
     Ok((child, ours))
@@ -238,24 +299,13 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn run_script(args: &[&str]) -> std::process::Output {
-        let dir = std::env::temp_dir().join(format!("celld-idmap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("newuidmap");
-        std::fs::write(&script, ID_MAP_SCRIPT).unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = std::process::Command::new(&script).args(args).output().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        out
-    }
-
     #[test]
-    fn id_map_arguments_are_validated() {
-        for bad in
-            [&[][..], &["1", "0", "5"], &["x", "0", "5", "1"], &["1", "0", "-5", "1"], &["1", "0", "5", "1", "2"]]
-        {
-            let out = run_script(bad);
-            assert!(!out.status.success(), "{bad:?} must be refused");
-        }
+    fn id_maps_are_written_one_range_per_line() {
+        let m = serde_json::json!([
+            {"containerID": 0, "hostID": 4294967294u32, "size": 1},
+            {"containerID": 1, "hostID": 1, "size": 4294967293u32},
+        ]);
+        assert_eq!(id_map(&m), "0 4294967294 1\n1 1 4294967293\n");
+        assert_eq!(id_map(&serde_json::Value::Null), "");
     }
 }
