@@ -600,3 +600,46 @@ fn daemons_side_by_side_and_over_tcp() {
     one.assert_no_leaks();
     two.assert_no_leaks();
 }
+
+#[test]
+fn bulk_metrics_bind_mounts_kill_and_max_containers() {
+    require_host!();
+    let d = Daemon::start_with(&["--max-containers", "2"]);
+    let host_dir = d.dir.join("shared");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("greeting"), "from the host\n").unwrap();
+    let (a, b) = (d.handle("a"), d.handle("b"));
+    rt().block_on(async {
+        let mut s = spec(&a);
+        s.bind_mounts = vec![BindMount {
+            src_path: host_dir.display().to_string(),
+            dst_path: "/mnt/shared".into(),
+            mode: 0,
+            origin: 0,
+        }];
+        d.client.create(&s).await.unwrap();
+        d.client.create(&spec(&b)).await.unwrap();
+        let e = d.client.create(&spec(&d.handle("c"))).await.unwrap_err();
+        assert_eq!(e.to_string(), "max containers reached");
+
+        let (_, out, err) = run(&d, &a, sh("cat /mnt/shared/greeting; echo x > /mnt/shared/new")).await;
+        assert_eq!(out, "from the host\n");
+        assert!(err.contains("Read-only file system"), "{err}");
+        assert!(!host_dir.join("new").exists());
+
+        let m = d.client.bulk_metrics(&[a.as_str(), b.as_str(), "nope"]).await.unwrap();
+        assert!(m[&a].metrics.as_ref().unwrap().memory_stat.total_usage_toward_limit > 0);
+        assert!(m[&b].metrics.is_some());
+        assert_eq!(m["nope"].err.as_ref().unwrap().kind, "ContainerNotFoundError");
+
+        // Stop with kill does not wait for TERM handlers.
+        let out = Sink::default();
+        let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
+        let p = d.client.run(&b, &sh("trap '' TERM; echo ready; sleep 1000"), io).await.unwrap();
+        out.wait_for("ready").await;
+        let started = std::time::Instant::now();
+        d.client.stop(&b, true).await.unwrap();
+        assert_eq!(p.wait().await.unwrap(), 137);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    });
+}
