@@ -1,6 +1,7 @@
 //! Creates, connects to and destroys containers. Owns the runtime helper and the
 //! depot; knows nothing of Garden's HTTP side.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,11 +48,16 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since
+/// boot; `None` if the process is gone or a zombie (after a daemon restart a dead
+/// init may wait for a host pid 1 that does not reap).
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl Containerizer {
@@ -61,6 +67,9 @@ impl Containerizer {
         let _ = std::fs::remove_dir_all(depot.trash_dir());
         for d in [depot.containers_dir(), depot.trash_dir(), cfg.run_dir.join("runtime"), cfg.run_dir.join("init")] {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
+            // Container files and init sockets are for host root only.
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| RuntimeError::io(&d, e))?;
         }
         let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
         let tag = canonical
@@ -380,4 +389,16 @@ fn kill_init(rec: &ContainerRecord) {
         unsafe { libc::poll(&mut pfd, 1, 10_000) };
     }
     unsafe { libc::close(pidfd) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_this_process_and_of_none() {
+        let me = std::process::id() as i32;
+        assert!(process_start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(process_start_time(i32::MAX), None);
+    }
 }
