@@ -65,11 +65,16 @@ impl Containerizer {
         let depot = Depot::new(&cfg.depot);
         // What a previous daemon had not finished deleting.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
-        for d in [depot.containers_dir(), depot.trash_dir(), cfg.run_dir.join("runtime"), cfg.run_dir.join("init")] {
+        // Host users may not look inside; container root (an unprivileged host
+        // uid) must still traverse to its rootfs and libcontainer's state.
+        for (d, mode) in [
+            (depot.containers_dir(), 0o711),
+            (depot.trash_dir(), 0o700),
+            (cfg.run_dir.join("runtime"), 0o711),
+            (cfg.run_dir.join("init"), 0o700),
+        ] {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
-            // Container files and init sockets are for host root only.
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| RuntimeError::io(&d, e))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
         let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
         let tag = canonical
