@@ -229,6 +229,9 @@ impl Gardener {
         let result = self.rt.create(&spec, grace).await;
         let mut t = lock(&self.table);
         t.creating.remove(&handle);
+        if result.is_err() && t.live.is_empty() && t.creating.is_empty() {
+            self.rt.tidy_cgroup_parent();
+        }
         let rec = result.map_err(|e| GardenError::runtime(&handle, e))?;
         tracing::info!(handle = %handle, pid = rec.init_pid, "created container");
         t.live.insert(

@@ -211,6 +211,14 @@ impl Drop for Daemon {
             std::thread::sleep(Duration::from_millis(50));
             let _ = std::fs::remove_dir(&cg);
         }
+        // Parent cgroups of daemons that are gone (rmdir only removes empty ones).
+        for root in cgroup_roots() {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("celld-") {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
