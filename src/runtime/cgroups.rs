@@ -89,9 +89,46 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
-    /// Kills whatever is left and removes the cgroup from every hierarchy.
+    /// Kills whatever is left and removes the cgroup from every hierarchy. Done
+    /// by hand: libcgroups' manager parses mountinfo once per v1 controller
+    /// first, which costs more than the removal itself.
     pub fn remove(&self) -> Result<(), RuntimeError> {
-        self.manager()?.remove().map_err(|e| RuntimeError::Cgroup(format!("remove {}: {e}", self.path.display())))
+        let dirs: Vec<PathBuf> = hierarchy_dirs(self.rel()).into_iter().filter(|d| d.is_dir()).collect();
+        for d in &dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for d in dirs {
+            // A killed task leaves its cgroup a moment after it dies.
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) if tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(RuntimeError::Cgroup(format!("remove {}: {e}", d.display()))),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `rel` in every hierarchy: the one directory on v2, one per controller on v1.
+fn hierarchy_dirs(rel: &Path) -> Vec<PathBuf> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    if unified() {
+        vec![Path::new(ROOT).join(rel)]
+    } else {
+        std::fs::read_dir(ROOT)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join(rel)).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -108,15 +145,7 @@ pub fn usage_toward_limit(u: &Usage) -> u64 {
 
 /// Removes the parent cgroup (e.g. `/celld-1a2b`) when it has no children left.
 pub fn remove_parent_if_empty(parent: &Path) {
-    let rel = parent.strip_prefix("/").unwrap_or(parent);
-    let dirs: Vec<PathBuf> = if unified() {
-        vec![Path::new(ROOT).join(rel)]
-    } else {
-        std::fs::read_dir(ROOT)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join(rel)).collect())
-            .unwrap_or_default()
-    };
-    for d in dirs {
+    for d in hierarchy_dirs(parent) {
         let _ = std::fs::remove_dir(d);
     }
 }
