@@ -41,7 +41,7 @@ impl FromStr for Address {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
@@ -332,8 +332,13 @@ impl Client {
                 Address::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a.as_str()).await?),
             })
         };
+        let place = match &self.addr {
+            Address::Unix(p) => p.display().to_string(),
+            Address::Tcp(a) => a.clone(),
+        };
         match tokio::time::timeout(Duration::from_secs(2), dial).await {
-            Ok(conn) => Ok(conn?),
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(protocol(format!("cannot reach the Garden server at {place}: {e} (is celld running?)"))),
             Err(_) => Err(protocol(format!("timed out connecting to the Garden server at {:?}", self.addr))),
         }
     }
