@@ -123,10 +123,6 @@ impl Gardener {
         Self { rt, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
     }
 
-    pub fn containerizer(&self) -> &Containerizer {
-        &self.rt
-    }
-
     /// Loads the containers a previous daemon left running; cleans up those whose
     /// init is gone and the leftovers of creates that died half-way.
     pub async fn restore(&self, destroy_all: bool) {
