@@ -128,17 +128,8 @@ impl Overlay {
         }
         let opts =
             format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display());
-        let mount = |opts: &str| {
-            nix::mount::mount(Some("overlay"), &self.merged, Some("overlay"), MsFlags::empty(), Some(opts))
-        };
-        // `volatile`: the upper layer dies with the container, so it is never
-        // synced; without it every unmount waits for a writeback of the whole
-        // upper filesystem. Kernels before 5.10 lack the option.
-        match mount(&format!("{opts},volatile")) {
-            Err(nix::errno::Errno::EINVAL) => mount(&opts),
-            r => r,
-        }
-        .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", self.merged.display())))
+        nix::mount::mount(Some("overlay"), &self.merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+            .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", self.merged.display())))
     }
 
     /// Unmounts if mounted; a missing or already unmounted layer is fine.
