@@ -67,8 +67,9 @@ fn empty_ok() -> Response<Body> {
     json_response(200, &serde_json::json!({}))
 }
 
-/// Percent-decoding for path segments and query values.
-pub fn percent_decode(s: &str) -> String {
+/// Percent-decoding; `+` means a space only in query strings (Go's
+/// `QueryEscape`), never in path segments (`PathEscape`).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -85,7 +86,7 @@ pub fn percent_decode(s: &str) -> String {
                     _ => out.push(b'%'),
                 }
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
@@ -99,13 +100,13 @@ pub fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
+            (percent_decode(k, true), percent_decode(v, true))
         })
         .collect()
 }
 
 fn segments(path: &str) -> Vec<String> {
-    path.trim_start_matches('/').split('/').map(percent_decode).collect()
+    path.trim_start_matches('/').split('/').map(|seg| percent_decode(seg, false)).collect()
 }
 
 /// What the hand-made process routes are.
@@ -677,8 +678,10 @@ mod tests {
         assert_eq!(q.get("a").map(String::as_str), Some("b c"));
         assert_eq!(q.get("k/").map(String::as_str), Some("v"));
         assert_eq!(q.get("empty").map(String::as_str), Some(""));
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("100%", false), "100%");
+        assert_eq!(percent_decode("%zz", false), "%zz");
+        assert_eq!(segments("/containers/a+b%20c/info"), vec!["containers", "a+b c", "info"]);
+        assert_eq!(parse_query(Some("k=a+b")).get("k").map(String::as_str), Some("a b"));
     }
 
     #[test]
