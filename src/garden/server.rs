@@ -121,9 +121,7 @@ fn hijack_route(method: &str, path: &str) -> Option<Hijack> {
     let s: Vec<&str> = s.iter().map(String::as_str).collect();
     match (method, s.as_slice()) {
         ("POST", ["containers", h, "processes"]) => Some(Hijack::Run(h.to_string())),
-        ("GET", ["containers", h, "processes", pid]) if *h != "bulk_info" => {
-            Some(Hijack::Attach(h.to_string(), pid.to_string()))
-        }
+        ("GET", ["containers", h, "processes", pid]) => Some(Hijack::Attach(h.to_string(), pid.to_string())),
         ("GET", ["containers", _, "processes", _, "attaches", sid, kind @ ("stdout" | "stderr")]) => {
             Some(Hijack::Output(sid.to_string(), *kind == "stderr"))
         }

@@ -180,7 +180,7 @@ impl Containerizer {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "create failed; cleaning up");
-                let _ = self.cleanup(&rec).await;
+                let _ = self.destroy(&rec).await;
                 Err(e)
             }
         }
@@ -250,10 +250,6 @@ impl Containerizer {
 
     /// Kills the container and removes everything it had on the host.
     pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
-        self.cleanup(rec).await
-    }
-
-    async fn cleanup(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
         let state_dir = self.cfg.run_dir.join("runtime").join(&rec.handle);
