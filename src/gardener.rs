@@ -144,21 +144,7 @@ impl Gardener {
                 }
                 Err(e) => {
                     tracing::warn!(handle = %handle, error = %e, "removing container directory without a record");
-                    let rec = ContainerRecord {
-                        handle: handle.clone(),
-                        spec: ContainerSpec::default(),
-                        properties: Properties::default(),
-                        grace_time: 0,
-                        created_at: 0,
-                        init_pid: 0,
-                        init_start_time: 0,
-                        cgroup_path: format!("{}/{}", self.rt.cgroup_parent(), handle),
-                        socket: std::path::PathBuf::new(),
-                        rootfs: std::path::PathBuf::new(),
-                        privileged: false,
-                        state: String::new(),
-                    };
-                    let _ = self.rt.destroy(&rec).await;
+                    let _ = self.rt.remove_leftover(&handle).await;
                 }
             }
         }

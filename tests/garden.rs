@@ -638,3 +638,27 @@ fn bulk_metrics_bind_mounts_kill_and_max_containers() {
         assert!(started.elapsed() < Duration::from_secs(2));
     });
 }
+
+#[test]
+fn restart_removes_leftovers_of_a_half_done_create() {
+    require_host!();
+    let mut d = Daemon::start();
+    let h = d.handle("half");
+    d.kill();
+    // What a create that died before saving its record leaves behind.
+    let leftover = d.depot().join("containers").join(&h);
+    std::fs::create_dir_all(leftover.join("upper/etc")).unwrap();
+    std::fs::write(leftover.join("upper/etc/motd"), "x").unwrap();
+    d.restart();
+    rt().block_on(async {
+        assert!(d.client.list(&BTreeMap::new()).await.unwrap().is_empty());
+        // The handle is free again.
+        d.client.create(&spec(&h)).await.unwrap();
+        assert_eq!(
+            run(&d, &h, sh("cat /etc/motd 2>&1 || echo none")).await.1,
+            "cat: can't open '/etc/motd': No such file or directory\nnone\n"
+        );
+        d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}

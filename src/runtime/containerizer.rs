@@ -89,8 +89,8 @@ impl Containerizer {
         &self.depot
     }
 
-    pub fn cgroup_parent(&self) -> &str {
-        &self.cgroup_parent
+    fn cgroup_path(&self, handle: &str) -> String {
+        format!("{}/{}", self.cgroup_parent, handle)
     }
 
     fn socket_path(&self, handle: &str) -> PathBuf {
@@ -160,7 +160,7 @@ impl Containerizer {
         }
         let dir = self.depot.container_dir(&handle);
         std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
-        let cgroup_path = format!("{}/{}", self.cgroup_parent, handle);
+        let cgroup_path = self.cgroup_path(&handle);
         let socket = self.socket_path(&handle);
         let rec = ContainerRecord {
             handle: handle.clone(),
@@ -246,6 +246,27 @@ impl Containerizer {
     /// Whether the container's init (the very process we started) still runs.
     pub fn is_alive(rec: &ContainerRecord) -> bool {
         rec.init_pid > 0 && process_start_time(rec.init_pid) == Some(rec.init_start_time)
+    }
+
+    /// Removes what a create that died half-way left under `handle` (a depot
+    /// directory without a record): its cgroup, whose processes are killed, its
+    /// overlay, socket and files.
+    pub async fn remove_leftover(&self, handle: &str) -> Result<(), RuntimeError> {
+        let rec = ContainerRecord {
+            handle: handle.to_string(),
+            spec: ContainerSpec::default(),
+            properties: Default::default(),
+            grace_time: 0,
+            created_at: 0,
+            init_pid: 0,
+            init_start_time: 0,
+            cgroup_path: self.cgroup_path(handle),
+            socket: self.socket_path(handle),
+            rootfs: PathBuf::new(),
+            privileged: false,
+            state: String::new(),
+        };
+        self.destroy(&rec).await
     }
 
     /// Kills the container and removes everything it had on the host.
