@@ -28,7 +28,7 @@ RUN_ARGS   ?=
 TEST_ARGS  ?=
 BENCH_ARGS ?=
 
-DEB_PACKAGES := libseccomp-dev busybox-static bash-static protobuf-compiler \
+DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protobuf-compiler \
                 iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps
 

@@ -42,6 +42,30 @@ pub struct Config {
     /// Destroy every container left by a previous run instead of restoring them.
     #[arg(long)]
     pub destroy_containers_on_startup: bool,
+    /// Addresses for containers: each gets a /30 (gateway .1, container .2).
+    #[arg(long, default_value = "10.254.0.0/22")]
+    pub network_pool: String,
+    /// First host port handed out for net-in mappings that ask for port 0.
+    #[arg(long, default_value_t = 61001)]
+    pub port_pool_start: u16,
+    /// How many host ports the net-in pool holds.
+    #[arg(long, default_value_t = 4534)]
+    pub port_pool_size: u16,
+    /// Let containers reach the host's own services (celld's API, sshd, ...).
+    #[arg(long)]
+    pub allow_host_access: bool,
+    /// Deny containers this network (CIDR) even when a net-out rule allows it; repeatable.
+    #[arg(long = "deny-network", value_name = "CIDR")]
+    pub deny_networks: Vec<String>,
+    /// Nameserver for containers instead of the host's; repeatable.
+    #[arg(long = "dns-server", value_name = "IP")]
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
+    /// MTU of container interfaces (default: the external interface's, at most 1500).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// The cell's address as info's ExternalIP (default: the source address of the default route).
+    #[arg(long)]
+    pub external_ip: Option<std::net::Ipv4Addr>,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
     #[arg(long, default_value = "info,libcgroups=error")]
     pub log_level: String,

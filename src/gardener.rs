@@ -12,10 +12,12 @@ use tokio::net::UnixStream;
 
 use crate::garden::error::GardenError;
 use crate::garden::types::*;
+use crate::network::{NetState, NetworkError, Networker};
 use crate::runtime::Containerizer;
 use crate::runtime::cgroups;
 use crate::runtime::depot::ContainerRecord;
 use crate::runtime::initproto::{Request, SpawnRequest};
+use crate::runtime::spec;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_ROOT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -38,6 +40,17 @@ struct Activity {
 struct Entry {
     rec: Mutex<ContainerRecord>,
     activity: Mutex<Activity>,
+    net_lock: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    fn new(rec: ContainerRecord) -> Arc<Self> {
+        Arc::new(Self {
+            rec: Mutex::new(rec),
+            activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }),
+            net_lock: tokio::sync::Mutex::new(()),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -50,6 +63,7 @@ struct Table {
 
 pub struct Gardener {
     rt: Containerizer,
+    net: Networker,
     cfg: GardenerConfig,
     table: Mutex<Table>,
     handle_seq: AtomicU64,
@@ -119,25 +133,40 @@ pub fn process_env(container_env: &[String], spec: &ProcessSpec) -> Vec<String> 
 }
 
 impl Gardener {
-    pub fn new(rt: Containerizer, cfg: GardenerConfig) -> Self {
-        Self { rt, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
+    pub fn new(rt: Containerizer, net: Networker, cfg: GardenerConfig) -> Self {
+        Self { rt, net, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
+    }
+
+    fn max_containers(&self) -> usize {
+        self.cfg.max_containers.min(self.net.capacity())
     }
 
     /// Loads the containers a previous daemon left running; cleans up those whose
     /// init is gone and the leftovers of creates that died half-way.
     pub async fn restore(&self, destroy_all: bool) {
-        for (handle, rec) in self.rt.depot().list() {
+        let records = self.rt.depot().list();
+        // The firewall is rebuilt from the survivors first, so that the rules
+        // of the rest are gone whatever happens to their cleanup.
+        let survivors: Vec<NetState> = records
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter(|r| !destroy_all && Containerizer::is_alive(r))
+            .filter_map(|r| r.network.clone())
+            .collect();
+        if let Err(e) = self.net.restore(&survivors).await {
+            tracing::error!(error = %e, "restoring the container network failed");
+        }
+        for (handle, rec) in records {
             match rec {
                 Ok(rec) if !destroy_all && Containerizer::is_alive(&rec) => {
                     tracing::info!(handle = %handle, pid = rec.init_pid, "restored container");
-                    let entry = Arc::new(Entry {
-                        rec: Mutex::new(rec),
-                        activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }),
-                    });
-                    lock(&self.table).live.insert(handle, entry);
+                    lock(&self.table).live.insert(handle, Entry::new(rec));
                 }
                 Ok(rec) => {
                     tracing::info!(handle = %handle, "removing container whose init is gone");
+                    if let Some(n) = &rec.network {
+                        self.net.detach(n).await;
+                    }
                     if let Err(e) = self.rt.destroy(&rec).await {
                         tracing::warn!(handle = %handle, error = %e, "cleanup failed");
                     }
@@ -183,7 +212,7 @@ impl Gardener {
             memory_in_bytes: mem,
             disk_in_bytes: disk,
             schedulable_disk_in_bytes: disk,
-            max_containers: self.cfg.max_containers as u64,
+            max_containers: self.max_containers() as u64,
         }
     }
 
@@ -193,37 +222,60 @@ impl Gardener {
         }
         let handle = spec.handle.clone();
         validate_handle(&handle)?;
-        if !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty() {
-            // Networking beyond an isolated namespace comes with the networker.
-            tracing::warn!(handle = %handle, "network settings ignored: this cell has no networker yet");
-        }
+        self.net.check(&spec.netin, &spec.netout_rules, &handle).map_err(|e| GardenError::network(&handle, e))?;
         {
             let mut t = lock(&self.table);
             if t.live.contains_key(&handle) || t.creating.contains(&handle) || t.destroying.contains(&handle) {
                 return Err(GardenError::HandleInUse(handle));
             }
-            if t.live.len() + t.creating.len() >= self.cfg.max_containers {
+            if t.live.len() + t.creating.len() >= self.max_containers() {
                 return Err(GardenError::MaxContainers);
             }
             t.creating.insert(handle.clone());
         }
-        let grace = if spec.grace_time > 0 { spec.grace_time } else { self.cfg.default_grace_time };
-        let result = self.rt.create(&spec, grace).await;
+        let result = self.create_networked(&spec).await;
         let mut t = lock(&self.table);
         t.creating.remove(&handle);
         if result.is_err() && t.live.is_empty() && t.creating.is_empty() {
             self.rt.tidy_cgroup_parent();
         }
-        let rec = result.map_err(|e| GardenError::runtime(&handle, e))?;
-        tracing::info!(handle = %handle, pid = rec.init_pid, "created container");
-        t.live.insert(
-            handle.clone(),
-            Arc::new(Entry {
-                rec: Mutex::new(rec),
-                activity: Mutex::new(Activity { last: Instant::now(), streams: 0 }),
-            }),
-        );
+        let rec = result?;
+        tracing::info!(handle = %handle, pid = rec.init_pid, ip = ?rec.network.as_ref().map(|n| n.container_ip()), "created container");
+        t.live.insert(handle.clone(), Entry::new(rec));
         Ok(handle)
+    }
+
+    /// Garden's order: an address, the container (with its name files), then
+    /// the network wired to its init. Any failure undoes all of it.
+    async fn create_networked(&self, spec: &ContainerSpec) -> Result<ContainerRecord, GardenError> {
+        let handle = spec.handle.as_str();
+        let subnet = self.net.reserve(&spec.network).map_err(|e| GardenError::network(handle, e))?;
+        let names = self.net.name_files(subnet, &spec::hostname(handle));
+        let grace = if spec.grace_time > 0 { spec.grace_time } else { self.cfg.default_grace_time };
+        let mut rec = match self.rt.create(spec, grace, Some(names)).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.net.release_subnet(subnet);
+                return Err(GardenError::runtime(handle, e));
+            }
+        };
+        let state = match self.net.attach(handle, subnet, rec.init_pid, &spec.netin, &spec.netout_rules).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.net.release_subnet(subnet);
+                let _ = self.rt.destroy(&rec).await;
+                return Err(GardenError::network(handle, e));
+            }
+        };
+        rec.network = Some(state);
+        if let Err(e) = self.rt.depot().save(&rec) {
+            if let Some(n) = &rec.network {
+                self.net.detach(n).await;
+            }
+            let _ = self.rt.destroy(&rec).await;
+            return Err(GardenError::runtime(handle, e));
+        }
+        Ok(rec)
     }
 
     pub async fn destroy(&self, handle: &str) -> Result<(), GardenError> {
@@ -237,6 +289,11 @@ impl Gardener {
             e
         };
         let rec = lock(&entry.rec).clone();
+        // Interfaces go while the namespace still exists: deleting a veth then
+        // takes both ends at once.
+        if let Some(n) = &rec.network {
+            self.net.detach(n).await;
+        }
         let result = self.rt.destroy(&rec).await;
         let mut t = lock(&self.table);
         t.destroying.remove(handle);
@@ -280,6 +337,10 @@ impl Gardener {
             container_path: self.rt.depot().container_dir(handle).display().to_string(),
             process_ids: Some(ids),
             properties: rec.properties.clone(),
+            host_ip: rec.network.as_ref().map(|n| n.host_ip().to_string()).unwrap_or_default(),
+            container_ip: rec.network.as_ref().map(|n| n.container_ip().to_string()).unwrap_or_default(),
+            external_ip: self.net.external_ip().to_string(),
+            mapped_ports: rec.network.as_ref().map(|n| n.mapped_ports.clone()).unwrap_or_default(),
             ..ContainerInfo::default()
         })
     }
@@ -319,7 +380,7 @@ impl Gardener {
                 exclusive_bytes_used: bytes,
                 exclusive_inodes_used: inodes,
             },
-            network_stat: None,
+            network_stat: rec.network.as_ref().map(|n| self.net.stats(n)),
             pid_stat: PidStat { current: u.pids_current, max: u.pids_max },
             age: now.saturating_sub(rec.created_at),
             cpu_entitlement: 0,
@@ -343,6 +404,38 @@ impl Gardener {
         self.rt.depot().save(&next).map_err(|e| GardenError::runtime(handle, e))?;
         *rec = next;
         Ok(out)
+    }
+
+    /// Changes a container's network under its record lock, so concurrent
+    /// net-in/net-out calls on one container apply in order and are all saved.
+    async fn with_network<T>(
+        &self,
+        handle: &str,
+        f: impl AsyncFnOnce(&mut NetState) -> Result<T, NetworkError>,
+    ) -> Result<T, GardenError> {
+        let entry = self.entry(handle)?;
+        let _serial = entry.net_lock.lock().await;
+        let mut state = lock(&entry.rec)
+            .network
+            .clone()
+            .ok_or_else(|| GardenError::BadRequest(format!("container {handle} has no network")))?;
+        let out = f(&mut state).await.map_err(|e| GardenError::network(handle, e))?;
+        let mut rec = lock(&entry.rec);
+        rec.network = Some(state);
+        self.rt.depot().save(&rec).map_err(|e| GardenError::runtime(handle, e))?;
+        Ok(out)
+    }
+
+    pub async fn net_in(&self, handle: &str, host_port: u32, container_port: u32) -> Result<PortMapping, GardenError> {
+        let m = self.with_network(handle, async |n| self.net.net_in(n, host_port, container_port).await).await?;
+        tracing::info!(handle = %handle, host_port = m.host_port, container_port = m.container_port, "net-in");
+        Ok(m)
+    }
+
+    pub async fn net_out(&self, handle: &str, rules: &[NetOutRule]) -> Result<(), GardenError> {
+        self.with_network(handle, async |n| self.net.net_out(handle, n, rules).await).await?;
+        tracing::info!(handle = %handle, rules = rules.len(), "net-out");
+        Ok(())
     }
 
     pub fn properties(&self, handle: &str) -> Result<Properties, GardenError> {

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod garden;
 pub mod gardener;
+pub mod network;
 pub mod runtime;

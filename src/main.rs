@@ -7,6 +7,8 @@ use anyhow::Context;
 use celld::config::{Config, Role};
 use celld::garden::server::Server;
 use celld::gardener::{Gardener, GardenerConfig};
+use celld::network::pool::Ipv4Net;
+use celld::network::{NetworkConfig, Networker};
 use celld::runtime::{Containerizer, RuntimeConfig, helper};
 use clap::Parser;
 
@@ -42,8 +44,25 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         exe,
         log_level: cfg.log_level.clone(),
     })?;
+    let deny_networks = cfg
+        .deny_networks
+        .iter()
+        .map(|d| d.parse::<Ipv4Net>().with_context(|| format!("--deny-network {d}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let net = Networker::new(NetworkConfig {
+        pool: cfg.network_pool.parse().with_context(|| format!("--network-pool {}", cfg.network_pool))?,
+        port_pool_start: cfg.port_pool_start,
+        port_pool_size: cfg.port_pool_size,
+        allow_host_access: cfg.allow_host_access,
+        deny_networks,
+        dns_servers: cfg.dns_servers.clone(),
+        mtu: cfg.mtu,
+        external_ip: cfg.external_ip,
+    })
+    .context("setting up container networking")?;
     let gardener = Arc::new(Gardener::new(
         rt,
+        net,
         GardenerConfig {
             max_containers: cfg.max_containers,
             default_grace_time: cfg.default_grace_time.saturating_mul(1_000_000_000),

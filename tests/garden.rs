@@ -6,41 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use celld::garden::client::{ClientError, Process, ProcessIo, Signal};
+use celld::garden::client::{ClientError, ProcessIo, Signal};
 use celld::garden::types::*;
-use common::{Daemon, Sink, rt};
+use common::{Daemon, Sink, garden_type, rt, run, sh, spec, start_until};
 use tokio::io::AsyncWriteExt;
-
-fn spec(handle: &str) -> ContainerSpec {
-    ContainerSpec { handle: handle.into(), ..Default::default() }
-}
-
-fn sh(script: &str) -> ProcessSpec {
-    ProcessSpec { path: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() }
-}
-
-/// Starts a script and returns once it has printed `marker` (so its traps are
-/// set), with the sink collecting its stdout.
-async fn start_until(d: &Daemon, handle: &str, script: &str, marker: &str) -> (Process, Sink) {
-    let out = Sink::default();
-    let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
-    let p = d.client.run(handle, &sh(script), io).await.expect("run");
-    out.wait_for(marker).await;
-    (p, out)
-}
-
-/// Runs a process to completion; returns (exit status, stdout, stderr).
-async fn run(d: &Daemon, handle: &str, p: ProcessSpec) -> (i32, String, String) {
-    let (out, err) = (Sink::default(), Sink::default());
-    let io = ProcessIo { stdin: None, stdout: Some(Box::new(out.clone())), stderr: Some(Box::new(err.clone())) };
-    let proc = d.client.run(handle, &p, io).await.expect("run");
-    let code = proc.wait().await.expect("wait");
-    (code, out.text(), err.text())
-}
-
-fn garden_type(e: &ClientError) -> String {
-    e.garden_type().unwrap_or_default().to_string()
-}
 
 #[test]
 fn lifecycle_list_filters_and_errors() {

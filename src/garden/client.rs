@@ -462,6 +462,19 @@ impl Client {
         self.call("DELETE", &container(handle, &format!("/properties/{}", encode(key))), None::<&()>).await
     }
 
+    /// Maps a host port (0: the server picks) to a container port.
+    pub async fn net_in(&self, handle: &str, host_port: u32, container_port: u32) -> Result<NetIn, ClientError> {
+        self.request("POST", &container(handle, "/net/in"), Some(&NetIn { host_port, container_port })).await
+    }
+
+    pub async fn net_out(&self, handle: &str, rule: &NetOutRule) -> Result<(), ClientError> {
+        self.call("POST", &container(handle, "/net/out"), Some(rule)).await
+    }
+
+    pub async fn bulk_net_out(&self, handle: &str, rules: &[NetOutRule]) -> Result<(), ClientError> {
+        self.call("POST", &container(handle, "/net/out/bulk"), Some(&rules)).await
+    }
+
     /// Sets the idle time after which the server destroys the container.
     pub async fn set_grace_time(&self, handle: &str, grace: Duration) -> Result<(), ClientError> {
         let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);

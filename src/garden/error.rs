@@ -1,6 +1,7 @@
 //! Garden's errors and the one place they become HTTP statuses and bodies.
 
 use super::types::ErrorBody;
+use crate::network::NetworkError;
 use crate::runtime::RuntimeError;
 use crate::runtime::initproto::ErrorKind;
 
@@ -22,6 +23,8 @@ pub enum GardenError {
     BadRequest(String),
     #[error("{1}")]
     Runtime(String, RuntimeError),
+    #[error("{1}")]
+    Network(String, NetworkError),
 }
 
 impl GardenError {
@@ -40,7 +43,7 @@ impl GardenError {
             Self::ProcessNotFound(h, p) => ("ProcessNotFoundError", h.as_str(), p.as_str()),
             Self::ExecutableNotFound(h, _) => ("ExecutableNotFoundError", h.as_str(), ""),
             Self::HandleInUse(h) | Self::BeingDestroyed(h) => ("", h.as_str(), ""),
-            Self::Runtime(h, _) => ("", h.as_str(), ""),
+            Self::Runtime(h, _) | Self::Network(h, _) => ("", h.as_str(), ""),
             Self::MaxContainers | Self::BadRequest(_) => ("", "", ""),
         };
         ErrorBody {
@@ -50,6 +53,10 @@ impl GardenError {
             process_id: process_id.into(),
             binary: String::new(),
         }
+    }
+
+    pub fn network(handle: &str, e: NetworkError) -> Self {
+        Self::Network(handle.into(), e)
     }
 
     /// Maps a runtime failure of container `handle` to Garden's error types.

@@ -574,9 +574,24 @@ impl Server {
                     .body(InitBody { conn, _guard: guard }.boxed())
                     .unwrap_or_else(|_| empty_ok()))
             }
-            (&Method::POST, ["containers", h, "net", ..]) => Err(GardenError::BadRequest(format!(
-                "container {h}: networking (net in/out) is not available on this cell yet"
-            ))),
+            (&Method::POST, ["containers", h, "net", "in"]) => {
+                let h = h.to_string();
+                let n: NetIn = read_json(req).await?;
+                let m = detached(g, move |g| async move { g.net_in(&h, n.host_port, n.container_port).await }).await?;
+                Ok(json_response(200, &NetIn { host_port: m.host_port, container_port: m.container_port }))
+            }
+            (&Method::POST, ["containers", h, "net", "out"]) => {
+                let h = h.to_string();
+                let rule: NetOutRule = read_json(req).await?;
+                detached(g, move |g| async move { g.net_out(&h, &[rule]).await }).await?;
+                Ok(empty_ok())
+            }
+            (&Method::POST, ["containers", h, "net", "out", "bulk"]) => {
+                let h = h.to_string();
+                let rules: Vec<NetOutRule> = read_json(req).await?;
+                detached(g, move |g| async move { g.net_out(&h, &rules).await }).await?;
+                Ok(empty_ok())
+            }
             _ => Err(GardenError::BadRequest(format!("no route for {method} {path}"))),
         }
     }

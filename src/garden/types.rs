@@ -23,7 +23,7 @@ pub struct ContainerSpec {
     pub bind_mounts: Vec<BindMount>,
     pub limits: Limits,
     pub privileged: bool,
-    pub netout_rules: Vec<serde_json::Value>,
+    pub netout_rules: Vec<NetOutRule>,
     pub netin: Vec<NetIn>,
 }
 
@@ -53,6 +53,44 @@ pub struct BindMount {
 pub struct NetIn {
     pub host_port: u32,
     pub container_port: u32,
+}
+
+/// An egress allowance (Garden's `NetOutRule`; an application security group
+/// rule in Cloud Foundry). Protocol: 0 all, 1 tcp, 2 udp, 3 icmp.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NetOutRule {
+    pub protocol: u8,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<IpRange>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmps: Option<IcmpControl>,
+    pub log: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IpRange {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IcmpControl {
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -17,6 +17,7 @@ use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
 use crate::garden::types::ContainerSpec;
+use crate::network::NameFiles;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -138,7 +139,13 @@ impl Containerizer {
 
     /// Creates and starts a container. On any failure everything made so far is
     /// undone: no mount, cgroup, socket or depot directory stays behind.
-    pub async fn create(&self, spec: &ContainerSpec, grace_time: u64) -> Result<ContainerRecord, RuntimeError> {
+    /// `names` are the /etc/hosts and /etc/resolv.conf the container gets.
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        grace_time: u64,
+        names: Option<NameFiles>,
+    ) -> Result<ContainerRecord, RuntimeError> {
         let handle = spec.handle.clone();
         let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
         let source = rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?;
@@ -175,8 +182,9 @@ impl Containerizer {
             rootfs: source.clone(),
             privileged: spec.privileged,
             state: "active".into(),
+            network: None,
         };
-        match self.create_in(&rec, &dir, &source, &bind_mounts).await {
+        match self.create_in(&rec, &dir, &source, &bind_mounts, names).await {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "create failed; cleaning up");
@@ -192,6 +200,7 @@ impl Containerizer {
         dir: &Path,
         source: &Path,
         bind_mounts: &[(String, String, bool)],
+        names: Option<NameFiles>,
     ) -> Result<ContainerRecord, RuntimeError> {
         let limits = &rec.spec.limits;
         let cpu_shares =
@@ -212,7 +221,13 @@ impl Containerizer {
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
-            Overlay::in_dir(&dir2).mount(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            let overlay = Overlay::in_dir(&dir2);
+            overlay.mount(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            if let Some(n) = names {
+                let root = if privileged { 0 } else { ROOT_HOST_ID };
+                rootfs::write_etc_file(&overlay.merged, "hosts", &n.hosts, root)?;
+                rootfs::write_etc_file(&overlay.merged, "resolv.conf", &n.resolv_conf, root)?;
+            }
             spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))
         })
         .await
@@ -265,6 +280,7 @@ impl Containerizer {
             rootfs: PathBuf::new(),
             privileged: false,
             state: String::new(),
+            network: None,
         };
         self.destroy(&rec).await
     }

@@ -27,6 +27,9 @@ pub struct ContainerRecord {
     pub privileged: bool,
     /// Garden's `active` or `stopped`.
     pub state: String,
+    /// Address, interfaces, port mappings and net-out rules.
+    #[serde(default)]
+    pub network: Option<crate::network::NetState>,
 }
 
 const RECORD: &str = "record.json";
@@ -117,6 +120,14 @@ mod tests {
             rootfs: "/r".into(),
             privileged: false,
             state: "active".into(),
+            network: Some(crate::network::NetState {
+                subnet: "10.254.0.4/30".parse().unwrap(),
+                bridge: "cbr-0afe0004".into(),
+                host_veth: "cvh-0afe0004".into(),
+                chain: "c-0afe0004".into(),
+                mapped_ports: vec![crate::garden::types::PortMapping { host_port: 61001, container_port: 8080 }],
+                rules: vec!["tcp dport 80 accept".into()],
+            }),
         };
         std::fs::create_dir_all(depot.container_dir("h1")).unwrap();
         std::fs::create_dir_all(depot.container_dir("broken")).unwrap();

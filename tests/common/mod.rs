@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use celld::garden::client::{Address, Client};
+use celld::garden::client::{Address, Client, ClientError, Process, ProcessIo};
+use celld::garden::types::{ContainerSpec, ProcessSpec};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -37,6 +38,10 @@ macro_rules! require_host {
 
 pub struct Daemon {
     pub dir: PathBuf,
+    /// This daemon's own network pool (a /22) and net-in port range, so daemons
+    /// of one run, or of runs one after the other, never share addresses.
+    pub pool: String,
+    pub port_start: u16,
     pub socket: PathBuf,
     child: Option<Child>,
     pub client: Client,
@@ -54,7 +59,13 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let socket = dir.join("garden.sock");
+        // 10.224.0.0/11 holds 512 /22s; pid and sequence pick one.
+        let slot = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 512;
+        let pool = format!("10.{}.{}.0/22", 224 + slot / 64, (slot % 64) * 4);
+        let port_start = 20000 + (slot as u16 % 200) * 100;
         let mut d = Daemon {
+            pool,
+            port_start,
             client: Client::new(Address::Unix(socket.clone())),
             socket,
             dir,
@@ -84,6 +95,12 @@ impl Daemon {
             .arg(rootfs_dir())
             .arg("--stop-timeout")
             .arg("2")
+            .arg("--network-pool")
+            .arg(&self.pool)
+            .arg("--port-pool-start")
+            .arg(self.port_start.to_string())
+            .arg("--port-pool-size")
+            .arg("100")
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -161,8 +178,47 @@ impl Daemon {
             .collect()
     }
 
+    fn pool_base(&self) -> u32 {
+        let ip: std::net::Ipv4Addr = self.pool.split('/').next().and_then(|a| a.parse().ok()).expect("pool");
+        u32::from(ip)
+    }
+
+    /// The nftables table this daemon's pool owns.
+    pub fn table(&self) -> String {
+        format!("celld-{:08x}-22", self.pool_base())
+    }
+
+    /// Host interfaces (bridges, veths) named for a subnet of this daemon's pool.
+    pub fn interfaces(&self) -> Vec<String> {
+        let base = self.pool_base();
+        std::fs::read_dir("/sys/class/net")
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                let hex = n.strip_prefix("cbr-").or_else(|| n.strip_prefix("cvh-"));
+                hex.and_then(|h| u32::from_str_radix(h, 16).ok()).is_some_and(|a| a >> 10 == base >> 10)
+            })
+            .collect()
+    }
+
+    /// Per-container firewall state left in this daemon's table: chains,
+    /// bridge set and map elements.
+    pub fn firewall_leftovers(&self) -> Vec<String> {
+        let out = Command::new("nft").args(["list", "table", "ip", &self.table()]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("chain c-") || l.starts_with("elements"))
+            .filter(|l| !l.contains("/")) // the deny set holds networks, not containers
+            .map(String::from)
+            .collect()
+    }
+
     /// Asserts that nothing of any container is left on the host.
     pub fn assert_no_leaks(&self) {
+        assert!(self.interfaces().is_empty(), "interfaces left: {:?}", self.interfaces());
+        assert!(self.firewall_leftovers().is_empty(), "firewall entries left: {:?}", self.firewall_leftovers());
         let containers: Vec<_> = std::fs::read_dir(self.depot().join("containers"))
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -211,6 +267,10 @@ impl Drop for Daemon {
             std::thread::sleep(Duration::from_millis(50));
             let _ = std::fs::remove_dir(&cg);
         }
+        for i in self.interfaces() {
+            let _ = Command::new("ip").args(["link", "del", &i]).status();
+        }
+        let _ = Command::new("nft").args(["delete", "table", "ip", &self.table()]).stderr(Stdio::null()).status();
         // Parent cgroups of daemons that are gone (rmdir only removes empty ones).
         for root in cgroup_roots() {
             for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
@@ -271,4 +331,35 @@ impl tokio::io::AsyncWrite for Sink {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+pub fn spec(handle: &str) -> ContainerSpec {
+    ContainerSpec { handle: handle.into(), ..Default::default() }
+}
+
+pub fn sh(script: &str) -> ProcessSpec {
+    ProcessSpec { path: "sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() }
+}
+
+/// Starts a script and returns once it has printed `marker` (so its traps are
+/// set), with the sink collecting its stdout.
+pub async fn start_until(d: &Daemon, handle: &str, script: &str, marker: &str) -> (Process, Sink) {
+    let out = Sink::default();
+    let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
+    let p = d.client.run(handle, &sh(script), io).await.expect("run");
+    out.wait_for(marker).await;
+    (p, out)
+}
+
+/// Runs a process to completion; returns (exit status, stdout, stderr).
+pub async fn run(d: &Daemon, handle: &str, p: ProcessSpec) -> (i32, String, String) {
+    let (out, err) = (Sink::default(), Sink::default());
+    let io = ProcessIo { stdin: None, stdout: Some(Box::new(out.clone())), stderr: Some(Box::new(err.clone())) };
+    let proc = d.client.run(handle, &p, io).await.expect("run");
+    let code = proc.wait().await.expect("wait");
+    (code, out.text(), err.text())
+}
+
+pub fn garden_type(e: &ClientError) -> String {
+    e.garden_type().unwrap_or_default().to_string()
 }

@@ -1,0 +1,144 @@
+//! Interfaces through netlink: a bridge per container subnet holding the
+//! gateway address, a veth pair from it into the container's network
+//! namespace, the container's address and default route.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::NetworkError;
+use super::pool::Ipv4Net;
+
+/// The container's end of the veth, as a VM's first NIC would be called.
+pub const CONTAINER_IFACE: &str = "eth0";
+
+const ENODEV: i32 = -libc::ENODEV;
+
+fn nl(what: &str, e: rtnetlink::Error) -> NetworkError {
+    NetworkError::Netlink(format!("{what}: {e}"))
+}
+
+fn is_gone(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == ENODEV)
+}
+
+/// A netlink connection whose socket lives in the network namespace of `pid`
+/// (or the daemon's own, for `None`). A socket stays in the namespace it was
+/// made in, so a short-lived thread enters the namespace just to make it.
+pub fn connect(pid: Option<i32>) -> Result<Handle, NetworkError> {
+    let socket = match pid {
+        None => netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+            .map_err(|e| NetworkError::Netlink(format!("netlink socket: {e}")))?,
+        Some(pid) => {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                .map_err(|e| NetworkError::Netlink(format!("container network namespace: {e}")))?;
+            std::thread::spawn(move || -> std::io::Result<netlink_sys::Socket> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+            })
+            .join()
+            .map_err(|_| NetworkError::Netlink("netns thread panicked".into()))?
+            .map_err(|e| NetworkError::Netlink(format!("netlink socket in the container: {e}")))?
+        }
+    };
+    socket.set_non_blocking(true).map_err(|e| NetworkError::Netlink(e.to_string()))?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+    // SAFETY: `fd` is a non-blocking netlink socket whose ownership moves here.
+    let socket: netlink_sys::TokioSocket = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let (conn, handle, _) = rtnetlink::from_socket(socket);
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        Ok(None) => Err(NetworkError::Netlink(format!("interface {name} not found"))),
+        Err(e) => Err(nl(name, e)),
+    }
+}
+
+pub struct LinkNames<'a> {
+    pub bridge: &'a str,
+    pub host_veth: &'a str,
+}
+
+/// Creates the bridge and the veth pair and configures the container's end.
+/// On error the caller removes what was made with [`delete`].
+pub async fn create(
+    host: &Handle,
+    names: &LinkNames<'_>,
+    subnet: Ipv4Net,
+    mtu: u32,
+    pid: i32,
+) -> Result<(), NetworkError> {
+    let gateway = subnet.nth(1);
+    host.link().add(LinkBridge::new(names.bridge).mtu(mtu).build()).execute().await.map_err(|e| nl(names.bridge, e))?;
+    let br = index_of(host, names.bridge).await?;
+    host.address().add(br, IpAddr::V4(gateway), subnet.prefix).execute().await.map_err(|e| nl("gateway address", e))?;
+    // The host answers for loopback addresses on net-in (127.0.0.1:port)
+    // only if the bridge may route them.
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", names.bridge);
+    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
+
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| NetworkError::Netlink(format!("container network namespace: {e}")))?;
+    // The peer is born inside the container with its MTU. (It cannot be born
+    // up: a veth opens only once its pair is complete.)
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(CONTAINER_IFACE.to_string())
+        .mtu(mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let veth = LinkVeth::new(names.host_veth, CONTAINER_IFACE)
+        .mtu(mtu)
+        .controller(br)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link().add(veth).execute().await.map_err(|e| nl(names.host_veth, e))?;
+
+    let inside = connect(Some(pid))?;
+    let eth0 = index_of(&inside, CONTAINER_IFACE).await?;
+    inside
+        .address()
+        .add(eth0, IpAddr::V4(subnet.nth(2)), subnet.prefix)
+        .execute()
+        .await
+        .map_err(|e| nl("container address", e))?;
+    inside.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.map_err(|e| nl("eth0 up", e))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(eth0).build();
+    inside.route().add(route).execute().await.map_err(|e| nl("default route", e))?;
+    Ok(())
+}
+
+/// Removes a container's interfaces; those already gone are fine.
+pub async fn delete(host: &Handle, names: &LinkNames<'_>) -> Result<(), NetworkError> {
+    for name in [names.host_veth, names.bridge] {
+        let msg = LinkUnspec::new_with_name(name).build();
+        match host.link().del_with_message(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(nl(name, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Names of all interfaces on the host.
+pub async fn list(host: &Handle) -> Result<Vec<String>, NetworkError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut names = Vec::new();
+    let mut links = host.link().get().execute();
+    while let Some(l) = links.try_next().await.map_err(|e| nl("list interfaces", e))? {
+        names.extend(l.attributes.into_iter().filter_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        }));
+    }
+    Ok(names)
+}

@@ -1,0 +1,482 @@
+//! The networker (Garden's "kawasaki"): an address per container from the pool,
+//! a bridge and veth into its network namespace, net-in port mappings, net-out
+//! allowances, isolation from the host and from other containers, and the
+//! container's /etc/hosts and /etc/resolv.conf.
+
+pub mod link;
+pub mod nft;
+pub mod pool;
+pub mod rules;
+
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::garden::types::{NetIn, NetOutRule, NetworkStat, PortMapping};
+use nft::{ContainerRules, Nft, TableConfig};
+use pool::{Ipv4Net, PortPool, SubnetPool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The request itself is wrong; nothing was changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No subnet or port left.
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("nftables: {0}")]
+    Firewall(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub pool: Ipv4Net,
+    pub port_pool_start: u16,
+    pub port_pool_size: u16,
+    pub allow_host_access: bool,
+    pub deny_networks: Vec<Ipv4Net>,
+    /// Replaces the host's nameservers in containers when not empty.
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub external_ip: Option<Ipv4Addr>,
+}
+
+/// A container's network, kept in its record so a restarted daemon can reload
+/// its rules and release it later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetState {
+    pub subnet: Ipv4Net,
+    pub bridge: String,
+    pub host_veth: String,
+    pub chain: String,
+    pub mapped_ports: Vec<PortMapping>,
+    /// nft statements of the net-out rules allowed so far.
+    pub rules: Vec<String>,
+}
+
+impl NetState {
+    pub fn container_ip(&self) -> Ipv4Addr {
+        self.subnet.nth(2)
+    }
+
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.subnet.nth(1)
+    }
+
+    fn netin(&self) -> Vec<(u16, u16)> {
+        self.mapped_ports.iter().map(|m| (m.host_port as u16, m.container_port as u16)).collect()
+    }
+
+    fn rules_view(&self) -> ContainerRules<'_> {
+        ContainerRules {
+            chain: &self.chain,
+            bridge: &self.bridge,
+            ip: Some(self.container_ip()),
+            statements: &self.rules,
+            netin: &[],
+        }
+    }
+}
+
+/// What a container's /etc holds for names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameFiles {
+    pub hosts: String,
+    pub resolv_conf: String,
+}
+
+struct Pools {
+    subnets: SubnetPool,
+    ports: PortPool,
+}
+
+pub struct Networker {
+    cfg: NetworkConfig,
+    table: TableConfig,
+    nft: Nft,
+    pools: Mutex<Pools>,
+    host: Mutex<Option<rtnetlink::Handle>>,
+    mtu: u32,
+    external_ip: Ipv4Addr,
+    /// The host's resolv.conf without loopback nameservers.
+    resolv_base: ResolvConf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ResolvConf {
+    nameservers: Vec<String>,
+    /// `search`/`options` lines, kept as the host has them.
+    other: Vec<String>,
+    /// The first loopback nameserver, if the host only has loopback ones.
+    loopback_only: Option<Ipv4Addr>,
+}
+
+fn parse_resolv_conf(text: &str, overrides: &[Ipv4Addr]) -> ResolvConf {
+    let mut rc = ResolvConf::default();
+    let mut loopback = None;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                let Some(addr) = words.next() else { continue };
+                match addr.parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_loopback() => {
+                        if let (None, std::net::IpAddr::V4(v4)) = (loopback, ip) {
+                            loopback = Some(v4);
+                        }
+                    }
+                    Ok(_) => rc.nameservers.push(addr.to_string()),
+                    Err(_) => {}
+                }
+            }
+            Some("search" | "domain" | "options") => rc.other.push(line.to_string()),
+            _ => {}
+        }
+    }
+    if !overrides.is_empty() {
+        rc.nameservers = overrides.iter().map(|a| a.to_string()).collect();
+    } else if rc.nameservers.is_empty() {
+        rc.loopback_only = loopback;
+    }
+    rc
+}
+
+/// The host's interface of its default route (from /proc/net/route).
+fn default_route_iface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// The address the host sends from towards the outside: a UDP "connect" picks
+/// the route without sending anything.
+fn outward_ip() -> Option<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.254:9").ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+fn host_port_free(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+impl Networker {
+    pub fn new(cfg: NetworkConfig) -> Result<Self, NetworkError> {
+        let subnets = SubnetPool::new(cfg.pool)?;
+        let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size);
+        let mtu = cfg.mtu.unwrap_or_else(|| {
+            default_route_iface()
+                .and_then(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/mtu")).ok())
+                .and_then(|m| m.trim().parse().ok())
+                .unwrap_or(1500)
+                .min(1500)
+        });
+        let external_ip = cfg.external_ip.or_else(outward_ip).unwrap_or(Ipv4Addr::LOCALHOST);
+        let resolv_base =
+            parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &cfg.dns_servers);
+        if let Some(lo) = resolv_base.loopback_only {
+            tracing::info!(resolver = %lo, "host has only a loopback nameserver; containers ask their gateway, forwarded to it");
+        }
+        let table = TableConfig {
+            name: format!("celld-{:08x}-{}", u32::from(cfg.pool.addr), cfg.pool.prefix),
+            pool: cfg.pool,
+            deny: cfg.deny_networks.clone(),
+            allow_host_access: cfg.allow_host_access,
+            dns_forward: resolv_base.loopback_only,
+        };
+        // Forwarding is what lets containers out at all.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| NetworkError::Netlink(format!("enabling IPv4 forwarding: {e}")))?;
+        Ok(Self {
+            nft: Nft::new()?,
+            pools: Mutex::new(Pools { subnets, ports }),
+            host: Mutex::new(None),
+            table,
+            cfg,
+            mtu,
+            external_ip,
+            resolv_base,
+        })
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table.name
+    }
+
+    pub fn external_ip(&self) -> Ipv4Addr {
+        self.external_ip
+    }
+
+    /// How many containers the pool has addresses for.
+    pub fn capacity(&self) -> usize {
+        lock(&self.pools).subnets.capacity()
+    }
+
+    fn host(&self) -> Result<rtnetlink::Handle, NetworkError> {
+        let mut h = lock(&self.host);
+        if let Some(h) = h.as_ref() {
+            return Ok(h.clone());
+        }
+        let handle = link::connect(None)?;
+        *h = Some(handle.clone());
+        Ok(handle)
+    }
+
+    async fn firewall(&self, script: String) -> Result<(), NetworkError> {
+        // libnftables blocks for a fraction of a millisecond; keep it off the
+        // async workers anyway.
+        tokio::task::block_in_place(|| self.nft.run(&script))
+    }
+
+    /// Checks a create request's network settings before anything is made.
+    pub fn check(&self, netin: &[NetIn], rules: &[NetOutRule], handle: &str) -> Result<(), NetworkError> {
+        for n in netin {
+            check_container_port(n.container_port)?;
+            if n.host_port > u16::MAX as u32 {
+                return Err(NetworkError::BadRequest(format!("host port {} is out of range (1-65535)", n.host_port)));
+            }
+        }
+        let prefix = rules::log_prefix(handle);
+        let mut total = 0;
+        for r in rules {
+            total += rules::statements(r, &prefix)?.len();
+        }
+        if total > rules::MAX_STATEMENTS {
+            return Err(NetworkError::BadRequest(format!(
+                "net-out rules expand to {total} firewall rules, more than {}",
+                rules::MAX_STATEMENTS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes a subnet for a new container (`requested` as in Garden's `network`).
+    pub fn reserve(&self, requested: &str) -> Result<Ipv4Net, NetworkError> {
+        lock(&self.pools).subnets.acquire(requested.trim())
+    }
+
+    pub fn release_subnet(&self, subnet: Ipv4Net) {
+        lock(&self.pools).subnets.release(subnet);
+    }
+
+    pub fn name_files(&self, subnet: Ipv4Net, hostname: &str) -> NameFiles {
+        let rc = &self.resolv_base;
+        let mut resolv = String::new();
+        let gateway = [subnet.nth(1).to_string()];
+        let servers = if rc.loopback_only.is_some() { &gateway[..] } else { &rc.nameservers[..] };
+        for ns in servers {
+            resolv.push_str(&format!("nameserver {ns}\n"));
+        }
+        for l in &rc.other {
+            resolv.push_str(l);
+            resolv.push('\n');
+        }
+        NameFiles { hosts: format!("127.0.0.1 localhost\n{} {hostname}\n", subnet.nth(2)), resolv_conf: resolv }
+    }
+
+    /// Wires a created container (its init is `pid`) into the network. On
+    /// error nothing of it stays but the subnet, which the caller releases.
+    pub async fn attach(
+        &self,
+        handle: &str,
+        subnet: Ipv4Net,
+        pid: i32,
+        netin: &[NetIn],
+        rules: &[NetOutRule],
+    ) -> Result<NetState, NetworkError> {
+        let hex = format!("{:08x}", u32::from(subnet.addr));
+        let mut state = NetState {
+            subnet,
+            bridge: format!("cbr-{hex}"),
+            host_veth: format!("cvh-{hex}"),
+            chain: format!("c-{hex}"),
+            mapped_ports: Vec::new(),
+            rules: Vec::new(),
+        };
+        let prefix = rules::log_prefix(handle);
+        for r in rules {
+            state.rules.extend(rules::statements(r, &prefix)?);
+        }
+        let made = async {
+            for n in netin {
+                let m = self.acquire_port(n)?;
+                state.mapped_ports.push(m);
+            }
+            let host = self.host()?;
+            let names = link::LinkNames { bridge: &state.bridge, host_veth: &state.host_veth };
+            link::create(&host, &names, subnet, self.mtu, pid).await?;
+            let netin = state.netin();
+            let view = ContainerRules { netin: &netin, ..state.rules_view() };
+            self.firewall(format!("{}{}", self.table.add_container(&view), self.table.add_bridge(&state.bridge))).await
+        }
+        .await;
+        match made {
+            Ok(()) => Ok(state),
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "network setup failed; undoing");
+                self.remove(&state).await;
+                for m in &state.mapped_ports {
+                    lock(&self.pools).ports.release(m.host_port as u16);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn acquire_port(&self, n: &NetIn) -> Result<PortMapping, NetworkError> {
+        check_container_port(n.container_port)?;
+        let host_port = lock(&self.pools).ports.acquire(n.host_port, host_port_free)?;
+        Ok(PortMapping { host_port: host_port as u32, container_port: n.container_port })
+    }
+
+    /// Removes rules and interfaces; what is already gone is skipped.
+    async fn remove(&self, state: &NetState) {
+        let netin = state.netin();
+        let view = ContainerRules { netin: &netin, ..state.rules_view() };
+        let mut cmds = self.table.remove_container(&view);
+        cmds.push(self.table.remove_bridge(&state.bridge));
+        if self.firewall(cmds.join("\n")).await.is_err() {
+            for c in cmds {
+                let _ = self.firewall(c).await;
+            }
+        }
+        if let Ok(host) = self.host() {
+            let names = link::LinkNames { bridge: &state.bridge, host_veth: &state.host_veth };
+            if let Err(e) = link::delete(&host, &names).await {
+                tracing::warn!(bridge = %state.bridge, error = %e, "removing interfaces failed");
+            }
+        }
+    }
+
+    /// Undoes [`attach`](Self::attach) and frees the subnet and ports.
+    pub async fn detach(&self, state: &NetState) {
+        self.remove(state).await;
+        let mut p = lock(&self.pools);
+        for m in &state.mapped_ports {
+            p.ports.release(m.host_port as u16);
+        }
+        p.subnets.release(state.subnet);
+    }
+
+    /// Garden's NetIn: maps a host port (0: the next free one) to a container port.
+    pub async fn net_in(
+        &self,
+        state: &mut NetState,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<PortMapping, NetworkError> {
+        let m = self.acquire_port(&NetIn { host_port, container_port })?;
+        let script = self.table.add_netin(state.container_ip(), &[(m.host_port as u16, m.container_port as u16)]);
+        if let Err(e) = self.firewall(script).await {
+            lock(&self.pools).ports.release(m.host_port as u16);
+            return Err(e);
+        }
+        state.mapped_ports.push(m);
+        Ok(m)
+    }
+
+    /// Garden's NetOut and BulkNetOut: all rules apply, or none.
+    pub async fn net_out(&self, handle: &str, state: &mut NetState, rules: &[NetOutRule]) -> Result<(), NetworkError> {
+        let prefix = rules::log_prefix(handle);
+        let mut statements = Vec::new();
+        for r in rules {
+            statements.extend(rules::statements(r, &prefix)?);
+        }
+        if state.rules.len() + statements.len() > rules::MAX_STATEMENTS * 4 {
+            return Err(NetworkError::BadRequest("too many net-out rules for one container".into()));
+        }
+        self.firewall(self.table.add_rules(&state.chain, &statements)).await?;
+        state.rules.extend(statements);
+        Ok(())
+    }
+
+    /// After a restart: holds the subnets and ports of surviving containers,
+    /// rebuilds the firewall from them in one transaction, and removes
+    /// interfaces of this pool that no surviving container owns.
+    pub async fn restore(&self, states: &[NetState]) -> Result<(), NetworkError> {
+        {
+            let mut p = lock(&self.pools);
+            for s in states {
+                p.subnets.hold(s.subnet);
+                for m in &s.mapped_ports {
+                    p.ports.hold(m.host_port as u16);
+                }
+            }
+        }
+        let netins: Vec<Vec<(u16, u16)>> = states.iter().map(|s| s.netin()).collect();
+        let views: Vec<ContainerRules> =
+            states.iter().zip(&netins).map(|(s, n)| ContainerRules { netin: n, ..s.rules_view() }).collect();
+        let mut script = self.table.rebuild(&views);
+        for s in states {
+            script.push_str(&self.table.add_bridge(&s.bridge));
+        }
+        self.firewall(script).await?;
+        let host = self.host()?;
+        let owned: std::collections::HashSet<&str> =
+            states.iter().flat_map(|s| [s.bridge.as_str(), s.host_veth.as_str()]).collect();
+        for name in link::list(&host).await? {
+            let Some(hex) = name.strip_prefix("cbr-").or_else(|| name.strip_prefix("cvh-")) else { continue };
+            let Ok(addr) = u32::from_str_radix(hex, 16) else { continue };
+            if self.cfg.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(name.as_str()) {
+                tracing::info!(interface = %name, "removing interface no container owns");
+                let _ = link::delete(&host, &link::LinkNames { bridge: &name, host_veth: &name }).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes through the container's interface, as the container sees them.
+    pub fn stats(&self, state: &NetState) -> NetworkStat {
+        let read = |k: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{k}", state.host_veth))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        // The host end sends what the container receives.
+        NetworkStat { rx_bytes: read("tx_bytes"), tx_bytes: read("rx_bytes") }
+    }
+}
+
+fn check_container_port(port: u32) -> Result<(), NetworkError> {
+    if port == 0 || port > u16::MAX as u32 {
+        return Err(NetworkError::BadRequest(format!("container port {port} is out of range (1-65535)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_drops_loopback_nameservers() {
+        let rc = parse_resolv_conf("nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp\n", &[]);
+        assert_eq!(rc.nameservers, vec!["10.0.0.2"]);
+        assert_eq!(rc.other, vec!["search corp"]);
+        assert_eq!(rc.loopback_only, None);
+        let only = parse_resolv_conf("nameserver 127.0.0.53\noptions edns0\n", &[]);
+        assert_eq!(only.loopback_only, Some(Ipv4Addr::new(127, 0, 0, 53)));
+        let over = parse_resolv_conf("nameserver 127.0.0.53\n", &[Ipv4Addr::new(1, 1, 1, 1)]);
+        assert_eq!((over.nameservers, over.loopback_only), (vec!["1.1.1.1".to_string()], None));
+    }
+
+    #[test]
+    fn container_ports_are_checked() {
+        assert!(check_container_port(0).is_err());
+        assert!(check_container_port(65536).is_err());
+        assert!(check_container_port(8080).is_ok());
+    }
+}

@@ -1,0 +1,263 @@
+//! The firewall: one nftables table per cell, driven through libnftables (the
+//! library behind `nft`, so no process per change and nft's own parser and
+//! atomic transactions).
+//!
+//! Layout (`celld-<pool>-<len>`, so cells with different pools never collide):
+//! fixed chains for forward/input/nat that match container traffic by the
+//! `bridges` set, per container one chain of net-out allowances reached through
+//! the `containers` verdict map keyed by the container's bridge, and the `netin` map from host port to container address
+//! and port. A container change touches only its own chain and map elements,
+//! so its cost does not grow with the number of containers.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use super::NetworkError;
+use super::pool::Ipv4Net;
+
+#[link(name = "nftables")]
+unsafe extern "C" {
+    fn nft_ctx_new(flags: u32) -> *mut c_void;
+    fn nft_ctx_free(ctx: *mut c_void);
+    fn nft_ctx_buffer_output(ctx: *mut c_void) -> c_int;
+    fn nft_ctx_buffer_error(ctx: *mut c_void) -> c_int;
+    fn nft_ctx_get_error_buffer(ctx: *mut c_void) -> *const c_char;
+    fn nft_run_cmd_from_buffer(ctx: *mut c_void, buf: *const c_char) -> c_int;
+}
+
+struct Ctx(*mut c_void);
+
+// The context is only ever used under the mutex, by one thread at a time.
+unsafe impl Send for Ctx {}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        unsafe { nft_ctx_free(self.0) };
+    }
+}
+
+pub struct Nft {
+    ctx: Mutex<Ctx>,
+}
+
+impl Nft {
+    pub fn new() -> Result<Self, NetworkError> {
+        let ctx = unsafe { nft_ctx_new(0) };
+        if ctx.is_null() {
+            return Err(NetworkError::Firewall("cannot create an nftables context".into()));
+        }
+        unsafe {
+            nft_ctx_buffer_output(ctx);
+            nft_ctx_buffer_error(ctx);
+        }
+        Ok(Self { ctx: Mutex::new(Ctx(ctx)) })
+    }
+
+    /// Runs a script as one transaction: all of it applies or none.
+    pub fn run(&self, script: &str) -> Result<(), NetworkError> {
+        let buf = CString::new(script).map_err(|_| NetworkError::Firewall("script contains a NUL byte".into()))?;
+        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let rc = unsafe { nft_run_cmd_from_buffer(ctx.0, buf.as_ptr()) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = unsafe {
+            let p = nft_ctx_get_error_buffer(ctx.0);
+            if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().trim().to_string() }
+        };
+        Err(NetworkError::Firewall(err))
+    }
+}
+
+/// What the cell-wide part of the table depends on.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub name: String,
+    pub pool: Ipv4Net,
+    pub deny: Vec<Ipv4Net>,
+    pub allow_host_access: bool,
+    /// Where DNS queries to a container's gateway go when the host only has a
+    /// loopback resolver.
+    pub dns_forward: Option<Ipv4Addr>,
+}
+
+/// One container's part of the table.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerRules<'a> {
+    pub chain: &'a str,
+    pub bridge: &'a str,
+    pub ip: Option<Ipv4Addr>,
+    pub statements: &'a [String],
+    pub netin: &'a [(u16, u16)],
+}
+
+impl TableConfig {
+    /// The whole table, replacing what is there in the same transaction: used
+    /// at start, so rules of containers that survived a restart are reloaded
+    /// exactly once and those of vanished ones disappear.
+    pub fn rebuild(&self, containers: &[ContainerRules]) -> String {
+        let (t, pool) = (&self.name, self.pool);
+        let deny = if self.deny.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = self.deny.iter().map(|n| n.to_string()).collect();
+            format!("elements = {{ {} }}", list.join(", "))
+        };
+        let host = if self.allow_host_access { "accept" } else { "reject with icmp type admin-prohibited" };
+        let (dns_nat, dns_in) = match self.dns_forward {
+            Some(r) => (
+                format!(
+                    "iifname @bridges fib daddr type local udp dport 53 dnat ip to {r}\n\
+                     iifname @bridges fib daddr type local tcp dport 53 dnat ip to {r}"
+                ),
+                "ct status dnat udp dport 53 accept\nct status dnat tcp dport 53 accept".to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut s = format!(
+            "table ip {t}\ndelete table ip {t}\n\
+table ip {t} {{
+  set bridges {{ type ifname; }}
+  map containers {{ type ifname : verdict; }}
+  set deny {{ type ipv4_addr; flags interval; {deny} }}
+  map netin {{ type inet_service : ipv4_addr . inet_service; }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
+    iifname @bridges jump egress
+    oifname @bridges ct status dnat accept
+    oifname @bridges drop
+  }}
+  chain egress {{
+    ip daddr @deny reject with icmp type admin-prohibited
+    iifname vmap @containers
+    reject with icmp type admin-prohibited
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname @bridges jump host_access
+  }}
+  chain host_access {{
+    ct state established,related accept
+    {dns_in}
+    {host}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {dns_nat}
+    fib daddr type local dnat ip to tcp dport map @netin
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    fib daddr type local dnat ip to tcp dport map @netin
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {pool} ip daddr != {pool} masquerade
+    oifname @bridges ip saddr 127.0.0.0/8 masquerade
+  }}
+}}
+"
+        );
+        for c in containers {
+            s.push_str(&self.add_container(c));
+        }
+        s
+    }
+
+    /// Adds a container's chain, its map entry, its rules and its port mappings.
+    pub fn add_container(&self, c: &ContainerRules) -> String {
+        let t = &self.name;
+        let mut s = format!("add chain ip {t} {}\n", c.chain);
+        s.push_str(&self.add_rules(c.chain, c.statements));
+        s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.bridge, c.chain));
+        if let Some(ip) = c.ip {
+            s.push_str(&self.add_netin(ip, c.netin));
+        }
+        s
+    }
+
+    pub fn add_rules(&self, chain: &str, statements: &[String]) -> String {
+        statements.iter().map(|st| format!("add rule ip {} {chain} {st}\n", self.name)).collect()
+    }
+
+    pub fn add_netin(&self, ip: Ipv4Addr, mappings: &[(u16, u16)]) -> String {
+        mappings
+            .iter()
+            .map(|(host, container)| format!("add element ip {} netin {{ {host} : {ip} . {container} }}\n", self.name))
+            .collect()
+    }
+
+    /// The commands that remove a container, one per line so that a caller can
+    /// retry them one by one when part of it is already gone.
+    pub fn remove_container(&self, c: &ContainerRules) -> Vec<String> {
+        let t = &self.name;
+        let mut cmds = vec![
+            format!("delete element ip {t} containers {{ \"{}\" }}", c.bridge),
+            format!("flush chain ip {t} {}", c.chain),
+            format!("delete chain ip {t} {}", c.chain),
+        ];
+        cmds.extend(c.netin.iter().map(|(host, _)| format!("delete element ip {t} netin {{ {host} }}")));
+        cmds
+    }
+
+    /// A bridge joins the set that marks this cell's container traffic.
+    pub fn add_bridge(&self, bridge: &str) -> String {
+        format!("add element ip {} bridges {{ \"{bridge}\" }}\n", self.name)
+    }
+
+    pub fn remove_bridge(&self, bridge: &str) -> String {
+        format!("delete element ip {} bridges {{ \"{bridge}\" }}", self.name)
+    }
+
+    pub fn delete_table(&self) -> String {
+        format!("table ip {t}\ndelete table ip {t}\n", t = self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> TableConfig {
+        TableConfig {
+            name: "celld-0afe0000-22".into(),
+            pool: "10.254.0.0/22".parse().unwrap(),
+            deny: vec!["198.51.100.0/24".parse().unwrap()],
+            allow_host_access: false,
+            dns_forward: None,
+        }
+    }
+
+    #[test]
+    fn container_script() {
+        let st = vec!["tcp dport 80 accept".to_string()];
+        let c = ContainerRules {
+            chain: "c-0afe0004",
+            bridge: "cbr-0afe0004",
+            ip: Some("10.254.0.6".parse().unwrap()),
+            statements: &st,
+            netin: &[(61001, 8080)],
+        };
+        let s = cfg().add_container(&c);
+        assert!(s.contains("add chain ip celld-0afe0000-22 c-0afe0004\n"));
+        assert!(s.contains("add rule ip celld-0afe0000-22 c-0afe0004 tcp dport 80 accept\n"));
+        assert!(s.contains("containers { \"cbr-0afe0004\" : jump c-0afe0004 }"));
+        assert!(s.contains("netin { 61001 : 10.254.0.6 . 8080 }"));
+        let rm = cfg().remove_container(&c);
+        assert_eq!(rm.len(), 4);
+        assert!(rm[3].contains("netin { 61001 }"));
+    }
+
+    #[test]
+    fn table_has_deny_and_host_rules() {
+        let s = cfg().rebuild(&[]);
+        assert!(s.starts_with("table ip celld-0afe0000-22\ndelete table ip celld-0afe0000-22\n"));
+        assert!(s.contains("elements = { 198.51.100.0/24 }"));
+        assert!(s.contains("reject with icmp type admin-prohibited\n  }"));
+        assert!(s.contains("ip saddr 10.254.0.0/22 ip daddr != 10.254.0.0/22 masquerade"));
+        let open = TableConfig { allow_host_access: true, ..cfg() };
+        assert!(open.rebuild(&[]).contains("ct state established,related accept\n    \n    accept"));
+    }
+}
