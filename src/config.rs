@@ -42,6 +42,10 @@ pub struct Config {
     /// Destroy every container left by a previous run instead of restoring them.
     #[arg(long)]
     pub destroy_containers_on_startup: bool,
+    /// Give containers only loopback, leaving networking to something else (as
+    /// cf-deployment leaves it to silk); net-in and net-out are then refused.
+    #[arg(long)]
+    pub no_network: bool,
     /// Addresses for containers: each gets a /30 (gateway .1, container .2).
     #[arg(long, default_value = "10.254.0.0/22")]
     pub network_pool: String,

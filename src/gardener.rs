@@ -63,7 +63,8 @@ struct Table {
 
 pub struct Gardener {
     rt: Containerizer,
-    net: Networker,
+    /// `None` with `--no-network`: containers get only loopback.
+    net: Option<Arc<Networker>>,
     cfg: GardenerConfig,
     table: Mutex<Table>,
     handle_seq: AtomicU64,
@@ -133,12 +134,20 @@ pub fn process_env(container_env: &[String], spec: &ProcessSpec) -> Vec<String> 
 }
 
 impl Gardener {
-    pub fn new(rt: Containerizer, net: Networker, cfg: GardenerConfig) -> Self {
+    pub fn new(rt: Containerizer, net: Option<Arc<Networker>>, cfg: GardenerConfig) -> Self {
         Self { rt, net, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
     }
 
     fn max_containers(&self) -> usize {
-        self.cfg.max_containers.min(self.net.capacity())
+        self.net.as_ref().map_or(self.cfg.max_containers, |n| self.cfg.max_containers.min(n.capacity()))
+    }
+
+    fn networker(&self, handle: &str) -> Result<&Arc<Networker>, GardenError> {
+        self.net.as_ref().ok_or_else(|| {
+            GardenError::BadRequest(format!(
+                "container {handle}: this cell runs without container networking (--no-network)"
+            ))
+        })
     }
 
     /// Loads the containers a previous daemon left running; cleans up those whose
@@ -153,8 +162,10 @@ impl Gardener {
             .filter(|r| !destroy_all && Containerizer::is_alive(r))
             .filter_map(|r| r.network.clone())
             .collect();
-        if let Err(e) = self.net.restore(&survivors).await {
-            tracing::error!(error = %e, "restoring the container network failed");
+        if let Some(net) = &self.net {
+            if let Err(e) = net.restore(&survivors).await {
+                tracing::error!(error = %e, "restoring the container network failed");
+            }
         }
         for (handle, rec) in records {
             match rec {
@@ -164,11 +175,11 @@ impl Gardener {
                 }
                 Ok(rec) => {
                     tracing::info!(handle = %handle, "removing container whose init is gone");
-                    if let Some(n) = &rec.network {
-                        self.net.detach(n).await;
-                    }
                     if let Err(e) = self.rt.destroy(&rec).await {
                         tracing::warn!(handle = %handle, error = %e, "cleanup failed");
+                    }
+                    if let (Some(net), Some(n)) = (&self.net, &rec.network) {
+                        net.detach(n).await;
                     }
                 }
                 Err(e) => {
@@ -222,7 +233,15 @@ impl Gardener {
         }
         let handle = spec.handle.clone();
         validate_handle(&handle)?;
-        self.net.check(&spec.netin, &spec.netout_rules, &handle).map_err(|e| GardenError::network(&handle, e))?;
+        match &self.net {
+            Some(net) => {
+                net.check(&spec.netin, &spec.netout_rules, &handle).map_err(|e| GardenError::network(&handle, e))?
+            }
+            None if !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty() => {
+                self.networker(&handle)?;
+            }
+            None => {}
+        }
         {
             let mut t = lock(&self.table);
             if t.live.contains_key(&handle) || t.creating.contains(&handle) || t.destroying.contains(&handle) {
@@ -249,30 +268,33 @@ impl Gardener {
     /// the network wired to its init. Any failure undoes all of it.
     async fn create_networked(&self, spec: &ContainerSpec) -> Result<ContainerRecord, GardenError> {
         let handle = spec.handle.as_str();
-        let subnet = self.net.reserve(&spec.network).map_err(|e| GardenError::network(handle, e))?;
-        let names = self.net.name_files(subnet, &spec::hostname(handle));
         let grace = if spec.grace_time > 0 { spec.grace_time } else { self.cfg.default_grace_time };
+        let Some(net) = &self.net else {
+            return self.rt.create(spec, grace, None).await.map_err(|e| GardenError::runtime(handle, e));
+        };
+        let subnet = net.reserve(&spec.network).map_err(|e| GardenError::network(handle, e))?;
+        let names = net.name_files(subnet, &spec::hostname(handle));
         let mut rec = match self.rt.create(spec, grace, Some(names)).await {
             Ok(rec) => rec,
             Err(e) => {
-                self.net.release_subnet(subnet);
+                net.release_subnet(subnet);
                 return Err(GardenError::runtime(handle, e));
             }
         };
-        let state = match self.net.attach(handle, subnet, rec.init_pid, &spec.netin, &spec.netout_rules).await {
+        let state = match net.attach(handle, subnet, rec.init_pid, &spec.netin, &spec.netout_rules).await {
             Ok(state) => state,
             Err(e) => {
-                self.net.release_subnet(subnet);
+                net.release_subnet(subnet);
                 let _ = self.rt.destroy(&rec).await;
                 return Err(GardenError::network(handle, e));
             }
         };
         rec.network = Some(state);
         if let Err(e) = self.rt.depot().save(&rec) {
-            if let Some(n) = &rec.network {
-                self.net.detach(n).await;
-            }
             let _ = self.rt.destroy(&rec).await;
+            if let Some(n) = &rec.network {
+                net.detach(n).await;
+            }
             return Err(GardenError::runtime(handle, e));
         }
         Ok(rec)
@@ -289,12 +311,12 @@ impl Gardener {
             e
         };
         let rec = lock(&entry.rec).clone();
-        // Interfaces go while the namespace still exists: deleting a veth then
-        // takes both ends at once.
-        if let Some(n) = &rec.network {
-            self.net.detach(n).await;
-        }
         let result = self.rt.destroy(&rec).await;
+        // Only once nothing in the container runs: its traffic must never
+        // pass while its bridge is no longer under the firewall's rules.
+        if let (Ok(()), Some(net), Some(n)) = (&result, &self.net, &rec.network) {
+            net.detach(n).await;
+        }
         let mut t = lock(&self.table);
         t.destroying.remove(handle);
         match result {
@@ -339,7 +361,7 @@ impl Gardener {
             properties: rec.properties.clone(),
             host_ip: rec.network.as_ref().map(|n| n.host_ip().to_string()).unwrap_or_default(),
             container_ip: rec.network.as_ref().map(|n| n.container_ip().to_string()).unwrap_or_default(),
-            external_ip: self.net.external_ip().to_string(),
+            external_ip: self.net.as_ref().map(|n| n.external_ip().to_string()).unwrap_or_default(),
             mapped_ports: rec.network.as_ref().map(|n| n.mapped_ports.clone()).unwrap_or_default(),
             ..ContainerInfo::default()
         })
@@ -380,7 +402,7 @@ impl Gardener {
                 exclusive_bytes_used: bytes,
                 exclusive_inodes_used: inodes,
             },
-            network_stat: rec.network.as_ref().map(|n| self.net.stats(n)),
+            network_stat: self.net.as_ref().zip(rec.network.as_ref()).map(|(net, n)| net.stats(n)),
             pid_stat: PidStat { current: u.pids_current, max: u.pids_max },
             age: now.saturating_sub(rec.created_at),
             cpu_entitlement: 0,
@@ -427,13 +449,15 @@ impl Gardener {
     }
 
     pub async fn net_in(&self, handle: &str, host_port: u32, container_port: u32) -> Result<PortMapping, GardenError> {
-        let m = self.with_network(handle, async |n| self.net.net_in(n, host_port, container_port).await).await?;
+        let net = self.networker(handle)?;
+        let m = self.with_network(handle, async |n| net.net_in(n, host_port, container_port).await).await?;
         tracing::info!(handle = %handle, host_port = m.host_port, container_port = m.container_port, "net-in");
         Ok(m)
     }
 
     pub async fn net_out(&self, handle: &str, rules: &[NetOutRule]) -> Result<(), GardenError> {
-        self.with_network(handle, async |n| self.net.net_out(handle, n, rules).await).await?;
+        let net = self.networker(handle)?;
+        self.with_network(handle, async |n| net.net_out(handle, n, rules).await).await?;
         tracing::info!(handle = %handle, rules = rules.len(), "net-out");
         Ok(())
     }
@@ -522,6 +546,14 @@ impl Gardener {
         let rec = self.record(handle)?;
         let (_, conn) = self.rt.request(&rec, &req).await.map_err(|e| GardenError::runtime(handle, e))?;
         Ok(conn)
+    }
+
+    /// Before the daemon exits: lets background network cleanup finish.
+    /// Containers themselves keep running.
+    pub async fn shutdown(&self) {
+        if let Some(net) = &self.net {
+            net.drain(Duration::from_secs(10)).await;
+        }
     }
 
     /// Containers whose grace time ran out with nothing attached.

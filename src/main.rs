@@ -44,22 +44,7 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         exe,
         log_level: cfg.log_level.clone(),
     })?;
-    let deny_networks = cfg
-        .deny_networks
-        .iter()
-        .map(|d| d.parse::<Ipv4Net>().with_context(|| format!("--deny-network {d}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let net = Networker::new(NetworkConfig {
-        pool: cfg.network_pool.parse().with_context(|| format!("--network-pool {}", cfg.network_pool))?,
-        port_pool_start: cfg.port_pool_start,
-        port_pool_size: cfg.port_pool_size,
-        allow_host_access: cfg.allow_host_access,
-        deny_networks,
-        dns_servers: cfg.dns_servers.clone(),
-        mtu: cfg.mtu,
-        external_ip: cfg.external_ip,
-    })
-    .context("setting up container networking")?;
+    let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
     let gardener = Arc::new(Gardener::new(
         rt,
         net,
@@ -75,6 +60,25 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(cfg, gardener))
+}
+
+fn networker(cfg: &Config) -> anyhow::Result<Networker> {
+    let deny_networks = cfg
+        .deny_networks
+        .iter()
+        .map(|d| d.parse::<Ipv4Net>().with_context(|| format!("--deny-network {d}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Networker::new(NetworkConfig {
+        pool: cfg.network_pool.parse().with_context(|| format!("--network-pool {}", cfg.network_pool))?,
+        port_pool_start: cfg.port_pool_start,
+        port_pool_size: cfg.port_pool_size,
+        allow_host_access: cfg.allow_host_access,
+        deny_networks,
+        dns_servers: cfg.dns_servers.clone(),
+        mtu: cfg.mtu,
+        external_ip: cfg.external_ip,
+    })
+    .context("setting up container networking")
 }
 
 async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
@@ -115,6 +119,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     }
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
+    gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
     Ok(())
 }

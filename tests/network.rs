@@ -315,7 +315,7 @@ fn fifty_parallel_creates_share_nothing_and_leave_nothing() {
             assert!(ports.insert(info.mapped_ports[0].host_port), "port handed out twice");
         }
         assert_eq!(ips.len(), 50);
-        assert_eq!(d.interfaces().len(), 100, "a bridge and a veth per container");
+        assert_eq!(d.interfaces().len(), 50, "a veth per container");
         let destroys = handles.iter().map(|h| {
             let c = d.client.clone();
             async move { c.destroy(h).await }
@@ -431,9 +431,29 @@ fn bad_network_input_gets_errors_and_leaves_nothing() {
         let e = d.client.net_in("no-such-container", 0, 80).await.unwrap_err();
         assert_eq!(garden_type(&e), "ContainerNotFoundError");
         assert_eq!(d.client.list(&BTreeMap::new()).await.unwrap(), vec![first.clone()]);
-        assert_eq!(d.interfaces().len(), 2, "a failed create left interfaces: {:?}", d.interfaces());
+        assert_eq!(d.interfaces().len(), 1, "a failed create left interfaces: {:?}", d.interfaces());
         d.client.destroy(&first).await.unwrap();
     });
     drop(taken);
+    d.assert_no_leaks();
+}
+
+#[test]
+fn no_network_cells_give_loopback_only_and_refuse_net_calls() {
+    require_host!();
+    let d = Daemon::start_with(&["--no-network"]);
+    let h = d.handle("plain");
+    rt().block_on(async {
+        d.client.create(&spec(&h)).await.unwrap();
+        let info = d.client.info(&h).await.unwrap();
+        assert_eq!((info.container_ip.as_str(), info.host_ip.as_str()), ("", ""));
+        assert_eq!(run(&d, &h, sh("ip -o link | grep -c ': '")).await.1, "1\n", "only lo");
+        let e = d.client.net_in(&h, 0, 8080).await.unwrap_err();
+        assert!(e.to_string().contains("--no-network"), "{e}");
+        let mut s = spec(&d.handle("wants-net"));
+        s.netin = vec![NetIn { host_port: 0, container_port: 8080 }];
+        assert!(d.client.create(&s).await.unwrap_err().to_string().contains("--no-network"));
+        d.client.destroy(&h).await.unwrap();
+    });
     d.assert_no_leaks();
 }

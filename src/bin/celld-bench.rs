@@ -1,5 +1,7 @@
 //! `make bench`: times celld's create / run `true` / destroy cycle against
-//! Debian's `runc run`, and measures what an idle container costs in memory.
+//! Debian's `runc run`, creates with networking and a net-in, the cost of a
+//! net-out rule change at 10 and at 250 containers, and what an idle container
+//! costs in memory.
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use celld::garden::client::{Address, Client, ProcessIo};
-use celld::garden::types::{ContainerSpec, ProcessSpec};
+use celld::garden::types::{ContainerSpec, IpRange, NetIn, NetOutRule, PortRange, ProcessSpec};
 use clap::Parser;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -48,25 +50,49 @@ fn main() -> Result<()> {
     let dir = PathBuf::from(format!("/tmp/celld-bench-{}", std::process::id()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
 
-    let mut daemon = Daemon::start(&celld, &dir, &args)?;
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Issue 2's cycle is measured without networking (only loopback), the
+    // rest on a cell with its network.
+    let plain = run_cell(&rt, &celld, &dir.join("plain"), &args, &["--no-network"], async |c, _, d| {
+        cycles(&args, c, d, &tiny).await
+    });
+    let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001"];
+    let networked = plain.and_then(|()| {
+        run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| network_and_density(&args, c, pid, d).await)
+    });
+    let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+    let removed = remove_dir(&dir);
+    networked?;
+    removed
+}
+
+/// Starts a cell, runs `f` against it, and destroys whatever it left, even
+/// when `f` fails or panics.
+fn run_cell(
+    rt: &tokio::runtime::Runtime,
+    celld: &Path,
+    dir: &Path,
+    args: &Args,
+    extra: &[&str],
+    f: impl AsyncFnOnce(&Client, u32, &Path) -> Result<()>,
+) -> Result<()> {
+    let mut daemon = Daemon::start(celld, dir, args, extra)?;
     let client = Client::new(Address::Unix(dir.join("garden.sock")));
-    // A panic (say, stdout closed under us) must still reach the cleanup below.
+    let pid = daemon.pid;
     let run = std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
             daemon.wait_ready(&client).await?;
-            bench(&args, &client, daemon.pid, &dir, &tiny).await
+            f(&client, pid, dir).await
         })
     });
     let result = std::panic::catch_unwind(run).unwrap_or_else(|_| Err(anyhow::anyhow!("the bench panicked")));
     let destroyed = rt.block_on(destroy_all(&client));
     daemon.stop();
-    let removed = remove_dir(&dir);
     result?;
-    destroyed.context("destroying the bench's containers")?;
-    removed
+    destroyed.context("destroying the bench's containers")
 }
 
-async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Path) -> Result<()> {
+async fn cycles(args: &Args, client: &Client, dir: &Path, tiny: &Path) -> Result<()> {
     // 1. create / run `true` / destroy, each step timed on its own.
     let (mut create, mut run, mut destroy, mut cycle) = (vec![], vec![], vec![], vec![]);
     for i in 0..WARMUP + args.cycles {
@@ -99,7 +125,7 @@ async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Pat
         Some(runc) => runc_bench(&runc, dir, tiny, args.cycles).map_err(|e| format!("failed: {e:#}")),
     };
 
-    println!("celld bench: {} cycles (create, run `true`, destroy), tiny rootfs, no network", args.cycles);
+    println!("celld bench: {} cycles (create, run `true`, destroy), tiny rootfs, --no-network", args.cycles);
     println!("{:<12}{:>6}{:>9}   target", "step", "p50 ms", "p95 ms");
     for (name, samples, target) in [
         ("create", &mut create, "<= 20"),
@@ -120,7 +146,10 @@ async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Pat
         Err(e) => println!("runc: {e}"),
     }
     println!();
+    Ok(())
+}
 
+async fn network_and_density(args: &Args, client: &Client, daemon: u32, dir: &Path) -> Result<()> {
     // 3. Density: idle containers, and what the daemon, its helper and the
     // containers' inits hold in memory.
     let helper = helper_of(daemon);
@@ -133,11 +162,29 @@ async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Pat
         idle_helper,
         if helper.is_none() { ", helper not found" } else { "" }
     );
+    // Created with networking and one net-in each; the first 100 creates are
+    // the networked-create sample, and net-out rule changes are timed at 10
+    // containers and again at the full count.
     let t = Instant::now();
     let mut handles = Vec::with_capacity(args.idle);
+    let (mut net_create, mut netout_small, mut netout_full) = (vec![], vec![], vec![]);
     for i in 0..args.idle {
-        let spec = ContainerSpec { handle: format!("bench-idle-{i}"), ..Default::default() };
+        let spec = ContainerSpec {
+            handle: format!("bench-idle-{i}"),
+            netin: vec![NetIn { host_port: 0, container_port: 8080 }],
+            ..Default::default()
+        };
+        let c0 = Instant::now();
         handles.push(client.create(&spec).await.with_context(|| format!("creating idle container {i}"))?);
+        if i < 100 {
+            net_create.push(c0.elapsed());
+        }
+        if handles.len() == 10 {
+            netout_small = time_net_out(client, &handles[0], NETOUT_SAMPLES).await?;
+        }
+    }
+    if let Some(last) = handles.last() {
+        netout_full = time_net_out(client, last, NETOUT_SAMPLES).await?;
     }
     let created = t.elapsed();
     println!(
@@ -146,6 +193,28 @@ async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Pat
         created.as_secs_f64(),
         per(created, args.idle)
     );
+    if !net_create.is_empty() {
+        let (p50, p95) = percentiles(&mut net_create);
+        println!(
+            "create with network + 1 net-in: p50 {:.1} ms, p95 {:.1} ms over {} containers (target p50 <= 30)",
+            ms(p50),
+            ms(p95),
+            net_create.len()
+        );
+    }
+    if !netout_small.is_empty() && !netout_full.is_empty() {
+        let (s50, s95) = percentiles(&mut netout_small);
+        let (f50, f95) = percentiles(&mut netout_full);
+        println!(
+            "net-out rule change: p50 {:.2} / p95 {:.2} ms at 10 containers, p50 {:.2} / p95 {:.2} ms at {}; ratio {:.2} (target: flat)",
+            ms(s50),
+            ms(s95),
+            ms(f50),
+            ms(f95),
+            args.idle,
+            f50.as_secs_f64() / s50.as_secs_f64()
+        );
+    }
     if args.idle > 0 {
         let helper = helper_of(daemon);
         let total = vm_rss_kib(daemon)? + helper.map(vm_rss_kib).transpose()?.unwrap_or(0);
@@ -188,6 +257,31 @@ async fn bench(args: &Args, client: &Client, daemon: u32, dir: &Path, tiny: &Pat
         per(gone, handles.len())
     );
     Ok(())
+}
+
+/// The networked bench cell's own pool (1024 containers), so it runs beside a `make run` cell.
+const BENCH_POOL: &str = "10.252.0.0/20";
+/// Its firewall table, which outlives the daemon by design and is removed at the end.
+const BENCH_TABLE: &str = "celld-0afc0000-20";
+
+/// Net-out calls timed per measurement point.
+const NETOUT_SAMPLES: usize = 50;
+
+/// Times `n` NetOut calls on one container, each allowing a different port.
+async fn time_net_out(client: &Client, handle: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let rule = NetOutRule {
+            protocol: 1,
+            networks: vec![IpRange { start: "10.0.0.0".into(), end: "10.255.255.255".into() }],
+            ports: vec![PortRange { start: 1000 + i as u16, end: 1000 + i as u16 }],
+            ..Default::default()
+        };
+        let t = Instant::now();
+        client.net_out(handle, &rule).await.with_context(|| format!("net-out on {handle}"))?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
 }
 
 /// Times `runc run` of the tiny rootfs, `n` runs after the warm-ups.
@@ -264,7 +358,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(celld: &Path, dir: &Path, args: &Args) -> Result<Daemon> {
+    fn start(celld: &Path, dir: &Path, args: &Args, extra: &[&str]) -> Result<Daemon> {
         ensure!(celld.is_file(), "no celld binary at {} (cargo build --release --bins)", celld.display());
         std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cmd = Command::new(celld);
@@ -274,6 +368,7 @@ impl Daemon {
         cmd.arg("--rootfs-dir").arg(&args.rootfs_dir);
         // libcgroups warns about every absent v1 controller on every create.
         cmd.args(["--log-level", "warn,libcgroups=error"]);
+        cmd.args(extra);
         if args.idle > 250 {
             cmd.arg("--max-containers").arg(args.idle.to_string());
         }

@@ -1,5 +1,5 @@
 //! The networker (Garden's "kawasaki"): an address per container from the pool,
-//! a bridge and veth into its network namespace, net-in port mappings, net-out
+//! a veth into its network namespace, net-in port mappings, net-out
 //! allowances, isolation from the host and from other containers, and the
 //! container's /etc/hosts and /etc/resolv.conf.
 
@@ -9,7 +9,8 @@ pub mod pool;
 pub mod rules;
 
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +50,7 @@ pub struct NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetState {
     pub subnet: Ipv4Net,
-    pub bridge: String,
+    /// The host end of the container's veth; it holds the gateway address.
     pub host_veth: String,
     pub chain: String,
     pub mapped_ports: Vec<PortMapping>,
@@ -73,7 +74,7 @@ impl NetState {
     fn rules_view(&self) -> ContainerRules<'_> {
         ContainerRules {
             chain: &self.chain,
-            bridge: &self.bridge,
+            iface: &self.host_veth,
             ip: Some(self.container_ip()),
             statements: &self.rules,
             netin: &[],
@@ -103,6 +104,8 @@ pub struct Networker {
     external_ip: Ipv4Addr,
     /// The host's resolv.conf without loopback nameservers.
     resolv_base: ResolvConf,
+    /// Veth removals still running in the background.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +211,7 @@ impl Networker {
             mtu,
             external_ip,
             resolv_base,
+            pending: Default::default(),
         })
     }
 
@@ -299,7 +303,6 @@ impl Networker {
         let hex = format!("{:08x}", u32::from(subnet.addr));
         let mut state = NetState {
             subnet,
-            bridge: format!("cbr-{hex}"),
             host_veth: format!("cvh-{hex}"),
             chain: format!("c-{hex}"),
             mapped_ports: Vec::new(),
@@ -309,24 +312,33 @@ impl Networker {
         for r in rules {
             state.rules.extend(rules::statements(r, &prefix)?);
         }
+        let mut firewalled = false;
         let made = async {
             for n in netin {
                 let m = self.acquire_port(n)?;
                 state.mapped_ports.push(m);
             }
-            let host = self.host()?;
-            let names = link::LinkNames { bridge: &state.bridge, host_veth: &state.host_veth };
-            link::create(&host, &names, subnet, self.mtu, pid).await?;
+            // Rules first: the interface is known to the firewall (and so
+            // isolated) before any packet can cross it.
             let netin = state.netin();
             let view = ContainerRules { netin: &netin, ..state.rules_view() };
-            self.firewall(format!("{}{}", self.table.add_container(&view), self.table.add_bridge(&state.bridge))).await
+            self.firewall(self.table.add_container(&view)).await?;
+            firewalled = true;
+            let t = std::time::Instant::now();
+            let host = self.host()?;
+            link::create(&host, &state.host_veth, subnet, self.mtu, pid).await?;
+            tracing::debug!(handle = %handle, links_ms = t.elapsed().as_secs_f64() * 1e3, "network attached");
+            Ok(())
         }
         .await;
         match made {
             Ok(()) => Ok(state),
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "network setup failed; undoing");
-                self.remove(&state).await;
+                if firewalled {
+                    self.remove_rules(&state).await;
+                }
+                self.delete_links(&state).await;
                 for m in &state.mapped_ports {
                     lock(&self.pools).ports.release(m.host_port as u16);
                 }
@@ -341,33 +353,56 @@ impl Networker {
         Ok(PortMapping { host_port: host_port as u32, container_port: n.container_port })
     }
 
-    /// Removes rules and interfaces; what is already gone is skipped.
-    async fn remove(&self, state: &NetState) {
+    /// Removes a container's rules, map entries and interface from the
+    /// firewall; what is already gone is skipped.
+    async fn remove_rules(&self, state: &NetState) {
         let netin = state.netin();
         let view = ContainerRules { netin: &netin, ..state.rules_view() };
-        let mut cmds = self.table.remove_container(&view);
-        cmds.push(self.table.remove_bridge(&state.bridge));
+        let cmds = self.table.remove_container(&view);
         if self.firewall(cmds.join("\n")).await.is_err() {
             for c in cmds {
                 let _ = self.firewall(c).await;
             }
         }
+    }
+
+    async fn delete_links(&self, state: &NetState) {
         if let Ok(host) = self.host() {
-            let names = link::LinkNames { bridge: &state.bridge, host_veth: &state.host_veth };
-            if let Err(e) = link::delete(&host, &names).await {
-                tracing::warn!(bridge = %state.bridge, error = %e, "removing interfaces failed");
+            if let Err(e) = link::delete(&host, &state.host_veth).await {
+                tracing::warn!(interface = %state.host_veth, error = %e, "removing the veth failed");
             }
         }
     }
 
-    /// Undoes [`attach`](Self::attach) and frees the subnet and ports.
-    pub async fn detach(&self, state: &NetState) {
-        self.remove(state).await;
-        let mut p = lock(&self.pools);
-        for m in &state.mapped_ports {
-            p.ports.release(m.host_port as u16);
+    /// Undoes [`attach`](Self::attach) once the container is dead. Rules and
+    /// ports go at once; the veth goes in the background, because the kernel
+    /// takes ~25 ms (RCU grace periods) to unregister a device, and the subnet
+    /// is free again only after it is gone. A daemon
+    /// that dies first removes them when it starts again ([`restore`](Self::restore)).
+    pub async fn detach(self: &Arc<Self>, state: &NetState) {
+        self.remove_rules(state).await;
+        {
+            let mut p = lock(&self.pools);
+            for m in &state.mapped_ports {
+                p.ports.release(m.host_port as u16);
+            }
         }
-        p.subnets.release(state.subnet);
+        let (net, state) = (self.clone(), state.clone());
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            net.delete_links(&state).await;
+            net.release_subnet(state.subnet);
+            net.pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Waits (at most `limit`) for background veth removals, so a daemon that
+    /// stops leaves none behind.
+    pub async fn drain(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Garden's NetIn: maps a host port (0: the next free one) to a container port.
@@ -418,20 +453,15 @@ impl Networker {
         let netins: Vec<Vec<(u16, u16)>> = states.iter().map(|s| s.netin()).collect();
         let views: Vec<ContainerRules> =
             states.iter().zip(&netins).map(|(s, n)| ContainerRules { netin: n, ..s.rules_view() }).collect();
-        let mut script = self.table.rebuild(&views);
-        for s in states {
-            script.push_str(&self.table.add_bridge(&s.bridge));
-        }
-        self.firewall(script).await?;
+        self.firewall(self.table.rebuild(&views)).await?;
         let host = self.host()?;
-        let owned: std::collections::HashSet<&str> =
-            states.iter().flat_map(|s| [s.bridge.as_str(), s.host_veth.as_str()]).collect();
+        let owned: std::collections::HashSet<&str> = states.iter().map(|s| s.host_veth.as_str()).collect();
         for name in link::list(&host).await? {
-            let Some(hex) = name.strip_prefix("cbr-").or_else(|| name.strip_prefix("cvh-")) else { continue };
+            let Some(hex) = name.strip_prefix("cvh-") else { continue };
             let Ok(addr) = u32::from_str_radix(hex, 16) else { continue };
             if self.cfg.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(name.as_str()) {
                 tracing::info!(interface = %name, "removing interface no container owns");
-                let _ = link::delete(&host, &link::LinkNames { bridge: &name, host_veth: &name }).await;
+                let _ = link::delete(&host, &name).await;
             }
         }
         Ok(())

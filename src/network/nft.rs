@@ -4,8 +4,9 @@
 //!
 //! Layout (`celld-<pool>-<len>`, so cells with different pools never collide):
 //! fixed chains for forward/input/nat that match container traffic by the
-//! `bridges` set, per container one chain of net-out allowances reached through
-//! the `containers` verdict map keyed by the container's bridge, and the `netin` map from host port to container address
+//! `ifaces` set (host ends of container veths), per container one chain of
+//! net-out allowances reached through the `containers` verdict map keyed by
+//! that interface, and the `netin` map from host port to container address
 //! and port. A container change touches only its own chain and map elements,
 //! so its cost does not grow with the number of containers.
 
@@ -86,7 +87,8 @@ pub struct TableConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ContainerRules<'a> {
     pub chain: &'a str,
-    pub bridge: &'a str,
+    /// The host end of the container's veth.
+    pub iface: &'a str,
     pub ip: Option<Ipv4Addr>,
     pub statements: &'a [String],
     pub netin: &'a [(u16, u16)],
@@ -108,8 +110,8 @@ impl TableConfig {
         let (dns_nat, dns_in) = match self.dns_forward {
             Some(r) => (
                 format!(
-                    "iifname @bridges fib daddr type local udp dport 53 dnat ip to {r}\n\
-                     iifname @bridges fib daddr type local tcp dport 53 dnat ip to {r}"
+                    "iifname @ifaces fib daddr type local udp dport 53 dnat ip to {r}\n\
+                     iifname @ifaces fib daddr type local tcp dport 53 dnat ip to {r}"
                 ),
                 "ct status dnat udp dport 53 accept\nct status dnat tcp dport 53 accept".to_string(),
             ),
@@ -118,16 +120,16 @@ impl TableConfig {
         let mut s = format!(
             "table ip {t}\ndelete table ip {t}\n\
 table ip {t} {{
-  set bridges {{ type ifname; }}
+  set ifaces {{ type ifname; }}
   map containers {{ type ifname : verdict; }}
   set deny {{ type ipv4_addr; flags interval; {deny} }}
   map netin {{ type inet_service : ipv4_addr . inet_service; }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
     ct state established,related accept
-    iifname @bridges jump egress
-    oifname @bridges ct status dnat accept
-    oifname @bridges drop
+    iifname @ifaces jump egress
+    oifname @ifaces ct status dnat accept
+    oifname @ifaces drop
   }}
   chain egress {{
     ip daddr @deny reject with icmp type admin-prohibited
@@ -136,7 +138,7 @@ table ip {t} {{
   }}
   chain input {{
     type filter hook input priority filter; policy accept;
-    iifname @bridges jump host_access
+    iifname @ifaces jump host_access
   }}
   chain host_access {{
     ct state established,related accept
@@ -155,7 +157,7 @@ table ip {t} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {pool} ip daddr != {pool} masquerade
-    oifname @bridges ip saddr 127.0.0.0/8 masquerade
+    oifname @ifaces ip saddr 127.0.0.0/8 masquerade
   }}
 }}
 "
@@ -171,7 +173,8 @@ table ip {t} {{
         let t = &self.name;
         let mut s = format!("add chain ip {t} {}\n", c.chain);
         s.push_str(&self.add_rules(c.chain, c.statements));
-        s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.bridge, c.chain));
+        s.push_str(&format!("add element ip {t} ifaces {{ \"{}\" }}\n", c.iface));
+        s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.iface, c.chain));
         if let Some(ip) = c.ip {
             s.push_str(&self.add_netin(ip, c.netin));
         }
@@ -194,21 +197,13 @@ table ip {t} {{
     pub fn remove_container(&self, c: &ContainerRules) -> Vec<String> {
         let t = &self.name;
         let mut cmds = vec![
-            format!("delete element ip {t} containers {{ \"{}\" }}", c.bridge),
+            format!("delete element ip {t} ifaces {{ \"{}\" }}", c.iface),
+            format!("delete element ip {t} containers {{ \"{}\" }}", c.iface),
             format!("flush chain ip {t} {}", c.chain),
             format!("delete chain ip {t} {}", c.chain),
         ];
         cmds.extend(c.netin.iter().map(|(host, _)| format!("delete element ip {t} netin {{ {host} }}")));
         cmds
-    }
-
-    /// A bridge joins the set that marks this cell's container traffic.
-    pub fn add_bridge(&self, bridge: &str) -> String {
-        format!("add element ip {} bridges {{ \"{bridge}\" }}\n", self.name)
-    }
-
-    pub fn remove_bridge(&self, bridge: &str) -> String {
-        format!("delete element ip {} bridges {{ \"{bridge}\" }}", self.name)
     }
 
     pub fn delete_table(&self) -> String {
@@ -235,7 +230,7 @@ mod tests {
         let st = vec!["tcp dport 80 accept".to_string()];
         let c = ContainerRules {
             chain: "c-0afe0004",
-            bridge: "cbr-0afe0004",
+            iface: "cvh-0afe0004",
             ip: Some("10.254.0.6".parse().unwrap()),
             statements: &st,
             netin: &[(61001, 8080)],
@@ -243,11 +238,12 @@ mod tests {
         let s = cfg().add_container(&c);
         assert!(s.contains("add chain ip celld-0afe0000-22 c-0afe0004\n"));
         assert!(s.contains("add rule ip celld-0afe0000-22 c-0afe0004 tcp dport 80 accept\n"));
-        assert!(s.contains("containers { \"cbr-0afe0004\" : jump c-0afe0004 }"));
+        assert!(s.contains("ifaces { \"cvh-0afe0004\" }"));
+        assert!(s.contains("containers { \"cvh-0afe0004\" : jump c-0afe0004 }"));
         assert!(s.contains("netin { 61001 : 10.254.0.6 . 8080 }"));
         let rm = cfg().remove_container(&c);
-        assert_eq!(rm.len(), 4);
-        assert!(rm[3].contains("netin { 61001 }"));
+        assert_eq!(rm.len(), 5);
+        assert!(rm[4].contains("netin { 61001 }"));
     }
 
     #[test]

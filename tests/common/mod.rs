@@ -188,7 +188,7 @@ impl Daemon {
         format!("celld-{:08x}-22", self.pool_base())
     }
 
-    /// Host interfaces (bridges, veths) named for a subnet of this daemon's pool.
+    /// Host interfaces (veths) named for a subnet of this daemon's pool.
     pub fn interfaces(&self) -> Vec<String> {
         let base = self.pool_base();
         std::fs::read_dir("/sys/class/net")
@@ -196,7 +196,7 @@ impl Daemon {
             .unwrap_or_default()
             .into_iter()
             .filter(|n| {
-                let hex = n.strip_prefix("cbr-").or_else(|| n.strip_prefix("cvh-"));
+                let hex = n.strip_prefix("cvh-");
                 hex.and_then(|h| u32::from_str_radix(h, 16).ok()).is_some_and(|a| a >> 10 == base >> 10)
             })
             .collect()
@@ -217,6 +217,11 @@ impl Daemon {
 
     /// Asserts that nothing of any container is left on the host.
     pub fn assert_no_leaks(&self) {
+        // Interfaces of destroyed containers are unregistered in the background.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.interfaces().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert!(self.interfaces().is_empty(), "interfaces left: {:?}", self.interfaces());
         assert!(self.firewall_leftovers().is_empty(), "firewall entries left: {:?}", self.firewall_leftovers());
         let containers: Vec<_> = std::fs::read_dir(self.depot().join("containers"))
