@@ -58,7 +58,9 @@ fn main() -> Result<()> {
     });
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001"];
     let networked = plain.and_then(|()| {
-        run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| network_and_density(&args, c, pid, d).await)
+        run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| {
+            network_and_density(&args, c, pid, d).await
+        })
     });
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
     let removed = remove_dir(&dir);
