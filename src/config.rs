@@ -61,6 +61,10 @@ pub struct Config {
     /// Deny containers this network (CIDR) even when a net-out rule allows it; repeatable.
     #[arg(long = "deny-network", value_name = "CIDR")]
     pub deny_networks: Vec<String>,
+    /// The host's resolver configuration that containers' resolv.conf derives
+    /// from (e.g. /run/systemd/resolve/resolv.conf to skip systemd-resolved's stub).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Nameserver for containers instead of the host's; repeatable.
     #[arg(long = "dns-server", value_name = "IP")]
     pub dns_servers: Vec<std::net::Ipv4Addr>,

@@ -74,6 +74,7 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
         port_pool_size: cfg.port_pool_size,
         allow_host_access: cfg.allow_host_access,
         deny_networks,
+        resolv_conf: cfg.resolv_conf.clone(),
         dns_servers: cfg.dns_servers.clone(),
         mtu: cfg.mtu,
         external_ip: cfg.external_ip,

@@ -457,3 +457,34 @@ fn no_network_cells_give_loopback_only_and_refuse_net_calls() {
     });
     d.assert_no_leaks();
 }
+
+#[test]
+fn a_loopback_only_resolver_is_reached_through_the_gateway() {
+    require_host!();
+    // A host whose only nameserver is on loopback, as with systemd-resolved.
+    let resolver = "127.0.0.153";
+    let dns = TcpListener::bind((resolver, 53)).expect("bind a fake resolver on 127.0.0.153:53");
+    std::thread::spawn(move || {
+        for mut c in dns.incoming().flatten() {
+            let _ = c.write_all(b"resolver-here\n");
+        }
+    });
+    let conf = std::env::temp_dir().join(format!("celld-test-resolv-{}.conf", std::process::id()));
+    std::fs::write(&conf, format!("nameserver {resolver}\nsearch example.internal\n")).unwrap();
+    let d = Daemon::start_with(&["--resolv-conf", conf.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&conf); // read once, at start
+    let h = d.handle("dns");
+    rt().block_on(async {
+        d.client.create(&spec(&h)).await.unwrap();
+        let gateway = d.client.info(&h).await.unwrap().host_ip;
+        let (_, resolv, _) = run(&d, &h, sh("cat /etc/resolv.conf")).await;
+        assert_eq!(resolv, format!("nameserver {gateway}\nsearch example.internal\n"));
+        // DNS to the gateway is forwarded to the loopback resolver (here over TCP).
+        let (code, reply, err) = run(&d, &h, sh(&format!("nc -w 2 {gateway} 53 </dev/null"))).await;
+        assert_eq!((code, reply.as_str()), (0, "resolver-here\n"), "{err}");
+        // Nothing else on the host is reachable through the gateway.
+        assert!(!can_connect(&d, &h, &gateway, 54).await);
+        d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}

@@ -39,6 +39,8 @@ pub struct NetworkConfig {
     pub port_pool_size: u16,
     pub allow_host_access: bool,
     pub deny_networks: Vec<Ipv4Net>,
+    /// The host's resolv.conf.
+    pub resolv_conf: std::path::PathBuf,
     /// Replaces the host's nameservers in containers when not empty.
     pub dns_servers: Vec<Ipv4Addr>,
     pub mtu: Option<u32>,
@@ -188,7 +190,7 @@ impl Networker {
         });
         let external_ip = cfg.external_ip.or_else(outward_ip).unwrap_or(Ipv4Addr::LOCALHOST);
         let resolv_base =
-            parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), &cfg.dns_servers);
+            parse_resolv_conf(&std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default(), &cfg.dns_servers);
         if let Some(lo) = resolv_base.loopback_only {
             tracing::info!(resolver = %lo, "host has only a loopback nameserver; containers ask their gateway, forwarded to it");
         }
