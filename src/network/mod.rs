@@ -4,6 +4,7 @@
 //! container's /etc/hosts and /etc/resolv.conf.
 
 pub mod link;
+pub mod nfnl;
 pub mod nft;
 pub mod pool;
 pub mod rules;
@@ -56,8 +57,8 @@ pub struct NetState {
     pub host_veth: String,
     pub chain: String,
     pub mapped_ports: Vec<PortMapping>,
-    /// nft statements of the net-out rules allowed so far.
-    pub rules: Vec<String>,
+    /// The net-out allowances so far.
+    pub rules: Vec<rules::Allow>,
 }
 
 impl NetState {
@@ -78,7 +79,7 @@ impl NetState {
             chain: &self.chain,
             iface: &self.host_veth,
             ip: Some(self.container_ip()),
-            statements: &self.rules,
+            rules: &self.rules,
             netin: &[],
         }
     }
@@ -100,6 +101,8 @@ pub struct Networker {
     cfg: NetworkConfig,
     table: TableConfig,
     nft: Nft,
+    /// Per-container firewall changes, straight over netlink.
+    nfnl: Mutex<nfnl::Socket>,
     pools: Mutex<Pools>,
     host: Mutex<Option<rtnetlink::Handle>>,
     mtu: u32,
@@ -109,6 +112,11 @@ pub struct Networker {
     /// Veth removals still running in the background.
     pending: std::sync::atomic::AtomicUsize,
 }
+
+/// Sets and maps of the table that per-container changes touch (see nft.rs).
+const IFACES: &str = "ifaces";
+const CONTAINERS: &str = "containers";
+const NETIN: &str = "netin";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -206,6 +214,7 @@ impl Networker {
             .map_err(|e| NetworkError::Netlink(format!("enabling IPv4 forwarding: {e}")))?;
         Ok(Self {
             nft: Nft::new()?,
+            nfnl: Mutex::new(nfnl::Socket::new()?),
             pools: Mutex::new(Pools { subnets, ports }),
             host: Mutex::new(None),
             table,
@@ -244,6 +253,26 @@ impl Networker {
         // libnftables blocks for a fraction of a millisecond; keep it off the
         // async workers anyway.
         tokio::task::block_in_place(|| self.nft.run(&script))
+    }
+
+    /// One netlink transaction on this cell's table.
+    fn change(&self, build: impl FnOnce(&mut nfnl::Batch)) -> Result<(), NetworkError> {
+        let mut batch = nfnl::Batch::new(&self.table.name);
+        build(&mut batch);
+        lock(&self.nfnl).run(&batch)
+    }
+
+    fn add_container(&self, state: &NetState) -> Result<(), NetworkError> {
+        self.change(|b| {
+            b.add_chain(&state.chain);
+            for r in &state.rules {
+                b.add_rule(&state.chain, r);
+            }
+            b.add_iface(IFACES, &state.host_veth).add_jump(CONTAINERS, &state.host_veth, &state.chain);
+            for m in &state.mapped_ports {
+                b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
+            }
+        })
     }
 
     /// Checks a create request's network settings before anything is made.
@@ -322,9 +351,7 @@ impl Networker {
             }
             // Rules first: the interface is known to the firewall (and so
             // isolated) before any packet can cross it.
-            let netin = state.netin();
-            let view = ContainerRules { netin: &netin, ..state.rules_view() };
-            self.firewall(self.table.add_container(&view)).await?;
+            self.add_container(&state)?;
             firewalled = true;
             let t = std::time::Instant::now();
             let host = self.host()?;
@@ -338,7 +365,7 @@ impl Networker {
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "network setup failed; undoing");
                 if firewalled {
-                    self.remove_rules(&state).await;
+                    self.remove_rules(&state);
                 }
                 self.delete_links(&state).await;
                 for m in &state.mapped_ports {
@@ -357,13 +384,20 @@ impl Networker {
 
     /// Removes a container's rules, map entries and interface from the
     /// firewall; what is already gone is skipped.
-    async fn remove_rules(&self, state: &NetState) {
-        let netin = state.netin();
-        let view = ContainerRules { netin: &netin, ..state.rules_view() };
-        let cmds = self.table.remove_container(&view);
-        if self.firewall(cmds.join("\n")).await.is_err() {
-            for c in cmds {
-                let _ = self.firewall(c).await;
+    fn remove_rules(&self, state: &NetState) {
+        let steps = 3 + state.mapped_ports.len();
+        let step = |b: &mut nfnl::Batch, i: usize| {
+            match i {
+                0 => b.delete_iface(IFACES, &state.host_veth),
+                1 => b.delete_iface(CONTAINERS, &state.host_veth),
+                2 => b.delete_chain(&state.chain),
+                _ => b.delete_port(NETIN, state.mapped_ports[i - 3].host_port as u16),
+            };
+        };
+        // All at once; if part of it is already gone, the rest one by one.
+        if self.change(|b| (0..steps).for_each(|i| step(b, i))).is_err() {
+            for i in 0..steps {
+                let _ = self.change(|b| step(b, i));
             }
         }
     }
@@ -382,7 +416,7 @@ impl Networker {
     /// is free again only after it is gone. A daemon
     /// that dies first removes them when it starts again ([`restore`](Self::restore)).
     pub async fn detach(self: &Arc<Self>, state: &NetState) {
-        self.remove_rules(state).await;
+        self.remove_rules(state);
         {
             let mut p = lock(&self.pools);
             for m in &state.mapped_ports {
@@ -415,8 +449,9 @@ impl Networker {
         container_port: u32,
     ) -> Result<PortMapping, NetworkError> {
         let m = self.acquire_port(&NetIn { host_port, container_port })?;
-        let script = self.table.add_netin(state.container_ip(), &[(m.host_port as u16, m.container_port as u16)]);
-        if let Err(e) = self.firewall(script).await {
+        if let Err(e) = self.change(|b| {
+            b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
+        }) {
             lock(&self.pools).ports.release(m.host_port as u16);
             return Err(e);
         }
@@ -434,7 +469,11 @@ impl Networker {
         if state.rules.len() + statements.len() > rules::MAX_STATEMENTS * 4 {
             return Err(NetworkError::BadRequest("too many net-out rules for one container".into()));
         }
-        self.firewall(self.table.add_rules(&state.chain, &statements)).await?;
+        self.change(|b| {
+            for r in &statements {
+                b.add_rule(&state.chain, r);
+            }
+        })?;
         state.rules.extend(statements);
         Ok(())
     }

@@ -1,14 +1,15 @@
-//! The firewall: one nftables table per cell, driven through libnftables (the
-//! library behind `nft`, so no process per change and nft's own parser and
-//! atomic transactions).
+//! The firewall's table, written in nft's language and loaded through
+//! libnftables (the library behind `nft`: its parser, one atomic transaction,
+//! no process) when the cell starts.
 //!
 //! Layout (`celld-<pool>-<len>`, so cells with different pools never collide):
 //! fixed chains for forward/input/nat that match container traffic by the
 //! `ifaces` set (host ends of container veths), per container one chain of
 //! net-out allowances reached through the `containers` verdict map keyed by
 //! that interface, and the `netin` map from host port to container address
-//! and port. A container change touches only its own chain and map elements,
-//! so its cost does not grow with the number of containers.
+//! and port. A container change touches only its own chain and map elements;
+//! those changes go over netlink (nfnl.rs), whose cost does not grow with the
+//! number of containers.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::Ipv4Addr;
@@ -16,6 +17,7 @@ use std::sync::Mutex;
 
 use super::NetworkError;
 use super::pool::Ipv4Net;
+use super::rules::Allow;
 
 #[link(name = "nftables")]
 unsafe extern "C" {
@@ -90,7 +92,7 @@ pub struct ContainerRules<'a> {
     /// The host end of the container's veth.
     pub iface: &'a str,
     pub ip: Option<Ipv4Addr>,
-    pub statements: &'a [String],
+    pub rules: &'a [Allow],
     pub netin: &'a [(u16, u16)],
 }
 
@@ -168,42 +170,21 @@ table ip {t} {{
         s
     }
 
-    /// Adds a container's chain, its map entry, its rules and its port mappings.
-    pub fn add_container(&self, c: &ContainerRules) -> String {
+    /// A container's chain, its map entries, its rules and its port mappings.
+    fn add_container(&self, c: &ContainerRules) -> String {
         let t = &self.name;
         let mut s = format!("add chain ip {t} {}\n", c.chain);
-        s.push_str(&self.add_rules(c.chain, c.statements));
+        for r in c.rules {
+            s.push_str(&format!("add rule ip {t} {} {}\n", c.chain, r.nft()));
+        }
         s.push_str(&format!("add element ip {t} ifaces {{ \"{}\" }}\n", c.iface));
         s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.iface, c.chain));
         if let Some(ip) = c.ip {
-            s.push_str(&self.add_netin(ip, c.netin));
+            for (host, container) in c.netin {
+                s.push_str(&format!("add element ip {t} netin {{ {host} : {ip} . {container} }}\n"));
+            }
         }
         s
-    }
-
-    pub fn add_rules(&self, chain: &str, statements: &[String]) -> String {
-        statements.iter().map(|st| format!("add rule ip {} {chain} {st}\n", self.name)).collect()
-    }
-
-    pub fn add_netin(&self, ip: Ipv4Addr, mappings: &[(u16, u16)]) -> String {
-        mappings
-            .iter()
-            .map(|(host, container)| format!("add element ip {} netin {{ {host} : {ip} . {container} }}\n", self.name))
-            .collect()
-    }
-
-    /// The commands that remove a container, one per line so that a caller can
-    /// retry them one by one when part of it is already gone.
-    pub fn remove_container(&self, c: &ContainerRules) -> Vec<String> {
-        let t = &self.name;
-        let mut cmds = vec![
-            format!("delete element ip {t} ifaces {{ \"{}\" }}", c.iface),
-            format!("delete element ip {t} containers {{ \"{}\" }}", c.iface),
-            format!("flush chain ip {t} {}", c.chain),
-            format!("delete chain ip {t} {}", c.chain),
-        ];
-        cmds.extend(c.netin.iter().map(|(host, _)| format!("delete element ip {t} netin {{ {host} }}")));
-        cmds
     }
 
     pub fn delete_table(&self) -> String {
@@ -227,23 +208,20 @@ mod tests {
 
     #[test]
     fn container_script() {
-        let st = vec!["tcp dport 80 accept".to_string()];
+        let rules = vec![Allow { daddr: None, proto: Some(6), dport: Some((80, 80)), icmp: None, log_prefix: None }];
         let c = ContainerRules {
             chain: "c-0afe0004",
             iface: "cvh-0afe0004",
             ip: Some("10.254.0.6".parse().unwrap()),
-            statements: &st,
+            rules: &rules,
             netin: &[(61001, 8080)],
         };
-        let s = cfg().add_container(&c);
+        let s = cfg().rebuild(&[c]);
         assert!(s.contains("add chain ip celld-0afe0000-22 c-0afe0004\n"));
         assert!(s.contains("add rule ip celld-0afe0000-22 c-0afe0004 tcp dport 80 accept\n"));
         assert!(s.contains("ifaces { \"cvh-0afe0004\" }"));
         assert!(s.contains("containers { \"cvh-0afe0004\" : jump c-0afe0004 }"));
         assert!(s.contains("netin { 61001 : 10.254.0.6 . 8080 }"));
-        let rm = cfg().remove_container(&c);
-        assert_eq!(rm.len(), 5);
-        assert!(rm[4].contains("netin { 61001 }"));
     }
 
     #[test]

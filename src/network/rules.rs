@@ -1,27 +1,81 @@
-//! Garden net-out rules turned into nftables statements. Every value that
-//! reaches the firewall script is parsed into a number or an address first, so
-//! no client text is ever spliced into it.
+//! Garden net-out rules turned into firewall allowances. Every value is parsed
+//! into a number or an address first, so no client text ever reaches the
+//! firewall (the log prefix is filtered to safe characters).
 
 use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
 
 use super::NetworkError;
 use crate::garden::types::NetOutRule;
 
-/// Most statements one request may add: a rule expands to networks × ports.
+/// Most allowances one request may add: a rule expands to networks × ports.
 pub const MAX_STATEMENTS: usize = 4096;
 
-/// The nft match-and-verdict statements a rule allows, one per network and port
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// One allowance of a container's egress: a single firewall rule. Kept in the
+/// container's record; written as nft text when the table is rebuilt and as
+/// netlink expressions when a rule is added to a running cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allow {
+    /// Inclusive destination range; `None` is anywhere.
+    pub daddr: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// IP protocol number; `None` is any.
+    pub proto: Option<u8>,
+    /// Inclusive destination port range (tcp and udp).
+    pub dport: Option<(u16, u16)>,
+    /// ICMP type and, optionally, code.
+    pub icmp: Option<(u8, Option<u8>)>,
+    /// Log the first packet of each connection with this prefix.
+    pub log_prefix: Option<String>,
+}
+
+impl Allow {
+    /// The rule in nft's language.
+    pub fn nft(&self) -> String {
+        let mut parts = Vec::new();
+        match self.daddr {
+            Some((a, b)) if a == b => parts.push(format!("ip daddr {a}")),
+            Some((a, b)) => parts.push(format!("ip daddr {a}-{b}")),
+            None => {}
+        }
+        let name = |p: u8| match p {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "icmp",
+        };
+        match (self.proto, self.dport, self.icmp) {
+            (Some(p), Some((a, b)), _) if a == b => parts.push(format!("{} dport {a}", name(p))),
+            (Some(p), Some((a, b)), _) => parts.push(format!("{} dport {a}-{b}", name(p))),
+            (Some(_), None, Some((t, None))) => parts.push(format!("icmp type {t}")),
+            (Some(_), None, Some((t, Some(c)))) => parts.push(format!("icmp type {t} icmp code {c}")),
+            (Some(p), None, None) => parts.push(format!("meta l4proto {}", name(p))),
+            (None, ..) => {}
+        }
+        if let Some(prefix) = &self.log_prefix {
+            parts.push(format!("log prefix \"{prefix}\""));
+        }
+        parts.push("accept".into());
+        parts.join(" ")
+    }
+}
+
+/// The allowances a Garden net-out rule stands for, one per network and port
 /// range (nft would reject overlapping elements in one anonymous set).
-pub fn statements(rule: &NetOutRule, log_prefix: &str) -> Result<Vec<String>, NetworkError> {
+pub fn statements(rule: &NetOutRule, log_prefix: &str) -> Result<Vec<Allow>, NetworkError> {
     let bad = |m: String| NetworkError::BadRequest(format!("invalid net-out rule: {m}"));
     let proto = match rule.protocol {
         0 => None,
-        1 => Some("tcp"),
-        2 => Some("udp"),
-        3 => Some("icmp"),
+        1 => Some(IPPROTO_TCP),
+        2 => Some(IPPROTO_UDP),
+        3 => Some(IPPROTO_ICMP),
         p => return Err(bad(format!("protocol {p} is not one of 0 (all), 1 (tcp), 2 (udp), 3 (icmp)"))),
     };
-    if !rule.ports.is_empty() && !matches!(proto, Some("tcp" | "udp")) {
+    let ports_allowed = matches!(proto, Some(IPPROTO_TCP | IPPROTO_UDP));
+    if !rule.ports.is_empty() && !ports_allowed {
         return Err(bad("ports can only be given for protocol tcp or udp".into()));
     }
     let mut networks = Vec::new();
@@ -34,54 +88,32 @@ pub fn statements(rule: &NetOutRule, log_prefix: &str) -> Result<Vec<String>, Ne
         if u32::from(start) > u32::from(end) {
             return Err(bad(format!("network range {start}-{end} ends before it starts")));
         }
-        networks.push(if start == end { format!("ip daddr {start}") } else { format!("ip daddr {start}-{end}") });
+        networks.push(Some((start, end)));
     }
     if networks.is_empty() {
-        networks.push(String::new());
+        networks.push(None);
     }
-    let mut l4 = Vec::new();
-    match proto {
-        None => l4.push(String::new()),
-        Some(p @ ("tcp" | "udp")) if rule.ports.is_empty() => l4.push(format!("meta l4proto {p}")),
-        Some(p @ ("tcp" | "udp")) => {
-            for r in &rule.ports {
-                let end = if r.end == 0 { r.start } else { r.end };
-                if r.start == 0 || r.start > end {
-                    return Err(bad(format!("port range {}-{} must be within 1-65535 and in order", r.start, r.end)));
-                }
-                l4.push(if r.start == end {
-                    format!("{p} dport {end}")
-                } else {
-                    format!("{p} dport {}-{end}", r.start)
-                });
-            }
+    let mut ports = Vec::new();
+    for r in &rule.ports {
+        let end = if r.end == 0 { r.start } else { r.end };
+        if r.start == 0 || r.start > end {
+            return Err(bad(format!("port range {}-{} must be within 1-65535 and in order", r.start, r.end)));
         }
-        _ => l4.push(match rule.icmps {
-            None => "meta l4proto icmp".to_string(),
-            Some(c) => match c.code {
-                None => format!("icmp type {}", c.icmp_type),
-                Some(code) => format!("icmp type {} icmp code {code}", c.icmp_type),
-            },
-        }),
+        ports.push(Some((r.start, end)));
     }
-    if networks.len() * l4.len() > MAX_STATEMENTS {
+    if ports.is_empty() {
+        ports.push(None);
+    }
+    if networks.len() * ports.len() > MAX_STATEMENTS {
         return Err(bad(format!("it expands to more than {MAX_STATEMENTS} firewall rules")));
     }
+    let icmp = if proto == Some(IPPROTO_ICMP) { rule.icmps.map(|c| (c.icmp_type, c.code)) } else { None };
     // Garden logs only tcp and all-protocol rules.
-    let verdict = if rule.log && matches!(proto, None | Some("tcp")) {
-        format!("log prefix \"{log_prefix}\" accept")
-    } else {
-        "accept".to_string()
-    };
-    let mut out = Vec::with_capacity(networks.len() * l4.len());
-    for n in &networks {
-        for p in &l4 {
-            let stmt = [n.as_str(), p.as_str(), verdict.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect::<Vec<_>>();
-            out.push(stmt.join(" "));
+    let log = (rule.log && matches!(proto, None | Some(IPPROTO_TCP))).then(|| log_prefix.to_string());
+    let mut out = Vec::with_capacity(networks.len() * ports.len());
+    for &daddr in &networks {
+        for &dport in &ports {
+            out.push(Allow { daddr, proto, dport, icmp, log_prefix: log.clone() });
         }
     }
     Ok(out)
@@ -103,13 +135,17 @@ mod tests {
     use super::*;
     use crate::garden::types::{IcmpControl, IpRange, PortRange};
 
+    fn text(rule: &NetOutRule) -> Result<Vec<String>, NetworkError> {
+        Ok(statements(rule, "h ")?.iter().map(Allow::nft).collect())
+    }
+
     fn range(a: &str, b: &str) -> IpRange {
         IpRange { start: a.into(), end: b.into() }
     }
 
     #[test]
     fn protocol_all_to_anywhere() {
-        assert_eq!(statements(&NetOutRule::default(), "h ").unwrap(), vec!["accept"]);
+        assert_eq!(text(&NetOutRule::default()).unwrap(), vec!["accept"]);
     }
 
     #[test]
@@ -121,7 +157,7 @@ mod tests {
             log: true,
             ..Default::default()
         };
-        let s = statements(&rule, "app ").unwrap();
+        let s: Vec<String> = statements(&rule, "app ").unwrap().iter().map(Allow::nft).collect();
         assert_eq!(
             s,
             vec![
@@ -141,9 +177,11 @@ mod tests {
             log: true,
             ..Default::default()
         };
-        assert_eq!(statements(&icmp, "h ").unwrap(), vec!["icmp type 8 icmp code 0 accept"]);
+        assert_eq!(text(&icmp).unwrap(), vec!["icmp type 8 icmp code 0 accept"]);
         let udp = NetOutRule { protocol: 2, ..Default::default() };
-        assert_eq!(statements(&udp, "h ").unwrap(), vec!["meta l4proto udp accept"]);
+        assert_eq!(text(&udp).unwrap(), vec!["meta l4proto udp accept"]);
+        let any_icmp = NetOutRule { protocol: 3, ..Default::default() };
+        assert_eq!(text(&any_icmp).unwrap(), vec!["meta l4proto icmp accept"]);
     }
 
     #[test]

@@ -125,7 +125,13 @@ mod tests {
                 host_veth: "cvh-0afe0004".into(),
                 chain: "c-0afe0004".into(),
                 mapped_ports: vec![crate::garden::types::PortMapping { host_port: 61001, container_port: 8080 }],
-                rules: vec!["tcp dport 80 accept".into()],
+                rules: vec![crate::network::rules::Allow {
+                    daddr: Some(("10.0.0.0".parse().unwrap(), "10.0.0.255".parse().unwrap())),
+                    proto: Some(6),
+                    dport: Some((80, 80)),
+                    icmp: None,
+                    log_prefix: Some("h1 ".into()),
+                }],
             }),
         };
         std::fs::create_dir_all(depot.container_dir("h1")).unwrap();
