@@ -427,7 +427,7 @@ mod tests {
         // nest header: length covers "abc\0" (8) and the u32 (8) plus itself (4)
         assert_eq!(u16::from_ne_bytes(b[20..22].try_into().unwrap()), 20);
         assert_eq!(u16::from_ne_bytes(b[22..24].try_into().unwrap()), 5 | NLA_F_NESTED);
-        assert_eq!(&b[32..36], &1u32.to_be_bytes());
+        assert_eq!(&b[36..40], &1u32.to_be_bytes());
     }
 
     #[test]
