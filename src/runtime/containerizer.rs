@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
 use super::depot::{ContainerRecord, Depot};
-use super::helper::{self, HelperReply, HelperRequest};
+use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
 use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
@@ -219,16 +219,13 @@ impl Containerizer {
             bind_mounts,
         })?;
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+        let etc_files = names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]);
+        let merged = Overlay::in_dir(dir).merged;
+        let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
             let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
-            let overlay = Overlay::in_dir(&dir2);
-            overlay.mount(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
-            if let Some(n) = names {
-                let root = if privileged { 0 } else { ROOT_HOST_ID };
-                rootfs::write_etc_file(&overlay.merged, "hosts", &n.hosts, root)?;
-                rootfs::write_etc_file(&overlay.merged, "resolv.conf", &n.resolv_conf, root)?;
-            }
-            spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))
+            let options = Overlay::in_dir(&dir2).prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            Ok(options)
         })
         .await
         .map_err(|e| RuntimeError::Helper(e.to_string()))??;
@@ -239,6 +236,12 @@ impl Containerizer {
                 bundle: dir.to_path_buf(),
                 state_root: self.cfg.run_dir.join("runtime"),
                 socket: rec.socket.clone(),
+                rootfs: RootfsMount {
+                    merged,
+                    options,
+                    etc_files: etc_files.unwrap_or_default(),
+                    owner: if privileged { 0 } else { ROOT_HOST_ID },
+                },
             })
             .await?;
         let pid = match reply {

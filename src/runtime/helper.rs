@@ -16,11 +16,28 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperRequest {
-    Create { id: String, bundle: PathBuf, state_root: PathBuf, socket: PathBuf },
+    Create { id: String, bundle: PathBuf, state_root: PathBuf, socket: PathBuf, rootfs: RootfsMount },
+}
+
+/// A container's overlay, mounted by the helper in its own mount namespace
+/// only for as long as creating the container takes: the container keeps its
+/// copy, and neither the host nor later containers ever see it. So no
+/// container's namespace is born with a copy of every other container's
+/// rootfs (which made each create slower the more containers ran), and a
+/// container's rootfs goes away with the container.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RootfsMount {
+    pub merged: PathBuf,
+    /// Overlay mount options (layers prepared by the daemon).
+    pub options: String,
+    /// Files written into `/etc` (name, content), owned by `owner`.
+    pub etc_files: Vec<(String, String)>,
+    pub owner: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,10 +68,16 @@ pub fn run() -> std::io::Result<()> {
     // Die with the daemon rather than linger.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 
+    // A mount namespace of our own, which sees the host's mounts but whose
+    // own mounts (container overlays, briefly) stay here.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+
     let sock = unsafe { std::fs::File::from_raw_fd(0) };
     let mut writer = sock.try_clone()?;
     let mut reader = BufReader::new(sock);
     let mut line = String::new();
+    let mut mounted: Vec<PathBuf> = Vec::new();
     loop {
         reap_children();
         // Wake up now and then to reap containers that were destroyed.
@@ -67,13 +90,35 @@ pub fn run() -> std::io::Result<()> {
             return Ok(());
         }
         let reply = match serde_json::from_str::<HelperRequest>(&line) {
-            Ok(HelperRequest::Create { id, bundle, state_root, socket }) => create(&id, &bundle, &state_root, &socket),
+            Ok(HelperRequest::Create { id, bundle, state_root, socket, rootfs }) => match mount_rootfs(&rootfs) {
+                Ok(()) => {
+                    let reply = create(&id, &bundle, &state_root, &socket);
+                    mounted.push(rootfs.merged);
+                    reply
+                }
+                Err(message) => {
+                    let _ = nix::mount::umount2(&rootfs.merged, MntFlags::MNT_DETACH);
+                    HelperReply::Failed { message }
+                }
+            },
             Err(e) => HelperReply::Failed { message: format!("bad helper request: {e}") },
         };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
         writer.write_all(&out)?;
+        // After the reply, while the daemon wires the container's network.
+        for m in mounted.drain(..) {
+            let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
+        }
     }
+}
+
+fn mount_rootfs(r: &RootfsMount) -> Result<(), String> {
+    super::rootfs::Overlay::mount_at(&r.merged, &r.options).map_err(|e| e.to_string())?;
+    for (name, content) in &r.etc_files {
+        super::rootfs::write_etc_file(&r.merged, name, content, r.owner).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn reap_children() {

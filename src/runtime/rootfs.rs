@@ -116,8 +116,9 @@ impl Overlay {
         Self { upper: dir.join("upper"), work: dir.join("work"), merged: dir.join("rootfs") }
     }
 
-    /// Mounts `lower` (never written) with a fresh upper layer owned by container root.
-    pub fn mount(&self, lower: &Path, root_owner: Option<u32>) -> Result<(), RuntimeError> {
+    /// Makes the upper and work layers (upper owned by container root) and
+    /// returns the overlay's mount options; `lower` is never written.
+    pub fn prepare(&self, lower: &Path, root_owner: Option<u32>) -> Result<String, RuntimeError> {
         for d in [&self.upper, &self.work, &self.merged] {
             std::fs::create_dir_all(d).map_err(|e| RuntimeError::io(d, e))?;
         }
@@ -127,10 +128,13 @@ impl Overlay {
             std::os::unix::fs::chown(&self.upper, Some(owner), Some(owner))
                 .map_err(|e| RuntimeError::io(&self.upper, e))?;
         }
-        let opts =
-            format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display());
-        nix::mount::mount(Some("overlay"), &self.merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", self.merged.display())))
+        Ok(format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display()))
+    }
+
+    /// Mounts the overlay prepared with `options` on `merged`.
+    pub fn mount_at(merged: &Path, options: &str) -> Result<(), RuntimeError> {
+        nix::mount::mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options))
+            .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", merged.display())))
     }
 
     /// Unmounts if mounted; a missing or already unmounted layer is fine.
