@@ -34,6 +34,11 @@ fn http_get(addr: &str) -> Result<String, String> {
     Ok(reply.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string())
 }
 
+/// The host end of a container's veth, named for its subnet.
+fn hex_iface(container_ip: &Ipv4Addr) -> String {
+    format!("cvh-{:08x}", u32::from(*container_ip) & !3)
+}
+
 /// Whether the container can open a TCP connection to `ip:port`.
 async fn can_connect(d: &Daemon, handle: &str, ip: &str, port: u16) -> bool {
     run(d, handle, sh(&format!("nc -w 2 {ip} {port} </dev/null"))).await.0 == 0
@@ -144,6 +149,10 @@ fn net_in_reaches_a_server_and_info_reports_the_network() {
         assert_eq!(http_get(&format!("127.0.0.1:{explicit}")).unwrap(), "hello-8080");
         let info = d.client.info(&h).await.unwrap();
         assert_eq!(info.mapped_ports.len(), 3);
+
+        // The host end has no IPv6 address a container could reach the host by.
+        let v6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
+        assert!(!v6.lines().any(|l| l.ends_with(&format!(" {}", hex_iface(&cip)))), "host veth has IPv6: {v6}");
 
         // The container's traffic shows in its metrics.
         let stat = d.client.metrics(&h).await.unwrap().network_stat.expect("NetworkStat");

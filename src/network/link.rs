@@ -86,14 +86,24 @@ pub async fn create(host: &Handle, host_veth: &str, subnet: Ipv4Net, mtu: u32, p
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     host.link().add(veth).execute().await.map_err(|e| nl(host_veth, e))?;
+    // No IPv6 on the host end: the firewall is IPv4, and a link-local address
+    // there would let a container reach host services over IPv6.
+    let v6 = format!("/proc/sys/net/ipv6/conf/{host_veth}/disable_ipv6");
+    match std::fs::write(&v6, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(NetworkError::Netlink(format!("{v6}: {e}")));
+        }
+        _ => {}
+    }
     let index = index_of(host, host_veth).await?;
     host.address()
         .add(index, IpAddr::V4(gateway), subnet.prefix)
         .execute()
         .await
         .map_err(|e| nl("gateway address", e))?;
-    // The host answers for loopback addresses on net-in (127.0.0.1:port)
-    // only if the interface may route them.
+    // Net-in on 127.0.0.1 (and DNS forwarded to a loopback resolver) needs
+    // loopback addresses routed over this interface; the firewall drops any
+    // other packet for 127/8 that a container sends to it.
     let sysctl = format!("/proc/sys/net/ipv4/conf/{host_veth}/route_localnet");
     std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
 

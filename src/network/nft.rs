@@ -145,6 +145,7 @@ table ip {t} {{
   chain host_access {{
     ct state established,related accept
     {dns_in}
+    ip daddr 127.0.0.0/8 drop
     {host}
   }}
   chain prerouting {{
@@ -232,6 +233,9 @@ mod tests {
         assert!(s.contains("reject with icmp type admin-prohibited\n  }"));
         assert!(s.contains("ip saddr 10.254.0.0/22 ip daddr != 10.254.0.0/22 masquerade"));
         let open = TableConfig { allow_host_access: true, ..cfg() };
-        assert!(open.rebuild(&[]).contains("ct state established,related accept\n    \n    accept"));
+        assert!(
+            open.rebuild(&[])
+                .contains("ct state established,related accept\n    \n    ip daddr 127.0.0.0/8 drop\n    accept")
+        );
     }
 }
