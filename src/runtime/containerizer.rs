@@ -242,6 +242,7 @@ impl Containerizer {
                     etc_files: etc_files.unwrap_or_default(),
                     owner: if privileged { 0 } else { ROOT_HOST_ID },
                 },
+                seccomp: !privileged,
             })
             .await?;
         let pid = match reply {

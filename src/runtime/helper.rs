@@ -21,7 +21,15 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperRequest {
-    Create { id: String, bundle: PathBuf, state_root: PathBuf, socket: PathBuf, rootfs: RootfsMount },
+    Create {
+        id: String,
+        bundle: PathBuf,
+        state_root: PathBuf,
+        socket: PathBuf,
+        rootfs: RootfsMount,
+        /// Install the unprivileged seccomp filter in the container's init.
+        seccomp: bool,
+    },
 }
 
 /// A container's overlay, mounted by the helper in its own mount namespace
@@ -51,10 +59,16 @@ pub enum HelperReply {
 #[derive(Clone)]
 pub struct InitExecutor {
     listen_fd: RawFd,
+    /// Installed last, after libcontainer set no_new_privs and dropped
+    /// capabilities, as it would have done with a spec's `linux.seccomp`.
+    seccomp: Option<&'static [libc::sock_filter]>,
 }
 
 impl Executor for InitExecutor {
     fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(filter) = self.seccomp {
+            super::seccomp::install(filter).map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+        }
         super::init::run(self.listen_fd)
     }
 
@@ -90,17 +104,20 @@ pub fn run() -> std::io::Result<()> {
             return Ok(());
         }
         let reply = match serde_json::from_str::<HelperRequest>(&line) {
-            Ok(HelperRequest::Create { id, bundle, state_root, socket, rootfs }) => match mount_rootfs(&rootfs) {
-                Ok(()) => {
-                    let reply = create(&id, &bundle, &state_root, &socket);
-                    mounted.push(rootfs.merged);
-                    reply
+            Ok(HelperRequest::Create { id, bundle, state_root, socket, rootfs, seccomp }) => {
+                let filter = if seccomp { super::seccomp::compiled().map(Some) } else { Ok(None) };
+                match filter.and_then(|f| mount_rootfs(&rootfs).map(|()| f)) {
+                    Ok(filter) => {
+                        let reply = create(&id, &bundle, &state_root, &socket, filter);
+                        mounted.push(rootfs.merged);
+                        reply
+                    }
+                    Err(message) => {
+                        let _ = nix::mount::umount2(&rootfs.merged, MntFlags::MNT_DETACH);
+                        HelperReply::Failed { message }
+                    }
                 }
-                Err(message) => {
-                    let _ = nix::mount::umount2(&rootfs.merged, MntFlags::MNT_DETACH);
-                    HelperReply::Failed { message }
-                }
-            },
+            }
             Err(e) => HelperReply::Failed { message: format!("bad helper request: {e}") },
         };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
@@ -126,7 +143,13 @@ fn reap_children() {
     while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
-fn create(id: &str, bundle: &Path, state_root: &Path, socket: &Path) -> HelperReply {
+fn create(
+    id: &str,
+    bundle: &Path,
+    state_root: &Path,
+    socket: &Path,
+    seccomp: Option<&'static [libc::sock_filter]>,
+) -> HelperReply {
     let _ = std::fs::remove_file(socket);
     let listener = match UnixListener::bind(socket) {
         Ok(l) => l,
@@ -136,7 +159,7 @@ fn create(id: &str, bundle: &Path, state_root: &Path, socket: &Path) -> HelperRe
     let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
     let listen: OwnedFd = listener.into();
     let started = std::time::Instant::now();
-    let result = build_and_start(id, bundle, state_root, listen.as_raw_fd());
+    let result = build_and_start(id, bundle, state_root, InitExecutor { listen_fd: listen.as_raw_fd(), seccomp });
     tracing::debug!(container = id, ms = started.elapsed().as_secs_f64() * 1e3, "libcontainer build and start");
     drop(listen);
     match result {
@@ -250,7 +273,7 @@ fn prepare_user_namespace(bundle: &Path) -> Result<Option<UserNsHolder>, String>
     Ok(Some(holder))
 }
 
-fn build_and_start(id: &str, bundle: &Path, state_root: &Path, listen_fd: RawFd) -> Result<i32, String> {
+fn build_and_start(id: &str, bundle: &Path, state_root: &Path, executor: InitExecutor) -> Result<i32, String> {
     let _userns = prepare_user_namespace(bundle)?;
     // libcontainer dup2()s and then closes the stdio fds it is given, and it
     // turns /dev/null stdio into a read-only fd; hand it private pipes instead.
@@ -259,7 +282,7 @@ fn build_and_start(id: &str, bundle: &Path, state_root: &Path, listen_fd: RawFd)
     // from inside the new container; init replaces it with /dev/null once running.
     let stderr = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| format!("dup stderr: {e}"))?;
     let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_executor(InitExecutor { listen_fd })
+        .with_executor(executor)
         .with_root_path(state_root)
         .map_err(|e| e.to_string())?
         .with_stdin(stdin)

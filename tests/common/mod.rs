@@ -265,8 +265,8 @@ impl Drop for Daemon {
         }
         for cg in self.cgroup_children() {
             if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
-                for p in procs.lines() {
-                    let _ = Command::new("kill").arg("-9").arg(p).status();
+                for pid in procs.lines().filter_map(|p| p.parse().ok()) {
+                    kill_if_in(pid, &cg);
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -288,6 +288,22 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// SIGKILLs `pid` only if it is still in cgroup `cg`: a pidfd pins the
+/// process, so a pid reused meanwhile (pid_max can be 32768) is never hit.
+fn kill_if_in(pid: i32, cg: &Path) {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return;
+    }
+    let name = cg.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let still_there = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.ends_with(&format!("/{name}"))));
+    if still_there {
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+    }
+    unsafe { libc::close(fd) };
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
