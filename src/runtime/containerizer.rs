@@ -219,11 +219,14 @@ impl Containerizer {
             bind_mounts,
         })?;
         let started = std::time::Instant::now();
-        let etc_files = names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]);
+        let etc_files: Vec<(String, String)> =
+            names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]).unwrap_or_default();
         let merged = Overlay::in_dir(dir).merged;
         let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
             let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
-            let options = Overlay::in_dir(&dir2).prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            let overlay = Overlay::in_dir(&dir2);
+            let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
             spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))?;
             Ok(options)
         })
@@ -236,12 +239,7 @@ impl Containerizer {
                 bundle: dir.to_path_buf(),
                 state_root: self.cfg.run_dir.join("runtime"),
                 socket: rec.socket.clone(),
-                rootfs: RootfsMount {
-                    merged,
-                    options,
-                    etc_files: etc_files.unwrap_or_default(),
-                    owner: if privileged { 0 } else { ROOT_HOST_ID },
-                },
+                rootfs: RootfsMount { merged, options },
                 seccomp: !privileged,
             })
             .await?;

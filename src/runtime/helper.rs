@@ -43,9 +43,6 @@ pub struct RootfsMount {
     pub merged: PathBuf,
     /// Overlay mount options (layers prepared by the daemon).
     pub options: String,
-    /// Files written into `/etc` (name, content), owned by `owner`.
-    pub etc_files: Vec<(String, String)>,
-    pub owner: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,7 +103,10 @@ pub fn run() -> std::io::Result<()> {
         let reply = match serde_json::from_str::<HelperRequest>(&line) {
             Ok(HelperRequest::Create { id, bundle, state_root, socket, rootfs, seccomp }) => {
                 let filter = if seccomp { super::seccomp::compiled().map(Some) } else { Ok(None) };
-                match filter.and_then(|f| mount_rootfs(&rootfs).map(|()| f)) {
+                let t = std::time::Instant::now();
+                let mounted_rootfs = filter.and_then(|f| mount_rootfs(&rootfs).map(|()| f));
+                tracing::debug!(container = %id, ms = t.elapsed().as_secs_f64() * 1e3, "rootfs mounted");
+                match mounted_rootfs {
                     Ok(filter) => {
                         let reply = create(&id, &bundle, &state_root, &socket, filter);
                         mounted.push(rootfs.merged);
@@ -124,18 +124,16 @@ pub fn run() -> std::io::Result<()> {
         out.push(b'\n');
         writer.write_all(&out)?;
         // After the reply, while the daemon wires the container's network.
+        let t = std::time::Instant::now();
         for m in mounted.drain(..) {
             let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
         }
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "rootfs unmounted");
     }
 }
 
 fn mount_rootfs(r: &RootfsMount) -> Result<(), String> {
-    super::rootfs::Overlay::mount_at(&r.merged, &r.options).map_err(|e| e.to_string())?;
-    for (name, content) in &r.etc_files {
-        super::rootfs::write_etc_file(&r.merged, name, content, r.owner).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    super::rootfs::Overlay::mount_at(&r.merged, &r.options).map_err(|e| e.to_string())
 }
 
 fn reap_children() {

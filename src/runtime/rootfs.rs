@@ -2,7 +2,6 @@
 //! uid-shifted copy that unprivileged containers use as their read-only lower
 //! layer, and the per-container overlay on top of it.
 
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -146,43 +145,42 @@ impl Overlay {
     }
 }
 
-/// Writes `/etc/<name>` of a mounted rootfs, owned by container root with mode
-/// 0644 (root inside may change it, others may not). Neither `/etc` nor the file
-/// is followed if it is a symlink: an image must not make the host write
-/// elsewhere.
-pub fn write_etc_file(merged: &Path, name: &str, content: &str, owner: u32) -> Result<(), RuntimeError> {
-    use nix::fcntl::{OFlag, openat};
-    use nix::sys::stat::Mode;
-    use std::io::Write;
-    let etc = merged.join("etc");
-    match std::fs::symlink_metadata(&etc) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(RuntimeError::BadRootfs(format!("{}: /etc is not a directory", merged.display()))),
-        Err(_) => {
-            std::fs::create_dir(&etc).map_err(|e| RuntimeError::io(&etc, e))?;
-            std::os::unix::fs::chown(&etc, Some(owner), Some(owner)).map_err(|e| RuntimeError::io(&etc, e))?;
+impl Overlay {
+    /// Puts files into the container's `/etc` by writing them to the (fresh)
+    /// upper layer before the overlay is mounted: they shadow the image's
+    /// files of the same name, with no copy-up or whiteout. Owned by container
+    /// root, mode 0644 (root inside may change them, others may not). The
+    /// image's `/etc` is only looked at, never followed, for the directory's
+    /// mode and owner.
+    pub fn write_etc(&self, lower: &Path, files: &[(String, String)], owner: u32) -> Result<(), RuntimeError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if files.is_empty() {
+            return Ok(());
         }
+        let etc = self.upper.join("etc");
+        let (mode, uid, gid) = match std::fs::symlink_metadata(lower.join("etc")) {
+            Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+            _ => (0o755, owner, owner),
+        };
+        std::fs::create_dir(&etc).map_err(|e| RuntimeError::io(&etc, e))?;
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&etc, e))?;
+        std::os::unix::fs::lchown(&etc, Some(uid), Some(gid)).map_err(|e| RuntimeError::io(&etc, e))?;
+        for (name, content) in files {
+            let path = etc.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| RuntimeError::io(&path, e))?;
+            f.write_all(content.as_bytes()).map_err(|e| RuntimeError::io(&path, e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| RuntimeError::io(&path, e))?;
+            std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(|e| RuntimeError::io(&path, e))?;
+        }
+        Ok(())
     }
-    let err = |e: nix::errno::Errno| RuntimeError::io(&etc.join(name), std::io::Error::from(e));
-    let dir = nix::fcntl::open(&etc, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(err)?;
-    let dir = unsafe { std::os::fd::OwnedFd::from_raw_fd(dir) };
-    match nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(err(e)),
-    }
-    let fd = openat(
-        Some(dir.as_raw_fd()),
-        name,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )
-    .map_err(err)?;
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.write_all(content.as_bytes()).map_err(|e| RuntimeError::io(&etc.join(name), e))?;
-    nix::unistd::fchown(file.as_raw_fd(), Some(owner.into()), Some(owner.into())).map_err(err)?;
-    nix::sys::stat::fchmod(file.as_raw_fd(), Mode::from_bits_truncate(0o644)).map_err(err)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -190,28 +188,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn etc_files_replace_symlinks_instead_of_following_them() {
+    fn etc_files_go_to_the_upper_layer_and_never_follow_the_image() {
         let dir = std::env::temp_dir().join(format!("celld-etc-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        let outside = dir.join("outside");
-        std::fs::write(&outside, "keep").unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("etc/hosts")).unwrap();
         let me = nix::unistd::getuid().as_raw();
-        write_etc_file(&dir, "hosts", "127.0.0.1 localhost\n", me).unwrap();
-        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
-        assert_eq!(std::fs::read_to_string(dir.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
-        assert_eq!(std::fs::metadata(dir.join("etc/hosts")).unwrap().mode() & 0o777, 0o644);
-        // No /etc at all: it is made.
-        let bare = dir.join("bare");
-        std::fs::create_dir(&bare).unwrap();
-        write_etc_file(&bare, "resolv.conf", "nameserver 10.0.0.2\n", me).unwrap();
-        assert!(bare.join("etc/resolv.conf").is_file());
-        // /etc as a symlink is refused.
+        let files = vec![("hosts".to_string(), "127.0.0.1 localhost\n".to_string())];
+        // An image whose /etc is a directory: its mode carries over.
+        let lower = dir.join("lower");
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::set_permissions(lower.join("etc"), std::fs::Permissions::from_mode(0o751)).unwrap();
+        let o = Overlay::in_dir(&dir.join("c1"));
+        std::fs::create_dir_all(&o.upper).unwrap();
+        o.write_etc(&lower, &files, me).unwrap();
+        assert_eq!(std::fs::read_to_string(o.upper.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(std::fs::metadata(o.upper.join("etc/hosts")).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::metadata(o.upper.join("etc")).unwrap().mode() & 0o777, 0o751);
+        // An image whose /etc is a symlink out of it: not followed.
         let evil = dir.join("evil");
-        std::fs::create_dir(&evil).unwrap();
-        std::os::unix::fs::symlink(&dir, evil.join("etc")).unwrap();
-        assert!(write_etc_file(&evil, "hosts", "x", me).is_err());
+        std::fs::create_dir_all(dir.join("outside")).unwrap();
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), evil.join("etc")).unwrap();
+        let o2 = Overlay::in_dir(&dir.join("c2"));
+        std::fs::create_dir_all(&o2.upper).unwrap();
+        o2.write_etc(&evil, &files, me).unwrap();
+        assert!(!dir.join("outside/hosts").exists());
+        assert_eq!(std::fs::metadata(o2.upper.join("etc")).unwrap().mode() & 0o777, 0o755);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
