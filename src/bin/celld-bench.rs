@@ -95,6 +95,7 @@ fn run_cell(
 }
 
 async fn cycles(args: &Args, client: &Client, dir: &Path, tiny: &Path) -> Result<()> {
+    settle().await;
     // 1. create / run `true` / destroy, each step timed on its own.
     let (mut create, mut run, mut destroy, mut cycle) = (vec![], vec![], vec![], vec![]);
     for i in 0..WARMUP + args.cycles {
@@ -151,7 +152,31 @@ async fn cycles(args: &Args, client: &Client, dir: &Path, tiny: &Path) -> Result
     Ok(())
 }
 
+/// Live network namespaces, from the slab allocator (0 if not readable).
+fn live_netns() -> u64 {
+    let slabs = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    slabs.lines().find_map(|l| l.strip_prefix("net_namespace ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Waits (at most 30 s) until the kernel has finished tearing down the
+/// network namespaces of containers destroyed before (an earlier phase or
+/// bench run): that work holds the locks every veth change needs, and would
+/// be timed as part of the next phase's creates.
+async fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = live_netns();
+    let mut stable_since = Instant::now();
+    while Instant::now() < deadline && stable_since.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = live_netns();
+        if now != last {
+            (last, stable_since) = (now, Instant::now());
+        }
+    }
+}
+
 async fn network_and_density(args: &Args, client: &Client, daemon: u32, dir: &Path) -> Result<()> {
+    settle().await;
     // 3. Density: idle containers, and what the daemon, its helper and the
     // containers' inits hold in memory.
     let helper = helper_of(daemon);
