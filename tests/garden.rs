@@ -513,6 +513,12 @@ fn cellctl_drives_the_daemon() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
     let o = ctl(&["info", &h]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"State\""));
+    let o = ctl(&["net-in", &h, "--container-port", "8080"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{} -> 8080", d.port_start));
+    let o = ctl(&["net-out", &h, r#"{"protocol":1,"ports":[{"start":443,"end":443}]}"#]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = ctl(&["net-out", &h, r#"{"protocol":"tcp"}"#]);
+    assert!(!o.status.success(), "a malformed rule must fail");
     let o = ctl(&["destroy", &h]);
     assert!(o.status.success());
     let o = ctl(&["info", &h]);

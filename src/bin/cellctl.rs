@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
 use celld::garden::client::{Address, Client, ProcessIo};
-use celld::garden::types::{ContainerSpec, ProcessSpec, TtySpec, WindowSize};
+use celld::garden::types::{ContainerSpec, NetOutRule, ProcessSpec, TtySpec, WindowSize};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -51,6 +51,17 @@ enum Cmd {
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
     },
+    /// Maps a host port (0: the next free one) to a container port; prints the mapping.
+    NetIn {
+        handle: String,
+        #[arg(long, default_value_t = 0)]
+        host_port: u32,
+        #[arg(long)]
+        container_port: u32,
+    },
+    /// Allows egress: a Garden NetOutRule (or a list of them) as JSON, e.g.
+    /// '{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.1"}],"ports":[{"start":443,"end":443}]}'.
+    NetOut { handle: String, rules: String },
     /// Shows a container's info as JSON.
     Info { handle: String },
     /// Shows a container's metrics as JSON.
@@ -147,6 +158,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             spec.limits.memory_limits.limit_in_bytes = memory.unwrap_or(0);
             spec.limits.pid_limits.max = pids.unwrap_or(0);
             println!("{}", c.create(&spec).await?);
+        }
+        Cmd::NetIn { handle, host_port, container_port } => {
+            let m = c.net_in(&handle, host_port, container_port).await?;
+            println!("{} -> {}", m.host_port, m.container_port);
+        }
+        Cmd::NetOut { handle, rules } => {
+            let rules: Vec<NetOutRule> = match serde_json::from_str::<NetOutRule>(&rules) {
+                Ok(one) => vec![one],
+                Err(_) => serde_json::from_str(&rules).context("rules: a NetOutRule object or a list of them")?,
+            };
+            c.bulk_net_out(&handle, &rules).await?;
         }
         Cmd::Info { handle } => println!("{}", serde_json::to_string_pretty(&c.info(&handle).await?)?),
         Cmd::Metrics { handle } => println!("{}", serde_json::to_string_pretty(&c.metrics(&handle).await?)?),
