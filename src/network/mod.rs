@@ -226,10 +226,6 @@ impl Networker {
         })
     }
 
-    pub fn table_name(&self) -> &str {
-        &self.table.name
-    }
-
     pub fn external_ip(&self) -> Ipv4Addr {
         self.external_ip
     }

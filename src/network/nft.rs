@@ -187,10 +187,6 @@ table ip {t} {{
         }
         s
     }
-
-    pub fn delete_table(&self) -> String {
-        format!("table ip {t}\ndelete table ip {t}\n", t = self.name)
-    }
 }
 
 #[cfg(test)]
