@@ -53,9 +53,6 @@ pub struct NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetState {
     pub subnet: Ipv4Net,
-    /// The host end of the container's veth; it holds the gateway address.
-    pub host_veth: String,
-    pub chain: String,
     pub mapped_ports: Vec<PortMapping>,
     /// The net-out allowances so far.
     pub rules: Vec<rules::Allow>,
@@ -70,18 +67,19 @@ impl NetState {
         self.subnet.nth(1)
     }
 
-    fn netin(&self) -> Vec<(u16, u16)> {
-        self.mapped_ports.iter().map(|m| (m.host_port as u16, m.container_port as u16)).collect()
+    /// The host end of the container's veth, named for the subnet (unique
+    /// across cells with different pools); it holds the gateway address.
+    pub fn host_veth(&self) -> String {
+        format!("cvh-{:08x}", u32::from(self.subnet.addr))
     }
 
-    fn rules_view(&self) -> ContainerRules<'_> {
-        ContainerRules {
-            chain: &self.chain,
-            iface: &self.host_veth,
-            ip: Some(self.container_ip()),
-            rules: &self.rules,
-            netin: &[],
-        }
+    /// The container's chain of net-out rules.
+    pub fn chain(&self) -> String {
+        format!("c-{:08x}", u32::from(self.subnet.addr))
+    }
+
+    fn netin(&self) -> Vec<(u16, u16)> {
+        self.mapped_ports.iter().map(|m| (m.host_port as u16, m.container_port as u16)).collect()
     }
 }
 
@@ -259,12 +257,13 @@ impl Networker {
     }
 
     fn add_container(&self, state: &NetState) -> Result<(), NetworkError> {
+        let (chain, veth) = (state.chain(), state.host_veth());
         self.change(|b| {
-            b.add_chain(&state.chain);
+            b.add_chain(&chain);
             for r in &state.rules {
-                b.add_rule(&state.chain, r);
+                b.add_rule(&chain, r);
             }
-            b.add_iface(IFACES, &state.host_veth).add_jump(CONTAINERS, &state.host_veth, &state.chain);
+            b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain);
             for m in &state.mapped_ports {
                 b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
             }
@@ -327,14 +326,7 @@ impl Networker {
         netin: &[NetIn],
         rules: &[NetOutRule],
     ) -> Result<NetState, NetworkError> {
-        let hex = format!("{:08x}", u32::from(subnet.addr));
-        let mut state = NetState {
-            subnet,
-            host_veth: format!("cvh-{hex}"),
-            chain: format!("c-{hex}"),
-            mapped_ports: Vec::new(),
-            rules: Vec::new(),
-        };
+        let mut state = NetState { subnet, mapped_ports: Vec::new(), rules: Vec::new() };
         let prefix = rules::log_prefix(handle);
         for r in rules {
             state.rules.extend(rules::statements(r, &prefix)?);
@@ -351,7 +343,7 @@ impl Networker {
             firewalled = true;
             let t = std::time::Instant::now();
             let host = self.host()?;
-            link::create(&host, &state.host_veth, subnet, self.mtu, pid).await?;
+            link::create(&host, &state.host_veth(), subnet, self.mtu, pid).await?;
             tracing::debug!(handle = %handle, links_ms = t.elapsed().as_secs_f64() * 1e3, "network attached");
             Ok(())
         }
@@ -382,11 +374,12 @@ impl Networker {
     /// firewall; what is already gone is skipped.
     fn remove_rules(&self, state: &NetState) {
         let steps = 3 + state.mapped_ports.len();
+        let (chain, veth) = (state.chain(), state.host_veth());
         let step = |b: &mut nfnl::Batch, i: usize| {
             match i {
-                0 => b.delete_iface(IFACES, &state.host_veth),
-                1 => b.delete_iface(CONTAINERS, &state.host_veth),
-                2 => b.delete_chain(&state.chain),
+                0 => b.delete_iface(IFACES, &veth),
+                1 => b.delete_iface(CONTAINERS, &veth),
+                2 => b.delete_chain(&chain),
                 _ => b.delete_port(NETIN, state.mapped_ports[i - 3].host_port as u16),
             };
         };
@@ -400,8 +393,8 @@ impl Networker {
 
     async fn delete_links(&self, state: &NetState) {
         if let Ok(host) = self.host() {
-            if let Err(e) = link::delete(&host, &state.host_veth).await {
-                tracing::warn!(interface = %state.host_veth, error = %e, "removing the veth failed");
+            if let Err(e) = link::delete(&host, &state.host_veth()).await {
+                tracing::warn!(interface = %state.host_veth(), error = %e, "removing the veth failed");
             }
         }
     }
@@ -465,9 +458,10 @@ impl Networker {
         if state.rules.len() + statements.len() > rules::MAX_STATEMENTS * 4 {
             return Err(NetworkError::BadRequest("too many net-out rules for one container".into()));
         }
+        let chain = state.chain();
         self.change(|b| {
             for r in &statements {
-                b.add_rule(&state.chain, r);
+                b.add_rule(&chain, r);
             }
         })?;
         state.rules.extend(statements);
@@ -487,16 +481,25 @@ impl Networker {
                 }
             }
         }
-        let netins: Vec<Vec<(u16, u16)>> = states.iter().map(|s| s.netin()).collect();
-        let views: Vec<ContainerRules> =
-            states.iter().zip(&netins).map(|(s, n)| ContainerRules { netin: n, ..s.rules_view() }).collect();
+        let names: Vec<_> = states.iter().map(|s| (s.chain(), s.host_veth(), s.netin())).collect();
+        let views: Vec<ContainerRules> = states
+            .iter()
+            .zip(&names)
+            .map(|(s, (chain, iface, netin))| ContainerRules {
+                chain,
+                iface,
+                ip: s.container_ip(),
+                rules: &s.rules,
+                netin,
+            })
+            .collect();
         self.firewall(self.table.rebuild(&views)).await?;
         let host = self.host()?;
-        let owned: std::collections::HashSet<&str> = states.iter().map(|s| s.host_veth.as_str()).collect();
+        let owned: std::collections::HashSet<String> = states.iter().map(NetState::host_veth).collect();
         for name in link::list(&host).await? {
             let Some(hex) = name.strip_prefix("cvh-") else { continue };
             let Ok(addr) = u32::from_str_radix(hex, 16) else { continue };
-            if self.cfg.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(name.as_str()) {
+            if self.cfg.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(&name) {
                 tracing::info!(interface = %name, "removing interface no container owns");
                 let _ = link::delete(&host, &name).await;
             }
@@ -507,7 +510,7 @@ impl Networker {
     /// Bytes through the container's interface, as the container sees them.
     pub fn stats(&self, state: &NetState) -> NetworkStat {
         let read = |k: &str| {
-            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{k}", state.host_veth))
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{k}", state.host_veth()))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0)

@@ -86,12 +86,12 @@ pub struct TableConfig {
 }
 
 /// One container's part of the table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ContainerRules<'a> {
     pub chain: &'a str,
     /// The host end of the container's veth.
     pub iface: &'a str,
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Ipv4Addr,
     pub rules: &'a [Allow],
     pub netin: &'a [(u16, u16)],
 }
@@ -180,10 +180,8 @@ table ip {t} {{
         }
         s.push_str(&format!("add element ip {t} ifaces {{ \"{}\" }}\n", c.iface));
         s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.iface, c.chain));
-        if let Some(ip) = c.ip {
-            for (host, container) in c.netin {
-                s.push_str(&format!("add element ip {t} netin {{ {host} : {ip} . {container} }}\n"));
-            }
+        for (host, container) in c.netin {
+            s.push_str(&format!("add element ip {t} netin {{ {host} : {} . {container} }}\n", c.ip));
         }
         s
     }
@@ -209,7 +207,7 @@ mod tests {
         let c = ContainerRules {
             chain: "c-0afe0004",
             iface: "cvh-0afe0004",
-            ip: Some("10.254.0.6".parse().unwrap()),
+            ip: "10.254.0.6".parse().unwrap(),
             rules: &rules,
             netin: &[(61001, 8080)],
         };

@@ -122,8 +122,6 @@ mod tests {
             state: "active".into(),
             network: Some(crate::network::NetState {
                 subnet: "10.254.0.4/30".parse().unwrap(),
-                host_veth: "cvh-0afe0004".into(),
-                chain: "c-0afe0004".into(),
                 mapped_ports: vec![crate::garden::types::PortMapping { host_port: 61001, container_port: 8080 }],
                 rules: vec![crate::network::rules::Allow {
                     daddr: Some(("10.0.0.0".parse().unwrap(), "10.0.0.255".parse().unwrap())),
