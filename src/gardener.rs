@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 
 use crate::garden::error::GardenError;
 use crate::garden::types::*;
+use crate::network::rules::Allow;
 use crate::network::{NetState, NetworkError, Networker};
 use crate::runtime::Containerizer;
 use crate::runtime::cgroups;
@@ -98,6 +99,10 @@ pub fn validate_handle(h: &str) -> Result<(), GardenError> {
     Ok(())
 }
 
+fn no_network(handle: &str) -> GardenError {
+    GardenError::BadRequest(format!("container {handle}: this cell runs without container networking (--no-network)"))
+}
+
 fn rlimit_pairs(r: &ResourceLimits) -> Vec<(i32, u64)> {
     let pairs: [(libc::__rlimit_resource_t, Option<u64>); 15] = [
         (libc::RLIMIT_AS, r.r#as),
@@ -143,11 +148,7 @@ impl Gardener {
     }
 
     fn networker(&self, handle: &str) -> Result<&Arc<Networker>, GardenError> {
-        self.net.as_ref().ok_or_else(|| {
-            GardenError::BadRequest(format!(
-                "container {handle}: this cell runs without container networking (--no-network)"
-            ))
-        })
+        self.net.as_ref().ok_or_else(|| no_network(handle))
     }
 
     /// Loads the containers a previous daemon left running; cleans up those whose
@@ -233,15 +234,14 @@ impl Gardener {
         }
         let handle = spec.handle.clone();
         validate_handle(&handle)?;
-        match &self.net {
+        let wants_network = !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty();
+        let allowances = match &self.net {
             Some(net) => {
                 net.check(&spec.netin, &spec.netout_rules, &handle).map_err(|e| GardenError::network(&handle, e))?
             }
-            None if !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty() => {
-                self.networker(&handle)?;
-            }
-            None => {}
-        }
+            None if wants_network => return Err(no_network(&handle)),
+            None => Vec::new(),
+        };
         {
             let mut t = lock(&self.table);
             if t.live.contains_key(&handle) || t.creating.contains(&handle) || t.destroying.contains(&handle) {
@@ -252,7 +252,7 @@ impl Gardener {
             }
             t.creating.insert(handle.clone());
         }
-        let result = self.create_networked(&spec).await;
+        let result = self.create_networked(&spec, allowances).await;
         let mut t = lock(&self.table);
         t.creating.remove(&handle);
         if result.is_err() && t.live.is_empty() && t.creating.is_empty() {
@@ -266,11 +266,16 @@ impl Gardener {
 
     /// Garden's order: an address, the container (with its name files), then
     /// the network wired to its init. Any failure undoes all of it.
-    async fn create_networked(&self, spec: &ContainerSpec) -> Result<ContainerRecord, GardenError> {
+    async fn create_networked(
+        &self,
+        spec: &ContainerSpec,
+        allowances: Vec<Allow>,
+    ) -> Result<ContainerRecord, GardenError> {
         let handle = spec.handle.as_str();
         let grace = if spec.grace_time > 0 { spec.grace_time } else { self.cfg.default_grace_time };
         let Some(net) = &self.net else {
-            return self.rt.create(spec, grace, None).await.map_err(|e| GardenError::runtime(handle, e));
+            let rec = self.rt.create(spec, grace, None).await.map_err(|e| GardenError::runtime(handle, e))?;
+            return self.save_new(rec, None).await;
         };
         let subnet = net.reserve(&spec.network).map_err(|e| GardenError::network(handle, e))?;
         let names = net.name_files(subnet, &spec::hostname(handle));
@@ -281,21 +286,30 @@ impl Gardener {
                 return Err(GardenError::runtime(handle, e));
             }
         };
-        let state = match net.attach(handle, subnet, rec.init_pid, &spec.netin, &spec.netout_rules).await {
-            Ok(state) => state,
+        match net.attach(handle, subnet, rec.init_pid, &spec.netin, allowances).await {
+            Ok(state) => rec.network = Some(state),
             Err(e) => {
                 net.release_subnet(subnet);
                 let _ = self.rt.destroy(&rec).await;
                 return Err(GardenError::network(handle, e));
             }
-        };
-        rec.network = Some(state);
+        }
+        self.save_new(rec, Some(net)).await
+    }
+
+    /// Saves a new container's record, its only save during create; if that
+    /// fails the container is undone.
+    async fn save_new(
+        &self,
+        rec: ContainerRecord,
+        net: Option<&Arc<Networker>>,
+    ) -> Result<ContainerRecord, GardenError> {
         if let Err(e) = self.rt.depot().save(&rec) {
             let _ = self.rt.destroy(&rec).await;
-            if let Some(n) = &rec.network {
+            if let (Some(net), Some(n)) = (net, &rec.network) {
                 net.detach(n).await;
             }
-            return Err(GardenError::runtime(handle, e));
+            return Err(GardenError::runtime(&rec.handle, e));
         }
         Ok(rec)
     }

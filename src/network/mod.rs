@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::garden::types::{NetIn, NetOutRule, NetworkStat, PortMapping};
 use nft::{ContainerRules, Nft, TableConfig};
 use pool::{Ipv4Net, PortPool, SubnetPool};
+use rules::Allow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -55,7 +56,7 @@ pub struct NetState {
     pub subnet: Ipv4Net,
     pub mapped_ports: Vec<PortMapping>,
     /// The net-out allowances so far.
-    pub rules: Vec<rules::Allow>,
+    pub rules: Vec<Allow>,
 }
 
 impl NetState {
@@ -270,26 +271,16 @@ impl Networker {
         })
     }
 
-    /// Checks a create request's network settings before anything is made.
-    pub fn check(&self, netin: &[NetIn], rules: &[NetOutRule], handle: &str) -> Result<(), NetworkError> {
+    /// Checks a create request's network settings before anything is made;
+    /// returns its net-out rules as firewall allowances.
+    pub fn check(&self, netin: &[NetIn], rules: &[NetOutRule], handle: &str) -> Result<Vec<Allow>, NetworkError> {
         for n in netin {
             check_container_port(n.container_port)?;
             if n.host_port > u16::MAX as u32 {
                 return Err(NetworkError::BadRequest(format!("host port {} is out of range (1-65535)", n.host_port)));
             }
         }
-        let prefix = rules::log_prefix(handle);
-        let mut total = 0;
-        for r in rules {
-            total += rules::statements(r, &prefix)?.len();
-        }
-        if total > rules::MAX_STATEMENTS {
-            return Err(NetworkError::BadRequest(format!(
-                "net-out rules expand to {total} firewall rules, more than {}",
-                rules::MAX_STATEMENTS
-            )));
-        }
-        Ok(())
+        rules::allowances(rules, handle)
     }
 
     /// Takes a subnet for a new container (`requested` as in Garden's `network`).
@@ -324,13 +315,9 @@ impl Networker {
         subnet: Ipv4Net,
         pid: i32,
         netin: &[NetIn],
-        rules: &[NetOutRule],
+        allowances: Vec<Allow>,
     ) -> Result<NetState, NetworkError> {
-        let mut state = NetState { subnet, mapped_ports: Vec::new(), rules: Vec::new() };
-        let prefix = rules::log_prefix(handle);
-        for r in rules {
-            state.rules.extend(rules::statements(r, &prefix)?);
-        }
+        let mut state = NetState { subnet, mapped_ports: Vec::new(), rules: allowances };
         let mut firewalled = false;
         let made = async {
             for n in netin {
@@ -450,11 +437,7 @@ impl Networker {
 
     /// Garden's NetOut and BulkNetOut: all rules apply, or none.
     pub async fn net_out(&self, handle: &str, state: &mut NetState, rules: &[NetOutRule]) -> Result<(), NetworkError> {
-        let prefix = rules::log_prefix(handle);
-        let mut statements = Vec::new();
-        for r in rules {
-            statements.extend(rules::statements(r, &prefix)?);
-        }
+        let statements = rules::allowances(rules, handle)?;
         if state.rules.len() + statements.len() > rules::MAX_STATEMENTS * 4 {
             return Err(NetworkError::BadRequest("too many net-out rules for one container".into()));
         }

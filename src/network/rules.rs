@@ -119,6 +119,22 @@ pub fn statements(rule: &NetOutRule, log_prefix: &str) -> Result<Vec<Allow>, Net
     Ok(out)
 }
 
+/// The allowances of a request's rules for container `handle`, at most
+/// [`MAX_STATEMENTS`] of them.
+pub fn allowances(rules: &[NetOutRule], handle: &str) -> Result<Vec<Allow>, NetworkError> {
+    let prefix = log_prefix(handle);
+    let mut out = Vec::new();
+    for r in rules {
+        out.extend(statements(r, &prefix)?);
+        if out.len() > MAX_STATEMENTS {
+            return Err(NetworkError::BadRequest(format!(
+                "net-out rules expand to more than {MAX_STATEMENTS} firewall rules"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// Garden prefixes log lines with the handle's first 28 characters; only
 /// characters that cannot end the quoted nft string are kept.
 pub fn log_prefix(handle: &str) -> String {

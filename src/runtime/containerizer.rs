@@ -138,7 +138,10 @@ impl Containerizer {
     }
 
     /// Creates and starts a container. On any failure everything made so far is
-    /// undone: no mount, cgroup, socket or depot directory stays behind.
+    /// undone: no mount, cgroup, socket or depot directory stays behind. The
+    /// caller saves the record once the container is complete (with its
+    /// network): a daemon that dies before then finds a directory without a
+    /// record, which it removes as a half-done create.
     /// `names` are the /etc/hosts and /etc/resolv.conf the container gets.
     pub async fn create(
         &self,
@@ -250,7 +253,6 @@ impl Containerizer {
         let mut rec = rec.clone();
         rec.init_pid = pid;
         rec.init_start_time = process_start_time(pid).ok_or(RuntimeError::InitGone)?;
-        self.depot.save(&rec)?;
         tracing::debug!(
             handle = %rec.handle,
             rootfs_ms = prepared.as_secs_f64() * 1e3,
