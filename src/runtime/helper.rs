@@ -88,7 +88,6 @@ pub fn run() -> std::io::Result<()> {
     let mut writer = sock.try_clone()?;
     let mut reader = BufReader::new(sock);
     let mut line = String::new();
-    let mut mounted: Vec<PathBuf> = Vec::new();
     loop {
         reap_children();
         // Wake up now and then to reap containers that were destroyed.
@@ -100,22 +99,17 @@ pub fn run() -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
+        // The overlay of the container being created, let go after the reply.
+        let mut mounted = None;
         let reply = match serde_json::from_str::<HelperRequest>(&line) {
             Ok(HelperRequest::Create { id, bundle, state_root, socket, rootfs, seccomp }) => {
                 let filter = if seccomp { super::seccomp::compiled().map(Some) } else { Ok(None) };
-                let t = std::time::Instant::now();
-                let mounted_rootfs = filter.and_then(|f| mount_rootfs(&rootfs).map(|()| f));
-                tracing::debug!(container = %id, ms = t.elapsed().as_secs_f64() * 1e3, "rootfs mounted");
-                match mounted_rootfs {
-                    Ok(filter) => {
-                        let reply = create(&id, &bundle, &state_root, &socket, filter);
-                        mounted.push(rootfs.merged);
-                        reply
-                    }
-                    Err(message) => {
-                        let _ = nix::mount::umount2(&rootfs.merged, MntFlags::MNT_DETACH);
-                        HelperReply::Failed { message }
-                    }
+                let mount =
+                    super::rootfs::Overlay::mount_at(&rootfs.merged, &rootfs.options).map_err(|e| e.to_string());
+                mounted = Some(rootfs.merged);
+                match filter.and_then(|f| mount.map(|()| f)) {
+                    Ok(filter) => create(&id, &bundle, &state_root, &socket, filter),
+                    Err(message) => HelperReply::Failed { message },
                 }
             }
             Err(e) => HelperReply::Failed { message: format!("bad helper request: {e}") },
@@ -123,17 +117,12 @@ pub fn run() -> std::io::Result<()> {
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
         writer.write_all(&out)?;
-        // After the reply, while the daemon wires the container's network.
-        let t = std::time::Instant::now();
-        for m in mounted.drain(..) {
+        // After the reply, while the daemon wires the container's network
+        // (unmounting waits for an RCU grace period).
+        if let Some(m) = mounted {
             let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
         }
-        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "rootfs unmounted");
     }
-}
-
-fn mount_rootfs(r: &RootfsMount) -> Result<(), String> {
-    super::rootfs::Overlay::mount_at(&r.merged, &r.options).map_err(|e| e.to_string())
 }
 
 fn reap_children() {
