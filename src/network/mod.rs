@@ -97,7 +97,6 @@ struct Pools {
 }
 
 pub struct Networker {
-    cfg: NetworkConfig,
     table: TableConfig,
     nft: Nft,
     /// Per-container firewall changes, straight over netlink.
@@ -204,7 +203,7 @@ impl Networker {
         let table = TableConfig {
             name: format!("celld-{:08x}-{}", u32::from(cfg.pool.addr), cfg.pool.prefix),
             pool: cfg.pool,
-            deny: cfg.deny_networks.clone(),
+            deny: cfg.deny_networks,
             allow_host_access: cfg.allow_host_access,
             dns_forward: resolv_base.loopback_only,
         };
@@ -217,7 +216,6 @@ impl Networker {
             pools: Mutex::new(Pools { subnets, ports }),
             host: Mutex::new(None),
             table,
-            cfg,
             mtu,
             external_ip,
             resolv_base,
@@ -482,7 +480,7 @@ impl Networker {
         for name in link::list(&host).await? {
             let Some(hex) = name.strip_prefix("cvh-") else { continue };
             let Ok(addr) = u32::from_str_radix(hex, 16) else { continue };
-            if self.cfg.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(&name) {
+            if self.table.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(&name) {
                 tracing::info!(interface = %name, "removing interface no container owns");
                 let _ = link::delete(&host, &name).await;
             }
