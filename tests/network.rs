@@ -272,9 +272,10 @@ fn egress_is_denied_until_allowed_is_masqueraded_and_logged() {
 #[test]
 fn host_services_are_unreachable_unless_allowed() {
     require_host!();
-    let port = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("0.0.0.0:{port}");
     for allow in [false, true] {
+        // A fresh port each time: a freed one may meanwhile be some connection's source port.
+        let port = TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("0.0.0.0:{port}");
         let mut args = vec!["--garden-tcp", listen.as_str()];
         if allow {
             args.push("--allow-host-access");
