@@ -35,7 +35,7 @@ DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protob
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all deps rootfs rootfs-full build run test bench lint clean
+.PHONY: all deps rootfs rootfs-full build lifecycle run test bench lint clean
 
 all: build
 
@@ -62,15 +62,28 @@ rootfs-full: deps $(BOOKWORM_STAMP)
 $(BOOKWORM_STAMP): $(ROOTFS_SCRIPT) | deps
 	$(SUDO) bash $(ROOTFS_SCRIPT) bookworm $(ROOTFS_OUT)/bookworm
 
+# The in-container lifecycle binary is static (the tiny rootfs has no libc): it is
+# built for the host triple named explicitly, so crt-static reaches it but not
+# build scripts or proc macros, and with only the few crates it needs.
+HOST_TRIPLE := $(shell $(CARGO) -vV 2>/dev/null | sed -n 's/^host: //p')
+TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
+LIFECYCLE   := target/release/celld-lifecycle
+
 build: deps
 	$(CARGO) build --release --bins
+	$(MAKE) --no-print-directory lifecycle
+
+lifecycle: deps
+	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
+	  $(CARGO) build --release --target $(HOST_TRIPLE) --no-default-features --features lifecycle --bin celld-lifecycle
+	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-lifecycle $(LIFECYCLE)
 
 run: build rootfs
 	target/release/celld --rootfs-dir $(ROOTFS_DIR) $(RUN_ARGS)
 
 # Tests touch the host (namespaces, cgroups, iptables): run them serially.
 test: export CELLD_ROOTFS_DIR := $(ROOTFS_DIR)
-test: deps rootfs
+test: deps rootfs lifecycle
 	$(CARGO) test --release $(TEST_ARGS) -- --test-threads=1
 
 bench: build rootfs
@@ -79,6 +92,7 @@ bench: build rootfs
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --no-default-features --features lifecycle --bin celld-lifecycle -- -D warnings
 
 clean:
 	rm -rf --one-file-system $(ROOTFS_OUT) target

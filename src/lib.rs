@@ -1,8 +1,23 @@
 //! celld: a Cloud Foundry Diego cell. See docs/architecture.md for the data flow
 //! and which module owns what.
 
+/// The in-container lifecycle (the buildpack builder): built into both the
+/// daemon and the static `celld-lifecycle` binary.
+pub mod lifecycle;
+
+#[cfg(feature = "daemon")]
+pub mod blobstore;
+#[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod garden;
+#[cfg(feature = "daemon")]
 pub mod gardener;
+#[cfg(feature = "daemon")]
+pub mod grpc;
+#[cfg(feature = "daemon")]
 pub mod network;
+#[cfg(feature = "daemon")]
 pub mod runtime;
+#[cfg(feature = "daemon")]
+pub mod staging;

@@ -1,0 +1,5 @@
+//! The in-container lifecycle binary: `/tmp/lifecycle/builder`.
+
+fn main() {
+    std::process::exit(1);
+}

@@ -1,0 +1,1 @@
+//! The blobstore: app packages, droplets, build caches and buildpacks.

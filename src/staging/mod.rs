@@ -1,0 +1,1 @@
+//! Staging: the buildpack registry and the stager.
