@@ -30,7 +30,7 @@ BENCH_ARGS ?=
 
 DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protobuf-compiler \
                 iptables nftables runc iproute2 pkg-config debootstrap \
-                tar procps
+                tar procps python3-venv
 
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -50,6 +50,13 @@ deps:
 	  echo "deps: installing:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@# moto_server: the local S3 server of the blobstore tests, in a venv of
+	@# Debian's python3 (not whatever python3 comes first on PATH).
+	@if [ ! -x /opt/celld-venv/bin/moto_server ]; then \
+	  echo "deps: installing moto (local S3 server for tests) into /opt/celld-venv"; \
+	  $(SUDO) /usr/bin/python3 -m venv /opt/celld-venv && \
+	  $(SUDO) /opt/celld-venv/bin/pip install -q 'moto[server]>=5,<6'; \
 	fi
 
 rootfs: deps $(TINY_STAMP)

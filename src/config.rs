@@ -74,6 +74,35 @@ pub struct Config {
     /// The cell's address as info's ExternalIP (default: the source address of the default route).
     #[arg(long)]
     pub external_ip: Option<std::net::Ipv4Addr>,
+    /// celld's gRPC listener (the Stager service, with server reflection).
+    #[arg(long, default_value = "127.0.0.1:1801")]
+    pub grpc_listen: String,
+    /// Where packages, droplets, build caches and buildpacks are kept:
+    /// `file:///DIR` or `s3://BUCKET?endpoint=URL&region=R` (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: file://DEPOT/blobs.
+    #[arg(long)]
+    pub blobstore: Option<String>,
+    /// celld's own buildpacks, registered at start-up (default: buildpacks/ of the checkout).
+    #[arg(long)]
+    pub buildpacks_dir: Option<PathBuf>,
+    /// The static in-container lifecycle binary (default: celld-lifecycle next to celld).
+    #[arg(long)]
+    pub lifecycle: Option<PathBuf>,
+    /// Seconds a staging may take before it fails with StagingTimeExpired.
+    #[arg(long, default_value_t = 900)]
+    pub staging_timeout: u64,
+    /// Memory limit of a staging container that asks for none, in MB.
+    #[arg(long, default_value_t = 1024)]
+    pub staging_memory_mb: u32,
+    /// Disk limit of a staging container that asks for none, in MB.
+    #[arg(long, default_value_t = 4096)]
+    pub staging_disk_mb: u32,
+    /// Largest app package accepted, in MB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_package_size_mb: u64,
+    /// This cell's name in logs and reports (default: the host name).
+    #[arg(long)]
+    pub cell_id: Option<String>,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
     #[arg(long, default_value = "info,libcgroups=error")]
     pub log_level: String,
@@ -93,6 +122,44 @@ pub enum Role {
 }
 
 impl Config {
+    /// The checkout celld was built in (target/release/celld → ../..), if any.
+    fn checkout_dir(sub: &str) -> Option<PathBuf> {
+        let p = std::env::current_exe().ok()?.parent()?.parent()?.parent()?.join(sub);
+        p.exists().then_some(p)
+    }
+
+    pub fn blobstore_url(&self) -> String {
+        self.blobstore.clone().unwrap_or_else(|| format!("file://{}", self.depot.join("blobs").display()))
+    }
+
+    pub fn buildpacks_dir(&self) -> PathBuf {
+        self.buildpacks_dir
+            .clone()
+            .or_else(|| Self::checkout_dir("buildpacks"))
+            .unwrap_or_else(|| PathBuf::from("buildpacks"))
+    }
+
+    pub fn lifecycle_binary(&self) -> PathBuf {
+        self.lifecycle.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("celld-lifecycle")))
+                .unwrap_or_else(|| PathBuf::from("celld-lifecycle"))
+        })
+    }
+
+    /// The stack containers stage on when a request names none: the default
+    /// rootfs's NAME if it is `preloaded:NAME`.
+    pub fn default_stack(&self) -> String {
+        self.default_rootfs.strip_prefix("preloaded:").unwrap_or("tiny").to_string()
+    }
+
+    pub fn cell_id(&self) -> String {
+        self.cell_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "celld".into())
+        })
+    }
+
     /// The rootfs directory: the flag, else `rootfs/out` next to the checkout the
     /// binary was built in (target/release/celld → ../../rootfs/out), else the
     /// current directory's `rootfs/out`.

@@ -8,6 +8,8 @@ pub mod lifecycle;
 #[cfg(feature = "daemon")]
 pub mod blobstore;
 #[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod garden;

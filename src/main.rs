@@ -4,12 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use celld::blobstore::Blobstore;
 use celld::config::{Config, Role};
 use celld::garden::server::Server;
 use celld::gardener::{Gardener, GardenerConfig};
 use celld::network::pool::Ipv4Net;
 use celld::network::{NetworkConfig, Networker};
 use celld::runtime::{Containerizer, RuntimeConfig, helper};
+use celld::staging::stager::{Stager, StagerConfig};
 use clap::Parser;
 
 fn main() {
@@ -84,6 +86,14 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
 
 async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     gardener.restore(cfg.destroy_containers_on_startup).await;
+    let stager = stager(&cfg, gardener.clone()).await?;
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, async {
+        let _ = grpc_stopped.await;
+    })
+    .await?;
+    tracing::info!(address = %cfg.grpc_listen, "serving gRPC (Stager)");
+    let grpc = tokio::spawn(grpc);
     let server = Server::new(gardener.clone());
     if let Some(dir) = cfg.garden_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -120,7 +130,39 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     }
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
+    let _ = stop_grpc.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
     Ok(())
+}
+
+async fn stager(cfg: &Config, gardener: Arc<Gardener>) -> anyhow::Result<Arc<Stager>> {
+    let url = cfg.blobstore_url();
+    let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
+    let stager = Stager::new(
+        gardener,
+        blobs.clone(),
+        StagerConfig {
+            cell_id: cfg.cell_id(),
+            lifecycle_binary: cfg.lifecycle_binary(),
+            work_dir: cfg.depot.join("staging"),
+            rootfs_dir: cfg.rootfs_dir(),
+            default_stack: cfg.default_stack(),
+            timeout: Duration::from_secs(cfg.staging_timeout),
+            memory_mb: cfg.staging_memory_mb,
+            disk_mb: cfg.staging_disk_mb,
+            max_package_bytes: cfg.max_package_size_mb.saturating_mul(1 << 20),
+        },
+    )
+    .await
+    .context("starting the stager")?;
+    let scratch = cfg.depot.join("staging").join("scratch");
+    stager
+        .registry
+        .register_builtin(&blobs, &cfg.buildpacks_dir(), &scratch)
+        .await
+        .context("registering the built-in buildpacks")?;
+    tracing::info!(blobstore = %blobs.describe(), buildpacks = stager.registry.list().len(), "stager ready");
+    Ok(stager)
 }

@@ -15,6 +15,9 @@ struct Cli {
     /// Garden server: a unix socket path or HOST:PORT.
     #[arg(long, env = "CELLD_GARDEN", default_value = "/run/celld/garden.sock")]
     garden: String,
+    /// celld's gRPC API (staging, buildpacks): HOST:PORT.
+    #[arg(long, env = "CELLD_API", default_value = "127.0.0.1:1801")]
+    api: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -61,11 +64,18 @@ enum Cmd {
     },
     /// Allows egress: a Garden NetOutRule (or a list of them) as JSON, e.g.
     /// '{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.1"}],"ports":[{"start":443,"end":443}]}'.
-    NetOut { handle: String, rules: String },
+    NetOut {
+        handle: String,
+        rules: String,
+    },
     /// Shows a container's info as JSON.
-    Info { handle: String },
+    Info {
+        handle: String,
+    },
     /// Shows a container's metrics as JSON.
-    Metrics { handle: String },
+    Metrics {
+        handle: String,
+    },
     /// Runs a command in a container; exits with its status.
     Run {
         /// Run on a pseudo-terminal.
@@ -106,6 +116,52 @@ enum Cmd {
         #[arg(long, default_value = "")]
         user: String,
     },
+    /// Lists the admin buildpacks in detection order.
+    Buildpacks {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds (or replaces) a buildpack from a zip, a tgz or a directory.
+    CreateBuildpack {
+        name: String,
+        path: std::path::PathBuf,
+        /// 1-based place in the detection order (0: last).
+        position: u32,
+        /// Only for this stack (default: any).
+        #[arg(long, default_value = "")]
+        stack: String,
+    },
+    DeleteBuildpack {
+        name: String,
+    },
+    /// Stages an app directory (or a zip/tar/tgz of it) into a droplet.
+    Stage {
+        dir: std::path::PathBuf,
+        /// Keys the build cache (default: derived from the directory's absolute path).
+        #[arg(long = "app")]
+        app_guid: Option<String>,
+        /// Buildpack to use (repeat for multi-buildpack; skips detection).
+        #[arg(short = 'b', long = "buildpack")]
+        buildpacks: Vec<String>,
+        #[arg(short = 's', long, default_value = "")]
+        stack: String,
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Staging memory limit in MB (0: the cell's default).
+        #[arg(short = 'm', long, default_value_t = 0)]
+        memory_mb: u32,
+        /// Staging disk limit in MB (0: the cell's default).
+        #[arg(short = 'k', long, default_value_t = 0)]
+        disk_mb: u32,
+        /// Seconds before staging fails (0: the cell's default).
+        #[arg(short = 't', long, default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Writes a droplet (droplets/GUID) to a file.
+    DownloadDroplet {
+        key: String,
+        output: std::path::PathBuf,
+    },
 }
 
 fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -136,6 +192,39 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    use celld::cli::staging;
+    let api = cli.api.as_str();
+    let staged = match cli.cmd {
+        Cmd::Buildpacks { json } => Some(staging::buildpacks(api, json).await),
+        Cmd::CreateBuildpack { ref name, ref path, position, ref stack } => {
+            Some(staging::create_buildpack(api, name, path, position, stack).await)
+        }
+        Cmd::DeleteBuildpack { ref name } => Some(staging::delete_buildpack(api, name).await),
+        Cmd::DownloadDroplet { ref key, ref output } => Some(staging::download_droplet(api, key, output).await),
+        Cmd::Stage { ref dir, ref app_guid, ref buildpacks, ref stack, ref env, memory_mb, disk_mb, timeout } => {
+            let args = staging::StageArgs {
+                dir: dir.clone(),
+                app_guid: app_guid.clone(),
+                buildpacks: buildpacks.clone(),
+                stack: stack.clone(),
+                env: pairs(env)?.into_iter().collect(),
+                memory_mb,
+                disk_mb,
+                timeout_seconds: timeout,
+            };
+            Some(staging::stage(api, args).await.map(|r| staging::print_result(&r)))
+        }
+        _ => None,
+    };
+    if let Some(res) = staged {
+        return Ok(match res {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("FAILED\n{e}");
+                e.exit_code()
+            }
+        });
+    }
     let Ok(addr) = cli.garden.parse::<Address>();
     let c = Client::new(addr);
     match cli.cmd {
@@ -198,6 +287,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             out.write_all(&tar).context("writing the tar to stdout")?;
             out.flush()?;
         }
+        // Answered above, over gRPC.
+        Cmd::Buildpacks { .. }
+        | Cmd::CreateBuildpack { .. }
+        | Cmd::DeleteBuildpack { .. }
+        | Cmd::DownloadDroplet { .. }
+        | Cmd::Stage { .. } => {}
     }
     Ok(0)
 }

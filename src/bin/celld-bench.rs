@@ -33,6 +33,9 @@ struct Args {
     /// Idle containers created for the density measurement.
     #[arg(long, default_value_t = 250)]
     idle: usize,
+    /// Timed stagings (after 2 warm-ups).
+    #[arg(long, default_value_t = 20)]
+    stagings: usize,
     /// The celld binary; default: `celld` next to this executable.
     #[arg(long)]
     celld: Option<PathBuf>,
@@ -53,14 +56,19 @@ fn main() -> Result<()> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
-    let plain = run_cell(&rt, &celld, &dir.join("plain"), &args, &["--no-network"], async |c, _, d| {
-        cycles(&args, c, d, &tiny).await
-    });
-    let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001"];
+    let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:41801"];
+    let plain =
+        run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
+    let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:41802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| {
             network_and_density(&args, c, pid, d).await
         })
+    });
+    let mut staging_args = pool.to_vec();
+    staging_args[5] = STAGING_GRPC;
+    let networked = networked.and_then(|()| {
+        run_cell(&rt, &celld, &dir.join("staging"), &args, &staging_args, async |_, _, d| staging(&args, d).await)
     });
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
     let removed = remove_dir(&dir);
@@ -149,6 +157,113 @@ async fn cycles(args: &Args, client: &Client, dir: &Path, tiny: &Path) -> Result
         Err(e) => println!("runc: {e}"),
     }
     println!();
+    Ok(())
+}
+
+const STAGING_GRPC: &str = "127.0.0.1:41803";
+
+/// Staging a small Procfile app with the built-in shell buildpack, end to end
+/// (upload the package, stage, droplet and cache uploaded, container gone),
+/// beside the same buildpack's scripts run straight on the host.
+async fn staging(args: &Args, dir: &Path) -> Result<()> {
+    use celld::grpc::pb;
+    settle().await;
+    let runs = args.stagings;
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("Procfile"), "web: ./run.sh\n")?;
+    std::fs::write(app.join("run.sh"), "#!/bin/sh\nexec httpd -f -p $PORT\n")?;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_dir_all(".", &app)?;
+    let package = tar.into_inner()?;
+    let ch = tonic::transport::Channel::from_static("http://127.0.0.1:41803").connect().await.context("gRPC")?;
+    let mut c = pb::stager_client::StagerClient::new(ch);
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..2 + runs {
+        let t0 = Instant::now();
+        use pb::upload_package_request::Part;
+        let msgs = vec![
+            pb::UploadPackageRequest { part: Some(Part::Metadata(pb::PackageMetadata::default())) },
+            pb::UploadPackageRequest { part: Some(Part::Data(package.clone())) },
+        ];
+        let pkg = c.upload_package(tokio_stream::iter(msgs)).await.context("uploading the package")?.into_inner();
+        let req = pb::StageRequest {
+            app_guid: "bench-app".into(),
+            package_key: pkg.key,
+            buildpacks: vec!["shell_buildpack".into()],
+            ..Default::default()
+        };
+        let mut events = c.stage(req).await.context("staging")?.into_inner();
+        let mut outcome = None;
+        while let Some(ev) = events.message().await? {
+            match ev.event {
+                Some(pb::staging_event::Event::Result(r)) => outcome = Some(Ok(r)),
+                Some(pb::staging_event::Event::Failure(f)) => outcome = Some(Err(f)),
+                _ => {}
+            }
+        }
+        match outcome {
+            Some(Ok(_)) => {}
+            Some(Err(f)) => bail!("staging failed: {} - {}", f.reason, f.message),
+            None => bail!("staging ended without an outcome"),
+        }
+        if i >= 2 {
+            samples.push(t0.elapsed());
+        }
+    }
+    let mut host = Vec::with_capacity(runs);
+    let bp = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent()?.parent().map(|r| r.join("buildpacks/shell")))
+        .context("locating buildpacks/shell")?;
+    for i in 0..2 + runs {
+        let t0 = Instant::now();
+        host_buildpack(&bp, &app, &dir.join(format!("host-{i}")))?;
+        if i >= 2 {
+            host.push(t0.elapsed());
+        }
+    }
+    let (p50, p95) = percentiles(&mut samples);
+    let (h50, h95) = percentiles(&mut host);
+    println!(
+        "staging: {runs} stagings of a Procfile app with shell_buildpack, end to end (upload, stage, droplet upload)"
+    );
+    println!("{:<16}{:>8}{:>9}", "", "p50 ms", "p95 ms");
+    println!("{:<16}{:>8.1}{:>9.1}", "celld stage", ms(p50), ms(p95));
+    println!("{:<16}{:>8.1}{:>9.1}", "scripts on host", ms(h50), ms(h95));
+    println!("overhead p50: {:.1} ms (target <= 150)", ms(p50) - ms(h50));
+    println!();
+    Ok(())
+}
+
+/// The shell buildpack's own scripts, as the builder would run them, on the host.
+fn host_buildpack(bp: &Path, app: &Path, work: &Path) -> Result<()> {
+    let build = work.join("app");
+    let (cache, deps) = (work.join("cache"), work.join("deps"));
+    for d in [&build, &cache, &deps.join("0"), &work.join("profile.d")] {
+        std::fs::create_dir_all(d)?;
+    }
+    for e in std::fs::read_dir(app)? {
+        let e = e?;
+        std::fs::copy(e.path(), build.join(e.file_name()))?;
+    }
+    let script = |name: &str| bp.join("bin").join(name);
+    let run = |name: &str, args: &[&Path]| -> Result<()> {
+        let out = Command::new(script(name)).args(args).stdout(Stdio::null()).status()?;
+        ensure!(out.success(), "{name} failed on the host: {out}");
+        Ok(())
+    };
+    run("detect", &[&build])?;
+    if script("finalize").is_file() {
+        if script("supply").is_file() {
+            run("supply", &[&build, &cache, &deps, Path::new("0")])?;
+        }
+        run("finalize", &[&build, &cache, &deps, Path::new("0"), &work.join("profile.d")])?;
+    } else {
+        run("compile", &[&build, &cache])?;
+    }
+    run("release", &[&build])?;
+    std::fs::remove_dir_all(work)?;
     Ok(())
 }
 

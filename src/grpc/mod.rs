@@ -1,7 +1,88 @@
-//! celld's gRPC listener: generated code for proto/celld/v1 and the services.
+//! celld's gRPC listener (`--grpc-listen`): the generated code for
+//! proto/celld/v1, the services, server reflection (so `grpcurl list` works),
+//! and the one place module errors become gRPC status codes.
+
+pub mod stager;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::blobstore::BlobstoreError;
+use crate::staging::StagingError;
+use crate::staging::stager::Stager;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("celld.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("celld_descriptor");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+impl From<StagingError> for tonic::Status {
+    fn from(e: StagingError) -> Self {
+        match e {
+            StagingError::Invalid(m) => tonic::Status::invalid_argument(m),
+            StagingError::NotFound(m) => tonic::Status::not_found(m),
+            StagingError::Precondition(m) => tonic::Status::failed_precondition(m),
+            StagingError::Blobstore(b) => b.into(),
+            StagingError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+impl From<BlobstoreError> for tonic::Status {
+    fn from(e: BlobstoreError) -> Self {
+        if e.is_not_found() {
+            tonic::Status::not_found(e.to_string())
+        } else if matches!(e, BlobstoreError::InvalidKey { .. }) {
+            tonic::Status::invalid_argument(e.to_string())
+        } else {
+            tonic::Status::unavailable(format!("blobstore: {e}"))
+        }
+    }
+}
+
+/// Binds `addr` (so a taken port fails start-up) and returns the server future.
+pub async fn serve(
+    addr: &str,
+    stager: Arc<Stager>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
+    let listen = |source| GrpcError::Listen { addr: addr.to_string(), source };
+    let sa: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(listen)?
+        .next()
+        .ok_or_else(|| listen(std::io::Error::other("the address resolves to nothing")))?;
+    let listener = tokio::net::TcpListener::bind(sa).await.map_err(listen)?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+    let router = tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)));
+    // Small request/response messages: no Nagle delay.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
+    Ok(Box::pin(async move {
+        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| GrpcError::Serve(e.to_string()))
+    }))
 }

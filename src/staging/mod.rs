@@ -1,1 +1,121 @@
-//! Staging: the buildpack registry and the stager.
+//! Staging: the admin buildpack list ([`registry`]) and the stager, which runs
+//! the lifecycle's `builder` in a staging container and turns its output into a
+//! droplet and a build cache in the blobstore ([`stager`]).
+
+pub mod registry;
+pub mod stager;
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::blobstore::BlobstoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// The request is malformed; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Legal request, wrong moment (e.g. staging without a lifecycle binary).
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Blobstore(#[from] BlobstoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, StagingError> {
+    let io = |e: std::io::Error| StagingError::Internal(format!("reading {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random (version 4) UUID, as Cloud Foundry's guids are.
+pub fn new_guid() -> String {
+    let mut b = [0u8; 16];
+    // getrandom(2) never returns short for 16 bytes once the pool is ready;
+    // fall back to time and pid bits so a guid is always produced.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        b = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A guid-shaped id derived from a name (cellctl's default app guid for a
+/// directory, so the same directory gets its build cache back).
+pub fn guid_from(name: &str) -> String {
+    let h = hex(&Sha256::digest(name.as_bytes()));
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Guids and app guids reach paths, handles and blob keys: keep them plain.
+pub fn validate_guid(what: &str, g: &str) -> Result<(), StagingError> {
+    if !g.is_empty() && g.len() <= 64 && g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Ok(())
+    } else {
+        Err(StagingError::Invalid(format!("{what} {g:?} is not valid: use 1-64 letters, digits, '-' or '_'")))
+    }
+}
+
+/// Sizes as Cloud Foundry's logs print them (`215B`, `1.2K`, `3.5M`).
+pub fn byte_size(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    for (unit, suffix) in UNITS {
+        if n >= unit {
+            let v = format!("{:.1}", n as f64 / unit as f64);
+            return format!("{}{suffix}", v.strip_suffix(".0").unwrap_or(&v));
+        }
+    }
+    format!("{n}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_cf() {
+        assert_eq!(byte_size(215), "215B");
+        assert_eq!(byte_size(1024), "1K");
+        assert_eq!(byte_size(1229), "1.2K");
+        assert_eq!(byte_size(3_670_016), "3.5M");
+        assert_eq!(byte_size(0), "0B");
+    }
+
+    #[test]
+    fn guids() {
+        let g = new_guid();
+        assert_eq!(g.len(), 36);
+        assert_eq!(&g[14..15], "4");
+        assert_ne!(new_guid(), g);
+        assert_eq!(guid_from("/a"), guid_from("/a"));
+        assert_ne!(guid_from("/a"), guid_from("/b"));
+        assert!(validate_guid("app guid", &g).is_ok());
+        for bad in ["", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_guid("app guid", bad).is_err(), "{bad:?}");
+        }
+    }
+}

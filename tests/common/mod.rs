@@ -42,6 +42,8 @@ pub struct Daemon {
     /// of one run, or of runs one after the other, never share addresses.
     pub pool: String,
     pub port_start: u16,
+    /// This daemon's gRPC address (127.0.0.1, a port of its own).
+    pub grpc: String,
     pub socket: PathBuf,
     child: Option<Child>,
     pub client: Client,
@@ -66,6 +68,7 @@ impl Daemon {
         let mut d = Daemon {
             pool,
             port_start,
+            grpc: format!("127.0.0.1:{}", 40000 + slot),
             client: Client::new(Address::Unix(socket.clone())),
             socket,
             dir,
@@ -101,6 +104,8 @@ impl Daemon {
             .arg(self.port_start.to_string())
             .arg("--port-pool-size")
             .arg("100")
+            .arg("--grpc-listen")
+            .arg(&self.grpc)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,380 @@
+//! The admin buildpack list: names in detection order, each a zip or tgz in the
+//! blobstore under `buildpacks/<name>`. The list itself is a JSON file in the
+//! depot, written atomically, so it survives restarts; the archives are where
+//! any cell sharing the blobstore can fetch them.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::StagingError;
+use crate::blobstore::Blobstore;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buildpack {
+    pub name: String,
+    /// "" means any stack.
+    #[serde(default)]
+    pub stack: String,
+    pub filename: String,
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub locked: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Archive formats a buildpack may come in, told apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Zip,
+    Tgz,
+}
+
+impl ArchiveKind {
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        match head {
+            [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Some(Self::Zip),
+            [0x1f, 0x8b, ..] => Some(Self::Tgz),
+            _ => None,
+        }
+    }
+}
+
+pub struct Registry {
+    path: PathBuf,
+    /// In detection order: position N is index N-1.
+    list: Mutex<Vec<Buildpack>>,
+}
+
+/// A buildpack name: what `-b NAME` and the list show.
+pub fn validate_name(name: &str) -> Result<(), StagingError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(StagingError::Invalid(format!(
+            "buildpack name {name:?} is not valid: use 1-128 letters, digits, '_', '-' or '.', not starting with '.'"
+        )))
+    }
+}
+
+impl Registry {
+    pub fn open(path: PathBuf) -> Result<Self, StagingError> {
+        let list = match std::fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|e| StagingError::Internal(format!("reading the buildpack list {}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StagingError::Internal(format!("reading {}: {e}", path.display()))),
+        };
+        Ok(Self { path, list: Mutex::new(list) })
+    }
+
+    pub fn list(&self) -> Vec<Buildpack> {
+        lock(&self.list).clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Buildpack> {
+        lock(&self.list).iter().find(|b| b.name == name).cloned()
+    }
+
+    /// Enabled buildpacks for `stack`, in detection order.
+    pub fn for_stack(&self, stack: &str) -> Vec<Buildpack> {
+        lock(&self.list).iter().filter(|b| b.enabled && (b.stack.is_empty() || b.stack == stack)).cloned().collect()
+    }
+
+    /// Stores `archive` and puts the buildpack at `position` (1-based; 0 or past
+    /// the end appends; an existing name keeps its place unless a position is
+    /// given). Returns the entry and its final position.
+    pub async fn create(
+        &self,
+        blobs: &Blobstore,
+        name: &str,
+        position: u32,
+        stack: &str,
+        filename: &str,
+        archive: &Path,
+    ) -> Result<(Buildpack, u32), StagingError> {
+        validate_name(name)?;
+        if !stack.is_empty() {
+            validate_name(stack).map_err(|_| StagingError::Invalid(format!("stack name {stack:?} is not valid")))?;
+        }
+        if let Some(existing) = self.get(name) {
+            if existing.locked {
+                return Err(StagingError::Invalid(format!("buildpack {name} is locked")));
+            }
+        }
+        let version = inspect(archive)?;
+        let key = format!("buildpacks/{name}");
+        let info = blobs.put_file(&key, archive).await?;
+        let bp = Buildpack {
+            name: name.to_string(),
+            stack: stack.to_string(),
+            filename: if filename.is_empty() { format!("{name}.zip") } else { filename.to_string() },
+            key,
+            sha256: info.sha256,
+            size: info.size,
+            version,
+            enabled: true,
+            locked: false,
+        };
+        let pos = self.insert(bp.clone(), position)?;
+        tracing::info!(buildpack = %name, position = pos, sha256 = %bp.sha256, "buildpack registered");
+        Ok((bp, pos))
+    }
+
+    fn insert(&self, bp: Buildpack, position: u32) -> Result<u32, StagingError> {
+        let mut list = lock(&self.list);
+        let old = list.iter().position(|b| b.name == bp.name);
+        if let Some(i) = old {
+            list.remove(i);
+        }
+        let at = match (position, old) {
+            (0, Some(i)) => i,
+            (0, None) => list.len(),
+            (p, _) => (p as usize - 1).min(list.len()),
+        };
+        list.insert(at, bp);
+        self.save(&list)?;
+        Ok(at as u32 + 1)
+    }
+
+    pub async fn delete(&self, blobs: &Blobstore, name: &str) -> Result<(), StagingError> {
+        let bp = {
+            let mut list = lock(&self.list);
+            let i = list
+                .iter()
+                .position(|b| b.name == name)
+                .ok_or_else(|| StagingError::NotFound(format!("buildpack {name} not found")))?;
+            let bp = list.remove(i);
+            self.save(&list)?;
+            bp
+        };
+        blobs.delete(&bp.key).await?;
+        Ok(())
+    }
+
+    fn save(&self, list: &[Buildpack]) -> Result<(), StagingError> {
+        let data = serde_json::to_vec_pretty(list).map_err(|e| StagingError::Internal(e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, data)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| StagingError::Internal(format!("writing {}: {e}", self.path.display())))
+    }
+
+    /// Registers celld's own buildpacks (`<dir>/<name>` → `<name>_buildpack`) in
+    /// `order`, then any others alphabetically. An unchanged one is left alone,
+    /// so an operator's reordering survives restarts.
+    pub async fn register_builtin(&self, blobs: &Blobstore, dir: &Path, scratch: &Path) -> Result<(), StagingError> {
+        const ORDER: [&str; 3] = ["staticfile", "shell", "binary"];
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("bin").is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no built-in buildpacks");
+                return Ok(());
+            }
+        };
+        names.sort_by_key(|n| (ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()), n.clone()));
+        for n in names {
+            let name = format!("{n}_buildpack");
+            let tgz = scratch.join(format!("{name}.tgz"));
+            pack_dir(&dir.join(&n), &tgz)?;
+            let sha = super::sha256_file(&tgz)?;
+            let current = self.get(&name);
+            let unchanged = current.as_ref().is_some_and(|b| b.sha256 == sha)
+                && blobs.exists(&format!("buildpacks/{name}")).await?;
+            if !unchanged {
+                self.create(blobs, &name, 0, "", &format!("{name}.tgz"), &tgz).await?;
+            }
+            let _ = std::fs::remove_file(&tgz);
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Checks that `archive` is a zip or tgz with a `bin/` directory (at the top or
+/// in a single top directory, as the builder accepts), and returns the contents
+/// of its VERSION file ("" if none). Only reads; nothing is extracted here.
+fn inspect(archive: &Path) -> Result<String, StagingError> {
+    let bad = |why: String| StagingError::Invalid(format!("buildpack archive is not usable: {why}"));
+    let mut f = std::fs::File::open(archive).map_err(|e| StagingError::Internal(e.to_string()))?;
+    let mut head = [0u8; 4];
+    let n = f.read(&mut head).map_err(|e| StagingError::Internal(e.to_string()))?;
+    let kind = ArchiveKind::sniff(&head[..n]).ok_or_else(|| bad("it is neither a zip nor a gzipped tar".into()))?;
+    let f = std::fs::File::open(archive).map_err(|e| StagingError::Internal(e.to_string()))?;
+    // (path, contents if it may be a VERSION file)
+    let mut entries: Vec<(String, Option<String>)> = Vec::new();
+    let mut note = |path: String, read: &mut dyn Read| {
+        let base = path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let version = if base == "VERSION" || base.ends_with("/VERSION") {
+            let mut s = String::new();
+            let _ = read.take(256).read_to_string(&mut s);
+            Some(s.trim().to_string())
+        } else {
+            None
+        };
+        entries.push((base, version));
+    };
+    match kind {
+        ArchiveKind::Zip => {
+            let mut z = zip::ZipArchive::new(f).map_err(|e| bad(format!("corrupt zip: {e}")))?;
+            for i in 0..z.len().min(100_000) {
+                let mut e = z.by_index(i).map_err(|e| bad(format!("corrupt zip: {e}")))?;
+                let name = e.name().map(|n| n.into_owned()).unwrap_or_default();
+                note(name, &mut e);
+            }
+        }
+        ArchiveKind::Tgz => {
+            let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
+            for e in t.entries().map_err(|e| bad(format!("corrupt tgz: {e}")))?.take(100_000) {
+                let mut e = e.map_err(|e| bad(format!("corrupt tgz: {e}")))?;
+                let name = e.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                note(name, &mut e);
+            }
+        }
+    }
+    // The root is "" or the single top directory.
+    let tops: std::collections::BTreeSet<&str> =
+        entries.iter().filter(|(p, _)| !p.is_empty()).map(|(p, _)| p.split('/').next().unwrap_or("")).collect();
+    let root = if tops.contains("bin") || tops.len() != 1 {
+        String::new()
+    } else {
+        format!("{}/", tops.iter().next().copied().unwrap_or(""))
+    };
+    if !entries.iter().any(|(p, _)| p.starts_with(&format!("{root}bin/")) || *p == format!("{root}bin")) {
+        return Err(bad("it has no bin/ directory (a buildpack needs bin/detect, bin/compile or bin/supply)".into()));
+    }
+    Ok(entries.into_iter().find(|(p, _)| *p == format!("{root}VERSION")).and_then(|(_, v)| v).unwrap_or_default())
+}
+
+/// A deterministic tgz of `src` (same bytes for the same files, so unchanged
+/// built-ins are recognised by their SHA-256).
+pub fn pack_dir(src: &Path, dest: &Path) -> Result<(), StagingError> {
+    let io = |e: std::io::Error| StagingError::Internal(format!("packing {}: {e}", src.display()));
+    let f = std::fs::File::create(dest).map_err(io)?;
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+    b.mode(tar::HeaderMode::Deterministic);
+    b.follow_symlinks(false);
+    // append_dir_all walks in directory order; sort for stable bytes.
+    let mut paths = Vec::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io)? {
+            let p = e.map_err(io)?.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p.clone());
+            }
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    for p in paths {
+        let rel = p.strip_prefix(src).map_err(|e| StagingError::Internal(e.to_string()))?;
+        b.append_path_with_name(&p, rel).map_err(io)?;
+    }
+    b.into_inner().and_then(|gz| gz.finish()).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("shell_buildpack").is_ok());
+        assert!(validate_name("go-1.2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", "../x", &"x".repeat(129)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sniff() {
+        assert_eq!(ArchiveKind::sniff(b"PK\x03\x04rest"), Some(ArchiveKind::Zip));
+        assert_eq!(ArchiveKind::sniff(&[0x1f, 0x8b, 8, 0]), Some(ArchiveKind::Tgz));
+        assert_eq!(ArchiveKind::sniff(b"hello"), None);
+        assert_eq!(ArchiveKind::sniff(b""), None);
+    }
+
+    fn registry(dir: &Path) -> Registry {
+        Registry::open(dir.join("buildpacks.json")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn bp(name: &str) -> Buildpack {
+        Buildpack {
+            name: name.into(),
+            stack: String::new(),
+            filename: format!("{name}.zip"),
+            key: format!("buildpacks/{name}"),
+            sha256: String::new(),
+            size: 0,
+            version: String::new(),
+            enabled: true,
+            locked: false,
+        }
+    }
+
+    #[test]
+    fn positions_shift_like_cf_and_persist() {
+        let dir = std::env::temp_dir().join(format!("celld-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let r = registry(&dir);
+        assert_eq!(r.insert(bp("a"), 0).ok(), Some(1));
+        assert_eq!(r.insert(bp("b"), 0).ok(), Some(2));
+        assert_eq!(r.insert(bp("c"), 1).ok(), Some(1));
+        assert_eq!(r.insert(bp("d"), 99).ok(), Some(4));
+        // Re-registering without a position keeps the place.
+        assert_eq!(r.insert(bp("a"), 0).ok(), Some(2));
+        let names = |r: &Registry| r.list().into_iter().map(|b| b.name).collect::<Vec<_>>();
+        assert_eq!(names(&r), ["c", "a", "b", "d"]);
+        assert_eq!(names(&registry(&dir)), ["c", "a", "b", "d"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn inspect_finds_version_and_refuses_non_buildpacks() {
+        let dir = std::env::temp_dir().join(format!("celld-inspect-{}", std::process::id()));
+        let src = dir.join("src/mybp");
+        std::fs::create_dir_all(src.join("bin")).unwrap_or_default();
+        std::fs::write(src.join("bin/detect"), "#!/bin/sh\n").unwrap_or_default();
+        std::fs::write(src.join("VERSION"), "1.2.3\n").unwrap_or_default();
+        let tgz = dir.join("bp.tgz");
+        pack_dir(&src, &tgz).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inspect(&tgz).ok().as_deref(), Some("1.2.3"));
+        // Same files, same bytes.
+        let tgz2 = dir.join("bp2.tgz");
+        pack_dir(&src, &tgz2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read(&tgz).ok(), std::fs::read(&tgz2).ok());
+        // Nested in one top directory is fine.
+        pack_dir(&dir.join("src"), &tgz2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(inspect(&tgz2).ok().as_deref(), Some("1.2.3"));
+        std::fs::write(dir.join("junk"), "not an archive").unwrap_or_default();
+        assert!(inspect(&dir.join("junk")).is_err_and(|e| e.to_string().contains("neither a zip")));
+        std::fs::remove_dir_all(src.join("bin")).unwrap_or_default();
+        pack_dir(&src, &tgz).unwrap_or_else(|e| panic!("{e}"));
+        assert!(inspect(&tgz).is_err_and(|e| e.to_string().contains("no bin/")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
