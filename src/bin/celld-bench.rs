@@ -56,10 +56,10 @@ fn main() -> Result<()> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
-    let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:41801"];
+    let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
     let plain =
         run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
-    let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:41802"];
+    let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| {
             network_and_density(&args, c, pid, d).await
@@ -160,7 +160,7 @@ async fn cycles(args: &Args, client: &Client, dir: &Path, tiny: &Path) -> Result
     Ok(())
 }
 
-const STAGING_GRPC: &str = "127.0.0.1:41803";
+const STAGING_GRPC: &str = "127.0.0.1:11803";
 
 /// Staging a small Procfile app with the built-in shell buildpack, end to end
 /// (upload the package, stage, droplet and cache uploaded, container gone),
@@ -176,7 +176,7 @@ async fn staging(args: &Args, dir: &Path) -> Result<()> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.append_dir_all(".", &app)?;
     let package = tar.into_inner()?;
-    let ch = tonic::transport::Channel::from_static("http://127.0.0.1:41803").connect().await.context("gRPC")?;
+    let ch = tonic::transport::Channel::from_static("http://127.0.0.1:11803").connect().await.context("gRPC")?;
     let mut c = pb::stager_client::StagerClient::new(ch);
     let mut samples = Vec::with_capacity(runs);
     for i in 0..2 + runs {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, watch};
 
@@ -643,26 +643,40 @@ impl Stager {
         let mut err = LineSplitter::default();
         let mut disk_check = tokio::time::interval(Duration::from_secs(1));
         disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames are cut from a buffer filled by `read_buf`, which is safe to
+        // interrupt in `select!`: a timer tick never loses half a frame.
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
-            tokio::select! {
-                frame = proto::client::read_frame(&mut r) => {
-                    match frame {
-                        Ok(Some((proto::TAG_STDOUT, data))) => out.push(&data, |l| log.line(l, false)),
-                        Ok(Some((proto::TAG_STDERR, data))) => err.push(&data, |l| log.line(l, true)),
-                        Ok(Some((proto::TAG_EXIT, data))) => {
-                            out.flush(|l| log.line(l, false));
-                            err.flush(|l| log.line(l, true));
-                            return proto::parse_exit(&data)
-                                .ok_or_else(|| StagingFailure::error("the builder's exit status was unreadable"));
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => {
-                            return Err(StagingFailure::error("lost the connection to the staging container"));
-                        }
+            loop {
+                match proto::decode(&mut buf) {
+                    Ok(Some((proto::TAG_STDOUT, data))) => out.push(&data, |l| log.line(l, false)),
+                    Ok(Some((proto::TAG_STDERR, data))) => err.push(&data, |l| log.line(l, true)),
+                    Ok(Some((proto::TAG_EXIT, data))) => {
+                        out.flush(|l| log.line(l, false));
+                        err.flush(|l| log.line(l, true));
+                        return proto::parse_exit(&data)
+                            .ok_or_else(|| StagingFailure::error("the builder's exit status was unreadable"));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(StagingFailure::error(format!(
+                            "the staging container's init sent a malformed frame ({} bytes)",
+                            e.0
+                        )));
                     }
                 }
+            }
+            tokio::select! {
+                n = r.read_buf(&mut buf) => match n {
+                    Ok(0) => return Err(StagingFailure::error("the staging container closed the builder's output before it exited")),
+                    Ok(_) => {}
+                    Err(e) => return Err(StagingFailure::error(format!("reading the builder's output: {e}"))),
+                },
                 _ = disk_check.tick() => {
-                    if let Ok(m) = self.gardener.metrics(guid) {
+                    // Walking the writable layer is file-system work: off the async threads.
+                    let (g, h) = (self.gardener.clone(), guid.to_string());
+                    if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || g.metrics(&h)).await {
                         if m.disk_stat.exclusive_bytes_used > disk_limit {
                             return Err(StagingFailure::new("StagingError", format!(
                                 "staging used more disk than its limit of {}", byte_size(disk_limit))));

@@ -68,7 +68,8 @@ impl Daemon {
         let mut d = Daemon {
             pool,
             port_start,
-            grpc: format!("127.0.0.1:{}", 40000 + slot),
+            // Below the ephemeral range (32768+), where a client socket could hold it.
+            grpc: format!("127.0.0.1:{}", 12000 + slot),
             client: Client::new(Address::Unix(socket.clone())),
             socket,
             dir,
