@@ -684,3 +684,31 @@ fn restart_mid_staging_fails_it_and_cleans_up() {
         assert_clean(&d, &[&guid]).await;
     });
 }
+
+#[test]
+fn grpc_reflection_lists_the_stager() {
+    require_host!();
+    let d = Daemon::start();
+    rt().block_on(async {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let ch = Channel::from_shared(format!("http://{}", d.grpc)).expect("uri").connect().await.expect("connect");
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let reply = replies.message().await.expect("reply").expect("a reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply: {reply:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"celld.v1.Stager".to_string()), "{names:?}");
+    });
+}

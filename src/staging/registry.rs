@@ -117,7 +117,10 @@ impl Registry {
                 return Err(StagingError::Invalid(format!("buildpack {name} is locked")));
             }
         }
-        let version = inspect(archive)?;
+        let path = archive.to_path_buf();
+        let version = tokio::task::spawn_blocking(move || inspect(&path))
+            .await
+            .map_err(|e| StagingError::Internal(e.to_string()))??;
         let key = format!("buildpacks/{name}");
         let info = blobs.put_file(&key, archive).await?;
         let bp = Buildpack {

@@ -469,6 +469,11 @@ impl Stager {
             limits: Limits {
                 memory_limits: crate::garden::types::MemoryLimits { limit_in_bytes: u64::from(memory_mb) << 20 },
                 pid_limits: crate::garden::types::PidLimits { max: 1024 },
+                // CPU shares in proportion to memory, as Diego weighs containers.
+                cpu_limits: crate::garden::types::CpuLimits {
+                    weight: u64::from(memory_mb).max(2),
+                    ..Default::default()
+                },
                 disk_limits: crate::garden::types::DiskLimits {
                     byte_hard: u64::from(disk_mb) << 20,
                     ..Default::default()
