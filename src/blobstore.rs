@@ -443,6 +443,9 @@ impl Blobstore {
                 Arc::new(fs)
             }
             Location::S3 { bucket, endpoint, region } => {
+                // TLS is rustls on ring (see Cargo.toml); rustls needs its
+                // provider chosen once per process. Err = already chosen.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 if let Some(r) = region {
                     b = b.with_region(r);

@@ -480,6 +480,18 @@ fn bad_urls_are_refused() {
     }
 }
 
+/// An https endpoint gets TLS (rustls on ring, whose provider the blobstore
+/// installs): a closed port is a connection error, not a missing-crypto panic.
+#[test]
+fn https_endpoints_use_tls() {
+    test_env();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let blobs = Blobstore::open(&format!("s3://bucket?endpoint=https://127.0.0.1:{port}&region=us-east-1"))
+        .expect("open an https S3 store");
+    let r = runtime().block_on(blobs.head("some/key"));
+    assert!(matches!(r, Err(ref e) if !e.is_not_found()), "{r:?}");
+}
+
 // ---------------------------------------------------------------- s3:// on moto
 
 /// A `moto_server` on a free 127.0.0.1 port, killed on drop.
