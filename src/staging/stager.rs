@@ -355,25 +355,36 @@ impl Stager {
         let scratch = self.cfg.work_dir.join("scratch").join(&guid);
         let timeout = req.timeout.unwrap_or(self.cfg.timeout);
         tracing::info!(staging_guid = %guid, app_guid = %req.app_guid, "staging");
+        // A timeout or a cancel asks the staging to stop and waits for it to
+        // get there, rather than dropping it mid-step: a dropped container
+        // create could finish after the clean-up below and leave a container.
+        let (stop, stopped) = watch::channel(false);
         let staged = async {
             std::fs::create_dir_all(&scratch)
                 .map_err(|e| StagingError::Internal(format!("creating {}: {e}", scratch.display())))
                 .map_err(|e| StagingFailure::error(e.to_string()))?;
-            self.stage_in_container(&guid, &req, &buildpacks, &scratch, &log).await
+            self.stage_in_container(&guid, &req, &buildpacks, &scratch, &log, stopped).await
         };
-        let outcome = tokio::select! {
-            r = staged => match r {
-                Ok(s) => Outcome::Succeeded(s),
-                Err(f) => Outcome::Failed(f),
-            },
+        tokio::pin!(staged);
+        let ended = tokio::select! {
+            r = &mut staged => Ok(r),
             _ = tokio::time::sleep(timeout) => {
                 log.line(&format!("Staging timed out after {}", human_duration(timeout)), true);
-                Outcome::Failed(StagingFailure::new("StagingTimeExpired", format!(
+                Err(StagingFailure::new("StagingTimeExpired", format!(
                     "staging did not finish within {}", human_duration(timeout))))
             }
             _ = cancel.wait_for(|c| *c) => {
                 log.line("Staging cancelled", true);
-                Outcome::Failed(StagingFailure::new("StagingCancelled", "the staging was cancelled"))
+                Err(StagingFailure::new("StagingCancelled", "the staging was cancelled"))
+            }
+        };
+        let outcome = match ended {
+            Ok(Ok(s)) => Outcome::Succeeded(s),
+            Ok(Err(f)) => Outcome::Failed(f),
+            Err(f) => {
+                let _ = stop.send(true);
+                let _ = (&mut staged).await;
+                Outcome::Failed(f)
             }
         };
         // Whatever happened, the container and the scratch go; a droplet of a
@@ -418,8 +429,10 @@ impl Stager {
         buildpacks: &[Buildpack],
         scratch: &Path,
         log: &Logger,
+        stop: watch::Receiver<bool>,
     ) -> Result<StagingSuccess, StagingFailure> {
         let fail = |e: StagingError| StagingFailure::error(e.to_string());
+        let stopped = || if *stop.borrow() { Err(StagingFailure::error("stopped")) } else { Ok(()) };
         let cell = &self.cfg.cell_id;
         let memory_mb = if req.memory_mb == 0 { self.cfg.memory_mb } else { req.memory_mb };
         let disk_mb = if req.disk_mb == 0 { self.cfg.disk_mb } else { req.disk_mb };
@@ -452,6 +465,7 @@ impl Stager {
             bp_files.push((bp.name.clone(), self.fetch_buildpack(bp, log).await?));
         }
 
+        stopped()?;
         log.line(&format!("Cell {cell} creating container for instance {guid}"), false);
         let spec = ContainerSpec {
             handle: guid.to_string(),
@@ -488,6 +502,7 @@ impl Stager {
             StagingFailure::new(reason, format!("creating the staging container failed: {e}"))
         })?;
         log.line(&format!("Cell {cell} successfully created container for instance {guid}"), false);
+        stopped()?;
 
         self.stream_inputs(guid, &package, cache.is_file().then_some(cache.as_path()), &bp_files)
             .await
@@ -520,7 +535,7 @@ impl Stager {
             ..Default::default()
         };
         let (_, conn) = self.gardener.run(guid, &spec).await.map_err(|e| StagingFailure::error(e.to_string()))?;
-        let code = self.follow(guid, conn, log, u64::from(disk_mb) << 20).await?;
+        let code = self.follow(guid, conn, log, u64::from(disk_mb) << 20, stop.clone()).await?;
         log.line(&format!("Exit status {code}"), false);
         if code != 0 {
             return Err(self.builder_failure(guid, code, log).await);
@@ -640,7 +655,14 @@ impl Stager {
 
     /// Passes the builder's output on as log lines until it exits; stops it if
     /// it writes more than the disk limit into the container.
-    async fn follow(&self, guid: &str, conn: UnixStream, log: &Logger, disk_limit: u64) -> Result<i32, StagingFailure> {
+    async fn follow(
+        &self,
+        guid: &str,
+        conn: UnixStream,
+        log: &Logger,
+        disk_limit: u64,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<i32, StagingFailure> {
         let (mut r, mut w) = conn.into_split();
         // Nobody types into a build: a buildpack that reads stdin gets EOF.
         let _ = proto::client::write_frame(&mut w, proto::TAG_STDIN_EOF, &[]).await;
@@ -678,6 +700,9 @@ impl Stager {
                     Ok(_) => {}
                     Err(e) => return Err(StagingFailure::error(format!("reading the builder's output: {e}"))),
                 },
+                // The builder goes with its container, destroyed by the caller.
+                // (The guard `wait_for` returns is not Send: drop it inside.)
+                () = async { drop(stop.wait_for(|s| *s).await) } => return Err(StagingFailure::error("stopped")),
                 _ = disk_check.tick() => {
                     // Walking the writable layer is file-system work: off the async threads.
                     let (g, h) = (self.gardener.clone(), guid.to_string());
