@@ -79,24 +79,24 @@ async fn receive<T>(
 /// or a gzipped tar. Checked at upload so a broken package is refused early;
 /// the builder checks every entry again when it unpacks.
 fn check_package(path: &Path, size: u64) -> Result<(), Status> {
+    use crate::lifecycle::archive::{Format, sniff};
+    let empty = || Status::invalid_argument("the package is empty: upload a zip, tar or tar.gz of the app's files");
     if size == 0 {
-        return Err(Status::invalid_argument("the package is empty: upload a zip, tar or tar.gz of the app's files"));
+        return Err(empty());
     }
     let mut head = [0u8; 512];
     let mut f = std::fs::File::open(path).map_err(|e| Status::internal(e.to_string()))?;
     let n = f.read(&mut head).map_err(|e| Status::internal(e.to_string()))?;
-    let head = &head[..n];
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        let f = std::fs::File::open(path).map_err(|e| Status::internal(e.to_string()))?;
-        return zip::ZipArchive::new(f)
-            .map(|_| ())
-            .map_err(|e| Status::invalid_argument(format!("the package is not a valid zip: {e}")));
+    match sniff(&head[..n]) {
+        Ok(Format::Zip) => {
+            let f = std::fs::File::open(path).map_err(|e| Status::internal(e.to_string()))?;
+            zip::ZipArchive::new(f)
+                .map(|_| ())
+                .map_err(|e| Status::invalid_argument(format!("the package is not a valid zip: {e}")))
+        }
+        Ok(Format::Tar | Format::TarGz) => Ok(()),
+        Err(_) => Err(Status::invalid_argument("the package is neither a zip, a tar nor a tar.gz")),
     }
-    let is_tar = head.len() >= 262 && &head[257..262] == b"ustar";
-    if head.starts_with(&[0x1f, 0x8b]) || is_tar {
-        return Ok(());
-    }
-    Err(Status::invalid_argument("the package is neither a zip, a tar nor a tar.gz"))
 }
 
 fn proto_buildpack(b: &Buildpack, position: u32) -> pb::Buildpack {

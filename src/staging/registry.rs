@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StagingError;
 use crate::blobstore::Blobstore;
+use crate::lifecycle::archive::{Format, sniff};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buildpack {
@@ -32,23 +33,6 @@ pub struct Buildpack {
 
 fn yes() -> bool {
     true
-}
-
-/// Archive formats a buildpack may come in, told apart by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveKind {
-    Zip,
-    Tgz,
-}
-
-impl ArchiveKind {
-    pub fn sniff(head: &[u8]) -> Option<Self> {
-        match head {
-            [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Some(Self::Zip),
-            [0x1f, 0x8b, ..] => Some(Self::Tgz),
-            _ => None,
-        }
-    }
 }
 
 pub struct Registry {
@@ -224,7 +208,10 @@ fn inspect(archive: &Path) -> Result<String, StagingError> {
     let mut f = std::fs::File::open(archive).map_err(|e| StagingError::Internal(e.to_string()))?;
     let mut head = [0u8; 4];
     let n = f.read(&mut head).map_err(|e| StagingError::Internal(e.to_string()))?;
-    let kind = ArchiveKind::sniff(&head[..n]).ok_or_else(|| bad("it is neither a zip nor a gzipped tar".into()))?;
+    let kind = match sniff(&head[..n]) {
+        Ok(k @ (Format::Zip | Format::TarGz)) => k,
+        _ => return Err(bad("it is neither a zip nor a gzipped tar".into())),
+    };
     let f = std::fs::File::open(archive).map_err(|e| StagingError::Internal(e.to_string()))?;
     // (path, contents if it may be a VERSION file)
     let mut entries: Vec<(String, Option<String>)> = Vec::new();
@@ -240,7 +227,7 @@ fn inspect(archive: &Path) -> Result<String, StagingError> {
         entries.push((base, version));
     };
     match kind {
-        ArchiveKind::Zip => {
+        Format::Zip => {
             let mut z = zip::ZipArchive::new(f).map_err(|e| bad(format!("corrupt zip: {e}")))?;
             for i in 0..z.len().min(100_000) {
                 let mut e = z.by_index(i).map_err(|e| bad(format!("corrupt zip: {e}")))?;
@@ -248,7 +235,7 @@ fn inspect(archive: &Path) -> Result<String, StagingError> {
                 note(name, &mut e);
             }
         }
-        ArchiveKind::Tgz => {
+        Format::TarGz | Format::Tar => {
             let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
             for e in t.entries().map_err(|e| bad(format!("corrupt tgz: {e}")))?.take(100_000) {
                 let mut e = e.map_err(|e| bad(format!("corrupt tgz: {e}")))?;
@@ -311,14 +298,6 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", "../x", &"x".repeat(129)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn sniff() {
-        assert_eq!(ArchiveKind::sniff(b"PK\x03\x04rest"), Some(ArchiveKind::Zip));
-        assert_eq!(ArchiveKind::sniff(&[0x1f, 0x8b, 8, 0]), Some(ArchiveKind::Tgz));
-        assert_eq!(ArchiveKind::sniff(b"hello"), None);
-        assert_eq!(ArchiveKind::sniff(b""), None);
     }
 
     fn registry(dir: &Path) -> Registry {
