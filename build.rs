@@ -4,7 +4,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "daemon")]
     {
-        let protos = ["proto/celld/v1/models.proto", "proto/celld/v1/stager.proto"];
+        let protos = [
+            "proto/celld/v1/models.proto",
+            "proto/celld/v1/stager.proto",
+            "proto/celld/v1/cell.proto",
+            "proto/celld/v1/scheduler.proto",
+        ];
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
         tonic_prost_build::configure()
             .file_descriptor_set_path(out.join("celld_descriptor.bin"))

@@ -103,6 +103,35 @@ pub struct Config {
     /// This cell's name in logs and reports (default: the host name).
     #[arg(long)]
     pub cell_id: Option<String>,
+    /// The scheduler this cell reports to (host:port of its gRPC service).
+    /// Without it the cell only stages and serves Garden.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// The address the scheduler dials to reach this cell's gRPC service
+    /// (default: --grpc-listen).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// The cell's availability zone.
+    #[arg(long, default_value = "z1")]
+    pub zone: String,
+    /// Placement tags this cell offers; repeatable.
+    #[arg(long = "placement-tag", value_name = "TAG")]
+    pub placement_tags: Vec<String>,
+    /// Seconds between bulk reconciles with the scheduler (10 while evacuating).
+    #[arg(long, default_value_t = 30)]
+    pub reconcile_interval: u64,
+    /// Seconds a SIGTERM'ed cell keeps evacuating instances before it exits.
+    #[arg(long, default_value_t = 600)]
+    pub evacuation_timeout: u64,
+    /// Log lines per second one instance may emit (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub log_rate_limit: u32,
+    /// Memory this cell offers for instances and tasks, in MB (default: the machine's).
+    #[arg(long)]
+    pub memory_mb: Option<u32>,
+    /// Disk this cell offers, in MB (default: the depot file system's size).
+    #[arg(long)]
+    pub disk_mb: Option<u32>,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
     #[arg(long, default_value = "info,libcgroups=error")]
     pub log_level: String,
@@ -119,6 +148,30 @@ pub enum Role {
         #[arg(long)]
         depot: PathBuf,
     },
+    /// The reference scheduler (Diego's BBS, auctioneer and presence in one):
+    /// cells report to it, users desire LRPs and tasks through it.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedulerArgs {
+    /// Where the Scheduler gRPC service listens.
+    #[arg(long, default_value = "127.0.0.1:8889")]
+    pub listen: String,
+    /// The SQLite database holding desired and actual LRPs and tasks
+    /// (default: DEPOT/scheduler/scheduler.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Seconds between convergence passes.
+    #[arg(long, default_value_t = 30)]
+    pub convergence_interval: u64,
+    /// Seconds a cell's presence lasts without a heartbeat.
+    #[arg(long, default_value_t = 15)]
+    pub presence_ttl: u64,
+    /// A clock that only moves when told (the AdvanceClock call): for tests
+    /// of crash back-off, never for production.
+    #[arg(long)]
+    pub test_clock: bool,
 }
 
 impl Config {

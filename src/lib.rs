@@ -12,6 +12,8 @@ pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
+pub mod executor;
+#[cfg(feature = "daemon")]
 pub mod garden;
 #[cfg(feature = "daemon")]
 pub mod gardener;
@@ -20,6 +22,10 @@ pub mod grpc;
 #[cfg(feature = "daemon")]
 pub mod network;
 #[cfg(feature = "daemon")]
+pub mod rep;
+#[cfg(feature = "daemon")]
 pub mod runtime;
+#[cfg(feature = "daemon")]
+pub mod scheduler;
 #[cfg(feature = "daemon")]
 pub mod staging;

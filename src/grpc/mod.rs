@@ -51,19 +51,20 @@ impl From<BlobstoreError> for tonic::Status {
     }
 }
 
-/// Binds `addr` (so a taken port fails start-up) and returns the server future.
-pub async fn serve(
-    addr: &str,
-    stager: Arc<Stager>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
+/// Binds `addr`, so that a taken port fails start-up rather than later.
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, GrpcError> {
     let listen = |source| GrpcError::Listen { addr: addr.to_string(), source };
     let sa: SocketAddr = tokio::net::lookup_host(addr)
         .await
         .map_err(listen)?
         .next()
         .ok_or_else(|| listen(std::io::Error::other("the address resolves to nothing")))?;
-    let listener = tokio::net::TcpListener::bind(sa).await.map_err(listen)?;
+    tokio::net::TcpListener::bind(sa).await.map_err(listen)
+}
+
+/// A server with reflection (v1 and v1alpha, so any `grpcurl` lists the
+/// services); each role adds its own services.
+pub fn router() -> Result<tonic::transport::server::Router, GrpcError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -72,17 +73,32 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| GrpcError::Reflection(e.to_string()))?;
-    let router = tonic::transport::Server::builder()
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)));
+    Ok(tonic::transport::Server::builder().add_service(reflection).add_service(reflection_alpha))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn run(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GrpcError> {
     // Small request/response messages: no Nagle delay.
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
         conn.inspect(|c| {
             let _ = c.set_nodelay(true);
         })
     });
-    Ok(Box::pin(async move {
-        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| GrpcError::Serve(e.to_string()))
-    }))
+    router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| GrpcError::Serve(e.to_string()))
+}
+
+/// The cell's listener (`--grpc-listen`): binds `addr` (so a taken port fails
+/// start-up) and returns the server future.
+pub async fn serve(
+    addr: &str,
+    stager: Arc<Stager>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
+    let listener = bind(addr).await?;
+    let router = router()?.add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)));
+    Ok(Box::pin(run(router, listener, shutdown)))
 }

@@ -1,0 +1,1 @@
+//! The cell's side of the scheduler protocol (being written).
