@@ -6,10 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use celld::blobstore::Blobstore;
 use celld::config::{Config, Role};
+use celld::executor::{Executor, ExecutorConfig, NoReporter, Reporter};
 use celld::garden::server::Server;
 use celld::gardener::{Gardener, GardenerConfig};
 use celld::network::pool::Ipv4Net;
 use celld::network::{NetworkConfig, Networker};
+use celld::rep::{Rep, RepConfig};
 use celld::runtime::{Containerizer, RuntimeConfig, helper};
 use celld::staging::stager::{Stager, StagerConfig};
 use clap::Parser;
@@ -20,6 +22,13 @@ fn main() {
     if let Some(Role::Helper { .. }) = &cfg.role {
         if let Err(e) = helper::run() {
             eprintln!("celld helper: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(Role::Scheduler(args)) = &cfg.role {
+        if let Err(e) = celld::scheduler::main(&cfg, args.clone()) {
+            eprintln!("celld scheduler: {e}");
             std::process::exit(1);
         }
         return;
@@ -86,13 +95,40 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
 
 async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     gardener.restore(cfg.destroy_containers_on_startup).await;
-    let stager = stager(&cfg, gardener.clone()).await?;
+    let url = cfg.blobstore_url();
+    let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
+    let stager = stager(&cfg, gardener.clone(), blobs.clone()).await?;
+    let rep = match &cfg.scheduler {
+        Some(addr) => Some(
+            Rep::new(
+                addr,
+                RepConfig {
+                    cell_id: cfg.cell_id(),
+                    advertise_address: cfg.advertise_address.clone().unwrap_or_else(|| cfg.grpc_listen.clone()),
+                    heartbeat_interval: Duration::from_secs(5),
+                    reconcile_interval: Duration::from_secs(cfg.reconcile_interval.max(1)),
+                    evacuation_timeout: Duration::from_secs(cfg.evacuation_timeout),
+                },
+            )
+            .context("--scheduler")?,
+        ),
+        None => None,
+    };
+    let reporter: Arc<dyn Reporter> = match &rep {
+        Some(r) => r.clone(),
+        None => Arc::new(NoReporter),
+    };
+    let executor = executor(&cfg, gardener.clone(), blobs, reporter, stager.lifecycle_dir())?;
+    executor.restore().await;
+    if let Some(rep) = &rep {
+        rep.start(executor.clone());
+    }
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, async {
+    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, executor.clone(), async {
         let _ = grpc_stopped.await;
     })
     .await?;
-    tracing::info!(address = %cfg.grpc_listen, "serving gRPC (Stager)");
+    tracing::info!(address = %cfg.grpc_listen, scheduler = ?cfg.scheduler, "serving gRPC (Stager, Cell)");
     let grpc = tokio::spawn(grpc);
     let server = Server::new(gardener.clone());
     if let Some(dir) = cfg.garden_socket.parent() {
@@ -117,15 +153,30 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     }
     tokio::spawn(gardener.clone().reap_forever());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let evacuate = loop {
         tokio::select! {
             accepted = unix.accept() => {
                 if let Ok((conn, _)) = accepted {
                     tokio::spawn(server.clone().serve(conn));
                 }
             }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break true,
+            _ = tokio::signal::ctrl_c() => break false,
+        }
+    };
+    // SIGTERM on a cell with a scheduler: Diego's evacuation, while Garden
+    // and gRPC keep serving.
+    if let (true, Some(rep)) = (evacuate, &rep) {
+        let serve_garden = async {
+            loop {
+                if let Ok((conn, _)) = unix.accept().await {
+                    tokio::spawn(server.clone().serve(conn));
+                }
+            }
+        };
+        tokio::select! {
+            () = rep.evacuate() => {}
+            () = serve_garden => {}
         }
     }
     // Containers keep running; the next celld picks them up from the depot.
@@ -137,9 +188,39 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stager(cfg: &Config, gardener: Arc<Gardener>) -> anyhow::Result<Arc<Stager>> {
-    let url = cfg.blobstore_url();
-    let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
+fn executor(
+    cfg: &Config,
+    gardener: Arc<Gardener>,
+    blobs: Arc<Blobstore>,
+    reporter: Arc<dyn Reporter>,
+    lifecycle_dir: std::path::PathBuf,
+) -> anyhow::Result<Arc<Executor>> {
+    let machine = gardener.capacity();
+    let total = celld::grpc::pb::Resources {
+        memory_mb: cfg.memory_mb.unwrap_or(u32::try_from(machine.memory_in_bytes >> 20).unwrap_or(u32::MAX)),
+        disk_mb: cfg.disk_mb.unwrap_or(u32::try_from(machine.disk_in_bytes >> 20).unwrap_or(u32::MAX)),
+        containers: u32::try_from(cfg.max_containers).unwrap_or(u32::MAX),
+    };
+    Executor::new(
+        gardener,
+        blobs,
+        reporter,
+        ExecutorConfig {
+            cell_id: cfg.cell_id(),
+            zone: cfg.zone.clone(),
+            work_dir: cfg.depot.join("executor"),
+            lifecycle_dir,
+            rootfs_dir: cfg.rootfs_dir(),
+            default_rootfs: cfg.default_rootfs.clone(),
+            placement_tags: cfg.placement_tags.clone(),
+            total,
+            log_rate_limit: cfg.log_rate_limit,
+        },
+    )
+    .context("starting the executor")
+}
+
+async fn stager(cfg: &Config, gardener: Arc<Gardener>, blobs: Arc<Blobstore>) -> anyhow::Result<Arc<Stager>> {
     let stager = Stager::new(
         gardener,
         blobs.clone(),

@@ -1,12 +1,12 @@
 //! The in-container lifecycle binary, bind-mounted at /tmp/lifecycle where
-//! `builder` (and later `launcher`, `sshd`) are this same file: the role is the
+//! `builder`, `launcher` (and later `sshd`) are this same file: the role is the
 //! basename of argv[0], or the first argument (`celld-lifecycle builder …`,
 //! for tests and humans). Built static (`make lifecycle`) because staging
 //! rootfses may have no libc.
 
 use std::io::Write;
 
-use celld::lifecycle::builder;
+use celld::lifecycle::{builder, launcher};
 
 fn main() {
     let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect::<Result<_, _>>() {
@@ -21,11 +21,13 @@ fn main() {
     let code = match (program.as_str(), rest.split_first()) {
         ("builder", _) => builder::main(rest),
         (_, Some((role, rest))) if role == "builder" => builder::main(rest),
-        (_, Some((role, _))) if role == "launcher" || role == "sshd" || role == "healthcheck" => {
+        ("launcher", _) => launcher::main(rest),
+        (_, Some((role, rest))) if role == "launcher" => launcher::main(rest),
+        (_, Some((role, _))) if role == "sshd" || role == "healthcheck" => {
             eprintln!("celld-lifecycle: {role} is not implemented yet");
             1
         }
-        _ if program == "launcher" || program == "sshd" || program == "healthcheck" => {
+        _ if program == "sshd" || program == "healthcheck" => {
             eprintln!("celld-lifecycle: {program} is not implemented yet");
             1
         }

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::blobstore::BlobstoreError;
+use crate::executor::Executor;
+use crate::executor::ExecutorError;
 use crate::staging::StagingError;
 use crate::staging::stager::Stager;
 
@@ -35,6 +37,19 @@ impl From<StagingError> for tonic::Status {
             StagingError::Precondition(m) => tonic::Status::failed_precondition(m),
             StagingError::Blobstore(b) => b.into(),
             StagingError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+impl From<ExecutorError> for tonic::Status {
+    fn from(e: ExecutorError) -> Self {
+        match e {
+            ExecutorError::Invalid(m) => tonic::Status::invalid_argument(m),
+            ExecutorError::NotFound(m) => tonic::Status::not_found(m),
+            ExecutorError::Precondition(m) => tonic::Status::failed_precondition(m),
+            ExecutorError::Garden(g) => tonic::Status::internal(g.to_string()),
+            ExecutorError::Blobstore(b) => b.into(),
+            ExecutorError::Internal(m) => tonic::Status::internal(m),
         }
     }
 }
@@ -92,13 +107,29 @@ pub async fn run(
 }
 
 /// The cell's listener (`--grpc-listen`): binds `addr` (so a taken port fails
-/// start-up) and returns the server future.
+/// start-up) and returns the server future. Serves Stager and Cell.
 pub async fn serve(
     addr: &str,
     stager: Arc<Stager>,
+    executor: Arc<Executor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
     let listener = bind(addr).await?;
-    let router = router()?.add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)));
+    let router = router()?
+        .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)))
+        .add_service(pb::cell_server::CellServer::new(crate::rep::service::CellService::new(executor)));
     Ok(Box::pin(run(router, listener, shutdown)))
+}
+
+impl From<crate::scheduler::SchedulerError> for tonic::Status {
+    fn from(e: crate::scheduler::SchedulerError) -> Self {
+        use crate::scheduler::SchedulerError as E;
+        match e {
+            E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            E::NotFound(m) => tonic::Status::not_found(m),
+            E::AlreadyExists(m) => tonic::Status::already_exists(m),
+            E::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            E::Store(_) | E::Internal(_) | E::Grpc(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
 }

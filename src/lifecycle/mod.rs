@@ -22,6 +22,7 @@
 
 pub mod archive;
 pub mod builder;
+pub mod launcher;
 
 use std::collections::BTreeMap;
 

@@ -195,7 +195,8 @@ impl Stager {
         &self.cfg
     }
 
-    fn lifecycle_dir(&self) -> PathBuf {
+    /// The directory containers mount read-only at /tmp/lifecycle.
+    pub fn lifecycle_dir(&self) -> PathBuf {
         self.cfg.work_dir.join("lifecycle")
     }
 
@@ -833,6 +834,15 @@ fn install_lifecycle(cfg: &StagerConfig) -> Result<(), StagingError> {
         })
         .and_then(|_| std::fs::rename(&tmp, &builder))
         .map_err(|e| StagingError::Internal(format!("installing {}: {e}", builder.display())))?;
+    // One binary, several roles chosen by the name it is started under.
+    for role in ["launcher"] {
+        let link = dir.join(role);
+        if std::fs::read_link(&link).is_err() {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("builder", &link)
+                .map_err(|e| StagingError::Internal(format!("installing {}: {e}", link.display())))?;
+        }
+    }
     Ok(())
 }
 

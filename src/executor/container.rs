@@ -1,0 +1,310 @@
+//! What instances and tasks share: the container spec from Diego's resource
+//! fields, egress rules as Garden net-out rules, the droplet streamed in, a
+//! process's output followed into logs, a result file streamed out.
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+
+use super::ExecutorError;
+use super::logs::LineWriter;
+use crate::garden::types::{
+    BindMount, ContainerSpec, CpuLimits, DiskLimits, IcmpControl, IpRange, Limits, MemoryLimits, NetIn, NetOutRule,
+    PidLimits, PortRange, Properties,
+};
+use crate::gardener::Gardener;
+use crate::grpc::pb;
+use crate::runtime::initproto::{self as proto, Request};
+
+/// Where the lifecycle binaries are mounted in every container, as in CF.
+pub const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";
+/// Diego's default when a desired LRP or task sets no pid limit.
+pub const DEFAULT_MAX_PIDS: u64 = 1024;
+
+/// Resources and wiring of one container, from a DesiredLRP or a Task.
+pub struct Recipe<'a> {
+    pub handle: &'a str,
+    pub rootfs: &'a str,
+    pub memory_mb: u32,
+    pub disk_mb: u32,
+    pub max_pids: u32,
+    pub cpu_weight: u32,
+    pub ports: &'a [u32],
+    pub egress: &'a [pb::EgressRule],
+    pub properties: Properties,
+    pub lifecycle_dir: &'a Path,
+}
+
+impl Recipe<'_> {
+    pub fn spec(&self) -> Result<ContainerSpec, ExecutorError> {
+        let netout_rules = self.egress.iter().map(egress_rule).collect::<Result<Vec<_>, _>>()?;
+        Ok(ContainerSpec {
+            handle: self.handle.to_string(),
+            rootfs: self.rootfs.to_string(),
+            properties: self.properties.clone(),
+            bind_mounts: vec![BindMount {
+                src_path: self.lifecycle_dir.to_string_lossy().into_owned(),
+                dst_path: LIFECYCLE_MOUNT.to_string(),
+                mode: 0,
+                origin: 0,
+            }],
+            limits: Limits {
+                memory_limits: MemoryLimits { limit_in_bytes: u64::from(self.memory_mb) << 20 },
+                pid_limits: PidLimits {
+                    max: if self.max_pids == 0 { DEFAULT_MAX_PIDS } else { u64::from(self.max_pids) },
+                },
+                // Diego weighs CPU by memory unless told otherwise.
+                cpu_limits: CpuLimits {
+                    weight: u64::from(if self.cpu_weight == 0 { self.memory_mb } else { self.cpu_weight }).max(2),
+                    ..Default::default()
+                },
+                disk_limits: DiskLimits { byte_hard: u64::from(self.disk_mb) << 20, ..Default::default() },
+                ..Default::default()
+            },
+            netin: self.ports.iter().map(|&p| NetIn { host_port: 0, container_port: p }).collect(),
+            netout_rules,
+            ..Default::default()
+        })
+    }
+}
+
+fn bad_rule(msg: String) -> ExecutorError {
+    ExecutorError::Invalid(format!("egress rule: {msg}"))
+}
+
+/// An application security group rule as a Garden net-out rule.
+pub fn egress_rule(r: &pb::EgressRule) -> Result<NetOutRule, ExecutorError> {
+    let protocol = match r.protocol.to_ascii_lowercase().as_str() {
+        "all" | "" => 0,
+        "tcp" => 1,
+        "udp" => 2,
+        "icmp" => 3,
+        p => return Err(bad_rule(format!("protocol {p:?} is not one of tcp, udp, icmp, all"))),
+    };
+    let networks = r.destinations.iter().map(|d| ip_range(d)).collect::<Result<Vec<_>, _>>()?;
+    let port = |p: u32| u16::try_from(p).map_err(|_| bad_rule(format!("port {p} is out of range")));
+    let mut ports = Vec::new();
+    for &p in &r.ports {
+        let p = port(p)?;
+        ports.push(PortRange { start: p, end: p });
+    }
+    if let Some(range) = &r.port_range {
+        if range.start != 0 || range.end != 0 {
+            ports.push(PortRange { start: port(range.start)?, end: port(range.end)? });
+        }
+    }
+    let icmps = match (&r.icmp_info, protocol) {
+        (Some(i), 3) => Some(IcmpControl {
+            icmp_type: u8::try_from(i.r#type)
+                .map_err(|_| bad_rule(format!("icmp type {} is out of range", i.r#type)))?,
+            code: if i.code < 0 {
+                None
+            } else {
+                Some(u8::try_from(i.code).map_err(|_| bad_rule(format!("icmp code {} is out of range", i.code)))?)
+            },
+        }),
+        _ => None,
+    };
+    Ok(NetOutRule { protocol, networks, ports, icmps, log: r.log })
+}
+
+/// "10.0.0.1", "10.0.0.0/8" or "10.0.0.1-10.0.0.9" as a start–end range.
+fn ip_range(d: &str) -> Result<IpRange, ExecutorError> {
+    let parse = |s: &str| {
+        s.trim().parse::<Ipv4Addr>().map_err(|_| bad_rule(format!("{d:?} is not an IPv4 address, CIDR or range")))
+    };
+    if let Some((a, b)) = d.split_once('-') {
+        return Ok(IpRange { start: parse(a)?.to_string(), end: parse(b)?.to_string() });
+    }
+    if let Some((a, bits)) = d.split_once('/') {
+        let ip = u32::from(parse(a)?);
+        let bits: u32 =
+            bits.parse().ok().filter(|b| *b <= 32).ok_or_else(|| bad_rule(format!("{d:?}: bad prefix length")))?;
+        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        return Ok(IpRange {
+            start: Ipv4Addr::from(ip & mask).to_string(),
+            end: Ipv4Addr::from(ip | !mask).to_string(),
+        });
+    }
+    let ip = parse(d)?.to_string();
+    Ok(IpRange { start: ip.clone(), end: ip })
+}
+
+/// Streams a droplet (a .tgz) into `/home/vcap` as vcap. The archive is
+/// decompressed on the host but unpacked by the container's init, as vcap:
+/// its entries are never interpreted on the host. At most `limit` bytes of tar.
+pub async fn stream_droplet(
+    gardener: &Gardener,
+    handle: &str,
+    droplet: &Path,
+    limit: u64,
+) -> Result<(), ExecutorError> {
+    let conn =
+        gardener.stream(handle, Request::StreamIn { user: "vcap".into(), destination: "/home/vcap".into() }).await?;
+    let std = conn.into_std().map_err(|e| ExecutorError::Internal(e.to_string()))?;
+    let droplet: PathBuf = droplet.to_path_buf();
+    let std = tokio::task::spawn_blocking(move || -> Result<std::os::unix::net::UnixStream, ExecutorError> {
+        let io = |e: std::io::Error| ExecutorError::Internal(format!("streaming the droplet in: {e}"));
+        std.set_nonblocking(false).map_err(io)?;
+        let file = std::fs::File::open(&droplet).map_err(io)?;
+        let mut tar = flate2::read::GzDecoder::new(std::io::BufReader::new(file)).take(limit.saturating_add(1));
+        let copied = std::io::copy(&mut tar, &mut &std).map_err(io)?;
+        if copied > limit {
+            return Err(ExecutorError::Invalid(format!(
+                "the droplet unpacks to more than the disk limit ({} MB)",
+                limit >> 20
+            )));
+        }
+        std.shutdown(std::net::Shutdown::Write).map_err(io)?;
+        std.set_nonblocking(true).map_err(io)?;
+        Ok(std)
+    })
+    .await
+    .map_err(|e| ExecutorError::Internal(e.to_string()))??;
+    let mut conn = UnixStream::from_std(std).map_err(|e| ExecutorError::Internal(e.to_string()))?;
+    let reply = proto::client::read_reply(&mut conn)
+        .await
+        .map_err(|e| ExecutorError::Internal(format!("streaming the droplet in: {e}")))?;
+    match reply.error {
+        Some((_, msg)) => Err(ExecutorError::Internal(format!("unpacking the droplet: {msg}"))),
+        None => Ok(()),
+    }
+}
+
+/// The first `max` bytes of the regular file `path` in the container, read as
+/// vcap. The tar comes from the container, so only its first entry is read,
+/// and only if it is a regular file.
+pub async fn read_file(gardener: &Gardener, handle: &str, path: &str, max: u64) -> Result<Vec<u8>, ExecutorError> {
+    let conn = gardener.stream(handle, Request::StreamOut { user: "vcap".into(), source: path.into() }).await?;
+    let mut buf = Vec::new();
+    // A tar header, the file (bounded), padding and whatever else: enough.
+    conn.take(max + 64 * 1024)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| ExecutorError::Internal(format!("reading {path}: {e}")))?;
+    let mut ar = tar::Archive::new(std::io::Cursor::new(buf));
+    let mut entries = ar.entries().map_err(|e| ExecutorError::Invalid(format!("reading {path}: {e}")))?;
+    let mut entry = match entries.next() {
+        Some(Ok(e)) => e,
+        _ => return Err(ExecutorError::NotFound(format!("{path} does not exist in the container"))),
+    };
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(ExecutorError::Invalid(format!("{path} is not a regular file")));
+    }
+    let mut out = Vec::new();
+    let _ = (&mut entry).take(max).read_to_end(&mut out);
+    Ok(out)
+}
+
+/// Passes a process's output to its log writers until it exits; returns its
+/// exit status. `None` when the init connection broke first.
+pub async fn follow(conn: UnixStream, mut out: LineWriter, mut err: LineWriter) -> Option<i32> {
+    let (mut r, mut w) = conn.into_split();
+    // Nobody types into an app: reading stdin gets EOF.
+    let _ = proto::client::write_frame(&mut w, proto::TAG_STDIN_EOF, &[]).await;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match proto::decode(&mut buf) {
+                Ok(Some((proto::TAG_STDOUT, data))) => out.push(&data),
+                Ok(Some((proto::TAG_STDERR, data))) => err.push(&data),
+                Ok(Some((proto::TAG_EXIT, data))) => {
+                    out.flush();
+                    err.flush();
+                    return proto::parse_exit(&data);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                out.flush();
+                err.flush();
+                return None;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The container's addresses once created.
+#[derive(Debug, Clone, Default)]
+pub struct Addresses {
+    pub host_ip: String,
+    pub container_ip: String,
+    pub ports: Vec<pb::PortMapping>,
+}
+
+pub async fn addresses(gardener: &Gardener, handle: &str) -> Result<Addresses, ExecutorError> {
+    let info = gardener.info(handle).await?;
+    Ok(Addresses {
+        host_ip: if info.external_ip.is_empty() { info.host_ip.clone() } else { info.external_ip.clone() },
+        container_ip: info.container_ip,
+        ports: info
+            .mapped_ports
+            .iter()
+            .map(|m| pb::PortMapping { container_port: m.container_port, host_port: m.host_port })
+            .collect(),
+    })
+}
+
+/// Whether the container's memory cgroup has seen an OOM kill.
+pub async fn out_of_memory(gardener: &Gardener, handle: &str) -> bool {
+    gardener.info(handle).await.is_ok_and(|i| i.events.iter().any(|e| e == crate::gardener::OUT_OF_MEMORY_EVENT))
+}
+
+/// Diego's reason for a process that exited: "<source>: Exited with status N",
+/// with " (out of memory)" when the container had an OOM kill.
+pub fn exit_reason(log_source: &str, code: i32, oom: bool) -> String {
+    format!("{log_source}: Exited with status {code}{}", if oom { " (out of memory)" } else { "" })
+}
+
+pub type SharedGardener = Arc<Gardener>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_rules_become_net_out_rules() {
+        let r = pb::EgressRule {
+            protocol: "tcp".into(),
+            destinations: vec!["10.0.0.0/8".into(), "1.2.3.4".into(), "5.6.7.8-5.6.7.9".into()],
+            ports: vec![443],
+            port_range: Some(pb::PortRange { start: 8000, end: 8100 }),
+            ..Default::default()
+        };
+        let n = egress_rule(&r).unwrap();
+        assert_eq!(n.protocol, 1);
+        assert_eq!(n.networks[0], IpRange { start: "10.0.0.0".into(), end: "10.255.255.255".into() });
+        assert_eq!(n.networks[1], IpRange { start: "1.2.3.4".into(), end: "1.2.3.4".into() });
+        assert_eq!(n.networks[2].end, "5.6.7.9");
+        assert_eq!(n.ports, vec![PortRange { start: 443, end: 443 }, PortRange { start: 8000, end: 8100 }]);
+        let all = egress_rule(&pb::EgressRule {
+            protocol: "all".into(),
+            destinations: vec!["0.0.0.0/0".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(all.networks[0], IpRange { start: "0.0.0.0".into(), end: "255.255.255.255".into() });
+        for bad in ["sctp"] {
+            let e = egress_rule(&pb::EgressRule { protocol: bad.into(), ..Default::default() }).unwrap_err();
+            assert!(e.to_string().contains("protocol"), "{e}");
+        }
+        let e = egress_rule(&pb::EgressRule { destinations: vec!["10.0.0.0/40".into()], ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+    }
+
+    #[test]
+    fn exit_reasons_are_diegos() {
+        assert_eq!(exit_reason("APP/PROC/WEB", 1, false), "APP/PROC/WEB: Exited with status 1");
+        assert_eq!(exit_reason("APP/PROC/WEB", 137, true), "APP/PROC/WEB: Exited with status 137 (out of memory)");
+    }
+}

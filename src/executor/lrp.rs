@@ -1,0 +1,363 @@
+//! One app instance from reservation to its end, as explicit phases:
+//! reserved → (claim) → created (process running) → running (healthy,
+//! reported with its addresses) → completed (crashed, stopped or discarded).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
+
+use super::container::{self, Addresses, LIFECYCLE_MOUNT, Recipe};
+use super::health::{self, Probe};
+use super::logs::LineWriter;
+use super::{Executor, ExecutorError, LrpPhase, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
+use crate::garden::types::{ProcessSpec, Properties};
+use crate::grpc::pb;
+
+/// Diego's default `start_timeout_ms`.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest line passed on whole; longer ones are split.
+pub(super) const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// How an instance ended.
+enum End {
+    Crashed(String),
+    Stopped(StopReason),
+}
+
+impl Executor {
+    pub(super) async fn run_lrp(self: Arc<Self>, guid: String, restored: bool) {
+        let Some((start, stop)) = ({
+            let t = lock(&self.table);
+            t.lrps.get(&guid).map(|l| (l.start.clone(), l.stop.subscribe()))
+        }) else {
+            return;
+        };
+        let d = start.desired_lrp.clone().unwrap_or_default();
+        let span =
+            tracing::info_span!("lrp", instance_guid = %guid, process_guid = %d.process_guid, index = start.index);
+        async move {
+            let key = self.key_of(&start);
+            let ik = self.instance_key(&guid);
+            if !restored {
+                self.reporter.claim(key.clone(), ik.clone());
+            }
+            let end = self.lrp_lifecycle(&guid, &start, &d, restored, stop).await;
+            self.set_phase(&guid, LrpPhase::Completed);
+            match end {
+                End::Crashed(reason) => {
+                    tracing::info!(reason = %reason, "instance crashed");
+                    self.reporter.crash(key, ik, reason);
+                    self.destroy_container(&guid, &d, start.index).await;
+                }
+                End::Stopped(StopReason::Discard) => {
+                    self.destroy_container(&guid, &d, start.index).await;
+                }
+                End::Stopped(_) => {
+                    self.cell_line(&d, start.index, &format!("Cell {} stopping instance {guid}", self.cfg.cell_id));
+                    self.destroy_container(&guid, &d, start.index).await;
+                    self.reporter.remove(key, ik);
+                }
+            }
+            self.forget_record("lrps", &guid);
+            let mut t = lock(&self.table);
+            t.lrps.remove(&guid);
+            t.cpu.remove(&guid);
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn set_phase(&self, guid: &str, phase: LrpPhase) {
+        if let Some(l) = lock(&self.table).lrps.get_mut(guid) {
+            l.phase = phase;
+        }
+    }
+
+    fn cell_line(&self, d: &pb::DesiredLrp, index: i32, msg: &str) {
+        super::logs::cell_line(&self.logs, &d.log_guid, "CELL", index, msg);
+    }
+
+    fn health_line(&self, d: &pb::DesiredLrp, index: i32, msg: &str) {
+        let source = d.check_definition.as_ref().map(|c| c.log_source.as_str()).filter(|s| !s.is_empty());
+        super::logs::cell_line(&self.logs, &d.log_guid, source.unwrap_or("HEALTH"), index, msg);
+    }
+
+    pub(super) fn app_source(d: &pb::DesiredLrp) -> String {
+        if d.log_source.is_empty() { "APP/PROC/WEB".to_string() } else { d.log_source.clone() }
+    }
+
+    pub(super) fn writers(&self, log_guid: &str, source: &str, index: i32, guid: &str) -> (LineWriter, LineWriter) {
+        let limiter = lock(&self.table).lrps.get(guid).and_then(|l| l.limiter.clone());
+        let w = |err| {
+            LineWriter::new(
+                self.logs.clone(),
+                log_guid.to_string(),
+                source.to_string(),
+                index.to_string(),
+                err,
+                MAX_LOG_LINE,
+                limiter.clone(),
+            )
+        };
+        (w(false), w(true))
+    }
+
+    async fn lrp_lifecycle(
+        self: &Arc<Self>,
+        guid: &str,
+        start: &pb::LrpStart,
+        d: &pb::DesiredLrp,
+        restored: bool,
+        mut stop: watch::Receiver<Option<StopReason>>,
+    ) -> End {
+        let index = start.index;
+        let (addrs, exit) = if restored {
+            match self.reattach(guid, d, index).await {
+                Ok(v) => v,
+                Err(e) => return End::Crashed(format!("{}: {e}", Self::app_source(d))),
+            }
+        } else {
+            let created = tokio::select! {
+                r = self.create_and_run(guid, d, index) => r,
+                r = super::stopped(&mut stop) => return End::Stopped(r),
+            };
+            match created {
+                Ok(v) => v,
+                Err(e) => return End::Crashed(e),
+            }
+        };
+        if let Some(r) = *stop.borrow() {
+            return End::Stopped(r);
+        }
+        self.set_phase(guid, LrpPhase::Created);
+        let ip = addrs.container_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        let checks = d.check_definition.clone().unwrap_or_default();
+        let probes: Vec<Probe> = checks.checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
+        let readiness: Vec<Probe> = checks.readiness_checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
+        let mut exit = exit;
+        let exited = |code: Option<i32>| async move {
+            match code {
+                Some(code) => {
+                    let oom = container::out_of_memory(&self.gardener, guid).await;
+                    self.cell_line(d, index, &format!("Exit status {code}"));
+                    End::Crashed(container::exit_reason(&Self::app_source(d), code, oom))
+                }
+                None => End::Crashed(format!("{}: the container's init went away", Self::app_source(d))),
+            }
+        };
+
+        // Startup: healthy, or never healthy within start_timeout_ms.
+        if !probes.is_empty() {
+            let timeout = match d.start_timeout_ms {
+                0 => DEFAULT_START_TIMEOUT,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            self.health_line(d, index, "Starting health monitoring of container");
+            tokio::select! {
+                r = health::until_healthy(&probes, ip, timeout) => if let Err(reason) = r {
+                    self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
+                    return End::Crashed(reason);
+                },
+                code = &mut exit => return exited(code.ok().flatten()).await,
+                r = super::stopped(&mut stop) => return End::Stopped(r),
+            }
+            self.health_line(d, index, "Container became healthy");
+        }
+        let net = pb::ActualLrpNetInfo {
+            address: addrs.host_ip.clone(),
+            instance_address: addrs.container_ip.clone(),
+            ports: addrs.ports.clone(),
+        };
+        let routable = readiness.is_empty();
+        if let Some(l) = lock(&self.table).lrps.get_mut(guid) {
+            l.phase = LrpPhase::Running;
+            l.net = Some(net.clone());
+            l.routable = routable;
+        }
+        self.reporter.start(self.key_of(start), self.instance_key(guid), net.clone(), routable);
+        let readiness_task = (!readiness.is_empty()).then(|| {
+            let me = self.clone();
+            let (guid, start, d) = (guid.to_string(), start.clone(), d.clone());
+            tokio::spawn(async move { me.readiness_loop(&guid, &start, &d, readiness, ip, net).await })
+        });
+
+        // Liveness: until the process exits, a check fails, or it is stopped.
+        let end = tokio::select! {
+            reason = health::until_unhealthy(&probes, ip), if !probes.is_empty() => {
+                self.health_line(d, index, "Container became unhealthy");
+                End::Crashed(reason)
+            },
+            code = &mut exit => exited(code.ok().flatten()).await,
+            r = super::stopped(&mut stop) => End::Stopped(r),
+        };
+        if let Some(t) = readiness_task {
+            t.abort();
+        }
+        end
+    }
+
+    /// Readiness flips `routable`; each flip is reported as a start.
+    async fn readiness_loop(
+        &self,
+        guid: &str,
+        start: &pb::LrpStart,
+        d: &pb::DesiredLrp,
+        probes: Vec<Probe>,
+        ip: std::net::Ipv4Addr,
+        net: pb::ActualLrpNetInfo,
+    ) {
+        loop {
+            health::until_ready(&probes, ip).await;
+            self.health_line(
+                d,
+                start.index,
+                "Container passed the readiness health check. Container marked ready and added to route pool.",
+            );
+            self.set_routable(guid, true);
+            self.reporter.start(self.key_of(start), self.instance_key(guid), net.clone(), true);
+            health::until_not_ready(&probes, ip).await;
+            self.health_line(
+                d,
+                start.index,
+                "Container failed the readiness health check. Container marked not ready and removed from route pool.",
+            );
+            self.set_routable(guid, false);
+            self.reporter.start(self.key_of(start), self.instance_key(guid), net.clone(), false);
+        }
+    }
+
+    fn set_routable(&self, guid: &str, routable: bool) {
+        if let Some(l) = lock(&self.table).lrps.get_mut(guid) {
+            l.routable = routable;
+        }
+    }
+
+    /// Creates the container, puts the droplet in and starts the app. Errors
+    /// are crash reasons.
+    async fn create_and_run(
+        self: &Arc<Self>,
+        guid: &str,
+        d: &pb::DesiredLrp,
+        index: i32,
+    ) -> Result<(Addresses, oneshot::Receiver<Option<i32>>), String> {
+        let cell = &self.cfg.cell_id;
+        self.cell_line(d, index, &format!("Cell {cell} creating container for instance {guid}"));
+        let properties = Properties::from([
+            (ROLE_PROPERTY.to_string(), "lrp".to_string()),
+            ("process-guid".to_string(), d.process_guid.clone()),
+            ("instance-guid".to_string(), guid.to_string()),
+            ("process-index".to_string(), index.to_string()),
+            ("domain".to_string(), d.domain.clone()),
+            ("log-guid".to_string(), d.log_guid.clone()),
+        ]);
+        let rootfs = self.rootfs(&d.rootfs);
+        let recipe = Recipe {
+            handle: guid,
+            rootfs: &rootfs,
+            memory_mb: d.memory_mb,
+            disk_mb: d.disk_mb,
+            max_pids: d.max_pids,
+            cpu_weight: d.cpu_weight,
+            ports: &d.ports,
+            egress: &d.egress_rules,
+            properties,
+            lifecycle_dir: &self.cfg.lifecycle_dir,
+        };
+        let fail = |e: ExecutorError| {
+            self.cell_line(d, index, &format!("Cell {cell} failed to create container for instance {guid}: {e}"));
+            format!("failed to create container: {e}")
+        };
+        let spec = recipe.spec().map_err(fail)?;
+        self.gardener.create(spec).await.map_err(|e| fail(e.into()))?;
+        self.cell_line(d, index, &format!("Cell {cell} successfully created container for instance {guid}"));
+        let path = self.put_droplet(guid, &d.droplet_key, d.disk_mb, &d.log_guid, "CELL", index).await?;
+        let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
+        let env = super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports);
+        let spec = app_process(path, &d.start_command, &d.execution_metadata, env);
+        let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the app: {e}"))?;
+        let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
+        let (out, err) = self.writers(&d.log_guid, &Self::app_source(d), index, guid);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(container::follow(conn, out, err).await);
+        });
+        Ok((addrs, rx))
+    }
+
+    /// Streams the droplet in when there is one; returns whether the app runs
+    /// through the launcher (droplet) or straight on the rootfs.
+    pub(super) async fn put_droplet(
+        &self,
+        guid: &str,
+        key: &str,
+        disk_mb: u32,
+        log_guid: &str,
+        source: &str,
+        index: i32,
+    ) -> Result<bool, String> {
+        if key.is_empty() {
+            return Ok(false);
+        }
+        super::logs::cell_line(&self.logs, log_guid, source, index, "Downloading droplet...");
+        let (path, size) = self.droplet(key).await.map_err(|e| format!("failed to download the droplet: {e}"))?;
+        super::logs::cell_line(
+            &self.logs,
+            log_guid,
+            source,
+            index,
+            &format!("Downloaded droplet ({})", crate::staging::byte_size(size)),
+        );
+        let limit = if disk_mb == 0 { u64::MAX } else { u64::from(disk_mb) << 20 };
+        container::stream_droplet(&self.gardener, guid, &path, limit)
+            .await
+            .map_err(|e| format!("failed to put the droplet in the container: {e}"))?;
+        Ok(true)
+    }
+
+    /// After a restart: the container's addresses and its process again.
+    async fn reattach(
+        self: &Arc<Self>,
+        guid: &str,
+        d: &pb::DesiredLrp,
+        index: i32,
+    ) -> Result<(Addresses, oneshot::Receiver<Option<i32>>), ExecutorError> {
+        let addrs = container::addresses(&self.gardener, guid).await?;
+        let pid = self
+            .gardener
+            .property(guid, PROCESS_PROPERTY)
+            .map_err(|_| ExecutorError::NotFound("the instance's process was never started".into()))?;
+        let conn = self.gardener.attach(guid, &pid).await?;
+        let (out, err) = self.writers(&d.log_guid, &Self::app_source(d), index, guid);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(container::follow(conn, out, err).await);
+        });
+        tracing::info!("re-attached to the instance's process");
+        Ok((addrs, rx))
+    }
+
+    async fn destroy_container(&self, guid: &str, d: &pb::DesiredLrp, index: i32) {
+        let cell = &self.cfg.cell_id;
+        self.cell_line(d, index, &format!("Cell {cell} destroying container for instance {guid}"));
+        match self.gardener.destroy(guid).await {
+            Ok(()) => {
+                self.cell_line(d, index, &format!("Cell {cell} successfully destroyed container for instance {guid}"))
+            }
+            Err(crate::garden::error::GardenError::ContainerNotFound(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "destroying the container failed"),
+        }
+    }
+}
+
+/// The app's process: through the launcher when there is a droplet (as CF
+/// runs `/tmp/lifecycle/launcher app CMD METADATA`), else `sh -c CMD`.
+pub(super) fn app_process(droplet: bool, command: &str, metadata: &str, env: Vec<String>) -> ProcessSpec {
+    let (path, args) = if droplet {
+        (format!("{LIFECYCLE_MOUNT}/launcher"), vec!["app".to_string(), command.to_string(), metadata.to_string()])
+    } else {
+        ("/bin/sh".to_string(), vec!["-c".to_string(), command.to_string()])
+    };
+    ProcessSpec { path, args, env, user: "vcap".into(), dir: "/home/vcap".into(), ..Default::default() }
+}

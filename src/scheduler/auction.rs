@@ -1,0 +1,285 @@
+//! Diego's auction score (auction `auctionrunner/cell.go`), over a model of
+//! each cell that counts this batch's placements as soon as they are made.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::grpc::pb;
+
+use super::model::NO_COMPATIBLE_CELL;
+
+/// What one instance or task needs from a cell.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    /// Set for instances: spreading counts instances of the same process.
+    pub process_guid: Option<String>,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub rootfs: String,
+    pub placement_tags: Vec<String>,
+}
+
+/// A live cell as the auction sees it.
+#[derive(Debug, Clone)]
+pub struct CellView {
+    pub presence: pb::CellPresence,
+    /// Usage the scheduler's records show (CLAIMED/RUNNING instances, RUNNING tasks).
+    recorded: Usage,
+    /// Placements not in the records yet (in flight, or made in this batch).
+    added: Usage,
+    recorded_starting: u64,
+    added_starting: u64,
+    per_process: HashMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    memory_mb: u64,
+    disk_mb: u64,
+    containers: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fit {
+    Score(f64),
+    Incompatible,
+    /// The resources that do not fit, in Diego's order.
+    Insufficient(Vec<&'static str>),
+}
+
+impl CellView {
+    pub fn new(presence: pb::CellPresence) -> Self {
+        Self {
+            presence,
+            recorded: Usage::default(),
+            added: Usage::default(),
+            recorded_starting: 0,
+            added_starting: 0,
+            per_process: HashMap::new(),
+        }
+    }
+
+    pub fn cell_id(&self) -> &str {
+        &self.presence.cell_id
+    }
+
+    /// An instance or task the records place on this cell.
+    pub fn add_recorded(&mut self, d: &Demand, starting: bool) {
+        self.recorded.memory_mb += d.memory_mb;
+        self.recorded.disk_mb += d.disk_mb;
+        self.recorded.containers += 1;
+        if starting {
+            self.recorded_starting += 1;
+        }
+        if let Some(pg) = &d.process_guid {
+            *self.per_process.entry(pg.clone()).or_default() += 1;
+        }
+    }
+
+    /// A placement made by the scheduler that the records do not show yet.
+    pub fn reserve(&mut self, d: &Demand) {
+        self.added.memory_mb += d.memory_mb;
+        self.added.disk_mb += d.disk_mb;
+        self.added.containers += 1;
+        self.added_starting += 1;
+        if let Some(pg) = &d.process_guid {
+            *self.per_process.entry(pg.clone()).or_default() += 1;
+        }
+    }
+
+    /// Undoes `reserve` (the cell refused the work).
+    pub fn release(&mut self, d: &Demand) {
+        self.added.memory_mb = self.added.memory_mb.saturating_sub(d.memory_mb);
+        self.added.disk_mb = self.added.disk_mb.saturating_sub(d.disk_mb);
+        self.added.containers = self.added.containers.saturating_sub(1);
+        self.added_starting = self.added_starting.saturating_sub(1);
+        if let Some(n) = d.process_guid.as_ref().and_then(|pg| self.per_process.get_mut(pg)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn capacity(&self) -> Usage {
+        let c = self.presence.capacity.unwrap_or_default();
+        Usage { memory_mb: c.memory_mb.into(), disk_mb: c.disk_mb.into(), containers: c.containers.into() }
+    }
+
+    /// Used = what the heartbeat says or what the records say, whichever is
+    /// more (each misses something: the heartbeat is up to 5 s old, the
+    /// records miss staging), plus placements not recorded yet.
+    fn used(&self) -> Usage {
+        let cap = self.capacity();
+        let avail = self.presence.available.unwrap_or_default();
+        let hb = Usage {
+            memory_mb: cap.memory_mb.saturating_sub(avail.memory_mb.into()),
+            disk_mb: cap.disk_mb.saturating_sub(avail.disk_mb.into()),
+            containers: cap.containers.saturating_sub(avail.containers.into()),
+        };
+        Usage {
+            memory_mb: hb.memory_mb.max(self.recorded.memory_mb) + self.added.memory_mb,
+            disk_mb: hb.disk_mb.max(self.recorded.disk_mb) + self.added.disk_mb,
+            containers: hb.containers.max(self.recorded.containers) + self.added.containers,
+        }
+    }
+
+    fn compatible(&self, d: &Demand) -> bool {
+        // `preloaded:NAME` needs the stack; an absolute path (or docker://, or
+        // the cell's default) is any cell's business.
+        if let Some(stack) = d.rootfs.strip_prefix("preloaded:") {
+            if !self.presence.stacks.iter().any(|s| s == stack) {
+                return false;
+            }
+        }
+        d.placement_tags.iter().all(|t| self.presence.placement_tags.contains(t))
+    }
+
+    /// Diego's score, lowest wins; `spread` adds the same-process term (LRPs only).
+    pub fn fit(&self, d: &Demand) -> Fit {
+        if !self.compatible(d) {
+            return Fit::Incompatible;
+        }
+        let cap = self.capacity();
+        let used = self.used();
+        let mut problems = Vec::new();
+        if used.containers + 1 > cap.containers {
+            problems.push("containers");
+        }
+        if used.disk_mb + d.disk_mb > cap.disk_mb {
+            problems.push("disk");
+        }
+        if used.memory_mb + d.memory_mb > cap.memory_mb {
+            problems.push("memory");
+        }
+        if !problems.is_empty() {
+            return Fit::Insufficient(problems);
+        }
+        let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { u as f64 / c as f64 };
+        let resources = (frac(used.memory_mb, cap.memory_mb)
+            + frac(used.disk_mb, cap.disk_mb)
+            + frac(used.containers, cap.containers))
+            / 3.0;
+        let starting = self.recorded_starting.max(self.presence.starting_containers.into()) + self.added_starting;
+        let same = d.process_guid.as_ref().and_then(|pg| self.per_process.get(pg)).copied().unwrap_or(0);
+        Fit::Score(resources + 0.25 * starting as f64 + 1000.0 * same as f64)
+    }
+}
+
+/// The best cell for `d` among `cells` (skipping `excluded` ids), or the
+/// placement error to record.
+pub fn choose(cells: &[CellView], d: &Demand, excluded: &[String]) -> Result<usize, String> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut problems = BTreeSet::new();
+    for (i, c) in cells.iter().enumerate() {
+        if excluded.iter().any(|e| e == c.cell_id()) {
+            continue;
+        }
+        match c.fit(d) {
+            Fit::Score(s) => {
+                if best.is_none_or(|(_, b)| s < b) {
+                    best = Some((i, s));
+                }
+            }
+            Fit::Incompatible => {}
+            Fit::Insufficient(p) => problems.extend(p),
+        }
+    }
+    match best {
+        Some((i, _)) => Ok(i),
+        None if problems.is_empty() => Err(NO_COMPATIBLE_CELL.to_string()),
+        // BTreeSet order is Diego's "containers, disk, memory".
+        None => Err(format!("insufficient resources: {}", problems.into_iter().collect::<Vec<_>>().join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(id: &str, mem: u32, disk: u32, containers: u32) -> CellView {
+        let r = pb::Resources { memory_mb: mem, disk_mb: disk, containers };
+        CellView::new(pb::CellPresence {
+            cell_id: id.into(),
+            capacity: Some(r),
+            available: Some(r),
+            stacks: vec!["cflinuxfs4".into()],
+            placement_tags: vec!["blue".into()],
+            ..Default::default()
+        })
+    }
+
+    fn lrp(mem: u64) -> Demand {
+        Demand {
+            process_guid: Some("pg".into()),
+            memory_mb: mem,
+            disk_mb: 100,
+            rootfs: "preloaded:cflinuxfs4".into(),
+            placement_tags: vec![],
+        }
+    }
+
+    #[test]
+    fn ten_instances_spread_five_and_five() {
+        let mut cells = vec![cell("a", 8192, 8192, 100), cell("b", 8192, 8192, 100)];
+        let mut counts = [0, 0];
+        for _ in 0..10 {
+            let i = choose(&cells, &lrp(256), &[]).unwrap();
+            cells[i].reserve(&lrp(256));
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [5, 5]);
+    }
+
+    #[test]
+    fn score_is_diegos() {
+        let mut c = cell("a", 1000, 1000, 10);
+        let d = lrp(100);
+        // Idle: no usage, no starting containers, no instance of the process.
+        assert_eq!(c.fit(&d), Fit::Score(0.0));
+        c.add_recorded(&d, true);
+        // mean(0.1, 0.1, 0.1) + 0.25·1 starting + 1000·1 same process.
+        match c.fit(&d) {
+            Fit::Score(s) => assert!((s - (0.1 + 0.25 + 1000.0)).abs() < 1e-9, "{s}"),
+            f => panic!("{f:?}"),
+        }
+        let task = Demand { process_guid: None, ..d };
+        match c.fit(&task) {
+            Fit::Score(s) => assert!((s - 0.35).abs() < 1e-9, "{s}"),
+            f => panic!("{f:?}"),
+        }
+    }
+
+    #[test]
+    fn heartbeat_usage_counts() {
+        let mut busy = cell("busy", 1000, 1000, 10);
+        busy.presence.available = Some(pb::Resources { memory_mb: 200, disk_mb: 1000, containers: 10 });
+        let idle = cell("idle", 1000, 1000, 10);
+        let cells = vec![busy, idle];
+        assert_eq!(choose(&cells, &lrp(100), &[]), Ok(1));
+        assert_eq!(choose(&cells, &lrp(500), &["idle".into()]), Err("insufficient resources: memory".into()));
+    }
+
+    #[test]
+    fn placement_errors() {
+        let cells = vec![cell("a", 512, 1000, 1)];
+        assert_eq!(choose(&cells, &lrp(1024), &[]), Err("insufficient resources: memory".into()));
+        let mut full = cells.clone();
+        full[0].reserve(&lrp(10));
+        let big = Demand { disk_mb: 5000, ..lrp(1024) };
+        assert_eq!(choose(&full, &big, &[]), Err("insufficient resources: containers, disk, memory".into()));
+        let other_stack = Demand { rootfs: "preloaded:windows".into(), ..lrp(1) };
+        assert_eq!(choose(&cells, &other_stack, &[]), Err(NO_COMPATIBLE_CELL.into()));
+        let path_rootfs = Demand { rootfs: "/var/rootfs/x".into(), ..lrp(1) };
+        assert_eq!(choose(&cells, &path_rootfs, &[]), Ok(0));
+        let tagged = Demand { placement_tags: vec!["blue".into()], ..lrp(1) };
+        assert_eq!(choose(&cells, &tagged, &[]), Ok(0));
+        let red = Demand { placement_tags: vec!["red".into()], ..lrp(1) };
+        assert_eq!(choose(&cells, &red, &[]), Err(NO_COMPATIBLE_CELL.into()));
+        assert_eq!(choose(&[], &lrp(1), &[]), Err(NO_COMPATIBLE_CELL.into()));
+    }
+
+    #[test]
+    fn release_undoes_reserve() {
+        let mut c = cell("a", 1000, 1000, 10);
+        c.reserve(&lrp(100));
+        c.release(&lrp(100));
+        assert_eq!(c.fit(&lrp(100)), Fit::Score(0.0));
+    }
+}
