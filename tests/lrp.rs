@@ -140,7 +140,7 @@ fn droplet(files: &[(&str, u32, &str)], start_command: &str) -> Vec<u8> {
 
 /// A web app: busybox httpd serving app/, its environment at /env.txt, and
 /// `cgi-bin/health` failing its first `fails` requests.
-const WEB: &str = "env > /home/vcap/app/env.txt; exec httpd -f -p $PORT -h /home/vcap/app";
+const WEB: &str = "busybox env > /home/vcap/app/env.txt; echo $$ > /home/vcap/tmp/app.pid; exec busybox httpd -f -p $PORT -h /home/vcap/app";
 
 fn web_files(fails: u32) -> Vec<(&'static str, u32, String)> {
     let health = format!(
@@ -240,9 +240,9 @@ fn host_addr(a: &pb::ActualLrp) -> String {
 #[test]
 fn two_instances_run_with_cloud_foundrys_environment() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-env");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-env");
         put_web_droplet(&[&c], "droplets/web-env", 0).await;
         let mut s = sched.client().await;
         let d = desired("web-env", 2, "droplets/web-env", "", vec![tcp_check(8080)]);
@@ -367,9 +367,9 @@ impl DaemonExt for Daemon {
 #[test]
 fn a_crashing_app_restarts_twice_then_backs_off() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-crash");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-crash");
         put_droplet(&c, "droplets/crash", droplet(&[], "echo about to fail; exit 3")).await;
         let mut s = sched.client().await;
         s.desire_lrp(desired("crash", 1, "droplets/crash", "", vec![])).await.expect("DesireLRP");
@@ -401,9 +401,9 @@ fn a_crashing_app_restarts_twice_then_backs_off() {
 #[test]
 fn an_app_that_never_listens_is_never_healthy() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-deaf");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-deaf");
         put_droplet(&c, "droplets/deaf", droplet(&[], "exec sleep 1000")).await;
         let mut s = sched.client().await;
         let mut d = desired("deaf", 1, "droplets/deaf", "", vec![tcp_check(8080)]);
@@ -431,9 +431,9 @@ fn an_app_that_never_listens_is_never_healthy() {
 #[test]
 fn an_http_check_that_fails_three_times_then_passes_comes_up() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-http");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-http");
         put_web_droplet(&[&c], "droplets/web-http", 3).await;
         let mut s = sched.client().await;
         let check = pb::Check {
@@ -456,9 +456,9 @@ fn an_http_check_that_fails_three_times_then_passes_comes_up() {
 #[test]
 fn an_out_of_memory_crash_says_so() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-oom");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-oom");
         // A 256 MB buffer in a 32 MB container.
         put_droplet(&c, "droplets/oom", droplet(&[], "dd if=/dev/zero of=/dev/null bs=256M count=1")).await;
         let mut s = sched.client().await;
@@ -482,9 +482,9 @@ fn an_out_of_memory_crash_says_so() {
 #[test]
 fn scale_down_removes_the_highest_indexes_and_stop_replaces_an_instance() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-scale");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-scale");
         put_web_droplet(&[&c], "droplets/web-scale", 0).await;
         let mut s = sched.client().await;
         s.desire_lrp(desired("web-scale", 3, "droplets/web-scale", "", vec![tcp_check(8080)]))
@@ -550,9 +550,9 @@ async fn wait_task(
 #[test]
 fn tasks_complete_with_their_result_and_can_be_cancelled() {
     require_cell!();
+    let sched = Scheduler::start();
+    let c = cell(&sched, "cell-task");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let c = cell(&sched, "cell-task");
         put_droplet(&c, "droplets/task", droplet(&[("run.sh", 0o755, "#!/bin/sh\necho migrated > $1\n")], "")).await;
         let mut s = sched.client().await;
         let task = |guid: &str, command: &str| pb::Task {
@@ -591,9 +591,9 @@ fn tasks_complete_with_their_result_and_can_be_cancelled() {
 #[test]
 fn restarts_of_the_scheduler_and_the_cell_lose_nothing() {
     require_cell!();
+    let mut sched = Scheduler::start();
+    let mut c = cell(&sched, "cell-restart");
     rt().block_on(async {
-        let mut sched = Scheduler::start();
-        let mut c = cell(&sched, "cell-restart");
         put_web_droplet(&[&c], "droplets/web-restart", 0).await;
         let mut s = sched.client().await;
         s.desire_lrp(desired("web-restart", 2, "droplets/web-restart", "", vec![tcp_check(8080)]))
@@ -634,7 +634,11 @@ fn restarts_of_the_scheduler_and_the_cell_lose_nothing() {
         sched.kill();
         let p = c
             .client
-            .run(&before[1].instance_guid, &common::sh("pkill httpd"), celld::garden::client::ProcessIo::default())
+            .run(
+                &before[1].instance_guid,
+                &common::sh("kill $(cat /home/vcap/tmp/app.pid)"),
+                celld::garden::client::ProcessIo::default(),
+            )
             .await
             .expect("run pkill");
         assert_eq!(p.wait().await.expect("pkill"), 0, "could not kill the app");
@@ -659,10 +663,10 @@ fn restarts_of_the_scheduler_and_the_cell_lose_nothing() {
 #[test]
 fn two_cells_split_instances_by_the_auction() {
     require_cell!();
+    let sched = Scheduler::start();
+    let a = cell(&sched, "cell-a");
+    let b = cell(&sched, "cell-b");
     rt().block_on(async {
-        let sched = Scheduler::start();
-        let a = cell(&sched, "cell-a");
-        let b = cell(&sched, "cell-b");
         put_web_droplet(&[&a, &b], "droplets/web-split", 0).await;
         let mut s = sched.client().await;
         // Both cells must have heartbeated before the auction.

@@ -169,6 +169,21 @@ fn owner(lrp: &pb::ActualLrp) -> String {
     }
 }
 
+/// Why there is no ORDINARY record for `key`: an index out of range is the
+/// caller's mistake, anything else a record that is gone.
+fn missing(desired: Option<&pb::DesiredLrp>, key: &pb::ActualLrpKey) -> SchedulerError {
+    match desired {
+        Some(d) if key.index >= d.instances => SchedulerError::InvalidArgument(format!(
+            "index {} is out of range: {} has {} instances (indexes 0 to {})",
+            key.index,
+            key.process_guid,
+            d.instances,
+            d.instances - 1
+        )),
+        _ => SchedulerError::NotFound(format!("{} does not exist", lrp_name(&key.process_guid, key.index))),
+    }
+}
+
 fn validate_key(key: Option<&pb::ActualLrpKey>) -> Result<pb::ActualLrpKey, SchedulerError> {
     let key = key.ok_or_else(|| SchedulerError::InvalidArgument("key (process_guid, index) is required".into()))?;
     validate_guid("process_guid", &key.process_guid)?;
@@ -242,6 +257,8 @@ struct Lot {
     refusals: u32,
 }
 
+// Lots live for one auction only: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Lrp(pb::LrpStart),
     Task(pb::Task),
@@ -738,9 +755,7 @@ impl Scheduler {
         let now = self.now();
         let _w = self.write.lock().await;
         let (desired, copies) = self.reported(&key).await?;
-        let ord = copies.ordinary.ok_or_else(|| {
-            SchedulerError::NotFound(format!("{} does not exist", lrp_name(&key.process_guid, key.index)))
-        })?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
         if ord.state() == State::Claimed && instance_key_of(&ord) == ik {
             return Ok(ord);
         }
@@ -780,9 +795,7 @@ impl Scheduler {
         let now = self.now();
         let _w = self.write.lock().await;
         let (desired, copies) = self.reported(&key).await?;
-        let ord = copies.ordinary.ok_or_else(|| {
-            SchedulerError::NotFound(format!("{} does not exist", lrp_name(&key.process_guid, key.index)))
-        })?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
         let mine = instance_key_of(&ord) == ik;
         if ord.state() == State::Running
             && mine
@@ -845,9 +858,7 @@ impl Scheduler {
                 return Ok(copy.clone());
             }
         }
-        let ord = copies.ordinary.ok_or_else(|| {
-            SchedulerError::NotFound(format!("{} does not exist", lrp_name(&key.process_guid, key.index)))
-        })?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
         if !matches!(ord.state(), State::Claimed | State::Running) || !allows_transition_to(&ord, &ik, State::Crashed) {
             return Err(Self::illegal(&key, &ord, State::Crashed, &ik));
         }
@@ -1781,6 +1792,10 @@ impl Scheduler {
         let mut batch = Batch::default();
         for (lot, err) in failed {
             match (&lot.item, lot.work) {
+                (AuctionItem::Lrp { .. }, _) if no_cells && self.started.elapsed() < self.presence_ttl => {
+                    // Right after a restart no cell has heartbeated yet: keep
+                    // the record as it was.
+                }
                 (AuctionItem::Lrp { process_guid, index, .. }, _) => {
                     let Some(o) = self.copies(process_guid, *index).await?.ordinary else { continue };
                     if o.state() != State::Unclaimed || o.placement_error == err {
