@@ -293,7 +293,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(all.networks[0], IpRange { start: "0.0.0.0".into(), end: "255.255.255.255".into() });
-        for bad in ["sctp"] {
+        for bad in ["sctp", "gre"] {
             let e = egress_rule(&pb::EgressRule { protocol: bad.into(), ..Default::default() }).unwrap_err();
             assert!(e.to_string().contains("protocol"), "{e}");
         }

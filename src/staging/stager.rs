@@ -24,6 +24,8 @@ use crate::runtime::initproto::{self as proto, Request};
 
 /// Where things are inside the staging container (Cloud Foundry's paths).
 const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";
+/// Names the lifecycle binary answers to besides `builder` (links to it).
+const LIFECYCLE_ROLES: &[&str] = &["launcher"];
 const INPUTS: &str = "/tmp/staging-inputs";
 const DROPLET: &str = "/tmp/droplet";
 const OUTPUT_CACHE: &str = "/tmp/output-cache";
@@ -835,7 +837,7 @@ fn install_lifecycle(cfg: &StagerConfig) -> Result<(), StagingError> {
         .and_then(|_| std::fs::rename(&tmp, &builder))
         .map_err(|e| StagingError::Internal(format!("installing {}: {e}", builder.display())))?;
     // One binary, several roles chosen by the name it is started under.
-    for role in ["launcher"] {
+    for role in LIFECYCLE_ROLES {
         let link = dir.join(role);
         if std::fs::read_link(&link).is_err() {
             let _ = std::fs::remove_file(&link);

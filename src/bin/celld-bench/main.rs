@@ -5,6 +5,8 @@
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
+mod scheduler_load;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,1 @@
+//! The scheduler under simulated cells (being written).
