@@ -5,6 +5,7 @@
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
+mod lrps;
 mod scheduler_load;
 
 use std::collections::BTreeMap;
@@ -38,13 +39,24 @@ struct Args {
     /// Timed stagings (after 2 warm-ups).
     #[arg(long, default_value_t = 20)]
     stagings: usize,
+    /// LRPs timed from desired to RUNNING (after 3 warm-ups).
+    #[arg(long, default_value_t = 50)]
+    lrps: usize,
+    /// Instances kept running for the steady-state CPU and memory measurement.
+    #[arg(long, default_value_t = 250)]
+    steady_instances: usize,
     /// The celld binary; default: `celld` next to this executable.
     #[arg(long)]
     celld: Option<PathBuf>,
+    #[command(flatten)]
+    sim: scheduler_load::SimArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.sim.only.is_some() {
+        return scheduler_load::alone(args.celld.as_deref(), &args.sim);
+    }
     ensure!(args.cycles > 0, "--cycles must be at least 1");
     let tiny = args.rootfs_dir.join("tiny");
     ensure!(tiny.is_dir(), "no tiny rootfs at {}", tiny.display());
@@ -72,6 +84,19 @@ fn main() -> Result<()> {
     let networked = networked.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("staging"), &args, &staging_args, async |_, _, d| staging(&args, d).await)
     });
+    let networked = networked.and_then(|()| {
+        let sched = lrps::Scheduler::start(&celld, &dir.join("scheduler"))?;
+        let mut cell_args = pool.to_vec();
+        cell_args[5] = lrps::CELL_GRPC;
+        let max = (args.steady_instances + 10).to_string();
+        cell_args.extend(["--scheduler", lrps::SCHEDULER, "--cell-id", lrps::CELL_ID, "--max-containers", &max]);
+        let r = run_cell(&rt, &celld, &dir.join("lrps"), &args, &cell_args, async |_, pid, d| {
+            lrps::run(args.lrps, args.steady_instances, pid, d).await
+        });
+        drop(sched);
+        r
+    });
+    let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
     let removed = remove_dir(&dir);
     networked?;
