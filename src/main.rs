@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use celld::blobstore::Blobstore;
 use celld::config::{Config, Role};
+use celld::executor::logs::LogHub;
 use celld::executor::{Executor, ExecutorConfig, NoReporter, Reporter};
 use celld::garden::server::Server;
 use celld::gardener::{Gardener, GardenerConfig};
@@ -97,7 +98,8 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     gardener.restore(cfg.destroy_containers_on_startup).await;
     let url = cfg.blobstore_url();
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
-    let stager = stager(&cfg, gardener.clone(), blobs.clone()).await?;
+    let logs = Arc::new(LogHub::default());
+    let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
     let rep = match &cfg.scheduler {
         Some(addr) => Some(
             Rep::new(
@@ -118,7 +120,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         Some(r) => r.clone(),
         None => Arc::new(NoReporter),
     };
-    let executor = executor(&cfg, gardener.clone(), blobs, reporter, stager.lifecycle_dir())?;
+    let executor = executor(&cfg, gardener.clone(), blobs, logs, reporter, stager.lifecycle_dir())?;
     executor.restore().await;
     if let Some(rep) = &rep {
         rep.start(executor.clone());
@@ -192,6 +194,7 @@ fn executor(
     cfg: &Config,
     gardener: Arc<Gardener>,
     blobs: Arc<Blobstore>,
+    logs: Arc<LogHub>,
     reporter: Arc<dyn Reporter>,
     lifecycle_dir: std::path::PathBuf,
 ) -> anyhow::Result<Arc<Executor>> {
@@ -204,6 +207,7 @@ fn executor(
     Executor::new(
         gardener,
         blobs,
+        logs,
         reporter,
         ExecutorConfig {
             cell_id: cfg.cell_id(),
@@ -220,7 +224,12 @@ fn executor(
     .context("starting the executor")
 }
 
-async fn stager(cfg: &Config, gardener: Arc<Gardener>, blobs: Arc<Blobstore>) -> anyhow::Result<Arc<Stager>> {
+async fn stager(
+    cfg: &Config,
+    gardener: Arc<Gardener>,
+    blobs: Arc<Blobstore>,
+    logs: Arc<LogHub>,
+) -> anyhow::Result<Arc<Stager>> {
     let stager = Stager::new(
         gardener,
         blobs.clone(),
@@ -234,6 +243,7 @@ async fn stager(cfg: &Config, gardener: Arc<Gardener>, blobs: Arc<Blobstore>) ->
             memory_mb: cfg.staging_memory_mb,
             disk_mb: cfg.staging_disk_mb,
             max_package_bytes: cfg.max_package_size_mb.saturating_mul(1 << 20),
+            logs: Some(logs),
         },
     )
     .await

@@ -688,3 +688,43 @@ fn two_cells_split_instances_by_the_auction() {
         wait_for(&mut s, "web-split", "all removed", Duration::from_secs(20), |x| x.is_empty(), || a.log()).await;
     });
 }
+
+#[test]
+fn a_terminated_cell_evacuates_its_instances_then_exits() {
+    require_cell!();
+    let sched = Scheduler::start();
+    let mut a = cell(&sched, "cell-evac-a");
+    let b = cell(&sched, "cell-evac-b");
+    rt().block_on(async {
+        put_web_droplet(&[&a, &b], "droplets/web-evac", 0).await;
+        let mut s = sched.client().await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while s.cells(pb::CellsRequest {}).await.expect("Cells").into_inner().cells.len() < 2 {
+            assert!(Instant::now() < deadline, "cells never registered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.desire_lrp(desired("web-evac", 2, "droplets/web-evac", "", vec![tcp_check(8080)])).await.expect("DesireLRP");
+        let before =
+            wait_for(&mut s, "web-evac", "2 RUNNING", Duration::from_secs(30), all_running(2), || a.log()).await;
+        let on_a = before.iter().find(|x| x.cell_id == "cell-evac-a").expect("an instance on cell a").clone();
+
+        // SIGTERM: cell a hands its instance over and exits once the
+        // replacement runs on cell b; the app stays reachable meanwhile.
+        assert!(a.terminate(Duration::from_secs(30)), "cell a did not exit after evacuating:\n{}", a.log());
+        let after = wait_for(
+            &mut s,
+            "web-evac",
+            "both on cell b",
+            Duration::from_secs(20),
+            |x| all_running(2)(x) && x.iter().all(|x| x.cell_id == "cell-evac-b"),
+            || format!("{}\n{}", a.log(), sched.log()),
+        )
+        .await;
+        assert!(after.iter().all(|x| x.presence == pb::actual_lrp::Presence::Ordinary as i32), "{after:?}");
+        assert!(after.iter().all(|x| x.crash_count == 0), "evacuation is not a crash: {after:?}");
+        assert!(after.iter().any(|x| x.index == on_a.index && x.instance_guid != on_a.instance_guid));
+        assert!(a.log().contains("evacuation finished"), "{}", a.log());
+        s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "web-evac".into() }).await.expect("remove");
+        wait_for(&mut s, "web-evac", "all removed", Duration::from_secs(20), |x| x.is_empty(), || b.log()).await;
+    });
+}

@@ -248,6 +248,18 @@ fn builtin_buildpacks_stage_in_tiny() {
         ] {
             assert!(s.logged(line), "{line:?} in {:?}", s.logs);
         }
+        // The same lines reach the cell's log stream, as STG under the app guid.
+        let ch = Channel::from_shared(format!("http://{}", d.grpc)).expect("uri").connect_lazy();
+        let mut logs = pb::cell_client::CellClient::new(ch)
+            .stream_logs(pb::StreamLogsRequest { log_guid: "static-app".into(), recent: 1000, ..Default::default() })
+            .await
+            .expect("StreamLogs")
+            .into_inner();
+        let mut stg = Vec::new();
+        while let Some(e) = logs.message().await.expect("log stream") {
+            stg.push((e.source_type, e.message));
+        }
+        assert!(stg.contains(&("STG".to_string(), "Exit status 0".to_string())), "{stg:?}");
         // The droplet: Cloud Foundry's layout.
         let entries = droplet_entries(&mut c, &r.droplet_key).await;
         for top in ["./app/", "./deps/", "./profile.d/", "./staging_info.yml", "./tmp/", "./logs/"] {

@@ -59,6 +59,12 @@ struct Stream {
     last_used: u64,
 }
 
+impl std::fmt::Debug for LogHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHub").field("history", &self.history).field("max_guids", &self.max_guids).finish()
+    }
+}
+
 impl Default for LogHub {
     fn default() -> Self {
         Self::new(DEFAULT_HISTORY, DEFAULT_MAX_GUIDS)

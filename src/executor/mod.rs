@@ -195,6 +195,7 @@ impl Executor {
     pub fn new(
         gardener: Arc<Gardener>,
         blobs: Arc<Blobstore>,
+        logs: Arc<LogHub>,
         reporter: Arc<dyn Reporter>,
         cfg: ExecutorConfig,
     ) -> Result<Arc<Self>, ExecutorError> {
@@ -206,7 +207,7 @@ impl Executor {
         Ok(Arc::new(Self {
             gardener,
             blobs,
-            logs: Arc::new(LogHub::new(logs::DEFAULT_HISTORY, logs::DEFAULT_MAX_GUIDS)),
+            logs,
             reporter,
             cfg,
             table: Mutex::new(Table::default()),

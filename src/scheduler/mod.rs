@@ -2,7 +2,8 @@
 //! Locket presence in one gRPC service (proto/celld/v1/scheduler.proto).
 //!
 //! - `model`: the ActualLRP state machine, validation and crash-restart policy.
-//! - `store`: records behind `SchedulerStore` (SQLite).
+//! - `store`: records behind `SchedulerStore` (SQLite, every record also
+//!   decoded in memory by `CachedStore`).
 //! - `auction`: Diego's placement score.
 //! - `core`: the rules, convergence and calls to cells.
 //! - `service`: the gRPC translation.
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 pub use self::core::Scheduler;
 pub use self::service::SchedulerService;
-pub use self::store::{SchedulerStore, SqliteStore};
+pub use self::store::{CachedStore, SchedulerStore, SqliteStore};
 use crate::config::{Config, SchedulerArgs};
 use crate::grpc::GrpcError;
 
@@ -72,13 +73,14 @@ pub struct SchedulerHandle {
 }
 
 impl SchedulerHandle {
-    /// Opens the SQLite store at `config.db` and starts the loops. Needs a
-    /// tokio runtime.
+    /// Opens the SQLite store at `config.db`, loads its records into memory
+    /// and starts the loops. Needs a tokio runtime.
     pub async fn start(config: SchedulerConfig) -> Result<Self, SchedulerError> {
         let db = config.db.clone();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db))
             .await
             .map_err(|e| SchedulerError::Internal(format!("opening the store: {e}")))??;
+        let store = CachedStore::load(Arc::new(store)).await?;
         Ok(Self::with_store(config, Arc::new(store)))
     }
 

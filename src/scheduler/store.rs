@@ -1,8 +1,9 @@
 //! The scheduler's records behind a trait: SQLite now, PostgreSQL later, so
 //! the SQL stays plain (protobuf blobs plus the few columns queries filter on).
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message;
 use rusqlite::{Connection, params};
@@ -102,6 +103,9 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+        // Writes to the big tables touch index pages all over: keep them in
+        // memory (64 MiB, not SQLite's 2 MiB default).
+        conn.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -272,6 +276,213 @@ impl SchedulerStore for SqliteStore {
             tx.commit().map_err(db_err)
         })
         .await
+    }
+}
+
+type ActualKey = (String, i32, i32);
+
+fn actual_key(a: &pb::ActualLrp) -> ActualKey {
+    (a.process_guid.clone(), a.index, a.presence)
+}
+
+/// Every record, decoded, with indexes by cell.
+#[derive(Default)]
+struct Records {
+    desired: BTreeMap<String, pb::DesiredLrp>,
+    /// In the SQL listing's order: process guid, index, presence.
+    actual: BTreeMap<ActualKey, pb::ActualLrp>,
+    actual_by_cell: HashMap<String, BTreeSet<ActualKey>>,
+    tasks: BTreeMap<String, pb::Task>,
+    tasks_by_cell: HashMap<String, BTreeSet<String>>,
+}
+
+fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K) {
+    if let Some(set) = index.get_mut(cell) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(cell);
+        }
+    }
+}
+
+impl Records {
+    fn put_actual(&mut self, a: pb::ActualLrp) {
+        let key = actual_key(&a);
+        self.actual_by_cell.entry(a.cell_id.clone()).or_default().insert(key.clone());
+        if let Some(old) = self.actual.insert(key.clone(), a) {
+            let new_cell = &self.actual[&key].cell_id;
+            if old.cell_id != *new_cell {
+                unindex(&mut self.actual_by_cell, &old.cell_id, &key);
+            }
+        }
+    }
+
+    fn delete_actual(&mut self, key: &ActualKey) {
+        if let Some(old) = self.actual.remove(key) {
+            unindex(&mut self.actual_by_cell, &old.cell_id, key);
+        }
+    }
+
+    fn put_task(&mut self, t: pb::Task) {
+        self.tasks_by_cell.entry(t.cell_id.clone()).or_default().insert(t.task_guid.clone());
+        let guid = t.task_guid.clone();
+        if let Some(old) = self.tasks.insert(guid.clone(), t) {
+            if old.cell_id != self.tasks[&guid].cell_id {
+                unindex(&mut self.tasks_by_cell, &old.cell_id, &guid);
+            }
+        }
+    }
+
+    fn delete_task(&mut self, guid: &str) {
+        if let Some(old) = self.tasks.remove(guid) {
+            unindex(&mut self.tasks_by_cell, &old.cell_id, &guid.to_string());
+        }
+    }
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        for ch in changes {
+            match ch {
+                Change::PutDesired(d) => {
+                    self.desired.insert(d.process_guid.clone(), d);
+                }
+                Change::DeleteDesired(g) => {
+                    self.desired.remove(&g);
+                }
+                Change::PutActual(a) => self.put_actual(a),
+                Change::DeleteActual { process_guid, index, presence } => {
+                    self.delete_actual(&(process_guid, index, presence))
+                }
+                Change::PutTask(t) => self.put_task(t),
+                Change::DeleteTask(g) => self.delete_task(&g),
+            }
+        }
+    }
+
+    fn actual_lrps(&self, f: &ActualLrpFilter) -> Vec<pb::ActualLrp> {
+        let matches = |a: &pb::ActualLrp| {
+            f.process_guid.as_ref().is_none_or(|v| *v == a.process_guid)
+                && f.cell_id.as_ref().is_none_or(|v| *v == a.cell_id)
+                && f.index.is_none_or(|v| v == a.index)
+                && f.domain.as_ref().is_none_or(|v| *v == a.domain)
+        };
+        if let Some(cell) = &f.cell_id {
+            let Some(keys) = self.actual_by_cell.get(cell) else { return Vec::new() };
+            return keys.iter().filter_map(|k| self.actual.get(k)).filter(|a| matches(a)).cloned().collect();
+        }
+        if let Some(pg) = &f.process_guid {
+            let (lo, hi) = f.index.map_or((i32::MIN, i32::MAX), |i| (i, i));
+            return self
+                .actual
+                .range((pg.clone(), lo, i32::MIN)..=(pg.clone(), hi, i32::MAX))
+                .map(|(_, a)| a)
+                .filter(|a| matches(a))
+                .cloned()
+                .collect();
+        }
+        self.actual.values().filter(|a| matches(a)).cloned().collect()
+    }
+
+    fn tasks(&self, f: &TaskFilter) -> Vec<pb::Task> {
+        let matches = |t: &pb::Task| {
+            f.domain.as_ref().is_none_or(|v| *v == t.domain) && f.cell_id.as_ref().is_none_or(|v| *v == t.cell_id)
+        };
+        if let Some(cell) = &f.cell_id {
+            let Some(guids) = self.tasks_by_cell.get(cell) else { return Vec::new() };
+            return guids.iter().filter_map(|g| self.tasks.get(g)).filter(|t| matches(t)).cloned().collect();
+        }
+        self.tasks.values().filter(|t| matches(t)).cloned().collect()
+    }
+}
+
+/// Another store (the record of truth) with every record also kept decoded
+/// in memory: loaded once, written through (memory changes only once the
+/// store committed), so reads never reach the database. Convergence and
+/// auctions list everything and every cell reconciles by cell id: from
+/// memory and an index these are copies, not queries that decode every row.
+pub struct CachedStore {
+    inner: Arc<dyn SchedulerStore>,
+    records: Arc<RwLock<Records>>,
+    /// Applies commit and reach memory in one order.
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// Listings of everything are copied off the async workers.
+const BIG_LISTING: usize = 1024;
+
+impl CachedStore {
+    /// Loads every record of `inner`.
+    pub async fn load(inner: Arc<dyn SchedulerStore>) -> Result<Self, SchedulerError> {
+        let mut r = Records::default();
+        for d in inner.desired_lrps(None).await? {
+            r.desired.insert(d.process_guid.clone(), d);
+        }
+        for a in inner.actual_lrps(ActualLrpFilter::default()).await? {
+            r.put_actual(a);
+        }
+        for t in inner.tasks(TaskFilter::default()).await? {
+            r.put_task(t);
+        }
+        Ok(Self { inner, records: Arc::new(RwLock::new(r)), writes: tokio::sync::Mutex::new(()) })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        // A panic while holding the lock cannot leave half a change: apply
+        // only runs infallible map updates.
+        self.records.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn listing<T: Send + 'static>(
+        &self,
+        big: bool,
+        f: impl FnOnce(&Records) -> T + Send + 'static,
+    ) -> Result<T, SchedulerError> {
+        if !big {
+            return Ok(f(&self.read()));
+        }
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || f(&records.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+            .await
+            .map_err(|e| SchedulerError::Internal(format!("store task: {e}")))
+    }
+}
+
+#[async_trait::async_trait]
+impl SchedulerStore for CachedStore {
+    async fn desired_lrp(&self, process_guid: &str) -> Result<Option<pb::DesiredLrp>, SchedulerError> {
+        Ok(self.read().desired.get(process_guid).cloned())
+    }
+
+    async fn desired_lrps(&self, domain: Option<String>) -> Result<Vec<pb::DesiredLrp>, SchedulerError> {
+        let big = self.read().desired.len() > BIG_LISTING;
+        self.listing(big, move |r| {
+            r.desired.values().filter(|d| domain.as_ref().is_none_or(|v| *v == d.domain)).cloned().collect()
+        })
+        .await
+    }
+
+    async fn actual_lrps(&self, filter: ActualLrpFilter) -> Result<Vec<pb::ActualLrp>, SchedulerError> {
+        let narrow = filter.cell_id.is_some() || filter.process_guid.is_some();
+        let big = !narrow && self.read().actual.len() > BIG_LISTING;
+        self.listing(big, move |r| r.actual_lrps(&filter)).await
+    }
+
+    async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError> {
+        Ok(self.read().tasks.get(task_guid).cloned())
+    }
+
+    async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError> {
+        let big = filter.cell_id.is_none() && self.read().tasks.len() > BIG_LISTING;
+        self.listing(big, move |r| r.tasks(&filter)).await
+    }
+
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let _w = self.writes.lock().await;
+        self.inner.apply(changes.clone()).await?;
+        self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(changes);
+        Ok(())
     }
 }
 

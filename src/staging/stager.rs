@@ -50,6 +50,9 @@ pub struct StagerConfig {
     pub disk_mb: u32,
     /// Largest package accepted by UploadPackage.
     pub max_package_bytes: u64,
+    /// The cell's log hub: staging lines also go there as `STG` envelopes
+    /// under the app guid, beside the app's own logs.
+    pub logs: Option<Arc<crate::executor::logs::LogHub>>,
 }
 
 /// What a client asks to stage.
@@ -354,7 +357,8 @@ impl Stager {
         mut cancel: watch::Receiver<bool>,
     ) {
         let guid = lock(&task.record).staging_guid.clone();
-        let log = Logger { task: task.clone(), stderr_tail: Mutex::new(VecDeque::new()) };
+        let hub = self.cfg.logs.clone().filter(|_| !req.app_guid.is_empty()).map(|h| (h, req.app_guid.clone()));
+        let log = Logger { task: task.clone(), stderr_tail: Mutex::new(VecDeque::new()), hub };
         let scratch = self.cfg.work_dir.join("scratch").join(&guid);
         let timeout = req.timeout.unwrap_or(self.cfg.timeout);
         tracing::info!(staging_guid = %guid, app_guid = %req.app_guid, "staging");
@@ -934,6 +938,7 @@ fn human_duration(d: Duration) -> String {
 struct Logger {
     task: Arc<Task>,
     stderr_tail: Mutex<VecDeque<String>>,
+    hub: Option<(Arc<crate::executor::logs::LogHub>, String)>,
 }
 
 impl Logger {
@@ -944,6 +949,16 @@ impl Logger {
                 t.pop_front();
             }
             t.push_back(message.to_string());
+        }
+        if let Some((hub, app_guid)) = &self.hub {
+            hub.emit(crate::grpc::pb::LogEnvelope {
+                source_type: "STG".into(),
+                source_instance: "0".into(),
+                message_type: i32::from(stderr),
+                timestamp: now_ns(),
+                message: message.to_string(),
+                log_guid: app_guid.clone(),
+            });
         }
         let _ =
             self.task.events.send(Event::Log(LogLine { message: message.to_string(), stderr, timestamp: now_ns() }));

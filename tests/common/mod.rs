@@ -128,6 +128,21 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM; waits up to `timeout` for the daemon to exit. True if it did.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(c) = self.child.as_mut() else { return true };
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
