@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -264,8 +263,6 @@ pub async fn out_of_memory(gardener: &Gardener, handle: &str) -> bool {
 pub fn exit_reason(log_source: &str, code: i32, oom: bool) -> String {
     format!("{log_source}: Exited with status {code}{}", if oom { " (out of memory)" } else { "" })
 }
-
-pub type SharedGardener = Arc<Gardener>;
 
 #[cfg(test)]
 mod tests {
