@@ -64,25 +64,47 @@ impl CellView {
 
     /// An instance or task the records place on this cell.
     pub fn add_recorded(&mut self, d: &Demand, starting: bool) {
+        self.add_recorded_counting(d, starting, true);
+    }
+
+    /// `add_recorded`, counting the instance for spreading only when
+    /// `spread` (an auction needs the counts of the processes it places).
+    pub fn add_recorded_counting(&mut self, d: &Demand, starting: bool, spread: bool) {
         self.recorded.memory_mb += d.memory_mb;
         self.recorded.disk_mb += d.disk_mb;
         self.recorded.containers += 1;
         if starting {
             self.recorded_starting += 1;
         }
-        if let Some(pg) = &d.process_guid {
-            *self.per_process.entry(pg.clone()).or_default() += 1;
+        if spread {
+            self.count_process(d);
         }
     }
 
     /// A placement made by the scheduler that the records do not show yet.
     pub fn reserve(&mut self, d: &Demand) {
+        self.reserve_counting(d, true);
+    }
+
+    /// `reserve`, counting the instance for spreading only when `spread`.
+    pub fn reserve_counting(&mut self, d: &Demand, spread: bool) {
         self.added.memory_mb += d.memory_mb;
         self.added.disk_mb += d.disk_mb;
         self.added.containers += 1;
         self.added_starting += 1;
+        if spread {
+            self.count_process(d);
+        }
+    }
+
+    fn count_process(&mut self, d: &Demand) {
         if let Some(pg) = &d.process_guid {
-            *self.per_process.entry(pg.clone()).or_default() += 1;
+            match self.per_process.get_mut(pg) {
+                Some(n) => *n += 1,
+                None => {
+                    self.per_process.insert(pg.clone(), 1);
+                }
+            }
         }
     }
 

@@ -669,6 +669,7 @@ impl Scheduler {
                 cell_id: (!req.cell_id.is_empty()).then_some(req.cell_id),
                 index: req.index,
                 domain: None,
+                states: None,
             })
             .await
     }
@@ -1489,7 +1490,8 @@ impl Scheduler {
 
     /// Queues every unplaced UNCLAIMED instance and PENDING task.
     async fn kick_pending(&self) -> Result<(), SchedulerError> {
-        let actual = self.store.actual_lrps(ActualLrpFilter::default()).await?;
+        let unclaimed = ActualLrpFilter { states: Some(vec![State::Unclaimed as i32]), ..Default::default() };
+        let actual = self.store.actual_lrps(unclaimed).await?;
         let tasks = self.store.tasks(TaskFilter::default()).await?;
         let p = lock(&self.placements).keys().cloned().collect::<HashSet<_>>();
         let mut items = Vec::new();
@@ -1627,13 +1629,14 @@ impl Scheduler {
             let _w = self.write.lock().await;
             let desired: HashMap<String, pb::DesiredLrp> =
                 self.store.desired_lrps(None).await?.into_iter().map(|d| (d.process_guid.clone(), d)).collect();
-            let placements = lock(&self.placements).clone();
+            // Only this auction adds placements, and the others who remove
+            // them hold the write lock: the map stays as it is while we do.
             for item in items {
                 let dedup = match &item {
                     AuctionItem::Lrp { process_guid, index, .. } => PlacementKey::Lrp(process_guid.clone(), *index),
                     AuctionItem::Task { task_guid } => PlacementKey::Task(task_guid.clone()),
                 };
-                if placements.contains_key(&dedup) || !seen.insert(dedup) {
+                if lock(&self.placements).contains_key(&dedup) || !seen.insert(dedup) {
                     continue;
                 }
                 match &item {
@@ -1681,12 +1684,28 @@ impl Scheduler {
             cells = self.live_cells().into_iter().filter(|c| !c.evacuating).map(CellView::new).collect();
             let index: HashMap<String, usize> =
                 cells.iter().enumerate().map(|(i, c)| (c.cell_id().to_string(), i)).collect();
-            for l in self.store.actual_lrps(ActualLrpFilter::default()).await? {
+            // Spreading only looks up the processes placed now: count
+            // instances per process for those alone (every cell runs
+            // hundreds of others).
+            let placing: HashSet<&str> = lots
+                .iter()
+                .filter_map(|l| match &l.item {
+                    AuctionItem::Lrp { process_guid, .. } => Some(process_guid.as_str()),
+                    AuctionItem::Task { .. } => None,
+                })
+                .collect();
+            let demands: HashMap<&str, (Demand, bool)> =
+                desired.iter().map(|(pg, d)| (pg.as_str(), (demand_of(d), placing.contains(pg.as_str())))).collect();
+            let using = ActualLrpFilter {
+                states: Some(vec![State::Claimed as i32, State::Running as i32]),
+                ..Default::default()
+            };
+            for l in self.store.actual_lrps(using).await? {
                 if !matches!(l.state(), State::Claimed | State::Running) || l.presence() == Presence::Suspect {
                     continue;
                 }
-                if let (Some(&i), Some(d)) = (index.get(&l.cell_id), desired.get(&l.process_guid)) {
-                    cells[i].add_recorded(&demand_of(d), l.state() == State::Claimed);
+                if let (Some(&i), Some((d, spread))) = (index.get(&l.cell_id), demands.get(l.process_guid.as_str())) {
+                    cells[i].add_recorded_counting(d, l.state() == State::Claimed, *spread);
                 }
             }
             for t in self.store.tasks(TaskFilter::default()).await? {
@@ -1694,9 +1713,10 @@ impl Scheduler {
                     cells[i].add_recorded(&task_demand(&t), false);
                 }
             }
-            for p in placements.values() {
+            for p in lock(&self.placements).values() {
                 if let Some(&i) = index.get(&p.cell_id) {
-                    cells[i].reserve(&p.demand);
+                    let spread = p.demand.process_guid.as_deref().is_some_and(|pg| placing.contains(pg));
+                    cells[i].reserve_counting(&p.demand, spread);
                 }
             }
         }

@@ -18,6 +18,8 @@ pub struct ActualLrpFilter {
     pub cell_id: Option<String>,
     pub index: Option<i32>,
     pub domain: Option<String>,
+    /// Only records in one of these states (`State as i32`); None: any.
+    pub states: Option<Vec<i32>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -106,6 +108,10 @@ impl SqliteStore {
         // Writes to the big tables touch index pages all over: keep them in
         // memory (64 MiB, not SQLite's 2 MiB default).
         conn.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+        // Reads through the page cache's own mapping, and checkpoints that
+        // copy each page once for many commits (the WAL grows to ~64 MiB).
+        conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(db_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 16384).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -180,7 +186,12 @@ impl SchedulerStore for SqliteStore {
             if let Some(v) = f.domain {
                 conds.push(("domain", Box::new(v)));
             }
-            let (w, vals) = where_clause(conds);
+            let (mut w, mut vals) = where_clause(conds);
+            if let Some(states) = f.states {
+                let marks = vec!["?"; states.len()].join(", ");
+                w.push_str(&format!("{} state IN ({marks})", if w.is_empty() { " WHERE" } else { " AND" }));
+                vals.extend(states.into_iter().map(|v| Box::new(v) as Box<dyn rusqlite::ToSql + Send>));
+            }
             let sql = format!("SELECT data FROM actual_lrps{w} ORDER BY process_guid, instance_index, presence");
             let args: Vec<&dyn rusqlite::ToSql> = vals.iter().map(|v| v.as_ref() as &dyn rusqlite::ToSql).collect();
             query_blobs(c, &sql, &args)
@@ -364,6 +375,7 @@ impl Records {
                 && f.cell_id.as_ref().is_none_or(|v| *v == a.cell_id)
                 && f.index.is_none_or(|v| v == a.index)
                 && f.domain.as_ref().is_none_or(|v| *v == a.domain)
+                && f.states.as_ref().is_none_or(|v| v.contains(&a.state))
         };
         if let Some(cell) = &f.cell_id {
             let Some(keys) = self.actual_by_cell.get(cell) else { return Vec::new() };
@@ -554,6 +566,112 @@ mod tests {
         s.apply(vec![Change::DeleteTask("t1".into()), Change::DeleteDesired("pg".into())]).await.unwrap();
         assert!(s.task("t1").await.unwrap().is_none());
         assert!(s.desired_lrp("pg").await.unwrap().is_none());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_cache_answers_as_the_database_does() {
+        let path = temp_db("cache");
+        let sqlite: Arc<dyn SchedulerStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let a = |pg: &str, i, p: Presence, cell: &str| pb::ActualLrp {
+            process_guid: pg.into(),
+            index: i,
+            domain: if pg == "pg-b" { "other".into() } else { "cf-apps".into() },
+            presence: p as i32,
+            state: State::Running as i32,
+            cell_id: cell.into(),
+            ..Default::default()
+        };
+        let d = |pg: &str, domain: &str| pb::DesiredLrp {
+            process_guid: pg.into(),
+            domain: domain.into(),
+            ..Default::default()
+        };
+        let t = |g: &str, cell: &str| pb::Task {
+            task_guid: g.into(),
+            domain: "cf-tasks".into(),
+            cell_id: cell.into(),
+            ..Default::default()
+        };
+        // Some records before the cache loads, some after.
+        sqlite
+            .apply(vec![
+                Change::PutDesired(d("pg-b", "other")),
+                Change::PutActual(a("pg-b", 1, Presence::Ordinary, "c1")),
+                Change::PutActual(a("pg-a", 0, Presence::Ordinary, "c2")),
+                Change::PutTask(t("t2", "c1")),
+            ])
+            .await
+            .unwrap();
+        let cached = CachedStore::load(sqlite.clone()).await.unwrap();
+        cached
+            .apply(vec![
+                Change::PutDesired(d("pg-a", "cf-apps")),
+                Change::PutActual(a("pg-a", 0, Presence::Evacuating, "c1")),
+                Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c1")),
+                Change::PutActual(pb::ActualLrp {
+                    state: State::Claimed as i32,
+                    ..a("pg-a", 2, Presence::Ordinary, "c1")
+                }),
+                Change::PutActual(a("pg-b", 0, Presence::Suspect, "c3")),
+                Change::PutTask(t("t1", "c2")),
+            ])
+            .await
+            .unwrap();
+        // Moves between cells, deletions.
+        cached
+            .apply(vec![
+                Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c3")),
+                Change::DeleteActual { process_guid: "pg-b".into(), index: 1, presence: Presence::Ordinary as i32 },
+                Change::PutTask(t("t2", "c3")),
+            ])
+            .await
+            .unwrap();
+        let filters = [
+            ActualLrpFilter::default(),
+            ActualLrpFilter { cell_id: Some("c1".into()), ..Default::default() },
+            ActualLrpFilter { cell_id: Some("c3".into()), ..Default::default() },
+            ActualLrpFilter { cell_id: Some("none".into()), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), index: Some(0), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), cell_id: Some("c3".into()), ..Default::default() },
+            ActualLrpFilter { index: Some(0), ..Default::default() },
+            ActualLrpFilter { domain: Some("other".into()), ..Default::default() },
+            ActualLrpFilter { states: Some(vec![State::Running as i32]), ..Default::default() },
+            ActualLrpFilter {
+                states: Some(vec![State::Claimed as i32, State::Unclaimed as i32]),
+                ..Default::default()
+            },
+            ActualLrpFilter {
+                cell_id: Some("c1".into()),
+                states: Some(vec![State::Running as i32, State::Crashed as i32]),
+                ..Default::default()
+            },
+        ];
+        for f in filters {
+            assert_eq!(
+                cached.actual_lrps(f.clone()).await.unwrap(),
+                sqlite.actual_lrps(f.clone()).await.unwrap(),
+                "{f:?}"
+            );
+        }
+        for f in [
+            TaskFilter::default(),
+            TaskFilter { cell_id: Some("c3".into()), domain: None },
+            TaskFilter { cell_id: Some("c1".into()), domain: None },
+            TaskFilter { cell_id: None, domain: Some("cf-tasks".into()) },
+        ] {
+            assert_eq!(cached.tasks(f.clone()).await.unwrap(), sqlite.tasks(f.clone()).await.unwrap(), "{f:?}");
+        }
+        for dom in [None, Some("cf-apps".to_string()), Some("x".to_string())] {
+            assert_eq!(cached.desired_lrps(dom.clone()).await.unwrap(), sqlite.desired_lrps(dom).await.unwrap());
+        }
+        assert_eq!(cached.desired_lrp("pg-a").await.unwrap(), sqlite.desired_lrp("pg-a").await.unwrap());
+        assert_eq!(cached.task("t2").await.unwrap().unwrap().cell_id, "c3");
+        cached.apply(vec![Change::DeleteTask("t2".into()), Change::DeleteDesired("pg-b".into())]).await.unwrap();
+        assert!(cached.task("t2").await.unwrap().is_none());
+        assert!(cached.desired_lrp("pg-b").await.unwrap().is_none());
+        assert!(cached.tasks(TaskFilter { cell_id: Some("c3".into()), domain: None }).await.unwrap().is_empty());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
