@@ -48,21 +48,12 @@ pub fn lrp_env(
     if !has(&d.env, "VCAP_APPLICATION") {
         let (process_id, version) = split_process_guid(&d.process_guid);
         let app = VcapApplication {
-            cf_api: "",
-            limits: Limits { fds: DEFAULT_FDS, mem: d.memory_mb, disk: d.disk_mb },
-            application_name: "",
-            application_uris: Vec::new(),
-            name: "",
-            space_name: "",
-            space_id: "",
-            organization_id: "",
-            organization_name: "",
-            uris: Vec::new(),
             process_id: Some(process_id),
             process_type: Some(process_type(&d.log_source)),
             application_id: if d.log_guid.is_empty() { process_id } else { &d.log_guid },
             version,
             application_version: version,
+            ..VcapApplication::blank(d.memory_mb, d.disk_mb)
         };
         env.push(("VCAP_APPLICATION".into(), app.to_json()));
     }
@@ -91,23 +82,7 @@ pub fn task_env(t: &pb::Task, host_ip: &str, container_ip: &str) -> Vec<String> 
     if !has(&t.env, "VCAP_APPLICATION") {
         // A task is not a process of the app: no process_id/process_type, and
         // no version we could know.
-        let app = VcapApplication {
-            cf_api: "",
-            limits: Limits { fds: DEFAULT_FDS, mem: t.memory_mb, disk: t.disk_mb },
-            application_name: "",
-            application_uris: Vec::new(),
-            name: "",
-            space_name: "",
-            space_id: "",
-            organization_id: "",
-            organization_name: "",
-            uris: Vec::new(),
-            process_id: None,
-            process_type: None,
-            application_id: &t.log_guid,
-            version: "",
-            application_version: "",
-        };
+        let app = VcapApplication { application_id: &t.log_guid, ..VcapApplication::blank(t.memory_mb, t.disk_mb) };
         env.push(("VCAP_APPLICATION".into(), app.to_json()));
     }
     if !has(&t.env, "VCAP_SERVICES") {
@@ -150,6 +125,29 @@ struct VcapApplication<'a> {
     application_id: &'a str,
     version: &'a str,
     application_version: &'a str,
+}
+
+impl VcapApplication<'_> {
+    /// What the cell knows without Cloud Controller: limits, empty names.
+    fn blank(mem: u32, disk: u32) -> Self {
+        VcapApplication {
+            cf_api: "",
+            limits: Limits { fds: DEFAULT_FDS, mem, disk },
+            application_name: "",
+            application_uris: Vec::new(),
+            name: "",
+            space_name: "",
+            space_id: "",
+            organization_id: "",
+            organization_name: "",
+            uris: Vec::new(),
+            process_id: None,
+            process_type: None,
+            application_id: "",
+            version: "",
+            application_version: "",
+        }
+    }
 }
 
 #[derive(Serialize)]
