@@ -87,11 +87,13 @@ async fn client(addr: &str) -> SchedulerClient<Channel> {
 }
 
 /// A simulated cell: accepts Perform, then claims and starts (when
-/// `auto_start`), heartbeats while `beating`.
+/// `auto_start`), heartbeats while `beating`. Its heartbeat counts every
+/// instance it accepted as a container in use, as a rep's reservations do.
 struct SimCell {
     id: String,
     addr: String,
     memory_mb: u32,
+    containers: u32,
     sched: SchedulerClient<Channel>,
     auto_start: AtomicBool,
     beating: AtomicBool,
@@ -107,12 +109,17 @@ struct CellSvc(Arc<SimCell>);
 
 impl SimCell {
     async fn start(id: &str, sched_addr: &str, memory_mb: u32) -> Arc<Self> {
+        Self::start_with(id, sched_addr, memory_mb, 250).await
+    }
+
+    async fn start_with(id: &str, sched_addr: &str, memory_mb: u32, containers: u32) -> Arc<Self> {
         let listener = celld::grpc::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let cell = Arc::new(SimCell {
             id: id.to_string(),
             addr,
             memory_mb,
+            containers,
             sched: client(sched_addr).await,
             auto_start: AtomicBool::new(true),
             beating: AtomicBool::new(true),
@@ -142,13 +149,14 @@ impl SimCell {
     }
 
     fn presence(&self) -> pb::CellPresence {
-        let r = pb::Resources { memory_mb: self.memory_mb, disk_mb: 100_000, containers: 250 };
+        let r = pb::Resources { memory_mb: self.memory_mb, disk_mb: 100_000, containers: self.containers };
+        let used = u32::try_from(self.instances.lock().unwrap().len()).unwrap();
         pb::CellPresence {
             cell_id: self.id.clone(),
             grpc_address: self.addr.clone(),
             zone: "z1".into(),
             capacity: Some(r),
-            available: Some(r),
+            available: Some(pb::Resources { containers: r.containers.saturating_sub(used), ..r }),
             stacks: vec!["cflinuxfs4".into()],
             ..Default::default()
         }
@@ -739,4 +747,94 @@ async fn a_restarted_scheduler_keeps_every_record() {
     assert_eq!(before.1, after.1);
     assert_eq!(before.2, after.2);
     assert_eq!(after.1.len(), 4);
+}
+
+/// The instance guids `cell` was given for `pg`/`index`.
+fn given(cell: &SimCell, pg: &str, index: i32) -> Vec<String> {
+    let i = cell.instances.lock().unwrap();
+    i.iter().filter(|(_, (p, x))| p == pg && *x == index).map(|(g, _)| g.clone()).collect()
+}
+
+async fn claim(cell: &SimCell, pg: &str, index: i32, guid: &str) -> Result<(), Status> {
+    let mut s = cell.sched.clone();
+    s.claim_actual_lrp(pb::ClaimActualLrpRequest { key: key(pg, index), instance_key: Some(cell.ik(guid)) }).await?;
+    Ok(())
+}
+
+/// Work a cell accepted shows in its next heartbeat: the auction must not
+/// count it a second time as a placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accepted_work_is_counted_once() {
+    let sched = Sched::start("counted-once", 15, false).await;
+    let cell = SimCell::start_with("cell-a", &sched.addr, 8192, 4).await;
+    cell.auto_start.store(false, Ordering::SeqCst);
+    let mut s = sched.client().await;
+    s.desire_lrp(desired("first", 2, 128)).await.unwrap();
+    eventually("2 instances accepted", || async { (cell.instances.lock().unwrap().len() == 2).then_some(()) }).await;
+    // Heartbeats (every 200 ms) now say 2 of 4 containers are in use.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.desire_lrp(desired("second", 2, 128)).await.unwrap();
+    eventually("4 instances accepted", || async { (cell.instances.lock().unwrap().len() == 4).then_some(()) }).await;
+    assert!(actuals(&mut s, "second").await.iter().all(|l| l.placement_error.is_empty()));
+    // Now the cell is full, whatever its heartbeat says yet.
+    s.desire_lrp(desired("third", 1, 128)).await.unwrap();
+    let lrp = eventually("a placement error", || {
+        let mut s = s.clone();
+        async move { actuals(&mut s, "third").await.into_iter().find(|l| !l.placement_error.is_empty()) }
+    })
+    .await;
+    assert_eq!(lrp.placement_error, "insufficient resources: containers");
+}
+
+/// A cell that claims nothing for 30 s (test clock) loses its placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unclaimed_placement_is_auctioned_again_after_30_s() {
+    let sched = Sched::start("stale-placement", 15, true).await;
+    let cell = SimCell::start("cell-a", &sched.addr, 8192).await;
+    cell.auto_start.store(false, Ordering::SeqCst);
+    let mut s = sched.client().await;
+    s.desire_lrp(desired("app", 1, 128)).await.unwrap();
+    let first = eventually("the placement", || async { given(&cell, "app", 0).pop() }).await;
+    s.advance_clock(pb::AdvanceClockRequest { seconds: 29 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(given(&cell, "app", 0), vec![first.clone()], "kept for 29 s");
+    s.advance_clock(pb::AdvanceClockRequest { seconds: 1 }).await.unwrap();
+    let second =
+        eventually("a new placement", || async { given(&cell, "app", 0).into_iter().find(|g| *g != first) }).await;
+    let refused = claim(&cell, "app", 0, &first).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    cell.claim_and_start("app", 0, &second).await.unwrap();
+    all_running(&s, "app", 1).await;
+}
+
+/// A cell still claiming other work keeps its unclaimed placement past 30 s
+/// (its claims may be queued); once it claims nothing for 30 s, it loses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cell_making_progress_keeps_its_placements() {
+    let sched = Sched::start("busy-cell", 15, true).await;
+    let cell = SimCell::start("cell-a", &sched.addr, 8192).await;
+    cell.auto_start.store(false, Ordering::SeqCst);
+    let mut s = sched.client().await;
+    s.desire_lrp(desired("slow", 1, 128)).await.unwrap();
+    s.desire_lrp(desired("other", 3, 128)).await.unwrap();
+    eventually("4 placements", || async { (cell.instances.lock().unwrap().len() == 4).then_some(()) }).await;
+    let slow = given(&cell, "slow", 0).remove(0);
+    let other: Vec<String> = (0..3).map(|i| given(&cell, "other", i).remove(0)).collect();
+    let mut clock = 0;
+    for (advance, claimed) in [(20, Some(0)), (15, Some(1)), (25, None)] {
+        s.advance_clock(pb::AdvanceClockRequest { seconds: advance }).await.unwrap();
+        clock += advance;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(given(&cell, "slow", 0), vec![slow.clone()], "placement kept at {clock} s");
+        if let Some(i) = claimed {
+            claim(&cell, "other", i, &other[i as usize]).await.unwrap();
+        }
+    }
+    // 90 s after the placement, 55 s after the cell's last claim.
+    s.advance_clock(pb::AdvanceClockRequest { seconds: 30 }).await.unwrap();
+    eventually("slow/0 placed again", || async { given(&cell, "slow", 0).into_iter().find(|g| *g != slow) }).await;
+    eventually("other/2 placed again", || async { given(&cell, "other", 2).into_iter().find(|g| *g != other[2]) })
+        .await;
+    let refused = claim(&cell, "slow", 0, &slow).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }

@@ -2,6 +2,7 @@
 //! each cell that counts this batch's placements as soon as they are made.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use crate::grpc::pb;
 
@@ -22,12 +23,20 @@ pub struct Demand {
 #[derive(Debug, Clone)]
 pub struct CellView {
     pub presence: pb::CellPresence,
+    /// When the scheduler heard `presence`: work the cell accepted before
+    /// then is already out of its `available`.
+    heard: Instant,
     /// Usage the scheduler's records show (CLAIMED/RUNNING instances, RUNNING tasks).
     recorded: Usage,
-    /// Placements not in the records yet (in flight, or made in this batch).
-    added: Usage,
     recorded_starting: u64,
-    added_starting: u64,
+    /// Every placement not in the records yet (accepted, in flight, or made
+    /// in this batch).
+    placed: Usage,
+    placed_starting: u64,
+    /// Those of `placed` the heartbeat cannot show yet: in flight, or
+    /// accepted after it.
+    unheard: Usage,
+    unheard_starting: u64,
     per_process: HashMap<String, u64>,
 }
 
@@ -46,14 +55,48 @@ pub enum Fit {
     Insufficient(Vec<&'static str>),
 }
 
+impl Usage {
+    fn add(&mut self, d: &Demand) {
+        self.memory_mb += d.memory_mb;
+        self.disk_mb += d.disk_mb;
+        self.containers += 1;
+    }
+
+    fn sub(&mut self, d: &Demand) {
+        self.memory_mb = self.memory_mb.saturating_sub(d.memory_mb);
+        self.disk_mb = self.disk_mb.saturating_sub(d.disk_mb);
+        self.containers = self.containers.saturating_sub(1);
+    }
+
+    fn plus(self, o: Usage) -> Usage {
+        Usage {
+            memory_mb: self.memory_mb + o.memory_mb,
+            disk_mb: self.disk_mb + o.disk_mb,
+            containers: self.containers + o.containers,
+        }
+    }
+
+    fn max(self, o: Usage) -> Usage {
+        Usage {
+            memory_mb: self.memory_mb.max(o.memory_mb),
+            disk_mb: self.disk_mb.max(o.disk_mb),
+            containers: self.containers.max(o.containers),
+        }
+    }
+}
+
 impl CellView {
-    pub fn new(presence: pb::CellPresence) -> Self {
+    /// A cell whose `presence` the scheduler heard at `heard`.
+    pub fn new(presence: pb::CellPresence, heard: Instant) -> Self {
         Self {
             presence,
+            heard,
             recorded: Usage::default(),
-            added: Usage::default(),
             recorded_starting: 0,
-            added_starting: 0,
+            placed: Usage::default(),
+            placed_starting: 0,
+            unheard: Usage::default(),
+            unheard_starting: 0,
             per_process: HashMap::new(),
         }
     }
@@ -70,9 +113,7 @@ impl CellView {
     /// `add_recorded`, counting the instance for spreading only when
     /// `spread` (an auction needs the counts of the processes it places).
     pub fn add_recorded_counting(&mut self, d: &Demand, starting: bool, spread: bool) {
-        self.recorded.memory_mb += d.memory_mb;
-        self.recorded.disk_mb += d.disk_mb;
-        self.recorded.containers += 1;
+        self.recorded.add(d);
         if starting {
             self.recorded_starting += 1;
         }
@@ -81,17 +122,23 @@ impl CellView {
         }
     }
 
-    /// A placement made by the scheduler that the records do not show yet.
+    /// A placement made in this batch (in flight: no heartbeat shows it).
     pub fn reserve(&mut self, d: &Demand) {
-        self.reserve_counting(d, true);
+        self.reserve_counting(d, None, true);
     }
 
-    /// `reserve`, counting the instance for spreading only when `spread`.
-    pub fn reserve_counting(&mut self, d: &Demand, spread: bool) {
-        self.added.memory_mb += d.memory_mb;
-        self.added.disk_mb += d.disk_mb;
-        self.added.containers += 1;
-        self.added_starting += 1;
+    /// A placement the records do not show yet, which the cell `accepted`
+    /// at that instant (None: Perform in flight); counted for spreading
+    /// only when `spread`.
+    pub fn reserve_counting(&mut self, d: &Demand, accepted: Option<Instant>, spread: bool) {
+        self.placed.add(d);
+        self.placed_starting += 1;
+        // Only work in flight or accepted after the heartbeat is missing from
+        // it: a cell reserves what it accepts, out of its `available`.
+        if accepted.is_none_or(|a| a >= self.heard) {
+            self.unheard.add(d);
+            self.unheard_starting += 1;
+        }
         if spread {
             self.count_process(d);
         }
@@ -110,10 +157,10 @@ impl CellView {
 
     /// Undoes `reserve` (the cell refused the work).
     pub fn release(&mut self, d: &Demand) {
-        self.added.memory_mb = self.added.memory_mb.saturating_sub(d.memory_mb);
-        self.added.disk_mb = self.added.disk_mb.saturating_sub(d.disk_mb);
-        self.added.containers = self.added.containers.saturating_sub(1);
-        self.added_starting = self.added_starting.saturating_sub(1);
+        self.placed.sub(d);
+        self.placed_starting = self.placed_starting.saturating_sub(1);
+        self.unheard.sub(d);
+        self.unheard_starting = self.unheard_starting.saturating_sub(1);
         if let Some(n) = d.process_guid.as_ref().and_then(|pg| self.per_process.get_mut(pg)) {
             *n = n.saturating_sub(1);
         }
@@ -126,7 +173,10 @@ impl CellView {
 
     /// Used = what the heartbeat says or what the records say, whichever is
     /// more (each misses something: the heartbeat is up to 5 s old, the
-    /// records miss staging), plus placements not recorded yet.
+    /// records miss staging). Each side adds the placements it cannot see:
+    /// the heartbeat those the cell had not accepted when it was heard, the
+    /// records all of them (counting an accepted one on top of a heartbeat
+    /// that shows it made busy cells look full).
     fn used(&self) -> Usage {
         let cap = self.capacity();
         let avail = self.presence.available.unwrap_or_default();
@@ -135,11 +185,14 @@ impl CellView {
             disk_mb: cap.disk_mb.saturating_sub(avail.disk_mb.into()),
             containers: cap.containers.saturating_sub(avail.containers.into()),
         };
-        Usage {
-            memory_mb: hb.memory_mb.max(self.recorded.memory_mb) + self.added.memory_mb,
-            disk_mb: hb.disk_mb.max(self.recorded.disk_mb) + self.added.disk_mb,
-            containers: hb.containers.max(self.recorded.containers) + self.added.containers,
-        }
+        hb.plus(self.unheard).max(self.recorded.plus(self.placed))
+    }
+
+    /// Starting containers, on the same two sides as `used` (a cell counts
+    /// the work it accepted as starting).
+    fn starting(&self) -> u64 {
+        (u64::from(self.presence.starting_containers) + self.unheard_starting)
+            .max(self.recorded_starting + self.placed_starting)
     }
 
     fn compatible(&self, d: &Demand) -> bool {
@@ -178,7 +231,7 @@ impl CellView {
             + frac(used.disk_mb, cap.disk_mb)
             + frac(used.containers, cap.containers))
             / 3.0;
-        let starting = self.recorded_starting.max(self.presence.starting_containers.into()) + self.added_starting;
+        let starting = self.starting();
         let same = d.process_guid.as_ref().and_then(|pg| self.per_process.get(pg)).copied().unwrap_or(0);
         Fit::Score(resources + 0.25 * starting as f64 + 1000.0 * same as f64)
     }
@@ -213,18 +266,104 @@ pub fn choose(cells: &[CellView], d: &Demand, excluded: &[String]) -> Result<usi
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn cell(id: &str, mem: u32, disk: u32, containers: u32) -> CellView {
         let r = pb::Resources { memory_mb: mem, disk_mb: disk, containers };
-        CellView::new(pb::CellPresence {
-            cell_id: id.into(),
-            capacity: Some(r),
-            available: Some(r),
-            stacks: vec!["cflinuxfs4".into()],
-            placement_tags: vec!["blue".into()],
-            ..Default::default()
-        })
+        CellView::new(
+            pb::CellPresence {
+                cell_id: id.into(),
+                capacity: Some(r),
+                available: Some(r),
+                stacks: vec!["cflinuxfs4".into()],
+                placement_tags: vec!["blue".into()],
+                ..Default::default()
+            },
+            Instant::now(),
+        )
+    }
+
+    /// 10 containers (memory and disk to spare), a heartbeat heard at
+    /// `heard` saying 5 are in use (5 starting).
+    fn half_full(heard: Instant) -> CellView {
+        let mut c = cell("a", 100_000, 100_000, 10);
+        c.presence.available = Some(pb::Resources { memory_mb: 100_000, disk_mb: 100_000, containers: 5 });
+        c.presence.starting_containers = 5;
+        c.heard = heard;
+        c
+    }
+
+    /// How many more 1 MB instances fit.
+    fn room(c: &CellView) -> usize {
+        let mut c = c.clone();
+        let mut n = 0;
+        while let Fit::Score(_) = c.fit(&lrp(1)) {
+            c.reserve(&lrp(1));
+            n += 1;
+            assert!(n <= 100, "a 10-container cell takes more than 100 instances");
+        }
+        n
+    }
+
+    #[test]
+    fn placements_accepted_before_the_heartbeat_count_once() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let before = Some(before);
+        let mut c = half_full(heard);
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), before, true);
+        }
+        // The heartbeat's 5 used containers are those 5 placements.
+        assert_eq!(room(&c), 5);
+        assert_eq!(c.starting(), 5);
+    }
+
+    #[test]
+    fn placements_in_flight_count_on_top_of_the_heartbeat() {
+        let mut c = half_full(Instant::now());
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), None, true);
+        }
+        assert_eq!(room(&c), 0);
+        assert_eq!(c.fit(&lrp(1)), Fit::Insufficient(vec!["containers"]));
+        assert_eq!(c.starting(), 10);
+    }
+
+    #[test]
+    fn placements_accepted_after_the_heartbeat_count_on_top_of_it() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let mut c = half_full(heard);
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), Some(heard + Duration::from_millis(10)), true);
+        }
+        assert_eq!(room(&c), 0);
+        // A mix: 3 heard, 2 not.
+        let mut c = half_full(heard);
+        for i in 0..5 {
+            let at = if i < 3 { Some(before) } else { Some(heard + Duration::from_secs(1)) };
+            c.reserve_counting(&lrp(1), at, true);
+        }
+        assert_eq!(room(&c), 3);
+    }
+
+    #[test]
+    fn records_count_every_placement() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let before = Some(before);
+        // A heartbeat showing nothing used (it missed the instances the
+        // records show), 5 recorded instances and 5 placements it missed too.
+        let mut c = cell("a", 100_000, 100_000, 10);
+        c.heard = heard;
+        for _ in 0..5 {
+            c.add_recorded(&lrp(1), false);
+            c.reserve_counting(&lrp(1), before, true);
+        }
+        assert_eq!(room(&c), 0);
     }
 
     fn lrp(mem: u64) -> Demand {

@@ -45,9 +45,24 @@ enum PlacementKey {
 struct Placement {
     cell_id: String,
     instance_guid: String,
-    /// Clock time of the placement: after 30 s unclaimed it is auctioned again.
+    /// Clock time of the placement: unclaimed 30 s after it (and after its
+    /// cell's last progress) it is auctioned again.
     at: i64,
+    /// When Perform came back without refusing it (None while in flight):
+    /// heartbeats heard later already count it in the cell's usage.
+    accepted: Option<Instant>,
     demand: Demand,
+}
+
+impl Placement {
+    /// Worth auctioning again at `now`: accepted by its cell (a Perform in
+    /// flight ends in an answer or an error, never in time alone), 30 s old,
+    /// and its cell either gone or not among the `busy` cells (live, with a
+    /// claim or start in the last 30 s; a busy cell's claims queue behind
+    /// the write lock, and re-auctioning would discard its container).
+    fn stale(&self, now: i64, busy: &HashSet<String>) -> bool {
+        self.accepted.is_some() && now.saturating_sub(self.at) >= STALE_UNCLAIMED_NS && !busy.contains(&self.cell_id)
+    }
 }
 
 struct PresenceEntry {
@@ -143,6 +158,10 @@ pub struct Scheduler {
     write: tokio::sync::Mutex<()>,
     presences: Mutex<HashMap<String, PresenceEntry>>,
     placements: Mutex<HashMap<PlacementKey, Placement>>,
+    /// Cell id → clock time of the last claim, start or task start the
+    /// scheduler accepted from it: a cell still working through its queue
+    /// keeps its unclaimed placements.
+    progress: Mutex<HashMap<String, i64>>,
     channels: Mutex<HashMap<String, Channel>>,
     events: broadcast::Sender<pb::Event>,
     auctions: mpsc::UnboundedSender<Vec<AuctionItem>>,
@@ -314,6 +333,7 @@ impl Scheduler {
             write: tokio::sync::Mutex::new(()),
             presences: Mutex::new(HashMap::new()),
             placements: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             events,
             auctions: tx,
@@ -375,10 +395,39 @@ impl Scheduler {
 
     /// Live cells, by id.
     pub fn live_cells(&self) -> Vec<pb::CellPresence> {
+        self.live_presences().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Live cells by id, each with when its presence was heard.
+    fn live_presences(&self) -> Vec<(pb::CellPresence, Instant)> {
         let p = lock(&self.presences);
-        let mut v: Vec<_> = p.values().filter(|e| self.alive(e)).map(|e| e.presence.clone()).collect();
-        v.sort_by(|a, b| a.cell_id.cmp(&b.cell_id));
+        let mut v: Vec<_> = p.values().filter(|e| self.alive(e)).map(|e| (e.presence.clone(), e.seen)).collect();
+        v.sort_by(|a, b| a.0.cell_id.cmp(&b.0.cell_id));
         v
+    }
+
+    /// A cell made progress on its work (claimed, started) at `now`.
+    fn note_progress(&self, cell_id: &str, now: i64) {
+        let mut p = lock(&self.progress);
+        match p.get_mut(cell_id) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                p.insert(cell_id.to_string(), now);
+            }
+        }
+    }
+
+    /// Live cells that made progress within the last 30 s at `now`: their
+    /// unclaimed placements are queued behind other work, not lost.
+    fn busy_cells(&self, now: i64) -> HashSet<String> {
+        let live: HashSet<String> = {
+            let p = lock(&self.presences);
+            p.iter().filter(|(_, e)| self.alive(e)).map(|(id, _)| id.clone()).collect()
+        };
+        let progress = lock(&self.progress);
+        live.into_iter()
+            .filter(|id| progress.get(id).is_some_and(|t| now.saturating_sub(*t) < STALE_UNCLAIMED_NS))
+            .collect()
     }
 
     fn cell_address(&self, cell_id: &str) -> Option<String> {
@@ -779,6 +828,8 @@ impl Scheduler {
         batch.put_actual(Some(&ord), after.clone())?;
         self.commit(batch).await?;
         lock(&self.placements).remove(&PlacementKey::Lrp(key.process_guid.clone(), key.index));
+        // Now, not `now`: the claim may have waited long for the lock.
+        self.note_progress(&ik.cell_id, self.now());
         tracing::debug!(process_guid = %key.process_guid, index = key.index, instance_guid = %ik.instance_guid, cell_id = %ik.cell_id, "claimed");
         Ok(after)
     }
@@ -838,6 +889,7 @@ impl Scheduler {
         }
         self.commit(batch).await?;
         lock(&self.placements).remove(&PlacementKey::Lrp(key.process_guid.clone(), key.index));
+        self.note_progress(&ik.cell_id, self.now());
         tracing::info!(process_guid = %key.process_guid, index = key.index, instance_guid = %ik.instance_guid, cell_id = %ik.cell_id, routable = req.routable, "running");
         Ok(after)
     }
@@ -1135,6 +1187,7 @@ impl Scheduler {
                 batch.put_task(false, after);
                 self.commit(batch).await?;
                 lock(&self.placements).remove(&PlacementKey::Task(guid.to_string()));
+                self.note_progress(cell_id, self.now());
                 tracing::info!(task_guid = %guid, cell_id = %cell_id, "task running");
                 Ok(true)
             }
@@ -1323,6 +1376,7 @@ impl Scheduler {
     pub async fn converge(&self) -> Result<u32, SchedulerError> {
         let now = self.now();
         let _w = self.write.lock().await;
+        let busy = self.busy_cells(now);
         let desired = self.store.desired_lrps(None).await?;
         let actual = self.store.actual_lrps(ActualLrpFilter::default()).await?;
         let tasks = self.store.tasks(TaskFilter::default()).await?;
@@ -1386,7 +1440,7 @@ impl Scheduler {
                     State::Unclaimed => {
                         let key = PlacementKey::Lrp(pg.clone(), *index);
                         let mut p = lock(&self.placements);
-                        let stale = p.get(&key).is_some_and(|pl| now.saturating_sub(pl.at) >= STALE_UNCLAIMED_NS);
+                        let stale = p.get(&key).is_some_and(|pl| pl.stale(now, &busy));
                         if stale {
                             p.remove(&key);
                         }
@@ -1450,7 +1504,7 @@ impl Scheduler {
                 TaskState::Pending => {
                     let key = PlacementKey::Task(t.task_guid.clone());
                     let mut p = lock(&self.placements);
-                    let stale = p.get(&key).is_some_and(|pl| now.saturating_sub(pl.at) >= STALE_UNCLAIMED_NS);
+                    let stale = p.get(&key).is_some_and(|pl| pl.stale(now, &busy));
                     if stale {
                         p.remove(&key);
                     }
@@ -1681,7 +1735,12 @@ impl Scheduler {
             if lots.is_empty() {
                 return Ok(());
             }
-            cells = self.live_cells().into_iter().filter(|c| !c.evacuating).map(CellView::new).collect();
+            cells = self
+                .live_presences()
+                .into_iter()
+                .filter(|(c, _)| !c.evacuating)
+                .map(|(c, heard)| CellView::new(c, heard))
+                .collect();
             let index: HashMap<String, usize> =
                 cells.iter().enumerate().map(|(i, c)| (c.cell_id().to_string(), i)).collect();
             // Spreading only looks up the processes placed now: count
@@ -1716,7 +1775,7 @@ impl Scheduler {
             for p in lock(&self.placements).values() {
                 if let Some(&i) = index.get(&p.cell_id) {
                     let spread = p.demand.process_guid.as_deref().is_some_and(|pg| placing.contains(pg));
-                    cells[i].reserve_counting(&p.demand, spread);
+                    cells[i].reserve_counting(&p.demand, p.accepted, spread);
                 }
             }
         }
@@ -1738,6 +1797,7 @@ impl Scheduler {
                                 cell_id: cells[i].cell_id().to_string(),
                                 instance_guid: lot.instance_guid(),
                                 at: now,
+                                accepted: None,
                                 demand: lot.demand.clone(),
                             },
                         );
@@ -1752,11 +1812,13 @@ impl Scheduler {
                 let client = self.cell_client(&cell.grpc_address);
                 calls.spawn(async move {
                     let refused = perform(&cell, client, &lots).await;
-                    (i, lots, refused)
+                    // Taken here, not when joined: a later instant would
+                    // count the work again on top of heartbeats showing it.
+                    (i, lots, refused, Instant::now())
                 });
             }
             while let Some(joined) = calls.join_next().await {
-                let Ok((i, lots, refused)) = joined else { continue };
+                let Ok((i, lots, refused, answered)) = joined else { continue };
                 let cell_id = cells[i].cell_id().to_string();
                 let refused = match refused {
                     Ok(r) => r,
@@ -1769,14 +1831,17 @@ impl Scheduler {
                 for lot in lots {
                     let key = lot.key();
                     match refused.get(&key) {
-                        None => match &lot.work {
-                            Work::Lrp(s) => {
-                                tracing::info!(process_guid = %s.desired_lrp.as_ref().map(|d| d.process_guid.as_str()).unwrap_or(""), index = s.index, instance_guid = %s.instance_guid, cell_id = %cell_id, "placed")
+                        None => {
+                            self.accepted(&key, &cell_id, answered);
+                            match &lot.work {
+                                Work::Lrp(s) => {
+                                    tracing::info!(process_guid = %s.desired_lrp.as_ref().map(|d| d.process_guid.as_str()).unwrap_or(""), index = s.index, instance_guid = %s.instance_guid, cell_id = %cell_id, "placed")
+                                }
+                                Work::Task(t) => {
+                                    tracing::info!(task_guid = %t.task_guid, cell_id = %cell_id, "task placed")
+                                }
                             }
-                            Work::Task(t) => {
-                                tracing::info!(task_guid = %t.task_guid, cell_id = %cell_id, "task placed")
-                            }
-                        },
+                        }
                         Some(err) => {
                             lock(&self.placements).remove(&key);
                             cells[i].release(&lot.demand);
@@ -1802,6 +1867,14 @@ impl Scheduler {
             self.record_failures(failed, no_cells).await?;
         }
         Ok(())
+    }
+
+    /// Marks the placement of `key` on `cell_id` accepted at `at` (unless a
+    /// claim already took it out).
+    fn accepted(&self, key: &PlacementKey, cell_id: &str, at: Instant) {
+        if let Some(p) = lock(&self.placements).get_mut(key).filter(|p| p.cell_id == cell_id) {
+            p.accepted = Some(at);
+        }
     }
 
     /// Leaves unplaceable instances UNCLAIMED with their placement error
