@@ -4,7 +4,7 @@
 #   make rootfs       build the tiny test rootfs into rootfs/out/tiny (seconds)
 #   make rootfs-full  build a debootstrapped bookworm rootfs into rootfs/out/bookworm (minutes, network)
 #   make build        cargo build --release --bins
-#   make run          run celld in the foreground (RUN_ARGS="..." appends arguments)
+#   make run          run celld --local in the foreground and push examples/hello (RUN_ARGS="..." appends arguments)
 #   make test         cargo test --release, serially, with CELLD_ROOTFS_DIR set
 #   make bench        run the celld-bench binary (BENCH_ARGS="..." appends arguments)
 #   make lint         cargo fmt --check + clippy -D warnings
@@ -85,8 +85,9 @@ lifecycle: deps
 	  $(CARGO) build --release --target $(HOST_TRIPLE) --no-default-features --features lifecycle --bin celld-lifecycle
 	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-lifecycle $(LIFECYCLE)
 
-run: build rootfs
-	target/release/celld --rootfs-dir $(ROOTFS_DIR) $(RUN_ARGS)
+# celld --local in the foreground, then pushes examples/hello (scripts/run-local.sh).
+run: build rootfs lifecycle
+	ROOTFS_DIR=$(ROOTFS_DIR) bash scripts/run-local.sh $(RUN_ARGS)
 
 # Tests touch the host (namespaces, cgroups, iptables): run them serially.
 test: export CELLD_ROOTFS_DIR := $(ROOTFS_DIR)

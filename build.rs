@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/celld/v1/stager.proto",
             "proto/celld/v1/cell.proto",
             "proto/celld/v1/scheduler.proto",
+            "proto/celld/v1/apps.proto",
         ];
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
         tonic_prost_build::configure()

@@ -98,7 +98,7 @@ pub struct Config {
     #[arg(long, default_value_t = 4096)]
     pub staging_disk_mb: u32,
     /// Largest app package accepted, in MB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, alias = "max-package-size", default_value_t = 1024)]
     pub max_package_size_mb: u64,
     /// This cell's name in logs and reports (default: the host name).
     #[arg(long)]
@@ -135,6 +135,22 @@ pub struct Config {
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `celld=debug`.
     #[arg(long, default_value = "info,libcgroups=error")]
     pub log_level: String,
+    /// Local mode (BOSH-Lite style): the cell plus an embedded scheduler, the
+    /// app layer (`Apps` on --grpc-listen) and the router, on one machine.
+    #[arg(long)]
+    pub local: bool,
+    /// Local mode: where the embedded scheduler listens.
+    #[arg(long, default_value = "127.0.0.1:8889")]
+    pub scheduler_listen: String,
+    /// Local mode: where the router listens for app traffic.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub router_listen: String,
+    /// Local mode: the shared domain app routes live under.
+    #[arg(long, default_value = "apps.localhost")]
+    pub domain: String,
+    /// Local mode: the space apps go to when a request names none.
+    #[arg(long, default_value = "dev")]
+    pub default_space: String,
     #[command(subcommand)]
     pub role: Option<Role>,
 }

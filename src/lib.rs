@@ -6,6 +6,8 @@
 pub mod lifecycle;
 
 #[cfg(feature = "daemon")]
+pub mod apps;
+#[cfg(feature = "daemon")]
 pub mod blobstore;
 #[cfg(feature = "daemon")]
 pub mod cli;
@@ -23,6 +25,8 @@ pub mod grpc;
 pub mod network;
 #[cfg(feature = "daemon")]
 pub mod rep;
+#[cfg(feature = "daemon")]
+pub mod router;
 #[cfg(feature = "daemon")]
 pub mod runtime;
 #[cfg(feature = "daemon")]

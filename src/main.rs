@@ -100,7 +100,12 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
     let logs = Arc::new(LogHub::default());
     let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
-    let rep = match &cfg.scheduler {
+    // Local mode embeds the scheduler (unless told to use another one).
+    let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
+        (None, true) => (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg).await?)),
+        (addr, _) => (addr.clone(), None),
+    };
+    let rep = match &scheduler_addr {
         Some(addr) => Some(
             Rep::new(
                 addr,
@@ -120,17 +125,21 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         Some(r) => r.clone(),
         None => Arc::new(NoReporter),
     };
-    let executor = executor(&cfg, gardener.clone(), blobs, logs, reporter, stager.lifecycle_dir())?;
+    let executor = executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter, stager.lifecycle_dir())?;
     executor.restore().await;
     if let Some(rep) = &rep {
         rep.start(executor.clone());
     }
+    let apps = match (&scheduler_addr, cfg.local) {
+        (Some(addr), true) => Some(local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone()).await?),
+        _ => None,
+    };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, executor.clone(), async {
+    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, executor.clone(), apps.clone(), async {
         let _ = grpc_stopped.await;
     })
     .await?;
-    tracing::info!(address = %cfg.grpc_listen, scheduler = ?cfg.scheduler, "serving gRPC (Stager, Cell)");
+    tracing::info!(address = %cfg.grpc_listen, scheduler = ?scheduler_addr, apps = apps.is_some(), "serving gRPC (Stager, Cell)");
     let grpc = tokio::spawn(grpc);
     let server = Server::new(gardener.clone());
     if let Some(dir) = cfg.garden_socket.parent() {
@@ -154,6 +163,9 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(gardener.clone().reap_forever());
+    if let Some(apps) = &apps {
+        print_local_banner(&cfg, apps);
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let evacuate = loop {
         tokio::select! {
@@ -187,7 +199,75 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
+    drop(embedded);
     Ok(())
+}
+
+/// Local mode's scheduler: SQLite under the depot, served on --scheduler-listen.
+async fn embedded_scheduler(cfg: &Config) -> anyhow::Result<Arc<celld::scheduler::SchedulerHandle>> {
+    use celld::scheduler::{SchedulerConfig, SchedulerHandle};
+    let listener = celld::grpc::bind(&cfg.scheduler_listen).await?;
+    let config = SchedulerConfig {
+        db: cfg.depot.join("scheduler").join("scheduler.db"),
+        convergence_interval: Duration::from_secs(30),
+        presence_ttl: Duration::from_secs(15),
+        test_clock: false,
+    };
+    let handle = Arc::new(SchedulerHandle::start(config).await.context("starting the embedded scheduler")?);
+    let serving = handle.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(listener, std::future::pending()).await {
+            tracing::error!(error = %e, "the embedded scheduler stopped");
+        }
+    });
+    tracing::info!(address = %cfg.scheduler_listen, "serving gRPC (Scheduler, embedded)");
+    Ok(handle)
+}
+
+/// Local mode's app layer and router.
+async fn local_apps(
+    cfg: &Config,
+    scheduler: &str,
+    stager: Arc<Stager>,
+    blobs: Arc<Blobstore>,
+    logs: Arc<LogHub>,
+) -> anyhow::Result<Arc<celld::apps::AppLayer>> {
+    use celld::router::{RouteTable, Router, RouterConfig};
+    let listener = tokio::net::TcpListener::bind(&cfg.router_listen)
+        .await
+        .with_context(|| format!("--router-listen {}", cfg.router_listen))?;
+    let router_port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
+    let table = Arc::new(RouteTable::new());
+    let apps = celld::apps::AppLayer::new(
+        celld::apps::AppsConfig {
+            db: cfg.depot.join("apps").join("apps.db"),
+            domain: cfg.domain.clone(),
+            default_space: cfg.default_space.clone(),
+            scheduler: scheduler.to_string(),
+            router_port,
+        },
+        stager,
+        blobs,
+        logs.clone(),
+        table.clone(),
+    )
+    .context("starting the app layer")?;
+    apps.start();
+    let router = Router::new(table, RouterConfig { access_log: Some(Arc::new(celld::apps::RouterLog(logs))) });
+    tokio::spawn(router.serve(listener, std::future::pending()));
+    tracing::info!(address = %cfg.router_listen, domain = %cfg.domain, "serving the router");
+    Ok(apps)
+}
+
+/// What a person starting `celld --local` needs to know, on stdout.
+fn print_local_banner(cfg: &Config, apps: &celld::apps::AppLayer) {
+    println!("celld --local is up:");
+    println!("  apps API (cellctl --api)  {}", cfg.grpc_listen);
+    println!("  router                    {}  (http://APP.{}:PORT/)", cfg.router_listen, apps.domain());
+    println!("  scheduler                 {}", cfg.scheduler.as_deref().unwrap_or(&cfg.scheduler_listen));
+    println!("  Garden API                {}", cfg.garden_socket.display());
+    println!("  depot                     {}", cfg.depot.display());
+    println!("  default space             {}", cfg.default_space);
 }
 
 fn executor(

@@ -499,6 +499,7 @@ fn cellctl_drives_the_daemon() {
         std::process::Command::new(env!("CARGO_BIN_EXE_cellctl"))
             .arg("--garden")
             .arg(&d.socket)
+            .arg("garden")
             .args(args)
             .output()
             .expect("cellctl")

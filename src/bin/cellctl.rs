@@ -1,129 +1,57 @@
-//! cellctl: a human CLI over celld's Garden API.
+//! cellctl: the human CLI of celld: the cf-like app commands (over the `Apps`
+//! gRPC service), staging and buildpacks (`Stager`), and `cellctl garden …`
+//! (Garden's HTTP API).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
+use celld::cli::apps::{self, AppsCmd};
+use celld::cli::render::Style;
+use celld::cli::target;
 use celld::garden::client::{Address, Client, ProcessIo};
 use celld::garden::types::{ContainerSpec, NetOutRule, ProcessSpec, TtySpec, WindowSize};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
-#[command(name = "cellctl", version, about = "Talk to a celld (or any Garden server)")]
+#[command(
+    name = "cellctl",
+    version,
+    about = "Push and run apps on a celld, the way the cf CLI does; also its staging and Garden APIs",
+    after_help = "The app commands talk to `celld --local` at --api (see `cellctl target`); \
+                  `cellctl garden --help` lists the container commands."
+)]
 struct Cli {
-    /// Garden server: a unix socket path or HOST:PORT.
+    /// Garden server for `cellctl garden`: a unix socket path or HOST:PORT.
     #[arg(long, env = "CELLD_GARDEN", default_value = "/run/celld/garden.sock")]
     garden: String,
-    /// celld's gRPC API (staging, buildpacks): HOST:PORT.
-    #[arg(long, env = "CELLD_API", default_value = "127.0.0.1:1801")]
-    api: String,
+    /// celld's gRPC API, HOST:PORT [default: the saved target, else 127.0.0.1:1801].
+    #[arg(long, global = true, env = "CELLD_API", value_name = "HOST:PORT", help_heading = "Global options")]
+    api: Option<String>,
+    /// Space of the apps and services [default: the saved target, else dev].
+    #[arg(long, global = true, env = "CELLCTL_SPACE", value_name = "NAME", help_heading = "Global options")]
+    space: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Checks that the server answers.
-    Ping,
-    /// Lists container handles, optionally filtered by properties.
-    Containers {
-        #[arg(long = "property", value_name = "K=V")]
-        properties: Vec<String>,
-    },
-    /// Creates a container and prints its handle.
-    Create {
-        #[arg(long)]
-        handle: Option<String>,
-        /// `preloaded:NAME` or an absolute directory.
-        #[arg(long)]
-        rootfs: Option<String>,
-        #[arg(long)]
-        privileged: bool,
-        /// Memory limit in bytes.
-        #[arg(long)]
-        memory: Option<u64>,
-        /// Most processes (pids) in the container.
-        #[arg(long)]
-        pids: Option<u64>,
-        /// Destroy the container after this many idle seconds.
-        #[arg(long)]
-        grace_time: Option<u64>,
-        #[arg(long = "property", value_name = "K=V")]
-        properties: Vec<String>,
-        #[arg(long = "env", value_name = "K=V")]
-        env: Vec<String>,
-    },
-    /// Maps a host port (0: the next free one) to a container port; prints the mapping.
-    NetIn {
-        handle: String,
-        #[arg(long, default_value_t = 0)]
-        host_port: u32,
-        #[arg(long)]
-        container_port: u32,
-    },
-    /// Allows egress: a Garden NetOutRule (or a list of them) as JSON, e.g.
-    /// '{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.1"}],"ports":[{"start":443,"end":443}]}'.
-    NetOut {
-        handle: String,
-        rules: String,
-    },
-    /// Shows a container's info as JSON.
-    Info {
-        handle: String,
-    },
-    /// Shows a container's metrics as JSON.
-    Metrics {
-        handle: String,
-    },
-    /// Runs a command in a container; exits with its status.
-    Run {
-        /// Run on a pseudo-terminal.
-        #[arg(short, long)]
-        tty: bool,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        dir: Option<String>,
-        #[arg(long = "env", value_name = "K=V")]
-        env: Vec<String>,
-        handle: String,
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
-    /// Stops a container's processes (TERM, then KILL).
-    Stop {
-        #[arg(long)]
-        kill: bool,
-        handle: String,
-    },
-    /// Destroys containers.
-    Destroy {
-        #[arg(required = true)]
-        handles: Vec<String>,
-    },
-    /// Copies a tar from stdin into the container.
-    StreamIn {
-        handle: String,
-        destination: String,
-        #[arg(long, default_value = "")]
-        user: String,
-    },
-    /// Writes a path of the container as a tar to stdout.
-    StreamOut {
-        handle: String,
-        source: String,
-        #[arg(long, default_value = "")]
-        user: String,
-    },
+    #[command(flatten)]
+    Apps(AppsCmd),
     /// Lists the admin buildpacks in detection order.
     Buildpacks {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Adds (or replaces) a buildpack from a zip, a tgz or a directory.
     CreateBuildpack {
+        /// The buildpack's name.
         name: String,
+        /// A zip, a tgz or a directory.
         path: std::path::PathBuf,
         /// 1-based place in the detection order (0: last).
         position: u32,
@@ -131,11 +59,14 @@ enum Cmd {
         #[arg(long, default_value = "")]
         stack: String,
     },
+    /// Deletes a buildpack.
     DeleteBuildpack {
+        /// The buildpack's name.
         name: String,
     },
-    /// Stages an app directory (or a zip/tar/tgz of it) into a droplet.
+    /// Stages an app directory (or a zip/tar/tgz of it) into a droplet, without an app.
     Stage {
+        /// The app's directory, or a zip/tar/tgz of it.
         dir: std::path::PathBuf,
         /// Keys the build cache (default: derived from the directory's absolute path).
         #[arg(long = "app")]
@@ -143,8 +74,10 @@ enum Cmd {
         /// Buildpack to use (repeat for multi-buildpack; skips detection).
         #[arg(short = 'b', long = "buildpack")]
         buildpacks: Vec<String>,
+        /// Stack to stage on (default: the cell's).
         #[arg(short = 's', long, default_value = "")]
         stack: String,
+        /// Staging environment variable (repeatable).
         #[arg(short = 'e', long = "env", value_name = "K=V")]
         env: Vec<String>,
         /// Staging memory limit in MB (0: the cell's default).
@@ -159,8 +92,148 @@ enum Cmd {
     },
     /// Writes a droplet (droplets/GUID) to a file.
     DownloadDroplet {
+        /// The droplet's key, e.g. droplets/GUID.
         key: String,
+        /// The file to write.
         output: std::path::PathBuf,
+    },
+    /// Shows the target (API address and space), or saves it with --api and/or -s.
+    Target {
+        /// The space to save (same as --space).
+        #[arg(short = 's', value_name = "SPACE")]
+        target_space: Option<String>,
+    },
+    /// Prints a shell completion script, e.g. `source <(cellctl completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Containers on the cell through the Garden API (--garden).
+    Garden {
+        #[command(subcommand)]
+        cmd: GardenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum GardenCmd {
+    /// Checks that the server answers.
+    Ping,
+    /// Lists container handles, optionally filtered by properties.
+    Containers {
+        /// Only containers with this property (repeatable).
+        #[arg(long = "property", value_name = "K=V")]
+        properties: Vec<String>,
+    },
+    /// Creates a container and prints its handle.
+    Create {
+        /// The container's handle (default: generated).
+        #[arg(long)]
+        handle: Option<String>,
+        /// `preloaded:NAME` or an absolute directory.
+        #[arg(long)]
+        rootfs: Option<String>,
+        /// Without a user namespace (container root is host root).
+        #[arg(long)]
+        privileged: bool,
+        /// Memory limit in bytes.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Most processes (pids) in the container.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Destroy the container after this many idle seconds.
+        #[arg(long)]
+        grace_time: Option<u64>,
+        /// A property (repeatable).
+        #[arg(long = "property", value_name = "K=V")]
+        properties: Vec<String>,
+        /// An environment variable of the container's processes (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+    },
+    /// Maps a host port (0: the next free one) to a container port; prints the mapping.
+    NetIn {
+        /// The container's handle.
+        handle: String,
+        /// Host port (0: the next free one).
+        #[arg(long, default_value_t = 0)]
+        host_port: u32,
+        /// Container port.
+        #[arg(long)]
+        container_port: u32,
+    },
+    /// Allows egress: a Garden NetOutRule (or a list of them) as JSON, e.g.
+    /// '{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.1"}],"ports":[{"start":443,"end":443}]}'.
+    NetOut {
+        /// The container's handle.
+        handle: String,
+        /// The rule(s), as JSON.
+        rules: String,
+    },
+    /// Shows a container's info as JSON.
+    Info {
+        /// The container's handle.
+        handle: String,
+    },
+    /// Shows a container's metrics as JSON.
+    Metrics {
+        /// The container's handle.
+        handle: String,
+    },
+    /// Runs a command in a container; exits with its status.
+    Run {
+        /// Run on a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// User to run as.
+        #[arg(long)]
+        user: Option<String>,
+        /// Working directory.
+        #[arg(long)]
+        dir: Option<String>,
+        /// An environment variable (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// The container's handle.
+        handle: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stops a container's processes (TERM, then KILL).
+    Stop {
+        /// KILL at once.
+        #[arg(long)]
+        kill: bool,
+        /// The container's handle.
+        handle: String,
+    },
+    /// Destroys containers.
+    Destroy {
+        /// The containers' handles.
+        #[arg(required = true)]
+        handles: Vec<String>,
+    },
+    /// Copies a tar from stdin into the container.
+    StreamIn {
+        /// The container's handle.
+        handle: String,
+        /// Directory in the container to unpack into.
+        destination: String,
+        /// User to unpack as.
+        #[arg(long, default_value = "")]
+        user: String,
+    },
+    /// Writes a path of the container as a tar to stdout.
+    StreamOut {
+        /// The container's handle.
+        handle: String,
+        /// Path in the container.
+        source: String,
+        /// User to read as.
+        #[arg(long, default_value = "")]
+        user: String,
     },
 }
 
@@ -174,7 +247,11 @@ fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `target` saves only what was typed, not what came from the environment.
+    let typed = |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine));
+    let typed = Typed { api: typed("api"), space: typed("space") };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -182,7 +259,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, typed)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("cellctl: {e:#}");
@@ -191,16 +268,96 @@ fn main() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
-    use celld::cli::staging;
-    let api = cli.api.as_str();
-    let staged = match cli.cmd {
-        Cmd::Buildpacks { json } => Some(staging::buildpacks(api, json).await),
-        Cmd::CreateBuildpack { ref name, ref path, position, ref stack } => {
-            Some(staging::create_buildpack(api, name, path, position, stack).await)
+/// Which global flags were given on the command line.
+#[derive(Clone, Copy)]
+struct Typed {
+    api: bool,
+    space: bool,
+}
+
+/// The API address and space: flags (or their environment variables), then
+/// the saved target, then the defaults.
+fn resolve(api: Option<&str>, space: Option<&str>) -> Result<(String, String), String> {
+    let saved = match target::config_path() {
+        Some(path) if api.is_none() || space.is_none() => target::load(&path)?,
+        _ => target::Target::default(),
+    };
+    let (api, space) = target::resolve(api, space, &saved);
+    // A bad address is a usage error, found before any work is done.
+    apps::endpoint(&api)?;
+    Ok((api, space))
+}
+
+/// `cellctl target`: saves what was typed (if anything), then shows the target.
+fn set_target(
+    api: Option<String>,
+    space: Option<String>,
+    local_space: Option<String>,
+    typed: Typed,
+) -> Result<(), String> {
+    let new_api = api.clone().filter(|_| typed.api);
+    let new_space = local_space.or_else(|| space.clone().filter(|_| typed.space));
+    if new_api.is_some() || new_space.is_some() {
+        if let Some(a) = &new_api {
+            apps::endpoint(a)?;
         }
-        Cmd::DeleteBuildpack { ref name } => Some(staging::delete_buildpack(api, name).await),
-        Cmd::DownloadDroplet { ref key, ref output } => Some(staging::download_droplet(api, key, output).await),
+        if new_space.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("the space name is empty".into());
+        }
+        let path = target::config_path().ok_or("set HOME or CELLCTL_HOME to save a target")?;
+        let mut saved = target::load(&path)?;
+        saved.api = new_api.or(saved.api);
+        saved.space = new_space.clone().or(saved.space);
+        target::save(&path, &saved)?;
+    }
+    let (api, space) = resolve(api.as_deref(), new_space.or(space).as_deref())?;
+    print!("{}", target::show(&api, &space));
+    Ok(())
+}
+
+async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
+    use celld::cli::staging;
+    let Cli { garden: garden_addr, api, space, cmd } = cli;
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        Ok(1)
+    };
+    let cmd = match cmd {
+        Cmd::Garden { cmd } => return garden(&garden_addr, cmd).await,
+        Cmd::Completion { shell } => {
+            // Into a buffer first: generate() panics when stdout goes away (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cellctl", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return Ok(0);
+        }
+        Cmd::Target { target_space } => {
+            return set_target(api, space, target_space, typed).map_or_else(usage, |()| Ok(0));
+        }
+        cmd => cmd,
+    };
+    let (api, space) = match resolve(api.as_deref(), space.as_deref()) {
+        Ok(target) => target,
+        Err(e) => return usage(e),
+    };
+    let api = api.as_str();
+    let staged = match cmd {
+        Cmd::Apps(cmd) => {
+            let ctx = apps::Ctx { api: api.to_string(), space, style: Style::detect() };
+            return Ok(match apps::run(cmd, &ctx).await {
+                Ok(()) => 0,
+                Err(f) => {
+                    f.report();
+                    1
+                }
+            });
+        }
+        Cmd::Buildpacks { json } => staging::buildpacks(api, json).await,
+        Cmd::CreateBuildpack { ref name, ref path, position, ref stack } => {
+            staging::create_buildpack(api, name, path, position, stack).await
+        }
+        Cmd::DeleteBuildpack { ref name } => staging::delete_buildpack(api, name).await,
+        Cmd::DownloadDroplet { ref key, ref output } => staging::download_droplet(api, key, output).await,
         Cmd::Stage { ref dir, ref app_guid, ref buildpacks, ref stack, ref env, memory_mb, disk_mb, timeout } => {
             let args = staging::StageArgs {
                 dir: dir.clone(),
@@ -212,29 +369,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 disk_mb,
                 timeout_seconds: timeout,
             };
-            Some(staging::stage(api, args).await.map(|r| staging::print_result(&r)))
+            staging::stage(api, args).await.map(|r| staging::print_result(&r))
         }
-        _ => None,
+        // Answered above.
+        Cmd::Garden { .. } | Cmd::Completion { .. } | Cmd::Target { .. } => Ok(()),
     };
-    if let Some(res) = staged {
-        return Ok(match res {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("FAILED\n{e}");
-                e.exit_code()
-            }
-        });
-    }
-    let Ok(addr) = cli.garden.parse::<Address>();
+    Ok(match staged {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("FAILED\n{e}");
+            e.exit_code()
+        }
+    })
+}
+
+/// `cellctl garden …`: the Garden HTTP API.
+async fn garden(garden: &str, cmd: GardenCmd) -> anyhow::Result<i32> {
+    let Ok(addr) = garden.parse::<Address>();
     let c = Client::new(addr);
-    match cli.cmd {
-        Cmd::Ping => c.ping().await?,
-        Cmd::Containers { properties } => {
+    match cmd {
+        GardenCmd::Ping => c.ping().await?,
+        GardenCmd::Containers { properties } => {
             for h in c.list(&pairs(&properties)?).await? {
                 println!("{h}");
             }
         }
-        Cmd::Create { handle, rootfs, privileged, memory, pids, grace_time, properties, env } => {
+        GardenCmd::Create { handle, rootfs, privileged, memory, pids, grace_time, properties, env } => {
             let mut spec = ContainerSpec {
                 handle: handle.unwrap_or_default(),
                 privileged,
@@ -248,24 +408,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             spec.limits.pid_limits.max = pids.unwrap_or(0);
             println!("{}", c.create(&spec).await?);
         }
-        Cmd::NetIn { handle, host_port, container_port } => {
+        GardenCmd::NetIn { handle, host_port, container_port } => {
             let m = c.net_in(&handle, host_port, container_port).await?;
             println!("{} -> {}", m.host_port, m.container_port);
         }
-        Cmd::NetOut { handle, rules } => {
+        GardenCmd::NetOut { handle, rules } => {
             let rules: Vec<NetOutRule> = match serde_json::from_str::<NetOutRule>(&rules) {
                 Ok(one) => vec![one],
                 Err(_) => serde_json::from_str(&rules).context("rules: a NetOutRule object or a list of them")?,
             };
             c.bulk_net_out(&handle, &rules).await?;
         }
-        Cmd::Info { handle } => println!("{}", serde_json::to_string_pretty(&c.info(&handle).await?)?),
-        Cmd::Metrics { handle } => println!("{}", serde_json::to_string_pretty(&c.metrics(&handle).await?)?),
-        Cmd::Run { tty, user, dir, env, handle, command } => {
+        GardenCmd::Info { handle } => println!("{}", serde_json::to_string_pretty(&c.info(&handle).await?)?),
+        GardenCmd::Metrics { handle } => println!("{}", serde_json::to_string_pretty(&c.metrics(&handle).await?)?),
+        GardenCmd::Run { tty, user, dir, env, handle, command } => {
             return run_process(&c, tty, user, dir, env, handle, command).await;
         }
-        Cmd::Stop { kill, handle } => c.stop(&handle, kill).await?,
-        Cmd::Destroy { handles } => {
+        GardenCmd::Stop { kill, handle } => c.stop(&handle, kill).await?,
+        GardenCmd::Destroy { handles } => {
             let mut failed = 0;
             for h in &handles {
                 if let Err(e) = c.destroy(h).await {
@@ -277,22 +437,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        Cmd::StreamIn { handle, destination, user } => {
+        GardenCmd::StreamIn { handle, destination, user } => {
             c.stream_in(&handle, &user, &destination, tokio::io::stdin()).await?
         }
-        Cmd::StreamOut { handle, source, user } => {
+        GardenCmd::StreamOut { handle, source, user } => {
             use std::io::Write;
             let tar = c.stream_out(&handle, &user, &source).await?;
             let mut out = std::io::stdout().lock();
             out.write_all(&tar).context("writing the tar to stdout")?;
             out.flush()?;
         }
-        // Answered above, over gRPC.
-        Cmd::Buildpacks { .. }
-        | Cmd::CreateBuildpack { .. }
-        | Cmd::DeleteBuildpack { .. }
-        | Cmd::DownloadDroplet { .. }
-        | Cmd::Stage { .. } => {}
     }
     Ok(0)
 }

@@ -1,3 +1,7 @@
 //! cellctl's commands that speak gRPC (the Garden ones are in the binary).
 
+pub mod apps;
+pub mod package;
+pub mod render;
 pub mod staging;
+pub mod target;

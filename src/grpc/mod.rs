@@ -112,13 +112,33 @@ pub async fn serve(
     addr: &str,
     stager: Arc<Stager>,
     executor: Arc<Executor>,
+    apps: Option<Arc<crate::apps::AppLayer>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
     let listener = bind(addr).await?;
     let router = router()?
         .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)))
-        .add_service(pb::cell_server::CellServer::new(crate::rep::service::CellService::new(executor)));
+        .add_service(pb::cell_server::CellServer::new(crate::rep::service::CellService::new(executor)))
+        .add_optional_service(
+            apps.map(|a| pb::apps_server::AppsServer::new(crate::apps::service::AppsService::new(a))),
+        );
     Ok(Box::pin(run(router, listener, shutdown)))
+}
+
+impl From<crate::apps::AppsError> for tonic::Status {
+    fn from(e: crate::apps::AppsError) -> Self {
+        use crate::apps::AppsError as E;
+        match e {
+            E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            E::NotFound(m) => tonic::Status::not_found(m),
+            E::AlreadyExists(m) => tonic::Status::already_exists(m),
+            E::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            E::Staging(s) => s.into(),
+            E::Blobstore(b) => b.into(),
+            E::Upstream(s) => s,
+            E::Store(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
 }
 
 impl From<crate::scheduler::SchedulerError> for tonic::Status {

@@ -28,18 +28,37 @@ pub struct StagerService {
     stager: Arc<Stager>,
 }
 
+/// Checks a received package and puts it into the blobstore under its
+/// checksum (the same bits are stored once).
+pub(crate) async fn store_package(stager: &Stager, path: &Path, size: u64) -> Result<pb::Package, Status> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || check_package(&p, size))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+    let p = path.to_path_buf();
+    let sha =
+        tokio::task::spawn_blocking(move || sha256_file(&p)).await.map_err(|e| Status::internal(e.to_string()))??;
+    let info = stager.blobs().put_file(&format!("packages/{sha}"), path).await?;
+    Ok(pb::Package { key: info.key, sha256: info.sha256, size: info.size })
+}
+
 impl StagerService {
     pub fn new(stager: Arc<Stager>) -> Self {
         Self { stager }
     }
 
     fn scratch_file(&self, what: &str) -> PathBuf {
-        self.stager.config().work_dir.join("scratch").join(format!("{what}-{}", new_guid()))
+        scratch_file(&self.stager, what)
     }
 }
 
+/// A fresh path in the stager's scratch directory.
+pub(crate) fn scratch_file(stager: &Stager, what: &str) -> PathBuf {
+    stager.config().work_dir.join("scratch").join(format!("{what}-{}", new_guid()))
+}
+
 /// Removes a scratch file however the request ends.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -49,7 +68,7 @@ impl Drop for Scratch {
 
 /// Writes a client stream's `data` parts to `dest`, refusing more than `limit`
 /// bytes. The metadata part came first and was taken by the caller.
-async fn receive<T>(
+pub(crate) async fn receive<T>(
     stream: &mut Streaming<T>,
     dest: &Path,
     limit: u64,
@@ -114,7 +133,7 @@ fn proto_buildpack(b: &Buildpack, position: u32) -> pb::Buildpack {
     }
 }
 
-fn proto_result(guid: &str, s: &StagingSuccess) -> pb::StagingResult {
+pub(crate) fn proto_result(guid: &str, s: &StagingSuccess) -> pb::StagingResult {
     pb::StagingResult {
         staging_guid: guid.to_string(),
         droplet_key: s.droplet.key.clone(),
@@ -134,7 +153,7 @@ fn proto_result(guid: &str, s: &StagingSuccess) -> pb::StagingResult {
     }
 }
 
-fn proto_failure(guid: &str, f: &StagingFailure) -> pb::StagingFailure {
+pub(crate) fn proto_failure(guid: &str, f: &StagingFailure) -> pb::StagingFailure {
     pb::StagingFailure {
         staging_guid: guid.to_string(),
         reason: f.reason.clone(),
@@ -159,11 +178,11 @@ fn proto_staging(r: &StagingRecord) -> pb::Staging {
     }
 }
 
-fn event(e: pb::staging_event::Event) -> pb::StagingEvent {
+pub(crate) fn event(e: pb::staging_event::Event) -> pb::StagingEvent {
     pb::StagingEvent { event: Some(e) }
 }
 
-fn log_event(guid: &str, message: String, stderr: bool, timestamp: i64) -> pb::StagingEvent {
+pub(crate) fn log_event(guid: &str, message: String, stderr: bool, timestamp: i64) -> pb::StagingEvent {
     event(pb::staging_event::Event::Log(pb::LogEnvelope {
         source_type: "STG".to_string(),
         source_instance: "0".to_string(),
@@ -203,18 +222,9 @@ impl pb::stager_server::Stager for StagerService {
                 meta.size
             )));
         }
-        let path = tmp.0.clone();
-        tokio::task::spawn_blocking(move || check_package(&path, size))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        let path = tmp.0.clone();
-        let sha = tokio::task::spawn_blocking(move || sha256_file(&path))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        // Content-addressed: the same bits are stored once.
-        let info = self.stager.blobs().put_file(&format!("packages/{sha}"), &tmp.0).await?;
-        tracing::info!(package = %info.key, size = info.size, app_guid = %meta.app_guid, "package uploaded");
-        Ok(Response::new(pb::Package { key: info.key, sha256: info.sha256, size: info.size }))
+        let package = store_package(&self.stager, &tmp.0, size).await?;
+        tracing::info!(package = %package.key, size = package.size, app_guid = %meta.app_guid, "package uploaded");
+        Ok(Response::new(package))
     }
 
     type StageStream = EventStream;

@@ -1,0 +1,485 @@
+//! The app layer's records in SQLite: apps, routes, user-provided service
+//! instances, bindings, events and tasks. Each record is one JSON row; the
+//! uniqueness rules a user meets (app name per space, route host per cell,
+//! service name per space) are table constraints, so no race can break them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::AppsError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Droplet {
+    pub key: String,
+    pub sha256: String,
+    pub stack: String,
+    pub detected_buildpack: String,
+    pub buildpacks: Vec<String>,
+    /// The web process's command from the buildpack or Procfile.
+    pub start_command: String,
+    pub process_types: BTreeMap<String, String>,
+    pub result_json: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub guid: String,
+    pub name: String,
+    pub space: String,
+    /// STARTED or STOPPED.
+    pub state: String,
+    pub instances: u32,
+    pub memory_mb: u32,
+    pub disk_mb: u32,
+    pub health_check_type: String,
+    pub health_check_endpoint: String,
+    pub health_check_timeout: u32,
+    pub command: String,
+    pub buildpacks: Vec<String>,
+    pub stack: String,
+    pub env: BTreeMap<String, String>,
+    pub routes: Vec<String>,
+    /// PENDING, STAGED or FAILED.
+    pub package_state: String,
+    pub staging_failed_reason: String,
+    pub package_key: String,
+    pub package_uploaded_at: i64,
+    pub droplet: Option<Droplet>,
+    pub process_guid: String,
+    pub enable_ssh: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub guid: String,
+    pub name: String,
+    pub space: String,
+    /// The credentials object, as JSON text.
+    pub credentials: String,
+    pub tags: Vec<String>,
+    pub syslog_drain_url: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub guid: String,
+    pub app_guid: String,
+    pub service_guid: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub guid: String,
+    pub app_guid: String,
+    pub kind: String,
+    pub actor: String,
+    pub timestamp: i64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub guid: String,
+    pub app_guid: String,
+    pub sequence_id: u32,
+    pub name: String,
+    pub command: String,
+    pub memory_mb: u32,
+    pub disk_mb: u32,
+    pub created_at: i64,
+    /// Set once the task ended (SUCCEEDED or FAILED), so its state outlives
+    /// the scheduler's record.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub failure_reason: String,
+}
+
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> AppsError {
+    AppsError::Store(e.to_string())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, AppsError> {
+    serde_json::from_str(text).map_err(|e| AppsError::Store(format!("a record does not decode: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<String, AppsError> {
+    serde_json::to_string(v).map_err(store_err)
+}
+
+fn name_taken(app: &AppRecord) -> AppsError {
+    AppsError::AlreadyExists(format!(
+        "an app named '{}' already exists in space '{}': choose another name, or push to update it",
+        app.name, app.space
+    ))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS apps (guid TEXT PRIMARY KEY, space TEXT NOT NULL, name TEXT NOT NULL, record TEXT NOT NULL, UNIQUE (space, name));
+CREATE TABLE IF NOT EXISTS routes (host TEXT PRIMARY KEY, app_guid TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS services (guid TEXT PRIMARY KEY, space TEXT NOT NULL, name TEXT NOT NULL, record TEXT NOT NULL, UNIQUE (space, name));
+CREATE TABLE IF NOT EXISTS bindings (guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL, service_guid TEXT NOT NULL, UNIQUE (app_guid, service_guid));
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app_guid TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_app ON events (app_guid, seq);
+CREATE TABLE IF NOT EXISTS tasks (guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, AppsError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AppsError::Store(format!("creating {}: {e}", dir.display())))?;
+        }
+        let db = Connection::open(path).map_err(|e| AppsError::Store(format!("opening {}: {e}", path.display())))?;
+        db.execute_batch(SCHEMA).map_err(store_err)?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts an app and its routes in one transaction: a taken name or
+    /// host leaves nothing behind.
+    pub fn create_app(&self, app: &AppRecord) -> Result<(), AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        let taken: Option<String> = tx
+            .query_row("SELECT guid FROM apps WHERE space = ?1 AND name = ?2", [&app.space, &app.name], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        if taken.is_some() {
+            return Err(name_taken(app));
+        }
+        for host in &app.routes {
+            let owner: Option<String> = tx
+                .query_row("SELECT app_guid FROM routes WHERE host = ?1", [host], |r| r.get(0))
+                .optional()
+                .map_err(store_err)?;
+            if owner.is_some() {
+                return Err(AppsError::AlreadyExists(format!(
+                    "the route {host} is already in use by another app: choose another host with --hostname, or push with --no-route"
+                )));
+            }
+            tx.execute("INSERT INTO routes (host, app_guid) VALUES (?1, ?2)", params![host, app.guid])
+                .map_err(store_err)?;
+        }
+        match tx.execute(
+            "INSERT INTO apps (guid, space, name, record) VALUES (?1, ?2, ?3, ?4)",
+            params![app.guid, app.space, app.name, encode(app)?],
+        ) {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(name_taken(app)),
+            Err(e) => return Err(store_err(e)),
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    pub fn put_app(&self, app: &AppRecord) -> Result<(), AppsError> {
+        let n = self
+            .db()
+            .execute("UPDATE apps SET record = ?2 WHERE guid = ?1", params![app.guid, encode(app)?])
+            .map_err(store_err)?;
+        if n == 0 {
+            return Err(AppsError::NotFound(format!("app '{}' no longer exists", app.name)));
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, guid: &str) -> Result<Option<AppRecord>, AppsError> {
+        let text: Option<String> = self
+            .db()
+            .query_row("SELECT record FROM apps WHERE guid = ?1", [guid], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        text.map(|t| decode(&t)).transpose()
+    }
+
+    pub fn app_by_name(&self, space: &str, name: &str) -> Result<Option<AppRecord>, AppsError> {
+        let text: Option<String> = self
+            .db()
+            .query_row("SELECT record FROM apps WHERE space = ?1 AND name = ?2", [space, name], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        text.map(|t| decode(&t)).transpose()
+    }
+
+    /// Apps of one space, or of all spaces, by name.
+    pub fn apps(&self, space: Option<&str>) -> Result<Vec<AppRecord>, AppsError> {
+        let db = self.db();
+        let rows: Vec<String> = match space {
+            Some(s) => collect(db.prepare("SELECT record FROM apps WHERE space = ?1 ORDER BY name"), [s]),
+            None => collect(db.prepare("SELECT record FROM apps ORDER BY space, name"), []),
+        }?;
+        rows.iter().map(|t| decode(t)).collect()
+    }
+
+    /// Removes an app with its routes, bindings and tasks (events stay, as in CF).
+    pub fn delete_app(&self, guid: &str) -> Result<(), AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        for sql in [
+            "DELETE FROM routes WHERE app_guid = ?1",
+            "DELETE FROM bindings WHERE app_guid = ?1",
+            "DELETE FROM tasks WHERE app_guid = ?1",
+            "DELETE FROM apps WHERE guid = ?1",
+        ] {
+            tx.execute(sql, [guid]).map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    /// Every route host with its app's guid.
+    pub fn routes(&self) -> Result<Vec<(String, String)>, AppsError> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT host, app_guid FROM routes").map_err(store_err)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(store_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
+    }
+
+    pub fn create_service(&self, s: &ServiceRecord) -> Result<(), AppsError> {
+        match self.db().execute(
+            "INSERT INTO services (guid, space, name, record) VALUES (?1, ?2, ?3, ?4)",
+            params![s.guid, s.space, s.name, encode(s)?],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(AppsError::AlreadyExists(format!(
+                "a service instance named '{}' already exists in space '{}'",
+                s.name, s.space
+            ))),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    pub fn service_by_name(&self, space: &str, name: &str) -> Result<Option<ServiceRecord>, AppsError> {
+        let text: Option<String> = self
+            .db()
+            .query_row("SELECT record FROM services WHERE space = ?1 AND name = ?2", [space, name], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        text.map(|t| decode(&t)).transpose()
+    }
+
+    pub fn services(&self, space: &str) -> Result<Vec<ServiceRecord>, AppsError> {
+        let rows = collect(self.db().prepare("SELECT record FROM services WHERE space = ?1 ORDER BY name"), [space])?;
+        rows.iter().map(|t| decode(t)).collect()
+    }
+
+    /// Refuses while apps are bound, as CF does.
+    pub fn delete_service(&self, guid: &str) -> Result<(), AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        let bound: i64 = tx
+            .query_row("SELECT COUNT(*) FROM bindings WHERE service_guid = ?1", [guid], |r| r.get(0))
+            .map_err(store_err)?;
+        if bound > 0 {
+            return Err(AppsError::FailedPrecondition(
+                "the service instance is bound to apps: unbind it first (cellctl unbind-service APP SERVICE)".into(),
+            ));
+        }
+        tx.execute("DELETE FROM services WHERE guid = ?1", [guid]).map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
+
+    pub fn bind(&self, b: &BindingRecord) -> Result<(), AppsError> {
+        match self.db().execute(
+            "INSERT INTO bindings (guid, app_guid, service_guid) VALUES (?1, ?2, ?3)",
+            params![b.guid, b.app_guid, b.service_guid],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(AppsError::AlreadyExists("the app is already bound to that service instance".into()))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Whether a binding was removed.
+    pub fn unbind(&self, app_guid: &str, service_guid: &str) -> Result<bool, AppsError> {
+        let n = self
+            .db()
+            .execute("DELETE FROM bindings WHERE app_guid = ?1 AND service_guid = ?2", [app_guid, service_guid])
+            .map_err(store_err)?;
+        Ok(n > 0)
+    }
+
+    /// An app's bindings with their service instances, in binding order.
+    pub fn bindings_of_app(&self, app_guid: &str) -> Result<Vec<(BindingRecord, ServiceRecord)>, AppsError> {
+        let db = self.db();
+        let mut st = db
+            .prepare(
+                "SELECT b.guid, b.service_guid, s.record FROM bindings b JOIN services s ON s.guid = b.service_guid
+                 WHERE b.app_guid = ?1 ORDER BY b.rowid",
+            )
+            .map_err(store_err)?;
+        let rows = st
+            .query_map([app_guid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(store_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (guid, service_guid, record) = row.map_err(store_err)?;
+            out.push((BindingRecord { guid, app_guid: app_guid.to_string(), service_guid }, decode(&record)?));
+        }
+        Ok(out)
+    }
+
+    /// Names of the apps bound to a service instance.
+    pub fn bound_apps(&self, service_guid: &str) -> Result<Vec<String>, AppsError> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT a.name FROM bindings b JOIN apps a ON a.guid = b.app_guid WHERE b.service_guid = ?1 ORDER BY a.name")
+            .map_err(store_err)?;
+        let rows = st.query_map([service_guid], |r| r.get(0)).map_err(store_err)?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(store_err)
+    }
+
+    pub fn add_event(&self, e: &EventRecord) -> Result<(), AppsError> {
+        self.db()
+            .execute("INSERT INTO events (app_guid, record) VALUES (?1, ?2)", params![e.app_guid, encode(e)?])
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Newest first, at most `limit`.
+    pub fn events(&self, app_guid: &str, limit: u32) -> Result<Vec<EventRecord>, AppsError> {
+        let rows = collect(
+            self.db().prepare("SELECT record FROM events WHERE app_guid = ?1 ORDER BY seq DESC LIMIT ?2"),
+            params![app_guid, limit],
+        )?;
+        rows.iter().map(|t| decode(t)).collect()
+    }
+
+    /// Records a task with the app's next sequence id (CF numbers an app's tasks 1, 2, …).
+    pub fn add_task(&self, mut t: TaskRecord) -> Result<TaskRecord, AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        let seq: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE app_guid = ?1", [&t.app_guid], |r| r.get(0))
+            .map_err(store_err)?;
+        t.sequence_id = u32::try_from(seq).unwrap_or(u32::MAX);
+        if t.name.is_empty() {
+            // CF's default task name is derived from the guid.
+            t.name = t.guid.chars().take(8).collect();
+        }
+        tx.execute(
+            "INSERT INTO tasks (guid, app_guid, seq, record) VALUES (?1, ?2, ?3, ?4)",
+            params![t.guid, t.app_guid, seq, encode(&t)?],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(t)
+    }
+
+    pub fn finish_task(&self, guid: &str, state: &str, reason: &str) -> Result<(), AppsError> {
+        let text: Option<String> = self
+            .db()
+            .query_row("SELECT record FROM tasks WHERE guid = ?1", [guid], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        let Some(text) = text else { return Ok(()) };
+        let mut t: TaskRecord = decode(&text)?;
+        t.state = state.to_string();
+        t.failure_reason = reason.to_string();
+        self.db()
+            .execute("UPDATE tasks SET record = ?2 WHERE guid = ?1", params![guid, encode(&t)?])
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    pub fn tasks(&self, app_guid: &str) -> Result<Vec<TaskRecord>, AppsError> {
+        let rows =
+            collect(self.db().prepare("SELECT record FROM tasks WHERE app_guid = ?1 ORDER BY seq DESC"), [app_guid])?;
+        rows.iter().map(|t| decode(t)).collect()
+    }
+}
+
+fn collect<P: rusqlite::Params>(
+    st: rusqlite::Result<rusqlite::Statement<'_>>,
+    params: P,
+) -> Result<Vec<String>, AppsError> {
+    let mut st = st.map_err(store_err)?;
+    let rows = st.query_map(params, |r| r.get(0)).map_err(store_err)?;
+    rows.collect::<Result<Vec<String>, _>>().map_err(store_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("celld-apps-store-{}", crate::staging::new_guid()));
+        (Store::open(&dir.join("apps.db")).unwrap(), dir)
+    }
+
+    fn app(guid: &str, space: &str, name: &str, route: &str) -> AppRecord {
+        AppRecord {
+            guid: guid.into(),
+            name: name.into(),
+            space: space.into(),
+            routes: vec![route.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_unique_per_space_hosts_unique_per_cell() {
+        let (s, dir) = store();
+        s.create_app(&app("a1", "dev", "hello", "hello.apps.localhost")).unwrap();
+        let e = s.create_app(&app("a2", "dev", "hello", "other.apps.localhost")).unwrap_err();
+        assert!(matches!(e, AppsError::AlreadyExists(ref m) if m.contains("already exists in space 'dev'")), "{e}");
+        // The refused app left no route behind.
+        assert_eq!(s.routes().unwrap().len(), 1);
+        let e = s.create_app(&app("a3", "prod", "hello", "hello.apps.localhost")).unwrap_err();
+        assert!(matches!(e, AppsError::AlreadyExists(ref m) if m.contains("route hello.apps.localhost")), "{e}");
+        s.create_app(&app("a4", "prod", "hello", "hello-prod.apps.localhost")).unwrap();
+        assert_eq!(s.apps(None).unwrap().len(), 2);
+        assert_eq!(s.apps(Some("prod")).unwrap()[0].guid, "a4");
+        s.delete_app("a1").unwrap();
+        assert_eq!(s.routes().unwrap(), vec![("hello-prod.apps.localhost".to_string(), "a4".to_string())]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bindings_services_tasks_events() {
+        let (s, dir) = store();
+        s.create_app(&app("a1", "dev", "hello", "hello.apps.localhost")).unwrap();
+        let svc = ServiceRecord { guid: "s1".into(), name: "db".into(), space: "dev".into(), ..Default::default() };
+        s.create_service(&svc).unwrap();
+        assert!(matches!(s.create_service(&svc), Err(AppsError::AlreadyExists(_))));
+        s.bind(&BindingRecord { guid: "b1".into(), app_guid: "a1".into(), service_guid: "s1".into() }).unwrap();
+        assert!(
+            s.bind(&BindingRecord { guid: "b2".into(), app_guid: "a1".into(), service_guid: "s1".into() }).is_err()
+        );
+        assert_eq!(s.bindings_of_app("a1").unwrap()[0].1.name, "db");
+        assert_eq!(s.bound_apps("s1").unwrap(), vec!["hello".to_string()]);
+        assert!(matches!(s.delete_service("s1"), Err(AppsError::FailedPrecondition(_))));
+        assert!(s.unbind("a1", "s1").unwrap());
+        s.delete_service("s1").unwrap();
+        let t1 = s.add_task(TaskRecord { guid: "t1".into(), app_guid: "a1".into(), ..Default::default() }).unwrap();
+        let t2 = s.add_task(TaskRecord { guid: "t2".into(), app_guid: "a1".into(), ..Default::default() }).unwrap();
+        assert_eq!((t1.sequence_id, t2.sequence_id), (1, 2));
+        for kind in ["audit.app.create", "app.crash"] {
+            s.add_event(&EventRecord { app_guid: "a1".into(), kind: kind.into(), ..Default::default() }).unwrap();
+        }
+        assert_eq!(s.events("a1", 10).unwrap()[0].kind, "app.crash");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP router of local mode: what Cloud Foundry's gorouter does in front of
+//! a foundation. Requests are routed by Host to app instances (round-robin),
+//! bodies and upgraded connections are streamed, and an `RTR` access-log line
+//! is written per request for the app's log stream.
+//!
+//! The app layer owns the route set and swaps it wholesale with
+//! [`RouteTable::replace`]; the router only reads it.
+
+mod proxy;
+mod rtr;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// One routable app instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub app_guid: String,
+    pub instance_guid: String,
+    pub index: u32,
+}
+
+struct Route {
+    backends: Vec<Backend>,
+    /// Round-robin position; shared with the previous table's entry for the same
+    /// host so frequent replaces don't reset every host to its first instance.
+    next: Arc<AtomicUsize>,
+}
+
+/// Host → instances. Readers clone an `Arc` of the current map under a read lock
+/// held for a pointer copy; writers build a new map and swap it in.
+#[derive(Default)]
+pub struct RouteTable {
+    routes: RwLock<Arc<HashMap<String, Arc<Route>>>>,
+}
+
+impl RouteTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Atomically replaces the whole table. Keys are lowercase hosts without port
+    /// ("hello.apps.localhost"); they are normalised again here, so a stray port,
+    /// capital or trailing dot can't make a route unreachable.
+    /// A host present with an empty Vec is a known route with no routable instance.
+    pub fn replace(&self, routes: HashMap<String, Vec<Backend>>) {
+        let mut guard = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let old = Arc::clone(&guard);
+        let new = routes
+            .into_iter()
+            .map(|(host, backends)| {
+                let host = normalize_host(&host);
+                let next = old.get(&host).map(|r| Arc::clone(&r.next)).unwrap_or_default();
+                (host, Arc::new(Route { backends, next }))
+            })
+            .collect();
+        *guard = Arc::new(new);
+    }
+
+    /// The hosts currently routed, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.snapshot().keys().cloned().collect();
+        hosts.sort();
+        hosts
+    }
+
+    fn snapshot(&self) -> Arc<HashMap<String, Arc<Route>>> {
+        Arc::clone(&self.routes.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn lookup(&self, host: &str) -> Option<Arc<Route>> {
+        self.snapshot().get(host).cloned()
+    }
+}
+
+/// Where the router writes Cloud Foundry `RTR` access-log lines for an app.
+pub trait AccessLog: Send + Sync {
+    fn record(&self, app_guid: &str, index: u32, line: String);
+}
+
+#[derive(Clone, Default)]
+pub struct RouterConfig {
+    pub access_log: Option<Arc<dyn AccessLog>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("connect {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("connect {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("{addr}: {source}")]
+    Http { addr: SocketAddr, source: hyper::Error },
+}
+
+pub struct Router {
+    table: Arc<RouteTable>,
+    config: RouterConfig,
+    pool: Arc<proxy::Pool>,
+}
+
+impl Router {
+    pub fn new(table: Arc<RouteTable>, config: RouterConfig) -> Arc<Self> {
+        Arc::new(Self { table, config, pool: Arc::default() })
+    }
+
+    /// Serves until `shutdown` resolves; in-flight connections may be dropped after it.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) {
+        // Connections hold a receiver; dropping the sender on return ends them.
+        let (stop_tx, stop_rx) = watch::channel(());
+        let mut sweep = tokio::time::interval(proxy::POOL_IDLE);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = sweep.tick() => self.pool.sweep(),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(Arc::clone(&self).serve_conn(stream, peer, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "router accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(stop_tx);
+    }
+}
+
+/// The routing key of a Host header or URI authority: no `:port`, no trailing
+/// dot, lowercase. IPv6 literals keep their brackets.
+pub fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.split(':').next().unwrap_or("")
+    };
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_host_strips_port_dot_and_case() {
+        assert_eq!(normalize_host("hello.apps.localhost"), "hello.apps.localhost");
+        assert_eq!(normalize_host("Hello.Apps.LocalHost:8080"), "hello.apps.localhost");
+        assert_eq!(normalize_host("hello.apps.localhost."), "hello.apps.localhost");
+        assert_eq!(normalize_host("HELLO.apps.localhost.:80"), "hello.apps.localhost");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("[::1"), "[::1");
+        assert_eq!(normalize_host(""), "");
+        assert_eq!(normalize_host(":80"), "");
+    }
+
+    #[test]
+    fn replace_normalises_keys_and_keeps_round_robin_position() {
+        let table = RouteTable::new();
+        let b = |port| Backend {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            app_guid: "a".into(),
+            instance_guid: "i".into(),
+            index: 0,
+        };
+        table.replace(HashMap::from([("Hello.Apps.Localhost.".to_string(), vec![b(1), b(2)])]));
+        assert_eq!(table.hosts(), vec!["hello.apps.localhost".to_string()]);
+        let first = table.lookup("hello.apps.localhost").map(|r| Arc::clone(&r.next));
+        table.replace(HashMap::from([("hello.apps.localhost".to_string(), vec![b(3)])]));
+        let second = table.lookup("hello.apps.localhost").map(|r| Arc::clone(&r.next));
+        assert!(matches!((first, second), (Some(a), Some(b)) if Arc::ptr_eq(&a, &b)));
+    }
+}

@@ -1,0 +1,420 @@
+//! `celld --local` end to end through `cellctl`: a real daemon with the
+//! embedded scheduler, the app layer and the router; apps pushed from
+//! directories, staged by the built-in buildpacks in real containers, reached
+//! through the router over real TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn lifecycle_built() -> bool {
+    Path::new(env!("CARGO_BIN_EXE_celld")).with_file_name("celld-lifecycle").is_file()
+}
+
+macro_rules! require_local {
+    () => {
+        require_host!();
+        assert!(lifecycle_built(), "the static lifecycle binary is missing: run `make lifecycle` (make test does)");
+    };
+}
+
+struct Local {
+    d: Daemon,
+    router: String,
+    home: PathBuf,
+    apps_dir: PathBuf,
+}
+
+impl Local {
+    fn start(extra: &[&str]) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let slot = (std::process::id().wrapping_mul(11).wrapping_add(n)) % 500;
+        let scheduler = format!("127.0.0.1:{}", 14000 + slot);
+        let router = format!("127.0.0.1:{}", 15000 + slot);
+        let mut args = vec!["--local", "--scheduler-listen", &scheduler, "--router-listen", &router];
+        args.extend_from_slice(extra);
+        let d = Daemon::start_with(&args);
+        let home = d.dir.join("cellctl-home");
+        let apps_dir = d.dir.join("apps");
+        std::fs::create_dir_all(&apps_dir).expect("apps dir");
+        let l = Local { d, router, home, apps_dir };
+        // The Apps service answers once the daemon is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, _, err) = l.cellctl(&["apps"]);
+            if code == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "celld --local did not come up: {err}\n{}", l.d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        l
+    }
+
+    /// Runs cellctl against this daemon; (exit code, stdout, stderr).
+    fn cellctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_cellctl"))
+            .arg("--api")
+            .arg(&self.d.grpc)
+            .args(args)
+            .env("CELLCTL_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env_remove("CELLD_API")
+            .env_remove("CELLCTL_SPACE")
+            .output()
+            .expect("run cellctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// cellctl that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cellctl(args);
+        assert_eq!(code, 0, "cellctl {args:?} failed:\n{out}\n{err}\n--- celld log tail:\n{}", tail(&self.d.log()));
+        out
+    }
+
+    /// cellctl that must fail with one clear line; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cellctl(args);
+        assert_ne!(code, 0, "cellctl {args:?} should have failed:\n{out}\n{err}");
+        assert!(!err.trim().is_empty(), "cellctl {args:?} failed without saying why");
+        err
+    }
+
+    /// Writes an app directory with these files (mode 0755 for *.sh).
+    fn app(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.apps_dir.join(name);
+        std::fs::create_dir_all(&dir).expect("app dir");
+        for (path, body) in files {
+            let p = dir.join(path);
+            std::fs::write(&p, body).expect("app file");
+            if path.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            }
+        }
+        dir
+    }
+
+    /// GET through the router: (status, body).
+    fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let Ok(mut s) = std::net::TcpStream::connect(&self.router) else { return (0, String::new()) };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n", self.port());
+        if s.write_all(req.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    fn port(&self) -> &str {
+        self.router.rsplit(':').next().unwrap_or("80")
+    }
+
+    /// Polls the router until `host` answers `want` with `needle` in the body.
+    fn wait_status(&self, host: &str, path: &str, want: u16, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(host, path);
+            if status == want && body.contains(needle) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}{path} answered {status}, not {want}: {body}\n--- celld log tail:\n{}",
+                tail(&self.d.log())
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn app_json(&self, name: &str, space: &str) -> serde_json::Value {
+        let out = self.ok(&["--space", space, "app", name, "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("app --json is not JSON ({e}): {out}"))
+    }
+
+    /// The instances array of `app --json`, whatever its nesting.
+    fn instances(&self, name: &str, space: &str) -> Vec<serde_json::Value> {
+        let v = self.app_json(name, space);
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn wait_instances(
+        &self,
+        name: &str,
+        space: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let i = self.instances(name, space);
+            if ok(&i) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "{name}: {what} did not happen: {i:?}\n{}", tail(&self.d.log()));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Deletes every app, waits for their containers to go, checks nothing leaked.
+    fn finish(self) {
+        let out = self.ok(&["apps", "--json", "--all-spaces"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+        for a in v["apps"].as_array().cloned().unwrap_or_default() {
+            let app = a["app"].clone();
+            let (name, space) = (app["name"].as_str().unwrap_or(""), app["space"].as_str().unwrap_or("dev"));
+            self.ok(&["--space", space, "delete", name, "-f"]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rt = common::rt();
+        loop {
+            let left = rt.block_on(self.d.client.list(&Default::default())).unwrap_or_default();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "containers left after deleting every app: {left:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.d.assert_no_leaks();
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn state_of(i: &serde_json::Value) -> String {
+    i["state"].as_str().unwrap_or("").to_string()
+}
+
+fn guid_of(i: &serde_json::Value) -> String {
+    i["instance_guid"].as_str().unwrap_or("").to_string()
+}
+
+fn all_running(n: usize) -> impl Fn(&[serde_json::Value]) -> bool {
+    move |i: &[serde_json::Value]| i.len() == n && i.iter().all(|x| state_of(x) == "running")
+}
+
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
+const T: Duration = Duration::from_secs(90);
+
+/// Push the example, route to it, logs, restart one instance, scale, stop.
+#[test]
+fn local_push_route_logs_restart_instance_scale_stop() {
+    require_local!();
+    let l = Local::start(&[]);
+    let out = l.ok(&["push", HELLO, "-i", "2", "-m", "64M"]);
+    assert!(out.contains("hello"), "push output names the app: {out}");
+    l.wait_instances("hello", "dev", "2 instances running", T, all_running(2));
+    l.wait_status("hello.apps.localhost", "/", 200, "Hello from celld!", T);
+    // Round-robin: both instances answer.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (s, b) = l.get("hello.apps.localhost", "/");
+        assert_eq!(s, 200, "{b}");
+        seen.insert(b.contains("instance 0"));
+    }
+    assert_eq!(seen.len(), 2, "both instances should answer through the router");
+    // Unknown host: 404 with a clear body.
+    let (s, b) = l.get("nope.apps.localhost", "/");
+    assert_eq!(s, 404, "{b}");
+    assert!(b.contains("nope.apps.localhost"), "{b}");
+
+    let logs = l.ok(&["logs", "hello", "--recent"]);
+    assert!(logs.contains("[STG/"), "staging lines in recent logs: {logs}");
+    assert!(logs.contains("[APP/PROC/WEB/0] OUT hello: serving instance 0"), "app lines in recent logs: {logs}");
+    assert!(logs.contains("[RTR/"), "router lines in recent logs: {logs}");
+
+    // restart-app-instance changes exactly one instance guid.
+    let before: Vec<String> = l.instances("hello", "dev").iter().map(guid_of).collect();
+    l.ok(&["restart-app-instance", "hello", "1"]);
+    let after = l.wait_instances("hello", "dev", "instance 1 replaced", T, |i| {
+        all_running(2)(i) && guid_of(&i[1]) != before[1] && !guid_of(&i[1]).is_empty()
+    });
+    assert_eq!(guid_of(&after[0]), before[0], "instance 0 must keep its guid");
+    let events = l.ok(&["events", "hello"]);
+    assert!(events.contains("audit.app.process.terminate_instance"), "{events}");
+
+    // Scale down to 1: the highest index goes.
+    l.ok(&["scale", "hello", "-i", "1"]);
+    l.wait_instances("hello", "dev", "scaled to 1", T, all_running(1));
+
+    // Stop removes the route.
+    l.ok(&["stop", "hello"]);
+    l.wait_status("hello.apps.localhost", "/", 404, "no routable instances", Duration::from_secs(15));
+    let apps = l.ok(&["apps"]);
+    assert!(apps.contains("hello") && apps.to_lowercase().contains("stopped"), "{apps}");
+    l.finish();
+}
+
+/// Procfile app with 3 instances scaled to 1; a crashing app; an http health
+/// check that never passes; a user-provided service bound and seen by the app.
+#[test]
+fn local_procfile_crash_health_and_services() {
+    require_local!();
+    let l = Local::start(&[]);
+    let env_app = l.app(
+        "envapp",
+        &[
+            ("Procfile", "web: ./web.sh\n"),
+            (
+                "web.sh",
+                "#!/bin/sh\nmkdir -p $HOME/www\nenv > $HOME/www/env.txt\necho up\nexec busybox httpd -f -p $PORT -h $HOME/www\n",
+            ),
+        ],
+    );
+    let dir = env_app.to_str().unwrap();
+    l.ok(&["push", dir, "-n", "envapp", "-i", "3", "-m", "32M"]);
+    l.wait_instances("envapp", "dev", "3 running", T, all_running(3));
+    l.ok(&["scale", "envapp", "-i", "1"]);
+    l.wait_instances("envapp", "dev", "scaled to 1", T, all_running(1));
+
+    // A user-provided service, bound, reaches the app after a restart.
+    l.ok(&["cups", "mydb", "-p", r#"{"uri":"postgresql://u:p@db.example:5432/app","user":"u"}"#]);
+    l.ok(&["bind-service", "envapp", "mydb"]);
+    let env = l.ok(&["env", "envapp"]);
+    assert!(env.contains("VCAP_SERVICES") && env.contains("user-provided") && env.contains("mydb"), "{env}");
+    l.ok(&["restart", "envapp"]);
+    l.wait_instances("envapp", "dev", "restarted", T, all_running(1));
+    let page = l.wait_status("envapp.apps.localhost", "/env.txt", 200, "VCAP_SERVICES=", T);
+    let services = page.lines().find(|x| x.starts_with("VCAP_SERVICES=")).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(&services["VCAP_SERVICES=".len()..]).expect("VCAP_SERVICES JSON");
+    assert_eq!(v["user-provided"][0]["name"], "mydb", "{v}");
+    assert_eq!(v["user-provided"][0]["label"], "user-provided", "{v}");
+    assert_eq!(v["user-provided"][0]["credentials"]["user"], "u", "{v}");
+    assert!(page.contains("DATABASE_URL=postgres://u:p@db.example:5432/app"), "{page}");
+    assert!(page.contains("VCAP_APPLICATION="), "{page}");
+    let services = l.ok(&["services"]);
+    assert!(services.contains("mydb") && services.contains("envapp"), "{services}");
+
+    // A crashing app: crashed, with an app.crash event saying why.
+    let crash =
+        l.app("crasher", &[("Procfile", "web: ./crash.sh\n"), ("crash.sh", "#!/bin/sh\necho about to fail\nexit 3\n")]);
+    let (code, out, err) = l.cellctl(&["push", crash.to_str().unwrap(), "-n", "crasher", "-m", "32M", "-u", "process"]);
+    assert_ne!(code, 0, "a push whose app crashes fails: {out}{err}");
+    l.wait_instances("crasher", "dev", "crashed", T, |i| i.len() == 1 && state_of(&i[0]) == "crashed");
+    let app = l.ok(&["app", "crasher"]);
+    assert!(app.contains("crashed"), "{app}");
+    let deadline = Instant::now() + T;
+    loop {
+        let events = l.ok(&["events", "crasher"]);
+        if events.contains("app.crash") && events.contains("Exited with status 3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no app.crash event: {events}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // An http health check on a failing endpoint never routes.
+    let sick = l.app(
+        "sick",
+        &[("Procfile", "web: ./web.sh\n"), ("web.sh", "#!/bin/sh\nmkdir -p $HOME/www\necho ok > $HOME/www/index.html\nexec busybox httpd -f -p $PORT -h $HOME/www\n")],
+    );
+    let (code, _, _) = l.cellctl(&[
+        "push",
+        sick.to_str().unwrap(),
+        "-n",
+        "sick",
+        "-m",
+        "32M",
+        "-u",
+        "http",
+        "--endpoint",
+        "/healthz",
+        "-t",
+        "3",
+    ]);
+    assert_ne!(code, 0, "an app that never becomes healthy fails to start");
+    for _ in 0..10 {
+        let (s, b) = l.get("sick.apps.localhost", "/");
+        assert_eq!(s, 404, "an unhealthy app must not be routed: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let i = l.instances("sick", "dev");
+    assert!(i.iter().all(|x| state_of(x) != "running"), "{i:?}");
+    l.finish();
+}
+
+/// Names per space, hosts per cell, and bad input refused with one clear line
+/// leaving nothing behind.
+#[test]
+fn local_names_routes_and_bad_input() {
+    require_local!();
+    let l = Local::start(&["--max-package-size-mb", "1"]);
+    // Same name twice in one space: refused; in another space: allowed.
+    l.ok(&["create-app", "site"]);
+    let err = l.fails(&["create-app", "site"]);
+    assert!(err.contains("already exists"), "{err}");
+    // The host "site" is taken by dev/site: refused in prod, whatever the name.
+    let err = l.fails(&["--space", "prod", "create-app", "site"]);
+    assert!(err.contains("site.apps.localhost") && err.contains("already in use"), "{err}");
+    let err = l.fails(&["--space", "prod", "create-app", "other", "--hostname", "site"]);
+    assert!(err.contains("already in use"), "{err}");
+    l.ok(&["--space", "prod", "create-app", "site", "--hostname", "site-prod"]);
+    let prod = l.ok(&["--space", "prod", "apps"]);
+    assert!(prod.contains("site") && !prod.contains("other"), "{prod}");
+
+    // A static site pushed for real still works next to them.
+    let app = l.app("static", &[("index.html", "<h1>static</h1>\n")]);
+    l.ok(&["push", app.to_str().unwrap(), "-n", "site", "-m", "32M"]);
+    l.wait_status("site.apps.localhost", "/", 200, "<h1>static</h1>", T);
+
+    let count = |space: &str| -> usize {
+        let out = l.ok(&["--space", space, "apps", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v["apps"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let before = (count("dev"), count("prod"));
+    let err = l.fails(&["push", "/nonexistent/app-dir"]);
+    assert!(err.contains("/nonexistent/app-dir"), "{err}");
+    let not_zip = l.app("notzip", &[("notes.txt", "plain text\n")]).join("notes.txt");
+    let err = l.fails(&["push", not_zip.to_str().unwrap(), "-n", "notzip"]);
+    assert!(err.lines().filter(|x| !x.trim().is_empty()).count() <= 2, "one clear line: {err}");
+    let err = l.fails(&["push", app.to_str().unwrap(), "-n", "badmem", "-m", "256X"]);
+    assert!(err.contains("256X"), "{err}");
+    let err = l.fails(&["push", app.to_str().unwrap(), "-n", "badbp", "-b", "no_such_buildpack"]);
+    assert!(err.contains("no_such_buildpack"), "{err}");
+    // A 2 GB package (sparse) over --max-package-size: refused before upload.
+    let big = l.apps_dir.join("big.zip");
+    std::fs::File::create(&big)
+        .and_then(|mut f| {
+            f.write_all(b"PK\x03\x04")?;
+            f.set_len(2 << 30)
+        })
+        .expect("sparse file");
+    let started = Instant::now();
+    let err = l.fails(&["push", big.to_str().unwrap(), "-n", "big"]);
+    assert!(err.contains("larger") || err.contains("at most"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the size is checked before streaming 2 GB");
+    let _ = std::fs::remove_file(&big);
+    let err = l.fails(&["cups", "broken", "-p", "{not json"]);
+    assert!(err.contains("JSON"), "{err}");
+    assert_eq!((count("dev"), count("prod")), before, "a refused push or service left an app behind");
+    let services = l.ok(&["services", "--json"]);
+    assert!(!services.contains("broken"), "{services}");
+    let err = l.fails(&["app", "no-such-app"]);
+    assert!(err.contains("no-such-app") && err.contains("not found"), "{err}");
+    l.finish();
+}
