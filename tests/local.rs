@@ -392,6 +392,22 @@ fn local_names_routes_and_bad_input() {
     let not_zip = l.app("notzip", &[("notes.txt", "plain text\n")]).join("notes.txt");
     let err = l.fails(&["push", not_zip.to_str().unwrap(), "-n", "notzip"]);
     assert!(err.lines().filter(|x| !x.trim().is_empty()).count() <= 2, "one clear line: {err}");
+    // An unreadable package, as an unprivileged user (root reads everything).
+    let secret = l.app("secret", &[("app.zip", "PK\x03\x04")]).join("app.zip");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_cellctl"), "--api", &l.d.grpc])
+        .args(["push", secret.to_str().unwrap(), "-n", "secret"])
+        .env("CELLCTL_HOME", l.d.dir.join("nobody-home"))
+        .output();
+    if let Ok(out) = as_nobody {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "an unreadable package must be refused: {err}");
+        assert!(err.contains("cannot read") || err.contains("ermission denied"), "{err}");
+    }
     let err = l.fails(&["push", app.to_str().unwrap(), "-n", "badmem", "-m", "256X"]);
     assert!(err.contains("256X"), "{err}");
     let err = l.fails(&["push", app.to_str().unwrap(), "-n", "badbp", "-b", "no_such_buildpack"]);

@@ -359,8 +359,8 @@ impl AppLayer {
         }
         self.store.delete_app(&app.guid)?;
         // Droplets are the app's own; packages are shared by checksum.
-        if let Some(d) = &app.droplet {
-            let _ = self.blobs.delete(&d.key).await;
+        for key in app.droplet.iter().map(|d| &d.key).chain(&app.old_droplets) {
+            let _ = self.blobs.delete(key).await;
         }
         let _ = self.blobs.delete(&crate::staging::stager::cache_key(&app.guid)).await;
         self.routes_changed.notify_one();
@@ -478,10 +478,7 @@ impl AppLayer {
                 app.package_state = "STAGED".into();
                 app.staging_failed_reason.clear();
                 if let Some(old) = old.filter(|o| o.key != s.droplet.key) {
-                    // A running process may still use the old droplet until
-                    // restarted; cells cache droplets by checksum, so only
-                    // new starts read the blobstore.
-                    let _ = self.blobs.delete(&old.key).await;
+                    app.old_droplets.push(old.key);
                 }
                 self.event(
                     &app,
@@ -549,6 +546,13 @@ impl AppLayer {
             return Err(e);
         }
         tracing::info!(app_guid = %app.guid, process_guid = %app.process_guid, "app started");
+        // The process that may have used them is gone.
+        if !app.old_droplets.is_empty() {
+            for key in std::mem::take(&mut app.old_droplets) {
+                let _ = self.blobs.delete(&key).await;
+            }
+            let _ = self.store.put_app(app);
+        }
         self.routes_changed.notify_one();
         Ok(())
     }
@@ -1224,7 +1228,7 @@ fn instance_view(
     v
 }
 
-fn proto_service(s: ServiceRecord, bound_apps: Vec<String>) -> pb::ServiceInstance {
+pub fn proto_service(s: ServiceRecord, bound_apps: Vec<String>) -> pb::ServiceInstance {
     pb::ServiceInstance {
         guid: s.guid,
         name: s.name,

@@ -190,16 +190,7 @@ impl Apps for AppsService {
         r: Request<pb::CreateUserProvidedServiceRequest>,
     ) -> Result<Response<pb::ServiceInstance>, Status> {
         let s = self.apps.create_service(r.into_inner())?;
-        Ok(Response::new(pb::ServiceInstance {
-            guid: s.guid,
-            name: s.name,
-            space: s.space,
-            credentials_json: s.credentials,
-            tags: s.tags,
-            syslog_drain_url: s.syslog_drain_url,
-            bound_apps: vec![],
-            created_at: s.created_at,
-        }))
+        Ok(Response::new(super::proto_service(s, vec![])))
     }
 
     async fn delete_service(&self, r: Request<pb::ServiceRef>) -> Result<Response<pb::DeleteServiceResponse>, Status> {

@@ -50,6 +50,10 @@ pub struct AppRecord {
     pub package_key: String,
     pub package_uploaded_at: i64,
     pub droplet: Option<Droplet>,
+    /// Droplets replaced by a newer staging, deleted once no desired process
+    /// uses them (a crashed instance restarts from its process's droplet).
+    #[serde(default)]
+    pub old_droplets: Vec<String>,
     pub process_guid: String,
     pub enable_ssh: bool,
     pub created_at: i64,
