@@ -113,8 +113,10 @@ impl Daemon {
             .spawn()
             .expect("start celld");
         self.child = Some(child);
+        // Up once it accepts: the socket file exists from bind(), a moment
+        // before listen(), and a connect in between is refused.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             assert!(Instant::now() < deadline, "celld did not start; see {}", self.dir.join("celld.log").display());
             std::thread::sleep(Duration::from_millis(10));
         }
