@@ -151,6 +151,16 @@ pub struct Config {
     /// Local mode: the space apps go to when a request names none.
     #[arg(long, default_value = "dev")]
     pub default_space: String,
+    /// Local mode: where the ssh proxy (`cf ssh`) listens; "off" runs none.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub ssh_proxy_listen: String,
+    /// Idle ssh sessions are closed after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub ssh_idle_timeout: u64,
+    /// The password of `diego:PROCESS_GUID/INDEX` logins at the ssh proxy;
+    /// unset refuses them.
+    #[arg(long, env = "CELLD_SSH_DIEGO_CREDENTIALS", hide_env_values = true)]
+    pub ssh_diego_credentials: Option<String>,
     #[command(subcommand)]
     pub role: Option<Role>,
 }

@@ -32,4 +32,6 @@ pub mod runtime;
 #[cfg(feature = "daemon")]
 pub mod scheduler;
 #[cfg(feature = "daemon")]
+pub mod sshproxy;
+#[cfg(feature = "daemon")]
 pub mod staging;

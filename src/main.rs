@@ -256,7 +256,37 @@ async fn local_apps(
     let router = Router::new(table, RouterConfig { access_log: Some(Arc::new(celld::apps::RouterLog(logs))) });
     tokio::spawn(router.serve(listener, std::future::pending()));
     tracing::info!(address = %cfg.router_listen, domain = %cfg.domain, "serving the router");
+    if cfg.ssh_proxy_listen != "off" {
+        ssh_proxy(cfg, apps.clone()).await?;
+    }
     Ok(apps)
+}
+
+/// Local mode's ssh proxy, deciding logins through the app layer.
+async fn ssh_proxy(cfg: &Config, apps: Arc<celld::apps::AppLayer>) -> anyhow::Result<()> {
+    use celld::sshproxy::{ProxyConfig, SshProxy};
+    let listen: std::net::SocketAddr = cfg
+        .ssh_proxy_listen
+        .parse()
+        .with_context(|| format!("--ssh-proxy-listen {}: not HOST:PORT", cfg.ssh_proxy_listen))?;
+    let authority = Arc::new(celld::apps::ssh::SshAuthority {
+        apps: apps.clone(),
+        diego_credentials: cfg.ssh_diego_credentials.clone(),
+    });
+    let proxy = SshProxy::new(
+        ProxyConfig {
+            listen,
+            host_key_path: cfg.depot.join("ssh-proxy").join("host_key"),
+            idle_timeout: Duration::from_secs(cfg.ssh_idle_timeout.max(1)),
+        },
+        authority,
+    )?;
+    let listener = proxy.bind().await?;
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.ssh_proxy_listen.clone());
+    apps.set_ssh_proxy(bound.clone(), proxy.fingerprint());
+    tracing::info!(address = %bound, fingerprint = %proxy.fingerprint(), "serving the ssh proxy");
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+    Ok(())
 }
 
 /// What a person starting `celld --local` needs to know, on stdout.
@@ -267,6 +297,10 @@ fn print_local_banner(cfg: &Config, apps: &celld::apps::AppLayer) {
     println!("  scheduler                 {}", cfg.scheduler.as_deref().unwrap_or(&cfg.scheduler_listen));
     println!("  Garden API                {}", cfg.garden_socket.display());
     println!("  depot                     {}", cfg.depot.display());
+    let ssh = apps.ssh_info();
+    if !ssh.endpoint.is_empty() {
+        println!("  ssh proxy (cellctl ssh)   {}  ({})", ssh.endpoint, ssh.host_key_fingerprint);
+    }
     println!("  default space             {}", cfg.default_space);
 }
 

@@ -7,6 +7,7 @@
 //! routable instances current.
 
 pub mod service;
+pub mod ssh;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +85,7 @@ pub struct AppLayer {
     /// stop never interleave their scheduler calls.
     ops: tokio::sync::Mutex<()>,
     routes_changed: Notify,
+    ssh: ssh::SshState,
 }
 
 impl AppLayer {
@@ -109,6 +111,7 @@ impl AppLayer {
             scheduler,
             ops: tokio::sync::Mutex::new(()),
             routes_changed: Notify::new(),
+            ssh: ssh::SshState::default(),
         }))
     }
 
@@ -194,6 +197,8 @@ impl AppLayer {
             env: r.env.into_iter().collect(),
             routes: if r.no_route { vec![] } else { vec![format!("{host}.{}", self.cfg.domain)] },
             package_state: "PENDING".into(),
+            // CC's default_app_ssh_access.
+            enable_ssh: true,
             created_at: now,
             updated_at: now,
             ..Default::default()
@@ -599,6 +604,11 @@ impl AppLayer {
         let timeout =
             if app.health_check_timeout == 0 { DEFAULT_HEALTH_CHECK_TIMEOUT } else { app.health_check_timeout };
         let routes = json!([{ "hostnames": app.routes, "port": APP_PORT }]).to_string();
+        let ssh = self.ssh_settings(app)?;
+        let mut ports = vec![APP_PORT];
+        if ssh.is_some() {
+            ports.push(ssh::SSHD_PORT);
+        }
         Ok(pb::DesiredLrp {
             process_guid: process_guid.to_string(),
             domain: DOMAIN.into(),
@@ -611,7 +621,8 @@ impl AppLayer {
             disk_mb: app.disk_mb,
             // CC's default process limit.
             max_pids: 1024,
-            ports: vec![APP_PORT],
+            ports,
+            ssh,
             check_definition: Some(pb::CheckDefinition { checks, ..Default::default() }),
             start_timeout_ms: timeout.saturating_mul(1000),
             log_guid: app.guid.clone(),

@@ -228,4 +228,21 @@ impl Apps for AppsService {
     async fn list_cells(&self, _: Request<pb::ListCellsRequest>) -> Result<Response<pb::ListCellsResponse>, Status> {
         Ok(Response::new(pb::ListCellsResponse { cells: self.apps.list_cells().await? }))
     }
+
+    async fn get_ssh_info(&self, _: Request<pb::GetSshInfoRequest>) -> Result<Response<pb::SshInfo>, Status> {
+        Ok(Response::new(self.apps.ssh_info()))
+    }
+
+    async fn get_ssh_code(&self, _: Request<pb::GetSshCodeRequest>) -> Result<Response<pb::SshCode>, Status> {
+        Ok(Response::new(pb::SshCode { code: self.apps.ssh_code()? }))
+    }
+
+    async fn set_space_ssh(&self, r: Request<pb::SetSpaceSshRequest>) -> Result<Response<pb::SpaceSsh>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(self.apps.set_space_ssh(&r.space, r.allow_ssh)?))
+    }
+
+    async fn get_space_ssh(&self, r: Request<pb::SpaceRef>) -> Result<Response<pb::SpaceSsh>, Status> {
+        Ok(Response::new(self.apps.space_ssh(&r.into_inner().space)?))
+    }
 }

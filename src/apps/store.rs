@@ -145,6 +145,7 @@ CREATE TABLE IF NOT EXISTS bindings (guid TEXT PRIMARY KEY, app_guid TEXT NOT NU
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, app_guid TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_app ON events (app_guid, seq);
 CREATE TABLE IF NOT EXISTS tasks (guid TEXT PRIMARY KEY, app_guid TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spaces (name TEXT PRIMARY KEY, allow_ssh INTEGER NOT NULL);
 ";
 
 impl Store {
@@ -195,6 +196,26 @@ impl Store {
             Err(e) => return Err(store_err(e)),
         }
         tx.commit().map_err(store_err)
+    }
+
+    /// Whether a space allows ssh (cf allow-space-ssh); spaces do unless told not to.
+    pub fn space_allows_ssh(&self, space: &str) -> Result<bool, AppsError> {
+        let v: Option<bool> = self
+            .db()
+            .query_row("SELECT allow_ssh FROM spaces WHERE name = ?1", [space], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        Ok(v.unwrap_or(true))
+    }
+
+    pub fn set_space_ssh(&self, space: &str, allow: bool) -> Result<(), AppsError> {
+        self.db()
+            .execute(
+                "INSERT INTO spaces (name, allow_ssh) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET allow_ssh = ?2",
+                params![space, allow],
+            )
+            .map_err(store_err)?;
+        Ok(())
     }
 
     pub fn put_app(&self, app: &AppRecord) -> Result<(), AppsError> {

@@ -1,12 +1,12 @@
 //! The in-container lifecycle binary, bind-mounted at /tmp/lifecycle where
-//! `builder`, `launcher` (and later `sshd`) are this same file: the role is the
+//! `builder`, `launcher` and `sshd` are this same file: the role is the
 //! basename of argv[0], or the first argument (`celld-lifecycle builder …`,
 //! for tests and humans). Built static (`make lifecycle`) because staging
 //! rootfses may have no libc.
 
 use std::io::Write;
 
-use celld::lifecycle::{builder, launcher};
+use celld::lifecycle::{builder, launcher, sshd};
 
 fn main() {
     let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect::<Result<_, _>>() {
@@ -23,11 +23,13 @@ fn main() {
         (_, Some((role, rest))) if role == "builder" => builder::main(rest),
         ("launcher", _) => launcher::main(rest),
         (_, Some((role, rest))) if role == "launcher" => launcher::main(rest),
-        (_, Some((role, _))) if role == "sshd" || role == "healthcheck" => {
+        ("sshd", _) => sshd::main(rest),
+        (_, Some((role, rest))) if role == "sshd" => sshd::main(rest),
+        (_, Some((role, _))) if role == "healthcheck" => {
             eprintln!("celld-lifecycle: {role} is not implemented yet");
             1
         }
-        _ if program == "sshd" || program == "healthcheck" => {
+        _ if program == "healthcheck" => {
             eprintln!("celld-lifecycle: {program} is not implemented yet");
             1
         }

@@ -190,6 +190,25 @@ pub enum AppsCmd {
         /// The app's name.
         name: String,
     },
+    /// Opens a shell in an app instance (or runs a command, or forwards ports) through the ssh proxy.
+    Ssh(crate::cli::ssh::SshArgs),
+    /// Prints a one-time password for a login at the ssh proxy (user `cf:APP_GUID/INDEX`).
+    SshCode,
+    /// Allows `ssh` into the apps of a space.
+    AllowSpaceSsh {
+        /// The space's name.
+        space: String,
+    },
+    /// Disallows `ssh` into the apps of a space.
+    DisallowSpaceSsh {
+        /// The space's name.
+        space: String,
+    },
+    /// Tells whether `ssh` into the apps of a space is allowed.
+    SpaceSshAllowed {
+        /// The space's name.
+        space: String,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -396,6 +415,11 @@ pub async fn run(cmd: AppsCmd, ctx: &Ctx) -> Result<(), Fail> {
         AppsCmd::EnableSsh { name } => set_ssh(ctx, &name, true).await,
         AppsCmd::DisableSsh { name } => set_ssh(ctx, &name, false).await,
         AppsCmd::SshEnabled { name } => ssh_enabled(ctx, &name).await,
+        AppsCmd::Ssh(a) => crate::cli::ssh::run_ssh(ctx, a).await,
+        AppsCmd::SshCode => crate::cli::ssh::ssh_code(ctx).await,
+        AppsCmd::AllowSpaceSsh { space } => crate::cli::ssh::set_space_ssh(ctx, &space, true).await,
+        AppsCmd::DisallowSpaceSsh { space } => crate::cli::ssh::set_space_ssh(ctx, &space, false).await,
+        AppsCmd::SpaceSshAllowed { space } => crate::cli::ssh::space_ssh_allowed(ctx, &space).await,
     }
 }
 
@@ -1451,6 +1475,21 @@ mod tests {
                 &self,
                 _: Request<pb::ListCellsRequest>,
             ) -> Result<Response<pb::ListCellsResponse>, Status> {
+                nope()
+            }
+            async fn get_ssh_info(&self, _: Request<pb::GetSshInfoRequest>) -> Result<Response<pb::SshInfo>, Status> {
+                nope()
+            }
+            async fn get_ssh_code(&self, _: Request<pb::GetSshCodeRequest>) -> Result<Response<pb::SshCode>, Status> {
+                nope()
+            }
+            async fn set_space_ssh(
+                &self,
+                _: Request<pb::SetSpaceSshRequest>,
+            ) -> Result<Response<pb::SpaceSsh>, Status> {
+                nope()
+            }
+            async fn get_space_ssh(&self, _: Request<pb::SpaceRef>) -> Result<Response<pb::SpaceSsh>, Status> {
                 nope()
             }
         }

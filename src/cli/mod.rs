@@ -3,5 +3,6 @@
 pub mod apps;
 pub mod package;
 pub mod render;
+pub mod ssh;
 pub mod staging;
 pub mod target;

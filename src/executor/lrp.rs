@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -19,6 +20,17 @@ use crate::grpc::pb;
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest line passed on whole; longer ones are split.
 pub(super) const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// Log source of the instance's sshd (CC's for the ssh action).
+const SSHD_SOURCE: &str = "CELL/SSHD";
+/// The container property holding the id of the instance's sshd process.
+const SSHD_PROCESS_PROPERTY: &str = "executor:sshd-process-id";
+/// Where the instance's sshd listens (Diego's port).
+const SSHD_ADDRESS: &str = "0.0.0.0:2222";
+
+/// The first of the instance's processes to exit (the app, or its sshd:
+/// they are codependent, as in Diego): its log source and exit code.
+type Exit = oneshot::Receiver<(String, Option<i32>)>;
 
 /// How an instance ended.
 enum End {
@@ -137,14 +149,14 @@ impl Executor {
         let probes: Vec<Probe> = checks.checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
         let readiness: Vec<Probe> = checks.readiness_checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
         let mut exit = exit;
-        let exited = |code: Option<i32>| async move {
-            match code {
-                Some(code) => {
+        let exited = |ended: Option<(String, Option<i32>)>| async move {
+            match ended {
+                Some((source, Some(code))) => {
                     let oom = container::out_of_memory(&self.gardener, guid).await;
                     self.cell_line(d, index, &format!("Exit status {code}"));
-                    End::Crashed(container::exit_reason(&Self::app_source(d), code, oom))
+                    End::Crashed(container::exit_reason(&source, code, oom))
                 }
-                None => End::Crashed(format!("{}: the container's init went away", Self::app_source(d))),
+                _ => End::Crashed(format!("{}: the container's init went away", Self::app_source(d))),
             }
         };
 
@@ -160,7 +172,7 @@ impl Executor {
                     self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
                     return End::Crashed(reason);
                 },
-                code = &mut exit => return exited(code.ok().flatten()).await,
+                ended = &mut exit => return exited(ended.ok()).await,
                 r = super::stopped(&mut stop) => return End::Stopped(r),
             }
             self.health_line(d, index, "Container became healthy");
@@ -189,7 +201,7 @@ impl Executor {
                 self.health_line(d, index, "Container became unhealthy");
                 End::Crashed(reason)
             },
-            code = &mut exit => exited(code.ok().flatten()).await,
+            ended = &mut exit => exited(ended.ok()).await,
             r = super::stopped(&mut stop) => End::Stopped(r),
         };
         if let Some(t) = readiness_task {
@@ -241,7 +253,7 @@ impl Executor {
         guid: &str,
         d: &pb::DesiredLrp,
         index: i32,
-    ) -> Result<(Addresses, oneshot::Receiver<Option<i32>>), String> {
+    ) -> Result<(Addresses, Exit), String> {
         let cell = &self.cfg.cell_id;
         self.cell_line(d, index, &format!("Cell {cell} creating container for instance {guid}"));
         let properties = Properties::from([
@@ -275,15 +287,35 @@ impl Executor {
         let path = self.put_droplet(guid, &d.droplet_key, d.disk_mb, &d.log_guid, "CELL", index).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports);
+        let sshd = d.ssh.as_ref().filter(|s| s.enabled).map(|s| sshd_process(s, env.clone()));
         let spec = app_process(path, &d.start_command, &d.execution_metadata, env);
         let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the app: {e}"))?;
         let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
-        let (out, err) = self.writers(&d.log_guid, &Self::app_source(d), index, guid);
+        let mut followed = vec![(Self::app_source(d), conn)];
+        if let Some(spec) = sshd {
+            let (pid, conn) =
+                self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the sshd: {e}"))?;
+            let _ = self.gardener.set_property(guid, SSHD_PROCESS_PROPERTY, &pid);
+            followed.push((SSHD_SOURCE.to_string(), conn));
+        }
+        Ok((addrs, self.follow_all(d, index, guid, followed)))
+    }
+
+    /// Follows the instance's processes; the first exit ends the instance.
+    fn follow_all(&self, d: &pb::DesiredLrp, index: i32, guid: &str, processes: Vec<(String, UnixStream)>) -> Exit {
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = tx.send(container::follow(conn, out, err).await);
-        });
-        Ok((addrs, rx))
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        for (source, conn) in processes {
+            let (out, err) = self.writers(&d.log_guid, &source, index, guid);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let code = container::follow(conn, out, err).await;
+                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send((source, code));
+                }
+            });
+        }
+        rx
     }
 
     /// Streams the droplet in when there is one; returns whether the app runs
@@ -322,20 +354,18 @@ impl Executor {
         guid: &str,
         d: &pb::DesiredLrp,
         index: i32,
-    ) -> Result<(Addresses, oneshot::Receiver<Option<i32>>), ExecutorError> {
+    ) -> Result<(Addresses, Exit), ExecutorError> {
         let addrs = container::addresses(&self.gardener, guid).await?;
         let pid = self
             .gardener
             .property(guid, PROCESS_PROPERTY)
             .map_err(|_| ExecutorError::NotFound("the instance's process was never started".into()))?;
-        let conn = self.gardener.attach(guid, &pid).await?;
-        let (out, err) = self.writers(&d.log_guid, &Self::app_source(d), index, guid);
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let _ = tx.send(container::follow(conn, out, err).await);
-        });
-        tracing::info!("re-attached to the instance's process");
-        Ok((addrs, rx))
+        let mut followed = vec![(Self::app_source(d), self.gardener.attach(guid, &pid).await?)];
+        if let Ok(pid) = self.gardener.property(guid, SSHD_PROCESS_PROPERTY) {
+            followed.push((SSHD_SOURCE.to_string(), self.gardener.attach(guid, &pid).await?));
+        }
+        tracing::info!("re-attached to the instance's processes");
+        Ok((addrs, self.follow_all(d, index, guid, followed)))
     }
 
     async fn destroy_container(&self, guid: &str, d: &pb::DesiredLrp, index: i32) {
@@ -348,6 +378,27 @@ impl Executor {
             Err(crate::garden::error::GardenError::ContainerNotFound(_)) => {}
             Err(e) => tracing::warn!(error = %e, "destroying the container failed"),
         }
+    }
+}
+
+/// The instance's sshd (`/tmp/lifecycle/sshd`, as CC's ssh action runs
+/// diego-sshd): the app's environment for its sessions, and its keys in the
+/// environment, so they never show in `ps`.
+fn sshd_process(ssh: &pb::SshSettings, mut env: Vec<String>) -> ProcessSpec {
+    for (k, v) in [("HOME", "/home/vcap/app"), ("USER", "vcap"), ("PATH", "/usr/local/bin:/usr/bin:/bin")] {
+        if !env.iter().any(|e| e.starts_with(&format!("{k}="))) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    env.push(format!("SSHD_HOSTKEY={}", ssh.host_key_pem));
+    env.push(format!("SSHD_AUTHKEY={}", ssh.authorized_key));
+    ProcessSpec {
+        path: format!("{LIFECYCLE_MOUNT}/sshd"),
+        args: vec![format!("--address={SSHD_ADDRESS}")],
+        env,
+        user: "vcap".into(),
+        dir: "/home/vcap".into(),
+        ..Default::default()
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod archive;
 pub mod builder;
 pub mod launcher;
+pub mod sshd;
 
 use std::collections::BTreeMap;
 

@@ -25,7 +25,7 @@ use crate::runtime::initproto::{self as proto, Request};
 /// Where things are inside the staging container (Cloud Foundry's paths).
 const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";
 /// Names the lifecycle binary answers to besides `builder` (links to it).
-const LIFECYCLE_ROLES: &[&str] = &["launcher"];
+const LIFECYCLE_ROLES: &[&str] = &["launcher", "sshd"];
 const INPUTS: &str = "/tmp/staging-inputs";
 const DROPLET: &str = "/tmp/droplet";
 const OUTPUT_CACHE: &str = "/tmp/output-cache";

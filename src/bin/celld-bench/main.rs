@@ -7,6 +7,7 @@
 
 mod lrps;
 mod scheduler_load;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ struct Args {
     /// The celld binary; default: `celld` next to this executable.
     #[arg(long)]
     celld: Option<PathBuf>,
+    /// Only the `cf ssh` phase (session setup and -L throughput).
+    #[arg(long)]
+    ssh_only: bool,
     #[command(flatten)]
     sim: scheduler_load::SimArgs,
 }
@@ -68,6 +72,13 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
 
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if args.ssh_only {
+        let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await);
+        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
     let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
@@ -95,6 +106,9 @@ fn main() -> Result<()> {
         });
         drop(sched);
         r
+    });
+    let networked = networked.and_then(|()| {
+        run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await)
     });
     let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
