@@ -241,16 +241,22 @@ impl Daemon {
     /// Asserts that nothing of any container is left on the host.
     pub fn assert_no_leaks(&self) {
         // Interfaces of destroyed containers are unregistered in the background,
-        // and a container leaves listings before its rules are gone.
+        // and a container leaves listings (and the executor's records) before
+        // its rules and depot entry are gone: give a destroy in flight its time.
+        let containers = || -> Vec<PathBuf> {
+            std::fs::read_dir(self.depot().join("containers"))
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while (!self.interfaces().is_empty() || !self.firewall_leftovers().is_empty()) && Instant::now() < deadline {
+        while (!self.interfaces().is_empty() || !self.firewall_leftovers().is_empty() || !containers().is_empty())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(self.interfaces().is_empty(), "interfaces left: {:?}", self.interfaces());
         assert!(self.firewall_leftovers().is_empty(), "firewall entries left: {:?}", self.firewall_leftovers());
-        let containers: Vec<_> = std::fs::read_dir(self.depot().join("containers"))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+        let containers = containers();
         assert!(containers.is_empty(), "depot dirs left: {containers:?}");
         assert!(self.mounts().is_empty(), "mounts left: {:?}", self.mounts());
         assert!(self.cgroup_children().is_empty(), "cgroups left: {:?}", self.cgroup_children());
