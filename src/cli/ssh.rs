@@ -33,7 +33,7 @@ use russh::client::{self, DisconnectReason, Handle};
 use russh::keys::{
     Algorithm, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
 };
-use russh::{ChannelMsg, ChannelReadHalf, Pty, Sig};
+use russh::{ChannelMsg, ChannelReadHalf, Pty};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -639,25 +639,6 @@ fn signal_number(name: &str) -> Option<i32> {
     })
 }
 
-fn sig_name(s: &Sig) -> String {
-    match s {
-        Sig::ABRT => "ABRT",
-        Sig::ALRM => "ALRM",
-        Sig::FPE => "FPE",
-        Sig::HUP => "HUP",
-        Sig::ILL => "ILL",
-        Sig::INT => "INT",
-        Sig::KILL => "KILL",
-        Sig::PIPE => "PIPE",
-        Sig::QUIT => "QUIT",
-        Sig::SEGV => "SEGV",
-        Sig::TERM => "TERM",
-        Sig::USR1 => "USR1",
-        Sig::Custom(c) => c,
-    }
-    .to_string()
-}
-
 impl Exit {
     /// The exit code cf gives: the exit status; without one, after a signal,
     /// 128 + the signal's number (128 for a name it does not know).
@@ -790,7 +771,7 @@ where
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => exit.status = Some(exit_status),
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
-                    exit.signal = Some(sig_name(&signal_name));
+                    exit.signal = Some(crate::lifecycle::sshd::sig_name(&signal_name));
                     exit.core_dumped = core_dumped;
                     exit.message = error_message;
                 }
