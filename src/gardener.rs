@@ -189,6 +189,8 @@ impl Gardener {
                 }
             }
         }
+        let known: std::collections::HashSet<String> = lock(&self.table).live.keys().cloned().collect();
+        self.rt.sweep_strays(&known).await;
     }
 
     fn entry(&self, handle: &str) -> Result<Arc<Entry>, GardenError> {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use celld::garden::client::{ClientError, ProcessIo, Signal};
+use celld::garden::client::{Address, Client, ClientError, ProcessIo, Signal};
 use celld::garden::types::*;
 use common::{Daemon, Sink, garden_type, rt, run, sh, spec, start_until};
 use tokio::io::AsyncWriteExt;
@@ -637,4 +637,32 @@ fn restart_removes_leftovers_of_a_half_done_create() {
         d.client.destroy(&h).await.unwrap();
     });
     d.assert_no_leaks();
+}
+
+#[test]
+fn a_daemon_killed_mid_create_leaves_nothing_after_restart() {
+    require_host!();
+    let mut d = Daemon::start();
+    // SIGKILL at different points of a create: starting the helper, the
+    // overlay, libcontainer's fork and start, the record. What the next daemon
+    // finds is either a whole container or nothing at all.
+    for (i, delay) in (0u64..=90).step_by(5).enumerate() {
+        let h = d.handle(&format!("mid{i}"));
+        let socket = d.socket.clone();
+        let creating = std::thread::spawn(move || {
+            let c = Client::new(Address::Unix(socket));
+            let _ = rt().block_on(c.create(&spec(&h)));
+        });
+        std::thread::sleep(Duration::from_millis(delay));
+        d.kill();
+        let _ = creating.join();
+        d.restart();
+        rt().block_on(async {
+            for h in d.client.list(&BTreeMap::new()).await.unwrap() {
+                assert_eq!(run(&d, &h, sh("echo alive")).await.1, "alive\n");
+                d.client.destroy(&h).await.unwrap();
+            }
+        });
+        d.assert_no_leaks();
+    }
 }

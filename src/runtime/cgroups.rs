@@ -143,6 +143,18 @@ pub fn usage_toward_limit(u: &Usage) -> u64 {
     }
 }
 
+/// The names of the cgroups directly under `parent` in any hierarchy.
+pub fn children(parent: &Path) -> std::collections::BTreeSet<String> {
+    hierarchy_dirs(parent)
+        .into_iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
 /// Removes the parent cgroup (e.g. `/celld-1a2b`) when it has no children left.
 pub fn remove_parent_if_empty(parent: &Path) {
     for d in hierarchy_dirs(parent) {

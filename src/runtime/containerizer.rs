@@ -66,6 +66,7 @@ impl Containerizer {
         let depot = Depot::new(&cfg.depot);
         // What a previous daemon had not finished deleting.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
+        rootfs::remove_partial_copies(&depot.rootfs_cache());
         // Host users may not look inside; container root (an unprivileged host
         // uid) must still traverse to its rootfs and libcontainer's state.
         for (d, mode) in [
@@ -338,6 +339,43 @@ impl Containerizer {
         })
         .await
         .map_err(|e| RuntimeError::Helper(e.to_string()))?
+    }
+
+    /// Kills and removes what no container record accounts for: cgroups under
+    /// this daemon's parent, libcontainer state and init sockets. A daemon and
+    /// helper killed while libcontainer was half-way through a create leave a
+    /// container init waiting for its start, in a cgroup, after the depot
+    /// directory (which the restore removes) may already be gone.
+    pub async fn sweep_strays(&self, known: &std::collections::HashSet<String>) {
+        let parent = self.cgroup_parent.clone();
+        let runtime = self.cfg.run_dir.join("runtime");
+        let init = self.cfg.run_dir.join("init");
+        let sockets: std::collections::HashSet<PathBuf> = known.iter().map(|h| self.socket_path(h)).collect();
+        let known = known.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in cgroups::children(Path::new(&parent)) {
+                if !known.contains(&name) {
+                    tracing::warn!(handle = %name, "removing a container cgroup without a record");
+                    if let Err(e) = Cgroup::new(format!("{parent}/{name}")).remove() {
+                        tracing::warn!(handle = %name, error = %e, "stray cgroup stays");
+                    }
+                }
+            }
+            let entries = |d: &Path| -> Vec<PathBuf> {
+                std::fs::read_dir(d).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default()
+            };
+            for p in entries(&runtime) {
+                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !known.contains(n)) {
+                    let _ = std::fs::remove_dir_all(&p);
+                }
+            }
+            for p in entries(&init) {
+                if !sockets.contains(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        })
+        .await;
     }
 
     /// Removes this daemon's parent cgroup if no container uses it any more.

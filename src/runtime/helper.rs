@@ -183,9 +183,17 @@ impl UserNsHolder {
     fn new(uid_map: &str, gid_map: &str) -> Result<Self, String> {
         let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (release_r, release_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let helper = unsafe { libc::getpid() };
         // The helper is single-threaded, so the child may run ordinary code.
         match unsafe { libc::fork() } {
             0 => unsafe {
+                // Not inherited from the helper: without it a helper killed
+                // mid-create (its daemon SIGKILLed) would leave this child
+                // blocked on a pipe whose other end the container init holds.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != helper {
+                    libc::_exit(1);
+                }
                 drop(ready_r);
                 drop(release_w);
                 if libc::unshare(libc::CLONE_NEWUSER) != 0 {

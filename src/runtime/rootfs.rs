@@ -58,13 +58,17 @@ pub fn shifted_copy(src: &Path, cache_dir: &Path) -> Result<PathBuf, RuntimeErro
     std::fs::create_dir_all(cache_dir).map_err(|e| RuntimeError::io(cache_dir, e))?;
     let tmp = cache_dir.join(format!(".tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(src)
-        .arg(&tmp)
-        .status()
-        .map_err(|e| RuntimeError::io(Path::new("cp"), e))?;
+    let mut cp = std::process::Command::new("cp");
+    cp.arg("-a").arg("--reflink=auto").arg(src).arg(&tmp);
+    // A daemon killed mid-copy takes the copy with it; the next one removes
+    // the partial directory (`remove_partial_copies`).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cp, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    };
+    let status = cp.status().map_err(|e| RuntimeError::io(Path::new("cp"), e))?;
     if !status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(RuntimeError::BadRootfs(format!("copying rootfs {} failed", src.display())));
@@ -75,6 +79,15 @@ pub fn shifted_copy(src: &Path, cache_dir: &Path) -> Result<PathBuf, RuntimeErro
     }
     std::fs::rename(&tmp, &dst).map_err(|e| RuntimeError::io(&dst, e))?;
     Ok(dst)
+}
+
+/// Removes the half-made copies a killed daemon left in the rootfs cache.
+pub fn remove_partial_copies(cache_dir: &Path) {
+    for e in std::fs::read_dir(cache_dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn shift_root_owner(dir: &Path) -> Result<(), RuntimeError> {

@@ -260,6 +260,37 @@ impl Daemon {
         assert!(containers.is_empty(), "depot dirs left: {containers:?}");
         assert!(self.mounts().is_empty(), "mounts left: {:?}", self.mounts());
         assert!(self.cgroup_children().is_empty(), "cgroups left: {:?}", self.cgroup_children());
+        assert!(self.stray_processes().is_empty(), "processes left: {:?}", self.stray_processes());
+    }
+
+    /// Processes of this daemon's (their command line names its directory)
+    /// that are neither the daemon, nor its helper, nor in a container's
+    /// cgroup: what a crash could strand, e.g. a helper's short-lived children.
+    pub fn stray_processes(&self) -> Vec<String> {
+        let daemon = self.child.as_ref().map(|c| c.id().to_string());
+        let dir = self.dir.display().to_string();
+        let prefix = format!("/{}", self.handle_prefix());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = e.file_name().to_string_lossy().to_string();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || Some(&pid) == daemon.as_ref() {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !cmdline.contains(&dir) {
+                continue;
+            }
+            // The field after the parenthesised command name is the state, then the parent.
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).map(String::from);
+            let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            if ppid.is_some() && ppid == daemon || cgroup.contains(&prefix) {
+                continue;
+            }
+            out.push(format!("{pid} {cmdline}"));
+        }
+        out
     }
 }
 
