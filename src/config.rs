@@ -157,6 +157,10 @@ pub struct Config {
     /// Idle ssh sessions are closed after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub ssh_idle_timeout: u64,
+    /// Ciphers the ssh proxy offers users, comma-separated (AES-GCM only by
+    /// default; add chacha20-poly1305@openssh.com for clients without AES).
+    #[arg(long, default_value = crate::sshproxy::DEFAULT_CIPHERS)]
+    pub ssh_ciphers: String,
     /// The password of `diego:PROCESS_GUID/INDEX` logins at the ssh proxy;
     /// unset refuses them.
     #[arg(long, env = "CELLD_SSH_DIEGO_CREDENTIALS", hide_env_values = true)]

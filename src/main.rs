@@ -278,6 +278,7 @@ async fn ssh_proxy(cfg: &Config, apps: Arc<celld::apps::AppLayer>) -> anyhow::Re
             listen,
             host_key_path: cfg.depot.join("ssh-proxy").join("host_key"),
             idle_timeout: Duration::from_secs(cfg.ssh_idle_timeout.max(1)),
+            ciphers: celld::sshproxy::parse_ciphers(&cfg.ssh_ciphers)?,
         },
         authority,
     )?;

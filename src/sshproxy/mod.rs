@@ -6,6 +6,7 @@
 //! its host key against the fingerprint recorded for the LRP, logs in with the
 //! LRP's key, and relays every channel and request both ways (`relay`).
 
+mod quickack;
 mod relay;
 
 use std::net::SocketAddr;
@@ -31,6 +32,10 @@ pub enum ProxyError {
     KeyGen(String),
     #[error("the instance's sshd at {addr}: {msg}")]
     Backend { addr: SocketAddr, msg: String },
+    #[error(
+        "--ssh-ciphers: '{0}' is not one of aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com"
+    )]
+    Cipher(String),
     #[error("the ssh proxy cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -92,6 +97,31 @@ pub struct ProxyConfig {
     pub host_key_path: PathBuf,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// What users' clients may encrypt with (`parse_ciphers`).
+    pub ciphers: Vec<cipher::Name>,
+}
+
+/// The ciphers offered to users unless `--ssh-ciphers` says otherwise. An SSH
+/// client picks the first of its own list that the server offers, and
+/// OpenSSH's begins with chacha20-poly1305; leaving it out makes clients take
+/// AES-GCM, which AES-NI makes several times cheaper for both ends (CF's
+/// proxy also lets operators choose its ciphers). Every client that can talk
+/// to CF (OpenSSH since 6.2, Go's x/crypto behind `cf ssh`, PuTTY) has it.
+pub const DEFAULT_CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+
+/// Parses a comma-separated cipher list; only the AEAD ciphers are allowed.
+pub fn parse_ciphers(list: &str) -> Result<Vec<cipher::Name>, ProxyError> {
+    const ALLOWED: [cipher::Name; 3] = [cipher::AES_128_GCM, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305];
+    let names: Vec<cipher::Name> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| ALLOWED.iter().copied().find(|a| a.as_ref() == n).ok_or_else(|| ProxyError::Cipher(n.to_string())))
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Err(ProxyError::Cipher(list.to_string()));
+    }
+    Ok(names)
 }
 
 pub struct SshProxy {
@@ -102,7 +132,7 @@ pub struct SshProxy {
 
 /// Modern algorithms only: curve25519 (and its ML-KEM hybrid) key exchange,
 /// ed25519/rsa-sha2 keys, AEAD ciphers (so no separate MAC).
-pub fn preferred() -> Preferred {
+pub fn preferred(ciphers: &[cipher::Name]) -> Preferred {
     Preferred {
         kex: std::borrow::Cow::Borrowed(&[
             kex::MLKEM768X25519_SHA256,
@@ -118,7 +148,7 @@ pub fn preferred() -> Preferred {
             Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
             Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
         ]),
-        cipher: std::borrow::Cow::Borrowed(&[cipher::AES_256_GCM, cipher::AES_128_GCM, cipher::CHACHA20_POLY1305]),
+        cipher: std::borrow::Cow::Owned(ciphers.to_vec()),
         ..Preferred::default()
     }
 }
@@ -221,7 +251,7 @@ impl SshProxy {
         let config = Arc::new(russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-diego-ssh-proxy".into()),
             keys: vec![self.key.clone()],
-            preferred: preferred(),
+            preferred: preferred(&self.cfg.ciphers),
             inactivity_timeout: Some(self.cfg.idle_timeout),
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::ZERO),
@@ -244,6 +274,10 @@ impl SshProxy {
                 },
                 () = &mut shutdown => return,
             };
+            // russh applies `nodelay` only to sockets it accepts itself: without
+            // this, Nagle holds each small reply for the peer's delayed ACK (40 ms).
+            let _ = stream.set_nodelay(true);
+            let stream = quickack::QuickAck::new(stream);
             let handler = relay::Connection::new(self.authority.clone(), remote);
             let config = config.clone();
             tokio::spawn(async move {
@@ -263,6 +297,18 @@ impl SshProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cipher_lists_parse_and_refuse_what_is_not_aead() {
+        assert_eq!(parse_ciphers(DEFAULT_CIPHERS).ok(), Some(vec![cipher::AES_128_GCM, cipher::AES_256_GCM]));
+        assert_eq!(
+            parse_ciphers(" chacha20-poly1305@openssh.com, aes256-gcm@openssh.com ,").ok(),
+            Some(vec![cipher::CHACHA20_POLY1305, cipher::AES_256_GCM])
+        );
+        let e = parse_ciphers("aes128-gcm@openssh.com,aes128-cbc").unwrap_err().to_string();
+        assert!(e.contains("'aes128-cbc' is not one of"), "{e}");
+        assert!(parse_ciphers(" , ").is_err());
+    }
 
     #[test]
     fn logins_parse() {

@@ -154,29 +154,30 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("celld.log")).unwrap_or_default()
     }
 
-    /// The cgroup parent directories this daemon's containers live under.
+    /// The cgroups of this daemon's containers: every child of its parent
+    /// cgroup, whose name celld derives from the depot path (handles of test
+    /// containers carry the test prefix, but app instances are named by guid).
     pub fn cgroup_children(&self) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent();
         let mut out = Vec::new();
         for root in cgroup_roots() {
-            if let Ok(rd) = std::fs::read_dir(&root) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    if name.starts_with("celld-") {
-                        for c in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                            if c.path().is_dir() && self.owns_cgroup(&c.path()) {
-                                out.push(c.path());
-                            }
-                        }
-                    }
+            for c in std::fs::read_dir(root.join(&parent)).into_iter().flatten().flatten() {
+                if c.path().is_dir() {
+                    out.push(c.path());
                 }
             }
         }
         out
     }
 
-    fn owns_cgroup(&self, p: &Path) -> bool {
-        // Container cgroups are named by handle; tests use handles with this prefix.
-        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&self.handle_prefix()))
+    fn cgroup_parent(&self) -> String {
+        let depot = std::fs::canonicalize(self.depot()).unwrap_or_else(|_| self.depot());
+        let tag = depot
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        format!("celld-{:08x}", tag as u32)
     }
 
     pub fn handle_prefix(&self) -> String {
@@ -269,7 +270,7 @@ impl Daemon {
     pub fn stray_processes(&self) -> Vec<String> {
         let daemon = self.child.as_ref().map(|c| c.id().to_string());
         let dir = self.dir.display().to_string();
-        let prefix = format!("/{}", self.handle_prefix());
+        let containers = format!("/{}/", self.cgroup_parent());
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let pid = e.file_name().to_string_lossy().to_string();
@@ -285,7 +286,7 @@ impl Daemon {
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
             let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).map(String::from);
             let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-            if ppid.is_some() && ppid == daemon || cgroup.contains(&prefix) {
+            if ppid.is_some() && ppid == daemon || cgroup.contains(&containers) {
                 continue;
             }
             out.push(format!("{pid} {cmdline}"));

@@ -162,19 +162,19 @@ pub async fn run(dir: &Path) -> Result<()> {
     drop(fwd);
     sink.stop();
 
-    let host_sink = TcpListener::bind("127.0.0.1:0")?;
-    let host_sink_port = host_sink.local_addr()?.port();
-    let drain = std::thread::spawn(move || -> std::io::Result<u64> {
-        let (mut c, _) = host_sink.accept()?;
-        let n = std::io::copy(&mut c, &mut std::io::sink())?;
-        Ok(n)
-    });
+    // The same sink on the host: busybox-static's nc, the very binary the tiny
+    // rootfs carries, so both sides pay the same to drain the bytes.
+    let host_sink_port = free_port()?;
+    let mut host_sink = Command::new("busybox");
+    host_sink.args(["nc", "-l", "-p", &host_sink_port.to_string()]);
+    let mut host_sink = Background::spawn(host_sink, &[]).context("busybox nc on the host (busybox-static)")?;
+    std::thread::sleep(Duration::from_millis(300));
     let lport = free_port()?;
     let spec = format!("{lport}:127.0.0.1:{host_sink_port}");
     let fwd = Background::spawn(baseline.ssh(&["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec], &[]), &[])?;
     let theirs = push_through(lport).context("-L through OpenSSH's sshd")?;
     drop(fwd);
-    let _ = drain.join();
+    host_sink.stop();
     let mbs = |d: Duration| GIB as f64 / d.as_secs_f64() / f64::from(1 << 20);
     println!("ssh -L: 1 GiB through the forward");
     println!("{:<34}{:>9}", "", "MiB/s");
