@@ -127,9 +127,6 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     };
     let executor = executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter, stager.lifecycle_dir())?;
     executor.restore().await;
-    if let Some(rep) = &rep {
-        rep.start(executor.clone());
-    }
     let apps = match (&scheduler_addr, cfg.local) {
         (Some(addr), true) => Some(local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone()).await?),
         _ => None,
@@ -141,6 +138,12 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     .await?;
     tracing::info!(address = %cfg.grpc_listen, scheduler = ?scheduler_addr, apps = apps.is_some(), "serving gRPC (Stager, Cell)");
     let grpc = tokio::spawn(grpc);
+    // Only now that the Cell service listens: a rep that announced the cell
+    // earlier drew work the scheduler could not deliver ("cell unreachable"),
+    // which then waited for the next convergence pass.
+    if let Some(rep) = &rep {
+        rep.start(executor.clone());
+    }
     let server = Server::new(gardener.clone());
     if let Some(dir) = cfg.garden_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

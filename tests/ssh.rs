@@ -184,6 +184,19 @@ fn ssh_logins_commands_and_ptys() {
         assert_eq!(o.status.code(), Some(255), "{user} must be refused: {}", explain(&o));
     }
 
+    // The ciphers: AES-GCM unless --ssh-ciphers adds chacha20-poly1305, and
+    // which one a session used (the client prefers chacha20 when offered).
+    let mut c = s.command("ssh", &s.code());
+    c.args(["-v", "-c", "chacha20-poly1305@openssh.com", &format!("{user0}@127.0.0.1"), "true"]);
+    let o = c.output().expect("run ssh");
+    assert_eq!(o.status.code(), Some(255), "chacha20 is not offered by default: {}", explain(&o));
+    assert!(text(&o.stderr).contains("no matching cipher found"), "{}", explain(&o));
+    let mut c = s.command("ssh", &s.code());
+    c.args(["-v", &format!("{user0}@127.0.0.1"), "true"]);
+    let o = c.output().expect("run ssh");
+    assert!(o.status.success(), "{}", explain(&o));
+    assert!(text(&o.stderr).contains("cipher: aes128-gcm@openssh.com"), "{}", explain(&o));
+
     // Exit status, stderr apart from stdout.
     let o = s.run(&user0, &["echo out; echo err >&2; exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
