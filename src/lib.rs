@@ -3,6 +3,7 @@
 
 /// The in-container lifecycle (the buildpack builder): built into both the
 /// daemon and the static `celld-lifecycle` binary.
+pub mod civil;
 pub mod lifecycle;
 
 #[cfg(feature = "daemon")]

@@ -50,20 +50,8 @@ pub fn fmt_mb(mb: u32) -> String {
 /// (year, month, day, hour, minute, second, nanosecond) in UTC of Unix
 /// nanoseconds (Howard Hinnant's days-to-civil; no date crate here).
 fn civil(ns: i64) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, sod / 3600, sod / 60 % 60, sod % 60, nanos)
+    let (y, mo, d, h, mi, s) = crate::civil::civil(ns.div_euclid(1_000_000_000));
+    (y, mo, d, h, mi, s, ns.rem_euclid(1_000_000_000) as u32)
 }
 
 /// `2026-11-27T12:00:00Z`; "" for an unset (0) time.

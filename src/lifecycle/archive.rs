@@ -212,7 +212,7 @@ fn extract_zip(file: File, sink: &mut Sink) -> Result<(), ArchiveError> {
         }
         let mode = entry.unix_mode();
         let mtime = entry.last_modified().and_then(|t| {
-            let days = days_from_civil(i64::from(t.year()), i64::from(t.month()), i64::from(t.day()));
+            let days = crate::civil::days_from_civil(i64::from(t.year()), i64::from(t.month()), i64::from(t.day()));
             let secs = days * 86400 + i64::from(t.hour()) * 3600 + i64::from(t.minute()) * 60 + i64::from(t.second());
             u64::try_from(secs).ok().and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
         });
@@ -227,18 +227,6 @@ fn extract_zip(file: File, sink: &mut Sink) -> Result<(), ArchiveError> {
         }
     }
     Ok(())
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (zip stores local
-/// calendar times; they are taken as UTC).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// The relative path an entry name stands for: `/` and `.` components

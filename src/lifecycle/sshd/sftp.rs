@@ -276,20 +276,10 @@ pub fn longname(name: &str, m: &std::fs::Metadata, names: &Names, now: i64) -> S
     format!("{kind}{perms} {:>4} {user:<8} {group:<8} {:>8} {month} {when} {name}", m.nlink(), m.len())
 }
 
-/// Unix seconds → (year, month 1-12, day, hour, minute), UTC (Howard
-/// Hinnant's days-to-civil).
+/// Unix seconds → (year, month 1-12, day, hour, minute), UTC.
 pub fn civil(t: i64) -> (i64, i64, i64, i64, i64) {
-    let (days, secs) = (t.div_euclid(86400), t.rem_euclid(86400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3600, secs % 3600 / 60)
+    let (y, m, d, h, mi, _) = crate::civil::civil(t);
+    (y, i64::from(m), i64::from(d), i64::from(h), i64::from(mi))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, FsError> {
