@@ -182,8 +182,10 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         }
     };
     // SIGTERM on a cell with a scheduler: Diego's evacuation, while Garden
-    // and gRPC keep serving.
-    if let (true, Some(rep)) = (evacuate, &rep) {
+    // and gRPC keep serving. Not in local mode's own scheduler: there is no
+    // other cell to take the instances, so it would only wait out
+    // --evacuation-timeout; they keep running for the next start instead.
+    if let (true, None, Some(rep)) = (evacuate, &embedded, &rep) {
         let serve_garden = async {
             loop {
                 if let Ok((conn, _)) = unix.accept().await {

@@ -172,43 +172,41 @@ fn create(
 
 /// A process that owns a fresh user namespace whose id maps are already
 /// written. libcontainer joins it by path instead of creating one, which would
-/// cost two `newuidmap`/`newgidmap` execs per create. Dropping it lets the
-/// process exit; the namespace lives on in the container.
+/// cost two `newuidmap`/`newgidmap` execs per create. Dropping it kills it;
+/// the namespace lives on in the container. (It is killed rather than told to
+/// exit through a pipe: libcontainer's children inherit the pipe, and a
+/// container that never started would hold it open, and the helper with it.)
 struct UserNsHolder {
     pid: i32,
-    release: Option<OwnedFd>,
 }
 
 impl UserNsHolder {
     fn new(uid_map: &str, gid_map: &str) -> Result<Self, String> {
         let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-        let (release_r, release_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let helper = unsafe { libc::getpid() };
         // The helper is single-threaded, so the child may run ordinary code.
         match unsafe { libc::fork() } {
             0 => unsafe {
-                // Not inherited from the helper: without it a helper killed
-                // mid-create (its daemon SIGKILLed) would leave this child
-                // blocked on a pipe whose other end the container init holds.
+                // Not inherited from the helper: a helper killed mid-create
+                // (its daemon SIGKILLed) takes this child with it.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if libc::getppid() != helper {
                     libc::_exit(1);
                 }
                 drop(ready_r);
-                drop(release_w);
                 if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                     libc::_exit(1);
                 }
                 libc::write(ready_w.as_raw_fd(), b"x".as_ptr().cast(), 1);
-                let mut b = [0u8; 1];
-                libc::read(release_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
-                libc::_exit(0)
+                drop(ready_w);
+                loop {
+                    libc::pause();
+                }
             },
             pid if pid < 0 => Err(format!("fork: {}", std::io::Error::last_os_error())),
             pid => {
                 drop(ready_w);
-                drop(release_r);
-                let holder = Self { pid, release: Some(release_w) };
+                let holder = Self { pid };
                 let mut b = [0u8; 1];
                 if unsafe { libc::read(ready_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) } != 1 {
                     return Err("creating the user namespace failed".into());
@@ -228,9 +226,11 @@ impl UserNsHolder {
 
 impl Drop for UserNsHolder {
     fn drop(&mut self) {
-        self.release.take();
         let mut status = 0;
-        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, &mut status, 0);
+        }
     }
 }
 
