@@ -20,7 +20,7 @@ pub struct Config {
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,
-    /// Runtime state: init sockets, libcontainer state, the helper's id-map tools.
+    /// Runtime state: the sockets of container inits.
     #[arg(long, default_value = "/run/celld")]
     pub run_dir: PathBuf,
     /// Directory of preloaded root filesystems (`preloaded:NAME` is NAME here).

@@ -644,7 +644,7 @@ fn a_daemon_killed_mid_create_leaves_nothing_after_restart() {
     require_host!();
     let mut d = Daemon::start();
     // SIGKILL at different points of a create: starting the helper, the
-    // overlay, libcontainer's fork and start, the record. What the next daemon
+    // overlay, the clone and the container's set-up, the record. What the next daemon
     // finds is either a whole container or nothing at all.
     for (i, delay) in (0u64..=90).step_by(5).enumerate() {
         let h = d.handle(&format!("mid{i}"));

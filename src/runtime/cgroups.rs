@@ -1,10 +1,13 @@
 //! A container's cgroup, behind one interface for cgroup v1 (including this
-//! machine's hybrid layout) and v2. libcontainer creates it and applies the
-//! limits; this side reads stats and removes it.
+//! machine's hybrid layout) and v2: created with its limits when a container
+//! starts, read for metrics, removed on destroy.
 
 use std::path::{Path, PathBuf};
 
-use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup, create_cgroup_manager, get_cgroup_setup};
+use libcgroups::common::{
+    CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt, create_cgroup_manager, get_cgroup_setup,
+};
+use oci_spec::runtime::LinuxResources;
 
 use super::RuntimeError;
 
@@ -73,6 +76,44 @@ impl Cgroup {
         })
     }
 
+    /// Creates the cgroup with the spec's limits and moves `pid` into it. On
+    /// v1 the files are written directly, with the hierarchies' mount points
+    /// read once per process: libcgroups' v1 manager reads mountinfo and
+    /// /proc/self/cgroup again for each of the dozen controllers, which made
+    /// up most of a container's create time.
+    pub fn create(&self, pid: i32, resources: &LinuxResources) -> Result<(), RuntimeError> {
+        if unified() {
+            let manager = self.manager()?;
+            manager.add_task(nix::unistd::Pid::from_raw(pid)).map_err(|e| RuntimeError::Cgroup(e.to_string()))?;
+            let opts = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
+            return manager.apply(&opts).map_err(|e| RuntimeError::Cgroup(e.to_string()));
+        }
+        for (mount, controllers) in v1_hierarchies() {
+            let dir = mount.join(self.rel());
+            let cpuset = controllers.iter().any(|c| c == "cpuset");
+            // Each new level, parent first; a new cpuset is empty and takes no task.
+            for d in dir
+                .ancestors()
+                .take_while(|d| d.starts_with(mount) && *d != mount.as_path())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                match std::fs::create_dir(d) {
+                    Ok(()) if cpuset => inherit_cpuset(d)?,
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(RuntimeError::Cgroup(format!("create {}: {e}", d.display()))),
+                }
+            }
+            for c in controllers {
+                apply_v1(c, &dir, resources)?;
+            }
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// How many times the kernel's OOM killer fired in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let file = if unified() { "memory.events" } else { "memory.oom_control" };
@@ -120,6 +161,92 @@ impl Cgroup {
     }
 }
 
+fn write(path: &Path, value: &str) -> Result<(), RuntimeError> {
+    std::fs::write(path, value).map_err(|e| RuntimeError::Cgroup(format!("write {value:?} to {}: {e}", path.display())))
+}
+
+/// The v1 hierarchies' mount points and their controllers, from mountinfo.
+fn v1_hierarchies() -> &'static [(PathBuf, Vec<String>)] {
+    static HIERARCHIES: std::sync::OnceLock<Vec<(PathBuf, Vec<String>)>> = std::sync::OnceLock::new();
+    HIERARCHIES.get_or_init(|| parse_v1_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()))
+}
+
+fn parse_v1_mounts(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
+    let mut out: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for line in mountinfo.lines() {
+        // "... mount-point options [optional...] - fstype source super-options"
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let mut r = right.split_whitespace();
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let Some(point) = left.split_whitespace().nth(4) else { continue };
+        let controllers: Vec<String> = r
+            .nth(1)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|o| {
+                !matches!(*o, "rw" | "ro" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode" | "none")
+                    && !o.contains('=')
+            })
+            .map(str::to_string)
+            .collect();
+        if !controllers.is_empty() && !out.iter().any(|(p, _)| p == Path::new(point)) {
+            out.push((PathBuf::from(point), controllers));
+        }
+    }
+    out
+}
+
+/// A new v1 cpuset takes its cpus and memory nodes from its parent.
+fn inherit_cpuset(dir: &Path) -> Result<(), RuntimeError> {
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let parent = dir.parent().map(|p| p.join(f)).unwrap_or_default();
+        let value =
+            std::fs::read_to_string(&parent).map_err(|e| RuntimeError::Cgroup(format!("{}: {e}", parent.display())))?;
+        write(&dir.join(f), value.trim())?;
+    }
+    Ok(())
+}
+
+/// Writes one v1 controller's share of the spec's limits.
+fn apply_v1(controller: &str, dir: &Path, r: &LinuxResources) -> Result<(), RuntimeError> {
+    match controller {
+        "memory" => {
+            let memory = r.memory().as_ref();
+            if let Some(limit) = memory.and_then(|m| m.limit()) {
+                write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+            }
+            // Without swap accounting (swapaccount=0) there is no swap to limit.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if let Some(swap) = memory.and_then(|m| m.swap()).filter(|_| memsw.exists()) {
+                write(&memsw, &swap.to_string())?;
+            }
+        }
+        "cpu" => {
+            if let Some(shares) = r.cpu().as_ref().and_then(|c| c.shares()) {
+                write(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+        }
+        "pids" => {
+            if let Some(p) = r.pids().as_ref().filter(|p| p.limit() > 0) {
+                write(&dir.join("pids.max"), &p.limit().to_string())?;
+            }
+        }
+        "devices" => {
+            for d in r.devices().iter().flatten() {
+                write(&dir.join(if d.allow() { "devices.allow" } else { "devices.deny" }), &d.to_string())?;
+            }
+            // Making nodes is allowed (CAP_MKNOD); using them is what the rules decide.
+            for rule in ["c *:* m", "b *:* m"] {
+                write(&dir.join("devices.allow"), rule)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// `rel` in every hierarchy: the one directory on v2, one per controller on v1.
 fn hierarchy_dirs(rel: &Path) -> Vec<PathBuf> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
@@ -165,6 +292,23 @@ pub fn remove_parent_if_empty(parent: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_hierarchies_come_from_mountinfo() {
+        let mi = "25 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw shared:2 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd";
+        let h = parse_v1_mounts(mi);
+        assert_eq!(
+            h,
+            vec![
+                (PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), vec!["cpu".to_string(), "cpuacct".to_string()]),
+                (PathBuf::from("/sys/fs/cgroup/memory"), vec!["memory".to_string()]),
+            ]
+        );
+    }
 
     #[test]
     fn toward_limit_excludes_inactive_file() {

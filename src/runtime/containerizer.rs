@@ -68,13 +68,10 @@ impl Containerizer {
         let _ = std::fs::remove_dir_all(depot.trash_dir());
         rootfs::remove_partial_copies(&depot.rootfs_cache());
         // Host users may not look inside; container root (an unprivileged host
-        // uid) must still traverse to its rootfs and libcontainer's state.
-        for (d, mode) in [
-            (depot.containers_dir(), 0o711),
-            (depot.trash_dir(), 0o700),
-            (cfg.run_dir.join("runtime"), 0o711),
-            (cfg.run_dir.join("init"), 0o700),
-        ] {
+        // uid) must still traverse to its rootfs.
+        for (d, mode) in
+            [(depot.containers_dir(), 0o711), (depot.trash_dir(), 0o700), (cfg.run_dir.join("init"), 0o700)]
+        {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
@@ -241,7 +238,6 @@ impl Containerizer {
             .helper_call(&HelperRequest::Create {
                 id: rec.handle.clone(),
                 bundle: dir.to_path_buf(),
-                state_root: self.cfg.run_dir.join("runtime"),
                 socket: rec.socket.clone(),
                 rootfs: RootfsMount { merged, options },
                 seccomp: !privileged,
@@ -294,7 +290,6 @@ impl Containerizer {
     pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
-        let state_dir = self.cfg.run_dir.join("runtime").join(&rec.handle);
         let trash = self.depot.trash_dir();
         tokio::task::spawn_blocking(move || {
             let mut first_err = None;
@@ -312,7 +307,6 @@ impl Containerizer {
                 first_err.get_or_insert(e);
             }
             let _ = std::fs::remove_file(&rec.socket);
-            let _ = std::fs::remove_dir_all(&state_dir);
             // The container's files leave the depot at once (a rename); deleting
             // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
@@ -342,13 +336,11 @@ impl Containerizer {
     }
 
     /// Kills and removes what no container record accounts for: cgroups under
-    /// this daemon's parent, libcontainer state and init sockets. A daemon and
-    /// helper killed while libcontainer was half-way through a create leave a
-    /// container init waiting for its start, in a cgroup, after the depot
-    /// directory (which the restore removes) may already be gone.
+    /// this daemon's parent and init sockets. A daemon and helper killed
+    /// half-way through a create can leave a container init in its cgroup
+    /// after the depot directory (which the restore removes) is gone.
     pub async fn sweep_strays(&self, known: &std::collections::HashSet<String>) {
         let parent = self.cgroup_parent.clone();
-        let runtime = self.cfg.run_dir.join("runtime");
         let init = self.cfg.run_dir.join("init");
         let sockets: std::collections::HashSet<PathBuf> = known.iter().map(|h| self.socket_path(h)).collect();
         let known = known.clone();
@@ -364,11 +356,6 @@ impl Containerizer {
             let entries = |d: &Path| -> Vec<PathBuf> {
                 std::fs::read_dir(d).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default()
             };
-            for p in entries(&runtime) {
-                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !known.contains(n)) {
-                    let _ = std::fs::remove_dir_all(&p);
-                }
-            }
             for p in entries(&init) {
                 if !sockets.contains(&p) {
                     let _ = std::fs::remove_file(&p);

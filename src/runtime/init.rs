@@ -1,7 +1,7 @@
 //! pid 1 of every container.
 //!
-//! libcontainer hands control to this code (through [`super::helper::InitExecutor`])
-//! after it has set up namespaces, mounts, cgroups, capabilities and seccomp, so
+//! The container's first process becomes this code (see [`super::spawn`]) after
+//! it has set up namespaces, mounts, cgroups, capabilities and seccomp, so
 //! init runs with exactly the confinement of the container and needs no binary in
 //! the rootfs. It reaps zombies, never exits on its own, and is the holder of
 //! every process's pipes: processes started through it keep running, and their

@@ -1,5 +1,5 @@
-//! The containerizer: OCI spec, rootfs, cgroups, the runtime helper that calls
-//! libcontainer, the in-container init, and the depot (state on disk).
+//! The containerizer: OCI spec, rootfs, cgroups, the runtime helper that
+//! starts containers, the in-container init, and the depot (state on disk).
 
 pub mod cgroups;
 pub mod containerizer;
@@ -9,6 +9,7 @@ pub mod init;
 pub mod initproto;
 pub mod rootfs;
 pub mod seccomp;
+pub mod spawn;
 pub mod spec;
 pub mod users;
 

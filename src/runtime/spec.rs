@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use libcontainer::oci_spec::runtime::Spec;
+use oci_spec::runtime::Spec;
 use serde_json::{Value, json};
 
 use super::RuntimeError;
@@ -30,7 +30,7 @@ pub const UNPRIVILEGED_CAPS: &[&str] = &[
 ];
 
 /// Every capability, indexed by its number.
-const ALL_CAPS: &[&str] = &[
+pub const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
@@ -69,6 +69,9 @@ const ALL_CAPS: &[&str] = &[
     "CAP_WAKE_ALARM",
     "CAP_BLOCK_SUSPEND",
     "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Paths hidden from unprivileged containers, as Garden hides them.

@@ -52,6 +52,9 @@ struct Args {
     /// Only the `cf ssh` phase (session setup and -L throughput).
     #[arg(long)]
     ssh_only: bool,
+    /// Only issue 2's create/run/destroy cycle and its runc baseline.
+    #[arg(long)]
+    cycle_only: bool,
     #[command(flatten)]
     sim: scheduler_load::SimArgs,
 }
@@ -84,6 +87,11 @@ fn main() -> Result<()> {
     let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
     let plain =
         run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
+    if args.cycle_only {
+        let removed = remove_dir(&dir);
+        plain?;
+        return removed;
+    }
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| {
