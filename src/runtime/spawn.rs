@@ -206,7 +206,7 @@ fn check_supported(spec: &Spec) -> Result<(), String> {
 }
 
 impl Plan {
-    fn from_spec(spec: &Spec) -> Result<Self, String> {
+    fn from_spec(spec: &Spec, bundle: &Path) -> Result<Self, String> {
         check_supported(spec)?;
         let linux = spec.linux().as_ref().ok_or("the spec has no linux section")?;
         let mut clone_flags = 0u64;
@@ -233,7 +233,8 @@ impl Plan {
         if user_namespace && (uid_map.is_empty() || gid_map.is_empty()) {
             return Err("a user namespace needs uid and gid mappings".into());
         }
-        let rootfs = spec.root().as_ref().ok_or("the spec has no root")?.path().clone();
+        // A relative root is relative to the bundle, as in the OCI spec.
+        let rootfs = bundle.join(spec.root().as_ref().ok_or("the spec has no root")?.path());
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {
             let (flags, data, bind) = mount_options(m.options().as_deref().unwrap_or_default());
@@ -269,7 +270,10 @@ impl Plan {
             .env()
             .iter()
             .flatten()
-            .filter_map(|e| e.split_once('=').map(|(k, v)| (OsString::from(k), OsString::from(v))))
+            .filter_map(|e| e.split_once('='))
+            // What set_var would panic on cannot be in an environment anyway.
+            .filter(|(k, v)| !k.is_empty() && !k.contains('\0') && !v.contains('\0'))
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
         Ok(Plan {
             clone_flags,
@@ -331,7 +335,7 @@ pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filte
     let t0 = std::time::Instant::now();
     let path = bundle.join("config.json");
     let spec = Spec::load(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let plan = Plan::from_spec(&spec)?;
+    let plan = Plan::from_spec(&spec, bundle)?;
     let (go_r, go_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let args = CloneArgs { flags: plan.clone_flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
