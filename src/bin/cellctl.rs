@@ -451,29 +451,6 @@ async fn garden(garden: &str, cmd: GardenCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Restores the terminal's settings when dropped.
-struct RawMode(Option<nix::sys::termios::Termios>);
-
-impl RawMode {
-    fn enter() -> Self {
-        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        let Ok(saved) = tcgetattr(&stdin) else { return Self(None) };
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
-        Self(Some(saved))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
-        }
-    }
-}
-
 /// The local terminal's size (fd 0), if stdin is a terminal.
 fn window_size() -> Option<WindowSize> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
@@ -507,7 +484,7 @@ async fn run_process(
         stdout: Some(Box::new(tokio::io::stdout())),
         stderr: Some(Box::new(tokio::io::stderr())),
     };
-    let _raw = interactive.then(RawMode::enter);
+    let _raw = interactive.then(celld::cli::ssh::RawMode::enter);
     let process = c.run(&handle, &spec, io).await?;
     if interactive {
         // Follow the local terminal's size.

@@ -869,11 +869,11 @@ pub fn terminal_size() -> Option<WindowSize> {
 }
 
 /// The local terminal (stdin) in raw mode; restored when dropped, which also
-/// happens when a panic unwinds.
-struct RawMode(Option<nix::sys::termios::Termios>);
+/// happens when a panic unwinds. (Also `cellctl garden run -t`'s.)
+pub struct RawMode(Option<nix::sys::termios::Termios>);
 
 impl RawMode {
-    fn enter() -> Self {
+    pub fn enter() -> Self {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let stdin = std::io::stdin();
         let Ok(saved) = tcgetattr(&stdin) else { return Self(None) };

@@ -75,13 +75,12 @@ impl Containerizer {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
-        let canonical = std::fs::canonicalize(&cfg.depot).unwrap_or_else(|_| cfg.depot.clone());
-        let tag = canonical
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        Ok(Self { cgroup_parent: format!("/celld-{:08x}", tag as u32), depot, cfg, helper: Mutex::new(None) })
+        Ok(Self {
+            cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
+            depot,
+            cfg,
+            helper: Mutex::new(None),
+        })
     }
 
     pub fn depot(&self) -> &Depot {
@@ -95,8 +94,7 @@ impl Containerizer {
     fn socket_path(&self, handle: &str) -> PathBuf {
         // Unix socket paths are limited to 108 bytes, handles are not: name the
         // socket by a hash of the handle.
-        let h = handle.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        self.cfg.run_dir.join("init").join(format!("{h:016x}.sock"))
+        self.cfg.run_dir.join("init").join(format!("{:016x}.sock", super::fnv1a(handle.as_bytes())))
     }
 
     async fn helper_call(&self, req: &HelperRequest) -> Result<HelperReply, RuntimeError> {

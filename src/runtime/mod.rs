@@ -42,6 +42,20 @@ pub enum RuntimeError {
     Process(initproto::ErrorKind, String),
 }
 
+/// FNV-1a: a short, stable name for a longer string (handles, paths), where
+/// only collisions between a few names matter.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The cgroup (relative to each hierarchy's root) under which a daemon with
+/// this depot puts its containers: unique per depot, so that daemons can run
+/// side by side.
+pub fn cgroup_parent(depot: &Path) -> String {
+    let canonical = std::fs::canonicalize(depot).unwrap_or_else(|_| depot.to_path_buf());
+    format!("celld-{:08x}", fnv1a(canonical.as_os_str().as_encoded_bytes()) as u32)
+}
+
 impl RuntimeError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io { path: path.display().to_string(), source }

@@ -46,7 +46,8 @@ static SHIFT_LOCK: Mutex<()> = Mutex::new(());
 /// inside the user namespace. Made once per rootfs version and shared.
 pub fn shifted_copy(src: &Path, cache_dir: &Path) -> Result<PathBuf, RuntimeError> {
     let meta = std::fs::metadata(src).map_err(|e| RuntimeError::io(src, e))?;
-    let key = format!("{:016x}-{}-{}", fnv1a(src.as_os_str().as_encoded_bytes()), meta.mtime(), meta.mtime_nsec());
+    let key =
+        format!("{:016x}-{}-{}", super::fnv1a(src.as_os_str().as_encoded_bytes()), meta.mtime(), meta.mtime_nsec());
     let dst = cache_dir.join(key);
     if dst.exists() {
         return Ok(dst);
@@ -110,10 +111,6 @@ fn shift_root_owner(dir: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Paths of a container's copy-on-write layer inside its depot directory.

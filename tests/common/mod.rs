@@ -171,13 +171,7 @@ impl Daemon {
     }
 
     fn cgroup_parent(&self) -> String {
-        let depot = std::fs::canonicalize(self.depot()).unwrap_or_else(|_| self.depot());
-        let tag = depot
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        format!("celld-{:08x}", tag as u32)
+        celld::runtime::cgroup_parent(&self.depot())
     }
 
     pub fn handle_prefix(&self) -> String {
