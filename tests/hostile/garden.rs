@@ -1,0 +1,4 @@
+//! Hostile garden: see tests/hostile.rs.
+
+#[allow(unused_imports)]
+use crate::common;
