@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixStream;
@@ -23,6 +23,9 @@ use crate::runtime::spec;
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_ROOT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 pub const OUT_OF_MEMORY_EVENT: &str = "Out of memory";
+/// The event of a container whose init died (killed from the host): its
+/// processes are gone with it and it can only be destroyed.
+pub const INIT_EXITED_EVENT: &str = "Container init exited";
 
 #[derive(Debug, Clone)]
 pub struct GardenerConfig {
@@ -54,6 +57,9 @@ impl Entry {
     }
 }
 
+/// A container's handle and entry, sent when its init's pidfd turns readable.
+type InitExit = (String, Weak<Entry>);
+
 #[derive(Default)]
 struct Table {
     live: HashMap<String, Arc<Entry>>,
@@ -69,6 +75,9 @@ pub struct Gardener {
     cfg: GardenerConfig,
     table: Mutex<Table>,
     handle_seq: AtomicU64,
+    /// Containers whose init died, as their pidfds report it; handled by `reap_forever`.
+    init_exits: tokio::sync::mpsc::UnboundedSender<InitExit>,
+    init_exits_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitExit>>>,
 }
 
 /// Keeps a container's grace timer paused while a process stream is open.
@@ -93,8 +102,97 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn validate_handle(h: &str) -> Result<(), GardenError> {
     if h.len() > 200 || h == "." || h == ".." || h.starts_with('.') || h.chars().any(|c| c == '/' || c.is_control()) {
         return Err(GardenError::BadRequest(format!(
-            "invalid handle {h:?}: at most 200 characters, no '/', no control characters, not starting with '.'"
+            "invalid handle {h:?}: at most 200 bytes, no '/', no control characters, not starting with '.'"
         )));
+    }
+    Ok(())
+}
+
+/// Linux's limit on one argument or environment string (32 pages).
+const MAX_ARG_STRLEN: usize = 128 * 1024;
+/// Arguments and environment of one process, together: below what init's
+/// protocol carries in one request (1 MiB) and what execve takes (2 MiB).
+const MAX_PROCESS_STRINGS: usize = 768 * 1024;
+
+/// The start of a long string, for an error message.
+fn excerpt(s: &str) -> String {
+    let mut end = s.len().min(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() { format!("{:?}…", &s[..end]) } else { format!("{s:?}") }
+}
+
+/// Environment entries are `NAME=VALUE` with a non-empty name and no NUL.
+pub fn validate_env(what: &str, env: &[String]) -> Result<(), GardenError> {
+    for e in env {
+        let bad = |why: &str| GardenError::BadRequest(format!("{what} environment entry {}: {why}", excerpt(e)));
+        if e.contains('\0') {
+            return Err(bad("contains a NUL byte"));
+        }
+        if e.split_once('=').is_none_or(|(name, _)| name.is_empty()) {
+            return Err(bad("is not NAME=VALUE"));
+        }
+        if e.len() > MAX_ARG_STRLEN {
+            return Err(bad(&format!("is {} bytes; Linux allows at most {MAX_ARG_STRLEN} per variable", e.len())));
+        }
+    }
+    Ok(())
+}
+
+/// What Garden would accept but the kernel or init would refuse later:
+/// checked before anything of a process is made.
+fn validate_process(container_env: &[String], spec: &ProcessSpec) -> Result<(), GardenError> {
+    if spec.path.is_empty() {
+        return Err(GardenError::BadRequest("process spec has no path".into()));
+    }
+    for (field, v) in [("path", &spec.path), ("dir", &spec.dir), ("user", &spec.user)] {
+        if v.contains('\0') {
+            return Err(GardenError::BadRequest(format!("process {field} {} contains a NUL byte", excerpt(v))));
+        }
+    }
+    for a in &spec.args {
+        if a.contains('\0') {
+            return Err(GardenError::BadRequest(format!("process argument {} contains a NUL byte", excerpt(a))));
+        }
+        if a.len() > MAX_ARG_STRLEN {
+            return Err(GardenError::BadRequest(format!(
+                "process argument {} is {} bytes; Linux allows at most {MAX_ARG_STRLEN} per argument",
+                excerpt(a),
+                a.len()
+            )));
+        }
+    }
+    validate_env("process", &spec.env)?;
+    let total: usize = container_env.iter().chain(&spec.env).chain(&spec.args).map(|s| s.len() + 1).sum();
+    if total > MAX_PROCESS_STRINGS {
+        return Err(GardenError::BadRequest(format!(
+            "the process's arguments and environment (the container's included) are {total} bytes; \
+             at most {MAX_PROCESS_STRINGS} are accepted: pass large data as a file (stream it in) instead"
+        )));
+    }
+    Ok(())
+}
+
+/// Everything in a container spec that could otherwise fail half-way through
+/// a create: checked before anything is made.
+fn validate_container(spec: &ContainerSpec) -> Result<(), GardenError> {
+    validate_handle(&spec.handle)?;
+    validate_env("container", &spec.env)?;
+    let total: usize = spec.env.iter().map(|s| s.len() + 1).sum();
+    if total > MAX_PROCESS_STRINGS {
+        return Err(GardenError::BadRequest(format!(
+            "the container's environment is {total} bytes; at most {MAX_PROCESS_STRINGS} are accepted \
+             (every process gets it): pass large data as a file (stream it in) instead"
+        )));
+    }
+    for (k, v) in &spec.properties {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(GardenError::BadRequest(format!(
+                "property {}: names must be non-empty and names and values free of NUL bytes",
+                excerpt(k)
+            )));
+        }
     }
     Ok(())
 }
@@ -140,7 +238,16 @@ pub fn process_env(container_env: &[String], spec: &ProcessSpec) -> Vec<String> 
 
 impl Gardener {
     pub fn new(rt: Containerizer, net: Option<Arc<Networker>>, cfg: GardenerConfig) -> Self {
-        Self { rt, net, cfg, table: Mutex::new(Table::default()), handle_seq: AtomicU64::new(0) }
+        let (init_exits, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            rt,
+            net,
+            cfg,
+            table: Mutex::new(Table::default()),
+            handle_seq: AtomicU64::new(0),
+            init_exits,
+            init_exits_rx: Mutex::new(Some(rx)),
+        }
     }
 
     fn max_containers(&self) -> usize {
@@ -172,7 +279,9 @@ impl Gardener {
             match rec {
                 Ok(rec) if !destroy_all && Containerizer::is_alive(&rec) => {
                     tracing::info!(handle = %handle, pid = rec.init_pid, "restored container");
-                    lock(&self.table).live.insert(handle, Entry::new(rec));
+                    let entry = Entry::new(rec);
+                    self.watch_init(&handle, &entry);
+                    lock(&self.table).live.insert(handle, entry);
                 }
                 Ok(rec) => {
                     tracing::info!(handle = %handle, "removing container whose init is gone");
@@ -235,7 +344,7 @@ impl Gardener {
             spec.handle = self.new_handle();
         }
         let handle = spec.handle.clone();
-        validate_handle(&handle)?;
+        validate_container(&spec)?;
         let wants_network = !spec.netin.is_empty() || !spec.netout_rules.is_empty() || !spec.network.is_empty();
         let allowances = match &self.net {
             Some(net) => {
@@ -262,8 +371,62 @@ impl Gardener {
         }
         let rec = result?;
         tracing::info!(handle = %handle, pid = rec.init_pid, ip = ?rec.network.as_ref().map(|n| n.container_ip()), "created container");
-        t.live.insert(handle.clone(), Entry::new(rec));
+        let entry = Entry::new(rec);
+        self.watch_init(&handle, &entry);
+        t.live.insert(handle.clone(), entry);
         Ok(handle)
+    }
+
+    /// Watches a container's init through a pidfd, which turns readable when
+    /// it exits: a death (e.g. a kill from the host) is noticed at once.
+    fn watch_init(&self, handle: &str, entry: &Arc<Entry>) {
+        let rec = lock(&entry.rec).clone();
+        let (tx, handle, weak) = (self.init_exits.clone(), handle.to_string(), Arc::downgrade(entry));
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.init_pid, 0) } as i32;
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        });
+        tokio::spawn(async move {
+            // Opened after the init it names may have died and its pid been reused:
+            // the start time tells.
+            if let Some(pidfd) = pidfd.filter(|_| Containerizer::is_alive(&rec)) {
+                // SAFETY: the AsyncFd owns the pidfd, which stays open as long as it does.
+                let registered =
+                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+                match registered.map_err(|e| e.into_parts().1) {
+                    Ok(fd) => {
+                        let _ = fd.readable().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(handle = %handle, error = %e, "cannot watch the container's init");
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send((handle, weak));
+        });
+    }
+
+    /// A container's init died on its own (not in a destroy): the container
+    /// is stopped, and says so in its state and events.
+    fn init_exited(&self, handle: &str, entry: &Weak<Entry>) {
+        let Some(entry) = entry.upgrade() else { return };
+        let t = lock(&self.table);
+        if t.destroying.contains(handle) || !t.live.get(handle).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            return;
+        }
+        let mut rec = lock(&entry.rec);
+        if Containerizer::is_alive(&rec) {
+            return;
+        }
+        tracing::warn!(handle = %handle, pid = rec.init_pid, "the container's init exited; the container is stopped");
+        rec.state = "stopped".into();
+        // Under the table's lock, so that a destroy cannot remove the depot entry meanwhile.
+        if let Err(e) = self.rt.depot().save(&rec) {
+            tracing::warn!(handle = %handle, error = %e, "saving the stopped state failed");
+        }
     }
 
     /// Garden's order: an address, the container (with its name files), then
@@ -367,7 +530,10 @@ impl Gardener {
     pub async fn info(&self, handle: &str) -> Result<ContainerInfo, GardenError> {
         let rec = self.record(handle)?;
         let cg = Containerizer::cgroup(&rec);
-        let events = if cg.oom_kills() > 0 { vec![OUT_OF_MEMORY_EVENT.to_string()] } else { Vec::new() };
+        let mut events = if cg.oom_kills() > 0 { vec![OUT_OF_MEMORY_EVENT.to_string()] } else { Vec::new() };
+        if !Containerizer::is_alive(&rec) {
+            events.push(INIT_EXITED_EVENT.to_string());
+        }
         let ids = self.rt.process_ids(&rec).await;
         Ok(ContainerInfo {
             state: rec.state.clone(),
@@ -524,9 +690,7 @@ impl Gardener {
         if !spec.image.uri.is_empty() {
             return Err(GardenError::BadRequest("processes with their own image (peas) are not supported".into()));
         }
-        if spec.path.is_empty() {
-            return Err(GardenError::BadRequest("process spec has no path".into()));
-        }
+        validate_process(&rec.spec.env, spec)?;
         let req = SpawnRequest {
             id: spec.id.clone(),
             path: spec.path.clone(),
@@ -588,9 +752,23 @@ impl Gardener {
     }
 
     /// Destroys containers whose grace time expired, forever (Garden's bomberman).
+    /// Also marks containers whose init died as stopped.
     pub async fn reap_forever(self: Arc<Self>) {
+        let mut exits = lock(&self.init_exits_rx).take();
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let tick = tokio::time::sleep(Duration::from_millis(100));
+            match exits.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        Some((handle, entry)) = rx.recv() => {
+                            self.init_exited(&handle, &entry);
+                            continue;
+                        }
+                        _ = tick => {}
+                    }
+                }
+                None => tick.await,
+            }
             for handle in self.expired() {
                 tracing::info!(handle = %handle, "grace time expired; destroying");
                 if let Err(e) = self.destroy(&handle).await {
@@ -611,6 +789,26 @@ mod tests {
         for bad in ["../x", "a/b", ".hidden", "tab\there", &"x".repeat(201)] {
             assert!(validate_handle(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bad_environments_are_refused_before_anything_is_made() {
+        for bad in ["NOEQUALS", "=value", "A=b\0c"] {
+            let e = validate_env("container", &[bad.to_string()]).unwrap_err().to_string();
+            assert!(e.starts_with("container environment entry"), "{e}");
+        }
+        assert!(validate_env("process", &["A=".into(), "B=c=d".into()]).is_ok());
+        let huge = format!("BIG={}", "x".repeat(200 * 1024));
+        assert!(validate_env("process", &[huge]).unwrap_err().to_string().contains("at most 131072"));
+        let many: Vec<String> = (0..40).map(|i| format!("V{i}={}", "x".repeat(100 * 1024))).collect();
+        let spec = ProcessSpec { path: "sh".into(), env: many, ..Default::default() };
+        assert!(validate_process(&[], &spec).unwrap_err().to_string().contains("stream it in"));
+        let nul = ProcessSpec { path: "sh".into(), args: vec!["a\0b".into()], ..Default::default() };
+        assert!(validate_process(&[], &nul).unwrap_err().to_string().contains("NUL"));
+        let wide = ContainerSpec { handle: "\u{20ac}".repeat(60), ..Default::default() };
+        assert!(validate_container(&wide).is_ok());
+        let too_wide = ContainerSpec { handle: "\u{20ac}".repeat(67), ..Default::default() };
+        assert!(validate_container(&too_wide).is_err());
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! newline-delimited JSON. So every connection's request head is read first; the
 //! process routes are handled by hand here, everything else goes to hyper.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,7 +18,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 
 use super::error::GardenError;
 use super::types::*;
@@ -29,16 +28,182 @@ use crate::runtime::initproto::{self as proto, client::read_frame};
 /// client from exhausting memory).
 const MAX_JSON_BODY: usize = 4 << 20;
 const MAX_HEAD: usize = 64 * 1024;
-/// Garden buffers this many output chunks per stream and drops writes beyond.
-const STREAM_CHUNKS: usize = 4000;
 /// Stream ids stay usable this long after the process exits.
 const STREAM_KEEP: Duration = Duration::from_secs(60);
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+/// Output kept for a stream nobody reads yet (as init keeps for a process
+/// nobody is attached to); older output is dropped first.
+const UNREAD_STREAM_BYTES: usize = 256 * 1024;
+/// Output kept unread across every stream of the server: past it, streams
+/// nobody reads keep nothing more.
+const UNREAD_TOTAL_BYTES: usize = 32 << 20;
+/// How far a reading client may fall behind before the process's output waits
+/// for it (init then stops reading the process's pipes: backpressure, no loss).
+const READER_BEHIND_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// Nobody has asked for the stream yet: keep the newest output.
+    Awaited,
+    Reading,
+    /// The reader went away: nothing more is kept.
+    Gone,
+}
+
+struct BufferState {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    dropped: u64,
+    closed: bool,
+    reader: Reader,
+}
+
+/// One process stream (stdout or stderr) between init and the client that
+/// reads it: bounded while nobody reads, backpressure while somebody does.
+struct StreamBuffer {
+    state: Mutex<BufferState>,
+    data_ready: tokio::sync::Notify,
+    space_ready: tokio::sync::Notify,
+    /// Bytes buffered by all of the server's streams.
+    total: Arc<AtomicUsize>,
+}
+
+impl StreamBuffer {
+    fn new(total: Arc<AtomicUsize>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(BufferState {
+                chunks: VecDeque::new(),
+                len: 0,
+                dropped: 0,
+                closed: false,
+                reader: Reader::Awaited,
+            }),
+            data_ready: tokio::sync::Notify::new(),
+            space_ready: tokio::sync::Notify::new(),
+            total,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufferState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds output; waits while a reader is far behind.
+    async fn push(&self, data: Bytes) {
+        loop {
+            {
+                let mut s = self.lock();
+                match s.reader {
+                    Reader::Gone => return,
+                    Reader::Reading if s.len >= READER_BEHIND_BYTES => {}
+                    reader => {
+                        let n = data.len();
+                        s.len += n;
+                        s.chunks.push_back(data);
+                        self.total.fetch_add(n, Ordering::Relaxed);
+                        if reader == Reader::Awaited {
+                            self.trim(&mut s);
+                        }
+                        self.data_ready.notify_one();
+                        return;
+                    }
+                }
+            }
+            self.space_ready.notified().await;
+        }
+    }
+
+    /// Drops the oldest unread output beyond this stream's and the server's bounds.
+    fn trim(&self, s: &mut BufferState) {
+        while s.len > UNREAD_STREAM_BYTES || self.total.load(Ordering::Relaxed) > UNREAD_TOTAL_BYTES {
+            let Some(old) = s.chunks.pop_front() else { break };
+            s.len -= old.len();
+            s.dropped += old.len() as u64;
+            self.total.fetch_sub(old.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// The next chunk, waiting for it; `None` once the process's output ended.
+    async fn pop(&self) -> Option<Bytes> {
+        loop {
+            {
+                let mut s = self.lock();
+                if let Some(c) = s.chunks.pop_front() {
+                    s.len -= c.len();
+                    self.total.fetch_sub(c.len(), Ordering::Relaxed);
+                    self.space_ready.notify_one();
+                    return Some(c);
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            self.data_ready.notified().await;
+        }
+    }
+
+    /// The reader's claim: once per stream. Returns the bytes dropped before it.
+    fn claim(&self) -> Option<u64> {
+        let mut s = self.lock();
+        if s.reader != Reader::Awaited {
+            return None;
+        }
+        s.reader = Reader::Reading;
+        Some(s.dropped)
+    }
+
+    fn awaited(&self) -> bool {
+        self.lock().reader == Reader::Awaited
+    }
+
+    /// What is buffered now, for a later attach to the same process.
+    fn snapshot(&self) -> Vec<Bytes> {
+        self.lock().chunks.iter().cloned().collect()
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.data_ready.notify_one();
+    }
+
+    fn reader_gone(&self) {
+        let mut s = self.lock();
+        s.reader = Reader::Gone;
+        let n = std::mem::take(&mut s.len);
+        s.chunks.clear();
+        self.total.fetch_sub(n, Ordering::Relaxed);
+        self.space_ready.notify_one();
+    }
+
+    fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
+impl Drop for StreamBuffer {
+    fn drop(&mut self) {
+        let len = self.lock().len;
+        self.total.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+/// Marks a stream's reader gone however its connection ends.
+struct ReaderGuard(Arc<StreamBuffer>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.reader_gone();
+    }
+}
+
+/// The two output streams of one run or attach, named by an unguessable id.
 struct OutputStreams {
-    stdout: Option<mpsc::Receiver<Bytes>>,
-    stderr: Option<mpsc::Receiver<Bytes>>,
+    handle: String,
+    process_id: String,
+    stdout: Arc<StreamBuffer>,
+    stderr: Arc<StreamBuffer>,
     /// When the process exited; unclaimed streams are dropped a while later.
     exited: Option<Instant>,
 }
@@ -46,7 +211,8 @@ struct OutputStreams {
 pub struct Server {
     gardener: Arc<Gardener>,
     streams: Mutex<HashMap<String, OutputStreams>>,
-    next_stream: AtomicU64,
+    /// Bytes buffered by every stream (bounded while unread).
+    buffered: Arc<AtomicUsize>,
 }
 
 fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
@@ -113,7 +279,8 @@ fn segments(path: &str) -> Vec<String> {
 enum Hijack {
     Run(String),
     Attach(String, String),
-    Output(String, bool),
+    /// Handle, process id, stream id, stderr?
+    Output(String, String, String, bool),
 }
 
 fn hijack_route(method: &str, path: &str) -> Option<Hijack> {
@@ -122,8 +289,8 @@ fn hijack_route(method: &str, path: &str) -> Option<Hijack> {
     match (method, s.as_slice()) {
         ("POST", ["containers", h, "processes"]) => Some(Hijack::Run(h.to_string())),
         ("GET", ["containers", h, "processes", pid]) => Some(Hijack::Attach(h.to_string(), pid.to_string())),
-        ("GET", ["containers", _, "processes", _, "attaches", sid, kind @ ("stdout" | "stderr")]) => {
-            Some(Hijack::Output(sid.to_string(), *kind == "stderr"))
+        ("GET", ["containers", h, "processes", pid, "attaches", sid, kind @ ("stdout" | "stderr")]) => {
+            Some(Hijack::Output(h.to_string(), pid.to_string(), sid.to_string(), *kind == "stderr"))
         }
         _ => None,
     }
@@ -222,7 +389,7 @@ async fn write_plain_error<S: AsyncWrite + Unpin>(conn: &mut S, e: &GardenError)
 
 impl Server {
     pub fn new(gardener: Arc<Gardener>) -> Arc<Self> {
-        Arc::new(Self { gardener, streams: Mutex::new(HashMap::new()), next_stream: AtomicU64::new(1) })
+        Arc::new(Self { gardener, streams: Mutex::new(HashMap::new()), buffered: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// Serves one accepted connection.
@@ -267,11 +434,13 @@ impl Server {
             Some(Hijack::Attach(handle, pid)) => {
                 let rest = buf.split_off(head_len);
                 match self.gardener.attach(&handle, &pid).await {
-                    Ok(init) => self.pump(conn, rest, handle, pid, init, "200 OK").await,
+                    Ok(init) => self.pump(conn, rest, handle, pid, init, "200 OK", true).await,
                     Err(e) => write_plain_error(&mut conn, &e).await,
                 }
             }
-            Some(Hijack::Output(sid, is_err)) => self.serve_output(conn, &sid, is_err).await,
+            Some(Hijack::Output(handle, pid, sid, is_err)) => {
+                self.serve_output(conn, &handle, &pid, &sid, is_err).await
+            }
             None => {
                 let io = hyper_util::rt::TokioIo::new(Rewind { prefix: Bytes::from(buf), inner: conn });
                 let me = self.clone();
@@ -330,28 +499,63 @@ impl Server {
             }
         };
         match self.gardener.run(&handle, &spec).await {
-            Ok((pid, init)) => self.pump(conn, rest, handle, pid, init, "201 Created").await,
+            Ok((pid, init)) => self.pump(conn, rest, handle, pid, init, "201 Created", false).await,
             Err(e) => write_plain_error(&mut conn, &e).await,
         }
     }
 
     /// The hijacked connection: forwards client messages to init and init's
-    /// output to the stdout/stderr streams, ending with the exit status.
-    async fn pump<S>(&self, conn: S, rest: Vec<u8>, handle: String, pid: String, init: UnixStream, status: &str)
-    where
+    /// output to the stdout/stderr streams, ending with the exit status. An
+    /// attach (`seeded`) starts its streams with what earlier runs or attaches
+    /// of the process buffered unread, so a late reader gets the newest output.
+    #[allow(clippy::too_many_arguments)]
+    async fn pump<S>(
+        &self,
+        conn: S,
+        rest: Vec<u8>,
+        handle: String,
+        pid: String,
+        init: UnixStream,
+        status: &str,
+        seeded: bool,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Ok(guard) = self.gardener.hold(&handle) else { return };
-        let sid = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
-        let (out_tx, out_rx) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
-        let (err_tx, err_rx) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
+        // Unguessable: a stream id is all it takes to read a process's output.
+        let sid = crate::runtime::init::random_guid();
+        let out = StreamBuffer::new(self.buffered.clone());
+        let err = StreamBuffer::new(self.buffered.clone());
         {
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             streams.retain(|_, s| {
-                let claimed = s.stdout.is_none() && s.stderr.is_none();
-                !claimed && s.exited.is_none_or(|t| t.elapsed() < STREAM_KEEP)
+                (s.stdout.awaited() || s.stderr.awaited()) && s.exited.is_none_or(|t| t.elapsed() < STREAM_KEEP)
             });
-            streams.insert(sid.clone(), OutputStreams { stdout: Some(out_rx), stderr: Some(err_rx), exited: None });
+            if seeded {
+                let earlier = streams.values().filter(|s| s.handle == handle && s.process_id == pid);
+                if let Some(e) = earlier.last() {
+                    for (from, to) in [(&e.stdout, &out), (&e.stderr, &err)] {
+                        if from.awaited() {
+                            let mut st = to.lock();
+                            for c in from.snapshot() {
+                                st.len += c.len();
+                                self.buffered.fetch_add(c.len(), Ordering::Relaxed);
+                                st.chunks.push_back(c);
+                            }
+                        }
+                    }
+                }
+            }
+            streams.insert(
+                sid.clone(),
+                OutputStreams {
+                    handle: handle.clone(),
+                    process_id: pid.clone(),
+                    stdout: out.clone(),
+                    stderr: err.clone(),
+                    exited: None,
+                },
+            );
         }
         let (client_r, mut client_w) = tokio::io::split(conn);
         let (mut init_r, mut init_w) = init.into_split();
@@ -359,9 +563,12 @@ impl Server {
             .unwrap_or_default();
         let head = format!("{}{started}\n", hijack_head(status));
         if client_w.write_all(head.as_bytes()).await.is_err() {
+            self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
             return;
         }
-        // Client → init.
+        // Client → init. The client's EOF (a half-close: it has no stdin to
+        // send) ends the process's stdin only; init's connection stays open
+        // for the output and the exit status.
         let to_init = tokio::spawn(async move {
             let mut lines = BufReader::new(Rewind { prefix: Bytes::from(rest), inner: client_r }).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -386,19 +593,20 @@ impl Server {
                     (proto::TAG_STDIN_EOF, Vec::new())
                 };
                 if proto::client::write_frame(&mut init_w, frame.0, &frame.1).await.is_err() {
-                    break;
+                    return;
                 }
             }
+            let _ = proto::client::write_frame(&mut init_w, proto::TAG_STDIN_EOF, &[]).await;
+            // Dropping the write half would shut the socket down, which init takes
+            // as the daemon hanging up; it is aborted with the pump instead.
+            std::future::pending::<()>().await;
+            drop(init_w);
         });
         // init → streams and the exit status.
         let last = loop {
             match read_frame(&mut init_r).await {
-                Ok(Some((proto::TAG_STDOUT, d))) => {
-                    let _ = out_tx.try_send(Bytes::from(d));
-                }
-                Ok(Some((proto::TAG_STDERR, d))) => {
-                    let _ = err_tx.try_send(Bytes::from(d));
-                }
+                Ok(Some((proto::TAG_STDOUT, d))) => out.push(Bytes::from(d)).await,
+                Ok(Some((proto::TAG_STDERR, d))) => err.push(Bytes::from(d)).await,
                 Ok(Some((proto::TAG_EXIT, p))) => {
                     break ProcessPayload {
                         process_id: pid.clone(),
@@ -416,9 +624,13 @@ impl Server {
                 }
             }
         };
-        drop(out_tx);
-        drop(err_tx);
+        out.close();
+        err.close();
         to_init.abort();
+        let dropped = out.dropped() + err.dropped();
+        if dropped > 0 {
+            tracing::warn!(handle = %handle, process = %pid, dropped_bytes = dropped, "process output dropped: nobody read it in time");
+        }
         if let Some(s) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&sid) {
             s.exited = Some(Instant::now());
         }
@@ -429,16 +641,32 @@ impl Server {
         drop(guard);
     }
 
-    async fn serve_output<S: AsyncRead + AsyncWrite + Unpin>(&self, mut conn: S, sid: &str, is_err: bool) {
-        let rx = {
-            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-            streams.get_mut(sid).and_then(|s| if is_err { s.stderr.take() } else { s.stdout.take() })
+    async fn serve_output<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut conn: S,
+        handle: &str,
+        pid: &str,
+        sid: &str,
+        is_err: bool,
+    ) {
+        // A stream is served only under the container and process it belongs to.
+        let buf = {
+            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            streams
+                .get(sid)
+                .filter(|s| s.handle == handle && s.process_id == pid)
+                .map(|s| if is_err { s.stderr.clone() } else { s.stdout.clone() })
         };
-        let Some(mut rx) = rx else {
-            let e = GardenError::ProcessNotFound(String::new(), format!("stream {sid}"));
+        let Some(dropped) = buf.as_ref().and_then(|b| b.claim()) else {
+            let e = GardenError::ProcessNotFound(handle.to_string(), pid.to_string());
             write_plain_error(&mut conn, &e).await;
             return;
         };
+        let Some(buf) = buf else { return };
+        let _reader = ReaderGuard(buf.clone());
+        if dropped > 0 {
+            tracing::info!(handle = %handle, process = %pid, dropped_bytes = dropped, "output was dropped before the stream was read");
+        }
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nDate: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
             http_date()
@@ -446,7 +674,7 @@ impl Server {
         if conn.write_all(head.as_bytes()).await.is_err() {
             return;
         }
-        while let Some(chunk) = rx.recv().await {
+        while let Some(chunk) = buf.pop().await {
             if conn.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -670,7 +898,7 @@ mod tests {
         );
         assert!(matches!(
             hijack_route("GET", "/containers/h/processes/p1/attaches/7/stderr"),
-            Some(Hijack::Output(s, true)) if s == "7"
+            Some(Hijack::Output(h, p, s, true)) if h == "h" && p == "p1" && s == "7"
         ));
         assert!(hijack_route("GET", "/containers/h/info").is_none());
         assert!(hijack_route("POST", "/containers").is_none());
@@ -686,6 +914,64 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), "%zz");
         assert_eq!(segments("/containers/a+b%20c/info"), vec!["containers", "a+b c", "info"]);
         assert_eq!(parse_query(Some("k=a+b")).get("k").map(String::as_str), Some("a b"));
+    }
+
+    #[tokio::test]
+    async fn unread_output_keeps_the_newest_within_bounds() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let b = StreamBuffer::new(total.clone());
+        for i in 0..100u8 {
+            b.push(Bytes::from(vec![i; 32 * 1024])).await;
+        }
+        assert!(total.load(Ordering::Relaxed) <= UNREAD_STREAM_BYTES);
+        assert_eq!(b.dropped(), (100 * 32 * 1024 - UNREAD_STREAM_BYTES) as u64);
+        assert_eq!(b.claim(), Some(b.dropped()));
+        assert_eq!(b.claim(), None, "a stream is read once");
+        b.close();
+        let mut last = 0;
+        while let Some(c) = b.pop().await {
+            last = c[0];
+        }
+        assert_eq!(last, 99);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_holds_the_output_back_and_loses_nothing() {
+        let b = StreamBuffer::new(Arc::new(AtomicUsize::new(0)));
+        b.claim();
+        let writer = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for i in 0..64u32 {
+                    b.push(Bytes::from(i.to_be_bytes().repeat(16 * 1024))).await;
+                }
+                b.close();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "4 MiB were taken without a reader");
+        let mut n = 0u32;
+        while let Some(c) = b.pop().await {
+            assert_eq!(&c[..4], &n.to_be_bytes());
+            n += 1;
+        }
+        assert_eq!(n, 64);
+        assert_eq!(b.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_server_wide_bound_holds_across_streams() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let streams: Vec<_> = (0..200).map(|_| StreamBuffer::new(total.clone())).collect();
+        for s in &streams {
+            for _ in 0..8 {
+                s.push(Bytes::from(vec![0u8; 32 * 1024])).await;
+            }
+        }
+        assert!(total.load(Ordering::Relaxed) <= UNREAD_TOTAL_BYTES + 32 * 1024);
+        drop(streams);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 
     #[test]

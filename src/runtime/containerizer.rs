@@ -64,6 +64,7 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 impl Containerizer {
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
         let depot = Depot::new(&cfg.depot);
+        check_traversable(&cfg.depot)?;
         // What a previous daemon had not finished deleting.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
         rootfs::remove_partial_copies(&depot.rootfs_cache());
@@ -226,7 +227,10 @@ impl Containerizer {
             let overlay = Overlay::in_dir(&dir2);
             let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
-            spec.save(dir2.join("config.json")).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            // Written here, not by oci-spec's `save`, whose error drops the cause (ENOSPC).
+            let config = dir2.join("config.json");
+            let json = serde_json::to_vec(&spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            std::fs::write(&config, json).map_err(|e| RuntimeError::io(&config, e))?;
             Ok(options)
         })
         .await
@@ -434,6 +438,28 @@ impl Containerizer {
         }
         (bytes, inodes)
     }
+}
+
+/// Container root is an unprivileged host uid: every directory above the depot
+/// must let others through, or no unprivileged container can start. Checked
+/// once at start-up, with the fix in the message.
+fn check_traversable(depot: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(depot).map_err(|e| RuntimeError::io(depot, e))?;
+    let depot = std::fs::canonicalize(depot).map_err(|e| RuntimeError::io(depot, e))?;
+    for dir in depot.ancestors() {
+        let mode = std::fs::metadata(dir).map_err(|e| RuntimeError::io(dir, e))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(RuntimeError::BadDepot(format!(
+                "the depot {} is inside {} (mode {:o}), which container root (host uid {ROOT_HOST_ID}) cannot \
+                 traverse, so no unprivileged container could start: run `chmod o+x {}` or choose a --depot elsewhere",
+                depot.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn kill_init(rec: &ContainerRecord) {

@@ -401,10 +401,15 @@ impl Init {
         let Some(p) = self.procs.get_mut(id) else { return };
         let c = &mut self.conns[i];
         c.attached = Some(id.to_string());
+        let exit_in_backlog = p.delivered && !p.backlog.is_empty();
         for f in p.backlog.drain(..) {
             c.wbuf.extend(f);
         }
         p.backlog_len = 0;
+        // The exit status already went to an earlier client: a later attach gets it too.
+        if let (Some(code), true, false) = (p.exit, p.delivered, exit_in_backlog) {
+            c.wbuf.extend(proto::frame(proto::TAG_EXIT, &proto::exit_payload(code)));
+        }
     }
 
     fn stream_frame(&mut self, id: &str, tag: u8, payload: &[u8]) {
@@ -592,7 +597,7 @@ impl Init {
 }
 
 /// A random version-4 GUID, as Garden gives processes that name no id.
-fn random_guid() -> String {
+pub fn random_guid() -> String {
     let mut b = [0u8; 16];
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != 16 {
@@ -837,10 +842,25 @@ fn stream_in(conn: OwnedFd, rest: Vec<u8>, user: &str, destination: &str) -> i32
             0
         }
         Err(e) => {
-            send_reply(&mut conn, &Reply::err(ErrorKind::Failed, format!("stream in: {e}")));
+            send_reply(&mut conn, &Reply::err(ErrorKind::Failed, format!("stream in: {}", error_chain(&e))));
             1
         }
     }
+}
+
+/// An error with its causes ("failed to unpack `x` into `/d`: Permission
+/// denied"): the tar crate's own message names the entry but not why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.ends_with(&msg) {
+            out = format!("{out}: {msg}");
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Child of init: writes `source` as a tar stream, as the user. A trailing `/`
@@ -874,6 +894,25 @@ fn stream_out(conn: OwnedFd, user: &str, source: &str) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_in_errors_keep_their_cause() {
+        let dir = std::env::temp_dir().join(format!("celld-init-chain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file where the tar wants a directory: unpacking `f/x` fails, and why.
+        std::fs::write(dir.join("f"), b"").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "f/x", &b"y"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let err = tar::Archive::new(&data[..]).unpack(&dir).unwrap_err();
+        let msg = error_chain(&err);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(msg.contains("f/x") && msg.contains("ot a directory"), "{msg}");
+    }
 
     #[test]
     fn executable_lookup_follows_path() {

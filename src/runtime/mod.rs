@@ -23,6 +23,10 @@ pub enum RuntimeError {
     BadRootfs(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("{0}: no space left on device: free space on its filesystem (or point --depot elsewhere) and try again")]
+    NoSpace(String),
+    #[error("{0}")]
+    BadDepot(String),
     #[error("mount: {0}")]
     Mount(String),
     #[error("cgroup: {0}")]
@@ -33,7 +37,7 @@ pub enum RuntimeError {
     Spec(String),
     #[error("runtime helper: {0}")]
     Helper(String),
-    #[error("container init is not running")]
+    #[error("the container's init process has exited: the container is stopped and can only be destroyed")]
     InitGone,
     #[error("talking to container init: {0}")]
     Init(std::io::Error),
@@ -58,6 +62,9 @@ pub fn cgroup_parent(depot: &Path) -> String {
 
 impl RuntimeError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.display().to_string(), source }
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Self::NoSpace(path.display().to_string()),
+            _ => Self::Io { path: path.display().to_string(), source },
+        }
     }
 }

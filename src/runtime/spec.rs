@@ -103,10 +103,15 @@ pub struct SpecInput<'a> {
     pub bind_mounts: &'a [(String, String, bool)],
 }
 
-/// Garden's hostname rule: the handle, or its last 49 characters.
+/// Garden's hostname rule: the handle, or its last 49 bytes.
 pub fn hostname(handle: &str) -> String {
-    let chars: Vec<char> = handle.chars().collect();
-    chars[chars.len().saturating_sub(49)..].iter().collect()
+    // Garden keeps the last 49 bytes; a cut inside a multibyte character moves
+    // to the next boundary, so the name always fits sethostname's 64 bytes.
+    let mut start = handle.len().saturating_sub(49);
+    while !handle.is_char_boundary(start) {
+        start += 1;
+    }
+    handle[start..].to_string()
 }
 
 /// The daemon's capability bounding set: a container cannot get more, and
@@ -243,6 +248,9 @@ mod tests {
         let long: String = "x".repeat(10) + &"y".repeat(49);
         assert_eq!(hostname(&long), "y".repeat(49));
         assert_eq!(hostname("short"), "short");
+        // 60 three-byte characters: 49 bytes would cut one; 48 bytes remain.
+        let wide = "\u{20ac}".repeat(60);
+        assert_eq!(hostname(&wide), "\u{20ac}".repeat(16));
     }
 
     #[test]

@@ -80,6 +80,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn depot(&self) -> PathBuf {
         self.dir.join("depot")
     }
