@@ -33,6 +33,9 @@ pub struct Config {
     /// Most containers this cell runs at once.
     #[arg(long, default_value_t = 250)]
     pub max_containers: usize,
+    /// pids.max for containers whose spec sets no pid limit (0 = none, as in Garden).
+    #[arg(long, default_value_t = 0)]
+    pub default_pids_limit: u64,
     /// Grace time, in seconds, for containers that ask for none (0 = never reaped).
     #[arg(long, default_value_t = 0)]
     pub default_grace_time: u64,

@@ -55,6 +55,7 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         default_rootfs: cfg.default_rootfs.clone(),
         exe,
         log_level: cfg.log_level.clone(),
+        default_pids_limit: cfg.default_pids_limit,
     })?;
     let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
     let gardener = Arc::new(Gardener::new(

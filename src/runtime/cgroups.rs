@@ -142,6 +142,9 @@ impl Cgroup {
                 }
             }
         }
+        // Every hierarchy is tried: one that stays busy must not keep the
+        // others (a create cut short makes only some of them).
+        let mut first_err = None;
         for d in dirs {
             // A killed task leaves its cgroup a moment after it dies.
             let mut tries = 0;
@@ -153,11 +156,14 @@ impl Cgroup {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
-                    Err(e) => return Err(RuntimeError::Cgroup(format!("remove {}: {e}", d.display()))),
+                    Err(e) => {
+                        first_err.get_or_insert(RuntimeError::Cgroup(format!("remove {}: {e}", d.display())));
+                        break;
+                    }
                 }
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 }
 

@@ -29,6 +29,8 @@ pub struct RuntimeConfig {
     pub exe: PathBuf,
     /// The helper logs with the daemon's filter.
     pub log_level: String,
+    /// pids.max for containers whose spec asks for none (0 = no limit).
+    pub default_pids_limit: u64,
 }
 
 struct HelperConn {
@@ -65,9 +67,14 @@ impl Containerizer {
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
         let depot = Depot::new(&cfg.depot);
         check_traversable(&cfg.depot)?;
+        // A previous daemon's helper must be gone before anything is swept:
+        // killed with its daemon, it may still be finishing a system call
+        // (a cgroup mkdir waiting for the cgroup mutex) that would make a
+        // cgroup after the sweep looked.
+        await_old_helper(&helper_pid_file(&cfg.run_dir));
         // What a previous daemon had not finished deleting.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
-        rootfs::remove_partial_copies(&depot.rootfs_cache());
+        rootfs::clean_cache(&depot.rootfs_cache(), &depot.containers_dir());
         // Host users may not look inside; container root (an unprivileged host
         // uid) must still traverse to its rootfs.
         for (d, mode) in
@@ -109,6 +116,14 @@ impl Containerizer {
             }
             let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.depot, &self.cfg.log_level)
                 .map_err(|e| RuntimeError::Helper(format!("start: {e}")))?;
+            // For the next daemon, should this one die (see `await_old_helper`).
+            let pid = child.id() as i32;
+            if let Some(started) = process_start_time(pid) {
+                let file = helper_pid_file(&self.cfg.run_dir);
+                if let Err(e) = std::fs::write(&file, format!("{pid} {started}\n")) {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot record the helper's pid");
+                }
+            }
             sock.set_nonblocking(true).map_err(|e| RuntimeError::Helper(e.to_string()))?;
             let sock = UnixStream::from_std(sock).map_err(|e| RuntimeError::Helper(e.to_string()))?;
             *guard = Some(HelperConn { child, io: BufReader::new(sock) });
@@ -207,6 +222,7 @@ impl Containerizer {
             if limits.cpu_limits.weight > 0 { limits.cpu_limits.weight } else { limits.cpu_limits.limit_in_shares };
         let privileged = rec.privileged;
         let (source, cache, dir2) = (source.to_path_buf(), self.depot.rootfs_cache(), dir.to_path_buf());
+        let containers = self.depot.containers_dir();
         let spec = spec::build(&SpecInput {
             handle: &rec.handle,
             rootfs: &Overlay::in_dir(dir).merged,
@@ -214,7 +230,7 @@ impl Containerizer {
             privileged,
             memory_limit: limits.memory_limits.limit_in_bytes,
             cpu_shares,
-            pids_max: limits.pid_limits.max,
+            pids_max: if limits.pid_limits.max > 0 { limits.pid_limits.max } else { self.cfg.default_pids_limit },
             env: &rec.spec.env,
             bind_mounts,
         })?;
@@ -223,7 +239,7 @@ impl Containerizer {
             names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]).unwrap_or_default();
         let merged = Overlay::in_dir(dir).merged;
         let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
-            let lower = if privileged { source } else { rootfs::shifted_copy(&source, &cache)? };
+            let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
             let overlay = Overlay::in_dir(&dir2);
             let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
@@ -293,22 +309,23 @@ impl Containerizer {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
         let trash = self.depot.trash_dir();
+        let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
         tokio::task::spawn_blocking(move || {
             let mut first_err = None;
             let t0 = std::time::Instant::now();
             kill_init(&rec);
             let killed = t0.elapsed();
-            let cg = Cgroup::new(&rec.cgroup_path);
-            if cg.exists() {
-                if let Err(e) = cg.remove() {
-                    first_err.get_or_insert(e);
-                }
+            // Whatever hierarchies it is in: a create cut short by a crash
+            // can leave the first ones made and not the memory one.
+            if let Err(e) = Cgroup::new(&rec.cgroup_path).remove() {
+                first_err.get_or_insert(e);
             }
             let cgroup_removed = t0.elapsed();
             if let Err(e) = Overlay::in_dir(&dir).unmount() {
                 first_err.get_or_insert(e);
             }
             let _ = std::fs::remove_file(&rec.socket);
+            let lower = std::fs::read_link(rootfs::lower_link(&dir)).ok();
             // The container's files leave the depot at once (a rename); deleting
             // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
@@ -323,6 +340,10 @@ impl Containerizer {
                         }
                     }
                 }
+            }
+            // Its rootfs copy goes with its last user once a newer one replaced it.
+            if let Some(lower) = lower {
+                rootfs::release(&lower, &cache, &containers);
             }
             tracing::debug!(
                 handle = %rec.handle,
@@ -460,6 +481,33 @@ fn check_traversable(depot: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
+}
+
+fn helper_pid_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("helper.pid")
+}
+
+/// Kills the helper a previous daemon recorded in `file` (pid and start time),
+/// if it still runs, and waits until it has exited.
+fn await_old_helper(file: &Path) {
+    let Ok(text) = std::fs::read_to_string(file) else { return };
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else { return };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    if process_start_time(pid) == Some(started) {
+        tracing::info!(pid, "waiting for the previous daemon's runtime helper to exit");
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+        // Readable once it has exited, i.e. after its last system call.
+        let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
+            tracing::warn!(pid, "the previous runtime helper has not exited after 10 s");
+        }
+    }
+    unsafe { libc::close(pidfd) };
 }
 
 fn kill_init(rec: &ContainerRecord) {

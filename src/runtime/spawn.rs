@@ -6,8 +6,9 @@
 //! Why not libcontainer: its create forked twice and set up cgroups through
 //! libcgroups, which re-reads mountinfo and /proc/self/cgroup once per v1
 //! controller; that cost ~15 ms of a ~20 ms create. Here the helper makes one
-//! `clone3` with every namespace, writes the id maps and cgroup files itself
-//! while the child waits, and the child sets up its mounts and becomes init.
+//! `clone3` with every namespace, writes the id maps, lets the child set up
+//! its mounts while it writes the cgroup files, and the child becomes init
+//! once told that it is in its cgroups.
 //!
 //! Runs in the single-threaded runtime helper only: the child of the raw
 //! `clone3` goes on with a copy of the helper's memory, which is sound only
@@ -328,6 +329,12 @@ fn read_all(fd: &OwnedFd) -> Vec<u8> {
     }
 }
 
+/// What the helper tells the container's first process through the `go`
+/// pipe: its id maps are written (it may set itself up), then its cgroups are
+/// made (it may drop privileges and become init).
+const GO: u8 = b'g';
+const CGROUPS_DONE: u8 = b'd';
+
 /// Creates and starts the container `bundle/config.json` describes; its first
 /// process becomes celld's init, serving `listen_fd`. Returns init's host pid.
 /// On failure nothing of the container is left: no process, no cgroup.
@@ -356,17 +363,22 @@ pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filte
             std::fs::write(format!("/proc/{pid}/uid_map"), &plan.uid_map).map_err(|e| format!("write uid_map: {e}"))?;
             std::fs::write(format!("/proc/{pid}/gid_map"), &plan.gid_map).map_err(|e| format!("write gid_map: {e}"))?;
         }
-        // The child sets up its mounts while the cgroups are made: nothing of
-        // the container's own runs before it reports back, and by then the
-        // limits are in place.
-        nix::unistd::write(&go_w, b"g").map_err(|e| format!("starting container init: {e}"))?;
-        drop(go_w);
-        plan.cgroup.create(pid, &plan.resources).map_err(|e| e.to_string())?;
+        // The child sets up its mounts while the cgroups are made, then waits
+        // for them: it drops privileges and becomes init only once it is in
+        // every cgroup, and not at all if this helper dies first (the pipe
+        // ends without the second message).
+        nix::unistd::write(&go_w, &[GO]).map_err(|e| format!("starting container init: {e}"))?;
+        let made = plan.cgroup.create(pid, &plan.resources).map_err(|e| e.to_string());
         joined = t0.elapsed();
-        match read_all(&status_r).as_slice() {
-            [0] => Ok(()),
-            [] => Err("container init exited while setting up".to_string()),
-            message => Err(String::from_utf8_lossy(message).into_owned()),
+        // A child that failed its set-up is gone and has said why (EPIPE here).
+        let told = made.is_ok() && nix::unistd::write(&go_w, &[CGROUPS_DONE]).is_ok();
+        drop(go_w);
+        match (read_all(&status_r).as_slice(), made) {
+            ([0], Ok(())) if told => Ok(()),
+            ([] | [0], Err(e)) => Err(e),
+            ([] | [0], Ok(())) => Err("container init exited while setting up".to_string()),
+            // The child's own reason says more than the cgroup write it made fail.
+            (message, _) => Err(String::from_utf8_lossy(message).into_owned()),
         }
     })();
     if let Err(e) = result {
@@ -384,16 +396,32 @@ pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filte
     Ok(pid)
 }
 
+/// Reads the helper's next message; anything but `want` (the pipe's end: the
+/// helper died or gave up) ends the child here.
+fn await_message(go: &OwnedFd, want: u8) {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(go.as_raw_fd(), &mut b) {
+            Ok(1) if b[0] == want => return,
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => unsafe { libc::_exit(1) },
+        }
+    }
+}
+
 /// The container's first process: sets up the container from inside, then
 /// becomes init. Errors go back to the helper through `status`.
 fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: Option<&[libc::sock_filter]>) -> ! {
     // The helper writes our id maps first; if it dies instead, so do we.
-    let mut b = [0u8; 1];
-    if !matches!(nix::unistd::read(go.as_raw_fd(), &mut b), Ok(1)) {
-        unsafe { libc::_exit(1) };
-    }
-    drop(go);
-    match set_up(plan, seccomp) {
+    await_message(&go, GO);
+    let result = set_up(plan).and_then(|()| {
+        // Nothing of the container runs before it is in its cgroups; a child
+        // whose helper died (no message, or PDEATHSIG) never becomes init.
+        await_message(&go, CGROUPS_DONE);
+        drop(go);
+        finish(plan, seccomp)
+    });
+    match result {
         Ok(()) => {
             let _ = nix::unistd::write(&status, &[0]);
             drop(status);
@@ -406,7 +434,8 @@ fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: O
     }
 }
 
-fn set_up(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), String> {
+/// Everything up to the privileges: credentials, mounts, hostname, `lo`.
+fn set_up(plan: &Plan) -> Result<(), String> {
     let errno = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     if plan.user_namespace {
         // Become the namespace's root, which the maps now define.
@@ -421,6 +450,13 @@ fn set_up(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), Stri
     }
     if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
         return Err(errno("setgroups"));
+    }
+    // Die with the helper until init is complete. Set after the credentials
+    // change, which clears it; that the helper is still there is checked by
+    // the cgroups message this process waits for before it becomes init (in a
+    // new pid namespace getppid() says 0 whoever the parent is).
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(errno("parent-death signal"));
     }
     unsafe {
         libc::clearenv();
@@ -455,7 +491,16 @@ fn set_up(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), Stri
     // Container root lacks CAP_NET_ADMIN later; the namespace's root has it now.
     loopback_up()?;
     unsafe { libc::umask(0o022) };
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// The last steps, once in the cgroups: init outlives the helper from here
+/// on, with the spec's capabilities, no_new_privs and seccomp filter.
+fn finish(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), String> {
+    let errno = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) } != 0 {
+        return Err(errno("clear the parent-death signal"));
+    }
     set_capabilities(plan.capabilities, plan.last_capability)?;
     if plan.no_new_privileges && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(errno("no_new_privs"));
