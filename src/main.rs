@@ -90,6 +90,7 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
         dns_servers: cfg.dns_servers.clone(),
         mtu: cfg.mtu,
         external_ip: cfg.external_ip,
+        owner: cfg.depot.clone(),
     })
     .context("setting up container networking")
 }
