@@ -12,6 +12,7 @@ use celld::garden::types::{BindMount, IpRange, NetOutRule, PortRange};
 
 use crate::common;
 // `require_local!` expands to a bare `require_host!()`.
+use crate::common::local::{Local, all_running};
 use crate::common::{Daemon, rt, spec};
 use crate::require_host;
 
@@ -281,4 +282,66 @@ fn a_second_cell_on_the_same_pool_refuses_to_start() {
         d.client.destroy(&h).await.unwrap();
     });
     d.assert_no_leaks();
+}
+
+/// The example app, one instance, routed.
+fn hello(l: &Local) {
+    l.ok(&["push", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello"), "-m", "64M"]);
+    l.wait_instances("hello", "dev", "1 instance running", Duration::from_secs(90), all_running(1));
+    l.wait_status("hello.apps.localhost", "/", 200, "Hello from celld!", Duration::from_secs(30));
+}
+
+/// Defect 13: an instance whose container lost its interface (as when another
+/// cell removed it) crashes with a reason saying so, instead of staying
+/// "running" and health-checked against whatever the address reaches.
+#[test]
+fn an_instance_that_lost_its_interface_crashes_with_a_reason() {
+    crate::require_local!();
+    let l = Local::start(&[]);
+    hello(&l);
+    // Whatever the cell under test does, this test sends nothing off the host.
+    let _ = Command::new("ip").args(["route", "add", "unreachable", &l.d.pool]).stderr(Stdio::null()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let veth = loop {
+        // Staging's container is gone once its veth is.
+        match l.d.interfaces().as_slice() {
+            [one] => break one.clone(),
+            _ => assert!(Instant::now() < deadline, "expected one veth: {:?}", l.d.interfaces()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = Command::new("ip").args(["link", "del", &veth]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = l.ok(&["events", "hello"]);
+        if events.contains("app.crash") {
+            assert!(events.contains("network interface"), "the crash says why: {events}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no crash after the interface was removed: {events}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The replacement serves again.
+    l.wait_status("hello.apps.localhost", "/", 200, "Hello from celld!", Duration::from_secs(60));
+    l.finish();
+}
+
+/// Defect 4 (router): once `stop` or `delete` has returned, the router no
+/// longer sends a single request to the app's instances.
+#[test]
+fn the_router_stops_routing_before_the_instances_stop() {
+    crate::require_local!();
+    let l = Local::start(&[]);
+    hello(&l);
+    l.ok(&["stop", "hello"]);
+    let (status, body) = l.get("hello.apps.localhost", "/");
+    assert_eq!(status, 404, "the first request after stop: {body}");
+
+    l.ok(&["start", "hello"]);
+    l.wait_status("hello.apps.localhost", "/", 200, "Hello from celld!", Duration::from_secs(60));
+    l.ok(&["delete", "hello", "-f"]);
+    let (status, body) = l.get("hello.apps.localhost", "/");
+    assert_eq!(status, 404, "the first request after delete: {body}");
+    l.finish();
 }
