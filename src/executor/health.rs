@@ -303,7 +303,10 @@ pub async fn until_healthy(probes: &[Probe], target: impl Into<Target>, start_ti
         match tokio::time::timeout_at(deadline, check_all(probes, &t)).await {
             Ok(Ok(())) => return Ok(()),
             // Not worth waiting out the timeout for: it will not come back.
-            Ok(Err(e)) if t.interface_present().is_err() => return Err(e),
+            Ok(Err(e)) if t.interface_present().is_err() => {
+                last_error = e;
+                break;
+            }
             Ok(Err(e)) => last_error = e,
             Err(_) => break,
         }
