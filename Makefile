@@ -28,7 +28,7 @@ RUN_ARGS   ?=
 TEST_ARGS  ?=
 BENCH_ARGS ?=
 
-DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protobuf-compiler \
+DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protobuf-compiler gcc libc6-dev \
                 iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps python3-venv libsqlite3-dev \
                 openssh-client openssh-server gcc libc6-dev

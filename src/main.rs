@@ -91,6 +91,7 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
         dns_servers: cfg.dns_servers.clone(),
         mtu: cfg.mtu,
         external_ip: cfg.external_ip,
+        owner: cfg.depot.clone(),
     })
     .context("setting up container networking")
 }
@@ -129,7 +130,9 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     let executor = executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter, stager.lifecycle_dir())?;
     executor.restore().await;
     let apps = match (&scheduler_addr, cfg.local) {
-        (Some(addr), true) => Some(local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone()).await?),
+        (Some(addr), true) => {
+            Some(local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone()).await?)
+        }
         _ => None,
     };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -237,6 +240,7 @@ async fn local_apps(
     stager: Arc<Stager>,
     blobs: Arc<Blobstore>,
     logs: Arc<LogHub>,
+    executor: Arc<Executor>,
 ) -> anyhow::Result<Arc<celld::apps::AppLayer>> {
     use celld::router::{RouteTable, Router, RouterConfig};
     let listener = tokio::net::TcpListener::bind(&cfg.router_listen)
@@ -259,7 +263,10 @@ async fn local_apps(
     )
     .context("starting the app layer")?;
     apps.start();
-    let router = Router::new(table, RouterConfig { access_log: Some(Arc::new(celld::apps::RouterLog(logs))) });
+    let router = Router::new(
+        table,
+        RouterConfig { access_log: Some(Arc::new(celld::apps::RouterLog(logs))), live: Some(executor) },
+    );
     tokio::spawn(router.serve(listener, std::future::pending()));
     tracing::info!(address = %cfg.router_listen, domain = %cfg.domain, "serving the router");
     if cfg.ssh_proxy_listen != "off" {

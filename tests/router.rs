@@ -99,7 +99,7 @@ async fn router(routes: &[(&str, Vec<Backend>)]) -> Harness {
     let table = Arc::new(RouteTable::new());
     table.replace(routes.iter().map(|(h, b)| (h.to_string(), b.clone())).collect());
     let log = Arc::new(Lines::default());
-    let r = Router::new(Arc::clone(&table), RouterConfig { access_log: Some(log.clone()) });
+    let r = Router::new(Arc::clone(&table), RouterConfig { access_log: Some(log.clone()), ..Default::default() });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -10,9 +10,9 @@ pub mod service;
 pub mod ssh;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -85,6 +85,12 @@ pub struct AppLayer {
     /// stop never interleave their scheduler calls.
     ops: tokio::sync::Mutex<()>,
     routes_changed: Notify,
+    /// Processes being stopped: out of the router's table before the
+    /// scheduler is told, and kept out by every rebuild until they are gone.
+    withdrawn: Mutex<HashSet<String>>,
+    /// A rebuild and a withdrawal never interleave (a rebuild computed before
+    /// a withdrawal must not put the instances back after it).
+    route_sync: tokio::sync::Mutex<()>,
     ssh: ssh::SshState,
 }
 
@@ -111,6 +117,8 @@ impl AppLayer {
             scheduler,
             ops: tokio::sync::Mutex::new(()),
             routes_changed: Notify::new(),
+            withdrawn: Mutex::default(),
+            route_sync: tokio::sync::Mutex::new(()),
             ssh: ssh::SshState::default(),
         }))
     }
@@ -360,7 +368,11 @@ impl AppLayer {
         let app = self.find(r)?;
         self.event(&app, "audit.app.delete-request", BTreeMap::new());
         if !app.process_guid.is_empty() {
-            self.remove_lrp(&app.process_guid).await?;
+            self.withdraw(&app).await;
+            if let Err(e) = self.remove_lrp(&app.process_guid).await {
+                self.unwithdraw(&app.process_guid);
+                return Err(e);
+            }
         }
         self.store.delete_app(&app.guid)?;
         // Droplets are the app's own; packages are shared by checksum.
@@ -564,7 +576,13 @@ impl AppLayer {
 
     async fn undesire(&self, app: &mut AppRecord) -> Result<(), AppsError> {
         if !app.process_guid.is_empty() {
-            self.remove_lrp(&app.process_guid).await?;
+            // Routes first, then the instances: a request must never be sent
+            // to an instance that is being destroyed.
+            self.withdraw(app).await;
+            if let Err(e) = self.remove_lrp(&app.process_guid).await {
+                self.unwithdraw(&app.process_guid);
+                return Err(e);
+            }
         }
         app.process_guid.clear();
         app.state = "STOPPED".into();
@@ -1127,13 +1145,38 @@ impl AppLayer {
         }
     }
 
+    /// Takes the app's current process out of the router's table, now and in
+    /// every rebuild until the process is no longer the app's.
+    async fn withdraw(&self, app: &AppRecord) {
+        let _sync = self.route_sync.lock().await;
+        lock_set(&self.withdrawn).insert(app.process_guid.clone());
+        self.routes.withdraw_app(&app.guid);
+        tracing::info!(app_guid = %app.guid, process_guid = %app.process_guid, "routes withdrawn");
+    }
+
+    /// The stop did not happen: the instances may be routed again.
+    fn unwithdraw(&self, process_guid: &str) {
+        lock_set(&self.withdrawn).remove(process_guid);
+        self.routes_changed.notify_one();
+    }
+
     pub async fn sync_routes(&self) -> Result<(), AppsError> {
+        let _sync = self.route_sync.lock().await;
         let apps: HashMap<String, AppRecord> =
             self.store.apps(None)?.into_iter().map(|a| (a.guid.clone(), a)).collect();
+        let withdrawn = {
+            let mut w = lock_set(&self.withdrawn);
+            w.retain(|p| apps.values().any(|a| a.process_guid == *p));
+            w.clone()
+        };
         let mut table: HashMap<String, Vec<Backend>> = HashMap::new();
         let mut backends_of: HashMap<String, Vec<Backend>> = HashMap::new();
-        for app in apps.values().filter(|a| a.state == "STARTED" && !a.process_guid.is_empty() && !a.routes.is_empty())
-        {
+        for app in apps.values().filter(|a| {
+            a.state == "STARTED"
+                && !a.process_guid.is_empty()
+                && !a.routes.is_empty()
+                && !withdrawn.contains(&a.process_guid)
+        }) {
             let mut backends = Vec::new();
             for a in self.actuals(&app.process_guid).await? {
                 let routable = a.state() == pb::actual_lrp::State::Running
@@ -1162,6 +1205,10 @@ impl AppLayer {
         self.routes.replace(table);
         Ok(())
     }
+}
+
+fn lock_set(m: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The router's access log lines go to the app's log stream as `RTR`.

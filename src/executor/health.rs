@@ -47,6 +47,44 @@ pub enum HealthError {
     Empty,
 }
 
+/// What a check probes: an address and, for a container, the host end of its
+/// veth. Without the interface the address routes nowhere in this container (a
+/// pool route makes it unreachable; without one it could reach another host),
+/// so a check never passes unless the interface is there before and after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub ip: Ipv4Addr,
+    pub iface: Option<String>,
+}
+
+impl From<Ipv4Addr> for Target {
+    /// A bare address (loopback in unit tests): no interface to verify.
+    fn from(ip: Ipv4Addr) -> Self {
+        Target { ip, iface: None }
+    }
+}
+
+impl Target {
+    /// A container's address on this cell's network (`0.0.0.0` without
+    /// networking: nothing to verify).
+    pub fn container(ip: Ipv4Addr) -> Self {
+        Target { ip, iface: (!ip.is_unspecified()).then(|| crate::network::host_veth_for(ip)) }
+    }
+
+    /// `Err` with a crash reason once the container's interface is gone.
+    pub fn interface_present(&self) -> Result<(), String> {
+        match &self.iface {
+            Some(i) if !crate::network::link::exists(i) => Err(lost_interface(i, self.ip)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The crash reason of an instance whose container lost its network interface.
+pub fn lost_interface(iface: &str, ip: Ipv4Addr) -> String {
+    format!("container's network interface {iface} is gone: {ip} no longer leads into the container")
+}
+
 /// One declarative health check (`CheckDefinition.checks[]` or
 /// `readiness_checks[]`), with the model's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +118,21 @@ impl Probe {
         }
     }
 
-    /// One check against the instance at `ip`; `Err` holds the healthcheck
-    /// binary's message.
-    pub async fn check(&self, ip: Ipv4Addr) -> Result<(), String> {
-        match self {
-            Probe::Tcp { port, timeout, .. } => tcp_check(ip, *port, *timeout).await,
-            Probe::Http { port, path, timeout, .. } => http_check(ip, *port, path, *timeout).await,
-        }
+    /// One check against the instance at `target`; `Err` holds the
+    /// healthcheck binary's message, or why the target is not the container.
+    pub async fn check(&self, target: impl Into<Target>) -> Result<(), String> {
+        self.check_target(&target.into()).await
+    }
+
+    async fn check_target(&self, t: &Target) -> Result<(), String> {
+        t.interface_present()?;
+        let result = match self {
+            Probe::Tcp { port, timeout, .. } => tcp_check(t.ip, *port, *timeout).await,
+            Probe::Http { port, path, timeout, .. } => http_check(t.ip, *port, path, *timeout).await,
+        };
+        // Gone meanwhile: whatever answered was not the container.
+        t.interface_present()?;
+        result
     }
 }
 
@@ -236,9 +282,9 @@ fn fraction(rem: u128, scale: u128) -> String {
 }
 
 /// Checks every probe once; the first failure's message.
-async fn check_all(probes: &[Probe], ip: Ipv4Addr) -> Result<(), String> {
+async fn check_all(probes: &[Probe], t: &Target) -> Result<(), String> {
     for p in probes {
-        p.check(ip).await?;
+        p.check_target(t).await?;
     }
     Ok(())
 }
@@ -247,14 +293,20 @@ async fn check_all(probes: &[Probe], ip: Ipv4Addr) -> Result<(), String> {
 /// from 10 ms to 500 ms. After `start_timeout` fails with the crash reason
 /// `Instance never healthy after <start_timeout>: <last error>`. (Diego puts
 /// the measured time, rounded to ms, where we put `start_timeout`.)
-pub async fn until_healthy(probes: &[Probe], ip: Ipv4Addr, start_timeout: Duration) -> Result<(), String> {
+pub async fn until_healthy(probes: &[Probe], target: impl Into<Target>, start_timeout: Duration) -> Result<(), String> {
+    let t = target.into();
     let deadline = tokio::time::Instant::now() + start_timeout;
     let mut delay = STARTUP_FIRST_DELAY;
     let mut last_error = String::new();
     loop {
         // An attempt never runs past the deadline.
-        match tokio::time::timeout_at(deadline, check_all(probes, ip)).await {
+        match tokio::time::timeout_at(deadline, check_all(probes, &t)).await {
             Ok(Ok(())) => return Ok(()),
+            // Not worth waiting out the timeout for: it will not come back.
+            Ok(Err(e)) if t.interface_present().is_err() => {
+                last_error = e;
+                break;
+            }
             Ok(Err(e)) => last_error = e,
             Err(_) => break,
         }
@@ -274,16 +326,17 @@ pub async fn until_healthy(probes: &[Probe], ip: Ipv4Addr, start_timeout: Durati
 /// Liveness: checks each probe at its interval (first one interval after
 /// being healthy) until one fails, and returns the crash reason
 /// `Instance became unhealthy: <error>`. Never returns without probes.
-pub async fn until_unhealthy(probes: &[Probe], ip: Ipv4Addr) -> String {
-    let e = first_failure(probes, ip, Probe::interval).await;
+pub async fn until_unhealthy(probes: &[Probe], target: impl Into<Target>) -> String {
+    let e = first_failure(probes, &target.into(), Probe::interval).await;
     format!("Instance became unhealthy: {e}")
 }
 
 /// Readiness, not ready yet: polls every probe every 2 s (first at once)
 /// until all pass. Never returns while they fail; the caller drops it.
-pub async fn until_ready(probes: &[Probe], ip: Ipv4Addr) {
+pub async fn until_ready(probes: &[Probe], target: impl Into<Target>) {
+    let t = target.into();
     loop {
-        if check_all(probes, ip).await.is_ok() {
+        if check_all(probes, &t).await.is_ok() {
             return;
         }
         tokio::time::sleep(UNTIL_READY_INTERVAL).await;
@@ -292,13 +345,31 @@ pub async fn until_ready(probes: &[Probe], ip: Ipv4Addr) {
 
 /// Readiness, ready: checks each probe at its interval until one fails, and
 /// returns its message. Never returns without probes.
-pub async fn until_not_ready(probes: &[Probe], ip: Ipv4Addr) -> String {
-    first_failure(probes, ip, Probe::interval).await
+pub async fn until_not_ready(probes: &[Probe], target: impl Into<Target>) -> String {
+    first_failure(probes, &target.into(), Probe::interval).await
+}
+
+/// How often a running instance's interface is looked for.
+pub const INTERFACE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Resolves with a crash reason once the container's interface is gone (a
+/// `stat` per second; never for a target without one). Instances without
+/// health checks are watched too: the router must not keep sending to them.
+pub async fn until_interface_lost(target: &Target) -> String {
+    if target.iface.is_none() {
+        return std::future::pending().await;
+    }
+    loop {
+        if let Err(reason) = target.interface_present() {
+            return reason;
+        }
+        tokio::time::sleep(INTERFACE_INTERVAL).await;
+    }
 }
 
 /// Runs each probe on its own schedule (every `interval(probe)`) and returns
 /// the first failure.
-async fn first_failure(probes: &[Probe], ip: Ipv4Addr, interval: fn(&Probe) -> Duration) -> String {
+async fn first_failure(probes: &[Probe], t: &Target, interval: fn(&Probe) -> Duration) -> String {
     let start = tokio::time::Instant::now();
     let mut due: Vec<(tokio::time::Instant, &Probe)> = probes.iter().map(|p| (start + interval(p), p)).collect();
     loop {
@@ -306,7 +377,7 @@ async fn first_failure(probes: &[Probe], ip: Ipv4Addr, interval: fn(&Probe) -> D
             return std::future::pending().await;
         };
         tokio::time::sleep_until(next.0).await;
-        if let Err(e) = next.1.check(ip).await {
+        if let Err(e) = next.1.check_target(t).await {
             return e;
         }
         next.0 = tokio::time::Instant::now() + interval(next.1);
@@ -502,6 +573,24 @@ mod tests {
         let e = probe.check(Ipv4Addr::LOCALHOST).await.unwrap_err();
         assert_eq!(e, format!("failed to make HTTP request to '/' on port {port}: timed out after 0.10 seconds"));
         drop(l);
+    }
+
+    #[tokio::test]
+    async fn a_check_never_passes_without_the_containers_interface() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move { while l.accept().await.is_ok() {} });
+        tcp(port, 1000).check(Ipv4Addr::LOCALHOST).await.unwrap();
+        // A listener answers at the address, but the interface is not there.
+        let gone = Target { ip: Ipv4Addr::LOCALHOST, iface: Some("cvh-nosuchif".into()) };
+        let e = tcp(port, 1000).check(gone.clone()).await.unwrap_err();
+        assert!(e.contains("network interface cvh-nosuchif is gone"), "{e}");
+        let e = until_healthy(&[tcp(port, 1000)], gone.clone(), Duration::from_secs(30)).await.unwrap_err();
+        assert!(e.starts_with("Instance never healthy after 30s: container's network interface"), "{e}");
+        let e = tokio::time::timeout(Duration::from_secs(5), until_interface_lost(&gone)).await.unwrap();
+        assert!(e.contains("cvh-nosuchif"));
+        assert_eq!(Target::container(Ipv4Addr::new(10, 254, 0, 6)).iface.as_deref(), Some("cvh-0afe0004"));
+        assert_eq!(Target::container(Ipv4Addr::UNSPECIFIED).iface, None);
     }
 
     #[tokio::test]

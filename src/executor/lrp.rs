@@ -145,6 +145,9 @@ impl Executor {
         }
         self.set_phase(guid, LrpPhase::Created);
         let ip = addrs.container_ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        // Checks and the interface watch look for the container's veth: an
+        // address without it is not this container any more.
+        let target = health::Target::container(ip);
         let checks = d.check_definition.clone().unwrap_or_default();
         let probes: Vec<Probe> = checks.checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
         let readiness: Vec<Probe> = checks.readiness_checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
@@ -168,7 +171,7 @@ impl Executor {
             };
             self.health_line(d, index, "Starting health monitoring of container");
             tokio::select! {
-                r = health::until_healthy(&probes, ip, timeout) => if let Err(reason) = r {
+                r = health::until_healthy(&probes, target.clone(), timeout) => if let Err(reason) = r {
                     self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
                     return End::Crashed(reason);
                 },
@@ -176,6 +179,8 @@ impl Executor {
                 r = super::stopped(&mut stop) => return End::Stopped(r),
             }
             self.health_line(d, index, "Container became healthy");
+        } else if let Err(reason) = target.interface_present() {
+            return End::Crashed(reason);
         }
         let net = pb::ActualLrpNetInfo {
             address: addrs.host_ip.clone(),
@@ -192,13 +197,19 @@ impl Executor {
         let readiness_task = (!readiness.is_empty()).then(|| {
             let me = self.clone();
             let (guid, start, d) = (guid.to_string(), start.clone(), d.clone());
-            tokio::spawn(async move { me.readiness_loop(&guid, &start, &d, readiness, ip, net).await })
+            let target = target.clone();
+            tokio::spawn(async move { me.readiness_loop(&guid, &start, &d, readiness, target, net).await })
         });
 
         // Liveness: until the process exits, a check fails, or it is stopped.
         let end = tokio::select! {
-            reason = health::until_unhealthy(&probes, ip), if !probes.is_empty() => {
+            reason = health::until_unhealthy(&probes, target.clone()), if !probes.is_empty() => {
                 self.health_line(d, index, "Container became unhealthy");
+                End::Crashed(reason)
+            },
+            reason = health::until_interface_lost(&target) => {
+                tracing::warn!(handle = %guid, reason = %reason, "instance lost its network interface");
+                self.cell_line(d, index, &format!("Cell {} crashing instance {guid}: {reason}", self.cfg.cell_id));
                 End::Crashed(reason)
             },
             ended = &mut exit => exited(ended.ok()).await,
@@ -217,11 +228,11 @@ impl Executor {
         start: &pb::LrpStart,
         d: &pb::DesiredLrp,
         probes: Vec<Probe>,
-        ip: std::net::Ipv4Addr,
+        target: health::Target,
         net: pb::ActualLrpNetInfo,
     ) {
         loop {
-            health::until_ready(&probes, ip).await;
+            health::until_ready(&probes, target.clone()).await;
             self.health_line(
                 d,
                 start.index,
@@ -229,7 +240,7 @@ impl Executor {
             );
             self.set_routable(guid, true);
             self.reporter.start(self.key_of(start), self.instance_key(guid), net.clone(), true);
-            health::until_not_ready(&probes, ip).await;
+            health::until_not_ready(&probes, target.clone()).await;
             self.health_line(
                 d,
                 start.index,

@@ -737,6 +737,19 @@ impl Executor {
     }
 }
 
+/// The router dials only what this says: an instance of this cell that is
+/// running (not being stopped or destroyed) at that address, whose container
+/// still has its interface.
+impl crate::router::LiveBackends for Executor {
+    fn is_live(&self, b: &crate::router::Backend) -> bool {
+        let std::net::IpAddr::V4(ip) = b.addr.ip() else { return false };
+        let running = lock(&self.table).lrps.get(&b.instance_guid).is_some_and(|l| {
+            l.phase == LrpPhase::Running && l.net.as_ref().is_some_and(|n| n.instance_address == ip.to_string())
+        });
+        running && crate::network::has_interface(ip)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

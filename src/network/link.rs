@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::NetworkError;
@@ -106,6 +107,13 @@ pub async fn create(host: &Handle, host_veth: &str, subnet: Ipv4Net, mtu: u32, p
     // other packet for 127/8 that a container sends to it.
     let sysctl = format!("/proc/sys/net/ipv4/conf/{host_veth}/route_localnet");
     std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
+    // Strict reverse-path filtering: a packet from the container whose source
+    // would not be routed back out of this interface (another container's
+    // address, a foreign one) is dropped. Containers keep CAP_NET_RAW, as in
+    // Garden, so they can forge sources; the firewall's `sources` check drops
+    // them too (and is what holds if conf/all/rp_filter is 2, which wins here).
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{host_veth}/rp_filter");
+    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
 
     let inside = connect(Some(pid))?;
     let eth0 = index_of(&inside, CONTAINER_IFACE).await?;
@@ -119,6 +127,29 @@ pub async fn create(host: &Handle, host_veth: &str, subnet: Ipv4Net, mtu: u32, p
     let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(eth0).build();
     inside.route().add(route).execute().await.map_err(|e| nl("default route", e))?;
     Ok(())
+}
+
+/// Holds an `unreachable` route for the whole pool: each container's /30
+/// (connected through its veth) is more specific and wins while the veth
+/// exists; a packet for an address without a container (destroyed, lost its
+/// veth, never made) gets EHOSTUNREACH at once instead of following the host's
+/// default route off the machine. One already there is fine.
+pub async fn hold_pool_route(host: &Handle, pool: Ipv4Net) -> Result<(), NetworkError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(pool.addr, pool.prefix)
+        .kind(RouteType::Unreachable)
+        .build();
+    match host.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(nl(&format!("unreachable route for the pool {pool}"), e)),
+    }
+}
+
+/// Whether a host interface exists (the host end of a container's veth: gone
+/// when either end is deleted).
+pub fn exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Removes an interface (a veth takes its peer along); one already gone is fine.

@@ -32,6 +32,9 @@ pub enum NetworkError {
     Netlink(String),
     #[error("nftables: {0}")]
     Firewall(String),
+    /// Another cell holds the pool (or one overlapping it).
+    #[error("{0}")]
+    PoolHeld(String),
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ pub struct NetworkConfig {
     pub dns_servers: Vec<Ipv4Addr>,
     pub mtu: Option<u32>,
     pub external_ip: Option<Ipv4Addr>,
+    /// Who this cell is (its depot), written into the pool's lock file so a
+    /// second cell given the same pool can name the one holding it.
+    pub owner: std::path::PathBuf,
 }
 
 /// A container's network, kept in its record so a restarted daemon can reload
@@ -84,6 +90,105 @@ impl NetState {
     }
 }
 
+/// The host end of the veth of the container at `container_ip` (its /30's
+/// name, as [`NetState::host_veth`]): what health checks and the executor
+/// look for to know the address still leads into that container.
+pub fn host_veth_for(container_ip: Ipv4Addr) -> String {
+    format!("cvh-{:08x}", u32::from(container_ip) & !((1u32 << (32 - pool::SUBNET_PREFIX)) - 1))
+}
+
+/// Whether the container at `container_ip` still has its interface.
+pub fn has_interface(container_ip: Ipv4Addr) -> bool {
+    link::exists(&host_veth_for(container_ip))
+}
+
+/// Where cells lock the pools they use: one host-wide directory, since
+/// addresses are host-wide whatever each cell's depot and run directory.
+pub const POOL_LOCK_DIR: &str = "/run/celld-pools";
+
+/// An exclusive lock on a network pool for as long as the cell runs (an
+/// flock: the kernel drops it when the process dies, however it dies).
+#[derive(Debug)]
+pub struct PoolLock {
+    _file: std::fs::File,
+}
+
+fn lock_file_name(pool: Ipv4Net) -> String {
+    format!("{:08x}-{}.lock", u32::from(pool.addr), pool.prefix)
+}
+
+fn parse_lock_file_name(name: &str) -> Option<Ipv4Net> {
+    let (hex, len) = name.strip_suffix(".lock")?.split_once('-')?;
+    Ipv4Net::new(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?), len.parse().ok()?).ok()
+}
+
+fn try_flock(f: &std::fs::File, how: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd this function borrows.
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn held_by(path: &std::path::Path) -> String {
+    let owner = std::fs::read_to_string(path).unwrap_or_default();
+    let owner = owner.trim();
+    if owner.is_empty() { "a cell whose depot is unknown".into() } else { format!("the cell with depot {owner}") }
+}
+
+impl PoolLock {
+    /// Takes `pool` for this cell (in `dir`, normally [`POOL_LOCK_DIR`]), or
+    /// says which cell has it or a pool overlapping it: two cells on one pool
+    /// would hand out the same addresses and remove each other's interfaces
+    /// as unowned.
+    pub fn acquire(dir: &std::path::Path, pool: Ipv4Net, owner: &std::path::Path) -> Result<Self, NetworkError> {
+        use std::io::Write;
+        let io = |what: &str, e: std::io::Error| NetworkError::PoolHeld(format!("{what}: {e}"));
+        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+        let path = dir.join(lock_file_name(pool));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&format!("opening {}", path.display()), e))?;
+        if let Err(e) = try_flock(&file, libc::LOCK_EX) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(&format!("locking {}", path.display()), e));
+            }
+            return Err(NetworkError::PoolHeld(format!(
+                "network pool {pool} is in use by {} (lock {}); give this cell a --network-pool of its own",
+                held_by(&path),
+                path.display()
+            )));
+        }
+        // Ours now; a pool overlapping it counts as the same pool.
+        for entry in std::fs::read_dir(dir).map_err(|e| io(&format!("reading {}", dir.display()), e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(other) = parse_lock_file_name(&name) else { continue };
+            if other == pool || !(other.contains_net(&pool) || pool.contains_net(&other)) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(entry.path()) else { continue };
+            // Held if a shared lock cannot be had; if it can, nobody runs on it.
+            if try_flock(&f, libc::LOCK_SH).is_err() {
+                return Err(NetworkError::PoolHeld(format!(
+                    "network pool {pool} overlaps {other}, in use by {} (lock {}); give this cell a --network-pool of its own",
+                    held_by(&entry.path()),
+                    entry.path().display()
+                )));
+            }
+        }
+        let owner = std::path::absolute(owner).unwrap_or_else(|_| owner.to_path_buf());
+        file.set_len(0).map_err(|e| io("writing the pool lock", e))?;
+        file.write_all(format!("{}\n", owner.display()).as_bytes()).map_err(|e| io("writing the pool lock", e))?;
+        Ok(Self { _file: file })
+    }
+}
+
 /// What a container's /etc holds for names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NameFiles {
@@ -97,6 +202,8 @@ struct Pools {
 }
 
 pub struct Networker {
+    /// Held for the cell's life: no other cell uses this pool.
+    _pool_lock: PoolLock,
     table: TableConfig,
     nft: Nft,
     /// Per-container firewall changes, straight over netlink.
@@ -115,6 +222,8 @@ pub struct Networker {
 const IFACES: &str = "ifaces";
 const CONTAINERS: &str = "containers";
 const NETIN: &str = "netin";
+/// `iface . address`: the one source address each container may send from.
+const SOURCES: &str = "sources";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -186,6 +295,8 @@ fn host_port_free(port: u16) -> bool {
 impl Networker {
     pub fn new(cfg: NetworkConfig) -> Result<Self, NetworkError> {
         let subnets = SubnetPool::new(cfg.pool)?;
+        // Before anything touches the pool's interfaces or table.
+        let pool_lock = PoolLock::acquire(std::path::Path::new(POOL_LOCK_DIR), cfg.pool, &cfg.owner)?;
         let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size);
         let mtu = cfg.mtu.unwrap_or_else(|| {
             default_route_iface()
@@ -211,6 +322,7 @@ impl Networker {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetworkError::Netlink(format!("enabling IPv4 forwarding: {e}")))?;
         Ok(Self {
+            _pool_lock: pool_lock,
             nft: Nft::new()?,
             nfnl: Mutex::new(nfnl::Socket::new()?),
             pools: Mutex::new(Pools { subnets, ports }),
@@ -262,7 +374,11 @@ impl Networker {
             for r in &state.rules {
                 b.add_rule(&chain, r);
             }
-            b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain);
+            b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain).add_source(
+                SOURCES,
+                &veth,
+                state.container_ip(),
+            );
             for m in &state.mapped_ports {
                 b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
             }
@@ -358,14 +474,15 @@ impl Networker {
     /// Removes a container's rules, map entries and interface from the
     /// firewall; what is already gone is skipped.
     fn remove_rules(&self, state: &NetState) {
-        let steps = 3 + state.mapped_ports.len();
+        let steps = 4 + state.mapped_ports.len();
         let (chain, veth) = (state.chain(), state.host_veth());
         let step = |b: &mut nfnl::Batch, i: usize| {
             match i {
                 0 => b.delete_iface(IFACES, &veth),
                 1 => b.delete_iface(CONTAINERS, &veth),
-                2 => b.delete_chain(&chain),
-                _ => b.delete_port(NETIN, state.mapped_ports[i - 3].host_port as u16),
+                2 => b.delete_source(SOURCES, &veth, state.container_ip()),
+                3 => b.delete_chain(&chain),
+                _ => b.delete_port(NETIN, state.mapped_ports[i - 4].host_port as u16),
             };
         };
         // All at once; if part of it is already gone, the rest one by one.
@@ -485,6 +602,9 @@ impl Networker {
                 let _ = link::delete(&host, &name).await;
             }
         }
+        // Kept when the daemon exits: its containers keep running, and their
+        // pool must not leak off the host while it is down.
+        link::hold_pool_route(&host, self.table.pool).await?;
         Ok(())
     }
 

@@ -159,6 +159,12 @@ fn ifname(name: &str) -> [u8; IFNAMSIZ] {
     b
 }
 
+fn source_key(iface: &str, ip: Ipv4Addr) -> Vec<u8> {
+    let mut key = ifname(iface).to_vec();
+    key.extend_from_slice(&ip.octets());
+    key
+}
+
 /// The kernel-side encoding of one [`Allow`], as nft would generate it.
 fn allow_exprs(m: &mut Msg, a: &Allow) {
     let load = |m: &mut Msg, base: u32, offset: u32, len: u32| {
@@ -298,6 +304,16 @@ impl<'a> Batch<'a> {
     /// `delete element … set { "iface" }` (a set or a map keyed by interface).
     pub fn delete_iface(&mut self, set: &str, iface: &str) -> &mut Self {
         self.element(NFT_MSG_DELSETELEM, set, &ifname(iface), |_| {})
+    }
+
+    /// `add element … sources { "iface" . ip }`: a concatenated key, each
+    /// part in whole 4-byte registers (an interface name takes four).
+    pub fn add_source(&mut self, set: &str, iface: &str, ip: Ipv4Addr) -> &mut Self {
+        self.element(NFT_MSG_NEWSETELEM, set, &source_key(iface, ip), |_| {})
+    }
+
+    pub fn delete_source(&mut self, set: &str, iface: &str, ip: Ipv4Addr) -> &mut Self {
+        self.element(NFT_MSG_DELSETELEM, set, &source_key(iface, ip), |_| {})
     }
 
     /// `add element … netin { port : ip . port }`: concatenated data takes a

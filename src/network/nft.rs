@@ -6,8 +6,11 @@
 //! fixed chains for forward/input/nat that match container traffic by the
 //! `ifaces` set (host ends of container veths), per container one chain of
 //! net-out allowances reached through the `containers` verdict map keyed by
-//! that interface, and the `netin` map from host port to container address
-//! and port. A container change touches only its own chain and map elements;
+//! that interface, the `netin` map from host port to container address
+//! and port, and the `sources` set of (interface, address) pairs: a packet
+//! from a container's veth whose source is not that container's own address
+//! is dropped at prerouting, before conntrack or routing see it (containers
+//! have CAP_NET_RAW and can forge any source). A container change touches only its own chain and map elements;
 //! those changes go over netlink (nfnl.rs), whose cost does not grow with the
 //! number of containers.
 
@@ -126,6 +129,11 @@ table ip {t} {{
   map containers {{ type ifname : verdict; }}
   set deny {{ type ipv4_addr; flags interval; {deny} }}
   map netin {{ type inet_service : ipv4_addr . inet_service; }}
+  set sources {{ type ifname . ipv4_addr; }}
+  chain antispoof {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname @ifaces iifname . ip saddr != @sources drop
+  }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
     ct state established,related accept
@@ -180,6 +188,7 @@ table ip {t} {{
         }
         s.push_str(&format!("add element ip {t} ifaces {{ \"{}\" }}\n", c.iface));
         s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.iface, c.chain));
+        s.push_str(&format!("add element ip {t} sources {{ \"{}\" . {} }}\n", c.iface, c.ip));
         for (host, container) in c.netin {
             s.push_str(&format!("add element ip {t} netin {{ {host} : {} . {container} }}\n", c.ip));
         }
@@ -217,6 +226,7 @@ mod tests {
         assert!(s.contains("ifaces { \"cvh-0afe0004\" }"));
         assert!(s.contains("containers { \"cvh-0afe0004\" : jump c-0afe0004 }"));
         assert!(s.contains("netin { 61001 : 10.254.0.6 . 8080 }"));
+        assert!(s.contains("sources { \"cvh-0afe0004\" . 10.254.0.6 }"));
     }
 
     #[test]

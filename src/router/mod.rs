@@ -64,6 +64,26 @@ impl RouteTable {
         *guard = Arc::new(new);
     }
 
+    /// Removes every instance of `app_guid` from every host at once (the
+    /// hosts stay known, with what else they route to): before the app's
+    /// instances are stopped, so no request is sent to one going away.
+    pub fn withdraw_app(&self, app_guid: &str) {
+        let mut guard = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let new = guard
+            .iter()
+            .map(|(host, r)| {
+                let route = if r.backends.iter().any(|b| b.app_guid == app_guid) {
+                    let backends = r.backends.iter().filter(|b| b.app_guid != app_guid).cloned().collect();
+                    Arc::new(Route { backends, next: Arc::clone(&r.next) })
+                } else {
+                    Arc::clone(r)
+                };
+                (host.clone(), route)
+            })
+            .collect();
+        *guard = Arc::new(new);
+    }
+
     /// The hosts currently routed, sorted.
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.snapshot().keys().cloned().collect();
@@ -85,9 +105,19 @@ pub trait AccessLog: Send + Sync {
     fn record(&self, app_guid: &str, index: u32, line: String);
 }
 
+/// Which backend addresses are live instances of this cell right now. The
+/// table comes from the scheduler and can be a moment behind; the router
+/// never dials an address this says is not live (a destroyed instance's
+/// address could lead anywhere).
+pub trait LiveBackends: Send + Sync {
+    fn is_live(&self, backend: &Backend) -> bool;
+}
+
 #[derive(Clone, Default)]
 pub struct RouterConfig {
     pub access_log: Option<Arc<dyn AccessLog>>,
+    /// `None`: every backend in the table is dialled (tests with local servers).
+    pub live: Option<Arc<dyn LiveBackends>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,5 +210,26 @@ mod tests {
         table.replace(HashMap::from([("hello.apps.localhost".to_string(), vec![b(3)])]));
         let second = table.lookup("hello.apps.localhost").map(|r| Arc::clone(&r.next));
         assert!(matches!((first, second), (Some(a), Some(b)) if Arc::ptr_eq(&a, &b)));
+    }
+
+    #[test]
+    fn withdraw_app_removes_only_that_apps_instances() {
+        let table = RouteTable::new();
+        let b = |port, app: &str| Backend {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            app_guid: app.into(),
+            instance_guid: "i".into(),
+            index: 0,
+        };
+        table.replace(HashMap::from([
+            ("a.apps.localhost".to_string(), vec![b(1, "a"), b(2, "a")]),
+            ("b.apps.localhost".to_string(), vec![b(3, "b")]),
+            ("ab.apps.localhost".to_string(), vec![b(1, "a"), b(3, "b")]),
+        ]));
+        table.withdraw_app("a");
+        let ports = |h: &str| table.lookup(h).map(|r| r.backends.iter().map(|b| b.addr.port()).collect::<Vec<_>>());
+        assert_eq!(ports("a.apps.localhost"), Some(vec![]));
+        assert_eq!(ports("b.apps.localhost"), Some(vec![3]));
+        assert_eq!(ports("ab.apps.localhost"), Some(vec![3]));
     }
 }

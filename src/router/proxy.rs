@@ -161,6 +161,13 @@ impl Router {
         let mut last = (&route.backends[start % n], String::new());
         for i in 0..n.min(MAX_ATTEMPTS) {
             let backend = &route.backends[start.wrapping_add(i) % n];
+            if let Some(live) = &self.config.live {
+                if !live.is_live(backend) {
+                    tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
+                    last = (backend, "backend is not a live instance of this cell".into());
+                    continue;
+                }
+            }
             let out = Outgoing { method: &parts.method, uri: &uri, headers: &headers, backend, received: &received };
             let b = body.take().unwrap_or_else(|| ReqBody::empty(&received));
             match self.exchange(&out, b, upgrade.is_some(), replayable).await {

@@ -337,6 +337,9 @@ impl Drop for Daemon {
             let _ = Command::new("ip").args(["link", "del", &i]).status();
         }
         let _ = Command::new("nft").args(["delete", "table", "ip", &self.table()]).stderr(Stdio::null()).status();
+        // The pool's unreachable route outlives the daemon on purpose (its
+        // containers may); the test's pool is gone with the test.
+        let _ = Command::new("ip").args(["route", "del", "unreachable", &self.pool]).stderr(Stdio::null()).status();
         // Parent cgroups of daemons that are gone (rmdir only removes empty ones).
         for root in cgroup_roots() {
             for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
