@@ -8,6 +8,7 @@
 #   make test         cargo test --release, serially, with CELLD_ROOTFS_DIR set
 #   make bench        run the celld-bench binary (BENCH_ARGS="..." appends arguments)
 #   make lint         cargo fmt --check + clippy -D warnings
+#   make fuzz         bounded libFuzzer run of every fuzz/ target (FUZZ_SECONDS per target, 60 by default)
 #   make clean        remove rootfs/out and target
 
 SHELL := /bin/bash
@@ -36,7 +37,7 @@ DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protob
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all deps rootfs rootfs-full build lifecycle run test bench lint clean
+.PHONY: all deps rootfs rootfs-full build lifecycle run test bench lint fuzz clean
 
 all: build
 
@@ -100,8 +101,17 @@ bench: build rootfs
 
 lint: deps
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --no-default-features --features lifecycle --bin celld-lifecycle -- -D warnings
+
+# Not part of `make test`: ~10 minutes (9 targets x FUZZ_SECONDS) after one
+# instrumented build of the daemon crate. Installs cargo-fuzz if missing; fails
+# on any crash. The seeds in fuzz/corpus are in the repository; what a run finds
+# stays in fuzz/target/work.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 clean:
 	rm -rf --one-file-system $(ROOTFS_OUT) target

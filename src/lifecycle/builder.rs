@@ -473,14 +473,15 @@ fn string_map(v: &Value) -> Result<BTreeMap<String, String>, String> {
     }
 }
 
-fn parse_procfile(text: &[u8]) -> Result<BTreeMap<String, String>, String> {
+/// A Procfile: a YAML map of process type to command.
+pub fn parse_procfile(text: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
     let v: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     string_map(&v)
 }
 
 /// A release's `default_process_types` (everything else in it is ignored).
-fn parse_release(text: &[u8]) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_release(text: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8: {e}"))?;
     let v: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     match v {
@@ -495,11 +496,11 @@ fn parse_release(text: &[u8]) -> Result<BTreeMap<String, String>, String> {
 
 /// One entry of `launch.yml` (or of a release or Procfile).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Proc {
-    process_type: String,
-    command: String,
-    sidecar_for: Vec<String>,
-    memory: u64,
+pub struct Proc {
+    pub process_type: String,
+    pub command: String,
+    pub sidecar_for: Vec<String>,
+    pub memory: u64,
 }
 
 impl Proc {
@@ -508,7 +509,9 @@ impl Proc {
     }
 }
 
-fn parse_launch_yml(text: &[u8]) -> Result<Vec<Proc>, String> {
+/// A buildpack's `launch.yml`: its `processes` (type, command, sidecar_for,
+/// limits.memory).
+pub fn parse_launch_yml(text: &[u8]) -> Result<Vec<Proc>, String> {
     let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
     let v: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     let procs = match &v {

@@ -156,7 +156,9 @@ pub struct StagingInfo {
 /// Serializes like Go's `json.Encoder` (what the reference lifecycle writes):
 /// `<`, `>`, `&`, U+2028 and U+2029 escaped, and a trailing newline. Those
 /// characters can only occur inside JSON strings, so replacing them in the
-/// output is exact.
+/// output is exact. DEL, the C1 controls (NEL among them), U+FFFE and U+FFFF
+/// are escaped too: the launcher reads `staging_info.yml` as YAML, which
+/// refuses them raw (or folds NEL as a line break).
 pub fn to_go_json<T: Serialize>(value: &T) -> serde_json::Result<String> {
     let plain = serde_json::to_string(value)?;
     let mut out = String::with_capacity(plain.len() + 1);
@@ -165,8 +167,9 @@ pub fn to_go_json<T: Serialize>(value: &T) -> serde_json::Result<String> {
             '<' => out.push_str("\\u003c"),
             '>' => out.push_str("\\u003e"),
             '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
+            '\u{2028}' | '\u{2029}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)))
+            }
             c => out.push(c),
         }
     }
@@ -416,6 +419,25 @@ mod tests {
         assert_eq!(back, r);
         let failed = StagingResult { lifecycle_type: "buildpack".into(), ..Default::default() };
         assert!(to_go_json(&failed).unwrap().contains("\"process_types\":null"));
+    }
+
+    /// Found by fuzzing (fuzz/launch_metadata): the launcher reads
+    /// `staging_info.yml` as YAML, which refuses DEL, C1 controls and U+FFFE/
+    /// U+FFFF and folds NEL, so a start command holding one made the droplet
+    /// unlaunchable or changed the command.
+    #[test]
+    fn lifecycle_staging_info_survives_yaml_reading() {
+        for c in ['\u{7f}', '\u{80}', '\u{85}', '\u{9f}', '\u{fffe}', '\u{ffff}', '\u{2028}', '\t', '\u{0}'] {
+            let info = StagingInfo {
+                detected_buildpack: format!("b{c}"),
+                start_command: format!("a{c}b"),
+                config: Some(BuildpackConfig { entrypoint_prefix: format!("{c}") }),
+            };
+            let json = to_go_json(&info).unwrap();
+            let back: StagingInfo = serde_yaml_ng::from_str(&json).unwrap_or_else(|e| panic!("{c:?}: {e}: {json}"));
+            assert_eq!(back, info, "{c:?}");
+            assert_eq!(serde_json::from_str::<StagingInfo>(&json).unwrap(), info);
+        }
     }
 
     #[test]

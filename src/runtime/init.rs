@@ -826,13 +826,7 @@ fn stream_in(conn: OwnedFd, rest: Vec<u8>, user: &str, destination: &str) -> i32
     }
     send_reply(&mut conn, &Reply::ok());
     let reader = std::io::Cursor::new(rest).chain(&conn);
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(false);
-    archive.set_preserve_ownerships(false);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
-    archive.set_mask(0o022);
-    let result = archive.unpack(&dest);
+    let result = unpack_tar_stream(reader, &dest);
     // Drain what the tar reader left so the daemon's writes never fail half-way.
     let mut sink = [0u8; 8192];
     while matches!((&conn).read(&mut sink), Ok(n) if n > 0) {}
@@ -861,6 +855,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// Unpacks a stream-in tar into `dest` as the calling user: modes masked with
+/// 022, no ownership or xattrs, existing files replaced. Public so the fuzz
+/// targets and property tests exercise exactly what stream-in runs.
+pub fn unpack_tar_stream<R: Read>(reader: R, dest: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    archive.set_mask(0o022);
+    archive.unpack(dest)
 }
 
 /// Child of init: writes `source` as a tar stream, as the user. A trailing `/`
