@@ -61,6 +61,7 @@ pub struct Conns {
     next: AtomicU64,
     refused: RateLog,
     evicted: RateLog,
+    handshakes: RateLog,
 }
 
 /// What a connection's server needs to know and tell: timeouts, and whether
@@ -204,6 +205,7 @@ impl Conns {
             next: AtomicU64::new(1),
             refused: RateLog::default(),
             evicted: RateLog::default(),
+            handshakes: RateLog::default(),
         })
     }
 
@@ -327,7 +329,12 @@ where
                 // The handshake counts as the head: the same deadline.
                 Some(acceptor) => match tokio::time::timeout(track.header_timeout(), acceptor.accept(io)).await {
                     Ok(Ok(tls_conn)) => server.serve_tracked(tls_conn, track).await,
-                    Ok(Err(e)) => tracing::info!(error = %e, "Garden TLS handshake failed"),
+                    // Strangers are worth a line, not one each (rate-limited).
+                    Ok(Err(e)) => {
+                        if let Some(n) = track.reg.as_ref().and_then(|r| r.conns.handshakes.due()) {
+                            tracing::warn!(error = %e, failed = n, "Garden TLS handshakes failed (no or a foreign client certificate?)");
+                        }
+                    }
                     Err(_) => tracing::debug!("Garden TLS handshake timed out"),
                 },
             }
