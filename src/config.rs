@@ -15,8 +15,33 @@ pub struct Config {
     #[arg(long, default_value = "/run/celld/garden.sock")]
     pub garden_socket: PathBuf,
     /// Also serve the Garden API on this TCP address (e.g. 127.0.0.1:7777).
+    /// Garden has no authentication: whoever reaches it is root on this host
+    /// (privileged containers, host bind mounts). Use the --garden-tls-* flags
+    /// unless only trusted local users can reach the address.
     #[arg(long)]
     pub garden_tcp: Option<String>,
+    /// Mutual TLS on --garden-tcp: this server's certificate chain (PEM).
+    #[arg(long, requires = "garden_tcp")]
+    pub garden_tls_cert: Option<PathBuf>,
+    /// Mutual TLS on --garden-tcp: the certificate's private key (PEM).
+    #[arg(long, requires = "garden_tcp")]
+    pub garden_tls_key: Option<PathBuf>,
+    /// Mutual TLS on --garden-tcp: the CA whose client certificates are accepted (PEM).
+    #[arg(long, requires = "garden_tcp")]
+    pub garden_tls_ca: Option<PathBuf>,
+    /// Seconds a Garden client has to send a request head (or finish the TLS
+    /// handshake) after connecting.
+    #[arg(long, default_value_t = 10)]
+    pub garden_header_timeout: u64,
+    /// Seconds a keep-alive Garden connection may wait for its next request.
+    /// Process streams (run, attach) are never timed out.
+    #[arg(long, default_value_t = 120)]
+    pub garden_idle_timeout: u64,
+    /// Most Garden connections at once (unix socket and TCP together); at the
+    /// cap the longest-idle one is closed, or the new one refused if all are
+    /// busy. Lowered to half the open-file limit if above it.
+    #[arg(long, default_value_t = 4096)]
+    pub garden_max_connections: usize,
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,
@@ -80,6 +105,18 @@ pub struct Config {
     /// celld's gRPC listener (the Stager service, with server reflection).
     #[arg(long, default_value = "127.0.0.1:1801")]
     pub grpc_listen: String,
+    /// Mutual TLS for gRPC: this cell's certificate chain (PEM), served on
+    /// --grpc-listen (and local mode's --scheduler-listen) and presented when
+    /// dialling the scheduler. It must allow both server and client use.
+    #[arg(long)]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// Mutual TLS for gRPC: the certificate's private key (PEM).
+    #[arg(long)]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Mutual TLS for gRPC: the CA that signs every cell's, scheduler's and
+    /// client's certificate (PEM).
+    #[arg(long)]
+    pub grpc_tls_ca: Option<PathBuf>,
     /// Where packages, droplets, build caches and buildpacks are kept:
     /// `file:///DIR` or `s3://BUCKET?endpoint=URL&region=R` (credentials from
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: file://DEPOT/blobs.
@@ -191,6 +228,16 @@ pub struct SchedulerArgs {
     /// Where the Scheduler gRPC service listens.
     #[arg(long, default_value = "127.0.0.1:8889")]
     pub listen: String,
+    /// Mutual TLS: the scheduler's certificate chain (PEM), served on --listen
+    /// and presented when dialling cells. It must allow server and client use.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the certificate's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: the CA that signs cells' and clients' certificates (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// The SQLite database holding desired and actual LRPs and tasks
     /// (default: DEPOT/scheduler/scheduler.db).
     #[arg(long)]
@@ -208,6 +255,35 @@ pub struct SchedulerArgs {
 }
 
 impl Config {
+    /// Mutual TLS on --garden-tcp, if configured (all three flags or none).
+    pub fn garden_tls(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        crate::tls::TlsFiles::from_flags(
+            "--garden-tls",
+            self.garden_tls_cert.as_ref(),
+            self.garden_tls_key.as_ref(),
+            self.garden_tls_ca.as_ref(),
+        )
+    }
+
+    /// Mutual TLS for the cell's gRPC, if configured.
+    pub fn grpc_tls(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        crate::tls::TlsFiles::from_flags(
+            "--grpc-tls",
+            self.grpc_tls_cert.as_ref(),
+            self.grpc_tls_key.as_ref(),
+            self.grpc_tls_ca.as_ref(),
+        )
+    }
+
+    /// The Garden listeners' limits.
+    pub fn garden_limits(&self) -> crate::garden::listener::Limits {
+        crate::garden::listener::Limits {
+            header_timeout: std::time::Duration::from_secs(self.garden_header_timeout.max(1)),
+            idle_timeout: std::time::Duration::from_secs(self.garden_idle_timeout.max(1)),
+            max_connections: self.garden_max_connections.max(1),
+        }
+    }
+
     /// The checkout celld was built in (target/release/celld → ../..), if any.
     fn checkout_dir(sub: &str) -> Option<PathBuf> {
         let p = std::env::current_exe().ok()?.parent()?.parent()?.parent()?.join(sub);
@@ -259,5 +335,12 @@ impl Config {
             Some(p) if p.is_dir() => p,
             _ => PathBuf::from("rootfs/out"),
         }
+    }
+}
+
+impl SchedulerArgs {
+    /// Mutual TLS for the scheduler's gRPC, if configured.
+    pub fn tls(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        crate::tls::TlsFiles::from_flags("--tls", self.tls_cert.as_ref(), self.tls_key.as_ref(), self.tls_ca.as_ref())
     }
 }

@@ -36,3 +36,5 @@ pub mod scheduler;
 pub mod sshproxy;
 #[cfg(feature = "daemon")]
 pub mod staging;
+#[cfg(feature = "daemon")]
+pub mod tls;

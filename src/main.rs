@@ -27,6 +27,9 @@ fn main() {
         }
         return;
     }
+    // Every connection is a file descriptor: the default soft limit (1024)
+    // was exhausted by idle Garden connections once.
+    let nofile = celld::garden::listener::raise_nofile_limit();
     if let Some(Role::Scheduler(args)) = &cfg.role {
         if let Err(e) = celld::scheduler::main(&cfg, args.clone()) {
             eprintln!("celld scheduler: {e}");
@@ -34,7 +37,7 @@ fn main() {
         }
         return;
     }
-    if let Err(e) = run_daemon(cfg) {
+    if let Err(e) = run_daemon(cfg, nofile) {
         eprintln!("celld: {e:#}");
         std::process::exit(1);
     }
@@ -46,7 +49,32 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-fn run_daemon(cfg: Config) -> anyhow::Result<()> {
+/// The listeners' TLS material, read before anything else starts so that a
+/// bad file fails start-up with its name.
+struct Tls {
+    garden: Option<Arc<rustls::ServerConfig>>,
+    grpc: Option<Arc<celld::tls::TlsMaterial>>,
+}
+
+fn load_tls(cfg: &Config) -> anyhow::Result<Tls> {
+    let garden = match cfg.garden_tls()? {
+        Some(files) => Some(files.load()?.server_config()?),
+        None => None,
+    };
+    let grpc = match cfg.grpc_tls()? {
+        Some(files) => Some(files.load()?),
+        None => None,
+    };
+    if let Some(t) = &grpc {
+        // The cell dials the scheduler (and local mode's app layer dials
+        // cells) with the same identity.
+        celld::grpc::set_client_tls(t.clone());
+    }
+    Ok(Tls { garden, grpc })
+}
+
+fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
+    let tls = load_tls(&cfg)?;
     let exe = std::env::current_exe().context("locating the celld executable")?;
     let rt = Containerizer::new(RuntimeConfig {
         depot: cfg.depot.clone(),
@@ -72,7 +100,7 @@ fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg, gardener))
+    runtime.block_on(serve(cfg, gardener, tls, nofile))
 }
 
 fn networker(cfg: &Config) -> anyhow::Result<Networker> {
@@ -96,7 +124,7 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
     .context("setting up container networking")
 }
 
-async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
+async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> anyhow::Result<()> {
     gardener.restore(cfg.destroy_containers_on_startup).await;
     let url = cfg.blobstore_url();
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
@@ -104,7 +132,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
     let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
     // Local mode embeds the scheduler (unless told to use another one).
     let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
-        (None, true) => (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg).await?)),
+        (None, true) => (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg, tls.grpc.clone()).await?)),
         (addr, _) => (addr.clone(), None),
     };
     let rep = match &scheduler_addr {
@@ -136,11 +164,12 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         _ => None,
     };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = celld::grpc::serve(&cfg.grpc_listen, stager, executor.clone(), apps.clone(), async {
-        let _ = grpc_stopped.await;
-    })
-    .await?;
-    tracing::info!(address = %cfg.grpc_listen, scheduler = ?scheduler_addr, apps = apps.is_some(), "serving gRPC (Stager, Cell)");
+    let grpc =
+        celld::grpc::serve(&cfg.grpc_listen, tls.grpc.as_deref(), stager, executor.clone(), apps.clone(), async {
+            let _ = grpc_stopped.await;
+        })
+        .await?;
+    tracing::info!(address = %cfg.grpc_listen, scheduler = ?scheduler_addr, apps = apps.is_some(), tls = tls.grpc.is_some(), "serving gRPC (Stager, Cell)");
     let grpc = tokio::spawn(grpc);
     // Only now that the Cell service listens: a rep that announced the cell
     // earlier drew work the scheduler could not deliver ("cell unreachable"),
@@ -149,58 +178,52 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
         rep.start(executor.clone());
     }
     let server = Server::new(gardener.clone());
+    let limits = cfg.garden_limits();
+    let conns = celld::garden::listener::Conns::new(celld::garden::listener::Limits {
+        max_connections: celld::garden::listener::fit_max_connections(limits.max_connections, nofile),
+        ..limits
+    });
+    let mut listeners = Vec::new();
+    if let Some(addr) = &cfg.garden_tcp {
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        if tls.garden.is_some() {
+            tracing::info!(address = %addr, "serving the Garden API on TCP with mutual TLS");
+        } else {
+            tracing::warn!(address = %addr, "serving the Garden API on TCP without TLS: Garden has no authentication, so anyone who can reach this address is root on this host (privileged containers, host bind mounts); use --garden-tls-cert/--garden-tls-key/--garden-tls-ca");
+        }
+        listeners.push(tokio::spawn(celld::garden::listener::serve_tcp(
+            conns.clone(),
+            server.clone(),
+            tcp,
+            tls.garden.clone(),
+        )));
+    }
     if let Some(dir) = cfg.garden_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(&cfg.garden_socket);
     let unix = tokio::net::UnixListener::bind(&cfg.garden_socket)
         .with_context(|| format!("listening on {}", cfg.garden_socket.display()))?;
-    tracing::info!(socket = %cfg.garden_socket.display(), rootfs_dir = %cfg.rootfs_dir().display(), "serving the Garden API");
-    if let Some(addr) = &cfg.garden_tcp {
-        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(address = %addr, "serving the Garden API on TCP");
-        let server = server.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok((conn, _)) = tcp.accept().await {
-                    let _ = conn.set_nodelay(true);
-                    tokio::spawn(server.clone().serve(conn));
-                }
-            }
-        });
-    }
+    tracing::info!(socket = %cfg.garden_socket.display(), rootfs_dir = %cfg.rootfs_dir().display(), max_connections = conns.limits().max_connections, nofile, "serving the Garden API");
+    listeners.push(tokio::spawn(celld::garden::listener::serve_unix(conns.clone(), server.clone(), unix)));
     tokio::spawn(gardener.clone().reap_forever());
     if let Some(apps) = &apps {
         print_local_banner(&cfg, apps);
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let evacuate = loop {
-        tokio::select! {
-            accepted = unix.accept() => {
-                if let Ok((conn, _)) = accepted {
-                    tokio::spawn(server.clone().serve(conn));
-                }
-            }
-            _ = term.recv() => break true,
-            _ = tokio::signal::ctrl_c() => break false,
-        }
+    let evacuate = tokio::select! {
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => false,
     };
     // SIGTERM on a cell with a scheduler: Diego's evacuation, while Garden
     // and gRPC keep serving. Not in local mode's own scheduler: there is no
     // other cell to take the instances, so it would only wait out
     // --evacuation-timeout; they keep running for the next start instead.
     if let (true, None, Some(rep)) = (evacuate, &embedded, &rep) {
-        let serve_garden = async {
-            loop {
-                if let Ok((conn, _)) = unix.accept().await {
-                    tokio::spawn(server.clone().serve(conn));
-                }
-            }
-        };
-        tokio::select! {
-            () = rep.evacuate() => {}
-            () = serve_garden => {}
-        }
+        rep.evacuate().await;
+    }
+    for l in &listeners {
+        l.abort();
     }
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
@@ -213,7 +236,10 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>) -> anyhow::Result<()> {
 }
 
 /// Local mode's scheduler: SQLite under the depot, served on --scheduler-listen.
-async fn embedded_scheduler(cfg: &Config) -> anyhow::Result<Arc<celld::scheduler::SchedulerHandle>> {
+async fn embedded_scheduler(
+    cfg: &Config,
+    tls: Option<Arc<celld::tls::TlsMaterial>>,
+) -> anyhow::Result<Arc<celld::scheduler::SchedulerHandle>> {
     use celld::scheduler::{SchedulerConfig, SchedulerHandle};
     let listener = celld::grpc::bind(&cfg.scheduler_listen).await?;
     let config = SchedulerConfig {
@@ -225,7 +251,7 @@ async fn embedded_scheduler(cfg: &Config) -> anyhow::Result<Arc<celld::scheduler
     let handle = Arc::new(SchedulerHandle::start(config).await.context("starting the embedded scheduler")?);
     let serving = handle.clone();
     tokio::spawn(async move {
-        if let Err(e) = serving.serve(listener, std::future::pending()).await {
+        if let Err(e) = serving.serve_with_tls(listener, tls.as_deref(), std::future::pending()).await {
             tracing::error!(error = %e, "the embedded scheduler stopped");
         }
     });

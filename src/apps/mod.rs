@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use self::store::{AppRecord, BindingRecord, Droplet, EventRecord, ServiceRecord, Store, TaskRecord};
 use crate::blobstore::{Blobstore, BlobstoreError};
@@ -103,7 +103,7 @@ impl AppLayer {
         routes: Arc<RouteTable>,
     ) -> Result<Arc<Self>, AppsError> {
         let store = Store::open(&cfg.db)?;
-        let endpoint = Endpoint::from_shared(format!("http://{}", cfg.scheduler))
+        let endpoint = crate::grpc::endpoint(&cfg.scheduler)
             .map_err(|e| AppsError::InvalidArgument(format!("scheduler address {}: {e}", cfg.scheduler)))?
             .connect_timeout(Duration::from_secs(2));
         let scheduler = SchedulerClient::new(endpoint.connect_lazy());
@@ -1228,7 +1228,7 @@ impl AccessLog for RouterLog {
 }
 
 fn channel(addr: &str) -> Result<Channel, AppsError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    Ok(crate::grpc::endpoint(addr)
         .map_err(|e| AppsError::FailedPrecondition(format!("cell address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())

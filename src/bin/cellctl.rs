@@ -27,6 +27,24 @@ struct Cli {
     /// Garden server for `cellctl garden`: a unix socket path or HOST:PORT.
     #[arg(long, env = "CELLD_GARDEN", default_value = "/run/celld/garden.sock")]
     garden: String,
+    /// Mutual TLS to a --garden HOST:PORT: this client's certificate (PEM).
+    #[arg(long, env = "CELLD_GARDEN_TLS_CERT", value_name = "PEM")]
+    garden_tls_cert: Option<std::path::PathBuf>,
+    /// Mutual TLS to --garden: the client certificate's key (PEM).
+    #[arg(long, env = "CELLD_GARDEN_TLS_KEY", value_name = "PEM")]
+    garden_tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS to --garden: the CA that signed the server's certificate (PEM).
+    #[arg(long, env = "CELLD_GARDEN_TLS_CA", value_name = "PEM")]
+    garden_tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS to --api: this client's certificate (PEM).
+    #[arg(long, global = true, env = "CELLD_TLS_CERT", value_name = "PEM", help_heading = "Global options")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Mutual TLS to --api: the client certificate's key (PEM).
+    #[arg(long, global = true, env = "CELLD_TLS_KEY", value_name = "PEM", help_heading = "Global options")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS to --api: the CA that signed the server's certificate (PEM).
+    #[arg(long, global = true, env = "CELLD_TLS_CA", value_name = "PEM", help_heading = "Global options")]
+    tls_ca: Option<std::path::PathBuf>,
     /// celld's gRPC API, HOST:PORT [default: the saved target, else 127.0.0.1:1801].
     #[arg(long, global = true, env = "CELLD_API", value_name = "HOST:PORT", help_heading = "Global options")]
     api: Option<String>,
@@ -317,13 +335,35 @@ fn set_target(
 
 async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
     use celld::cli::staging;
-    let Cli { garden: garden_addr, api, space, cmd } = cli;
+    let Cli {
+        garden: garden_addr,
+        garden_tls_cert,
+        garden_tls_key,
+        garden_tls_ca,
+        api,
+        space,
+        tls_cert,
+        tls_key,
+        tls_ca,
+        cmd,
+    } = cli;
+    if let Some(files) =
+        celld::tls::TlsFiles::from_flags("--tls", tls_cert.as_ref(), tls_key.as_ref(), tls_ca.as_ref())?
+    {
+        celld::grpc::set_client_tls(files.load()?);
+    }
+    let garden_tls = celld::tls::TlsFiles::from_flags(
+        "--garden-tls",
+        garden_tls_cert.as_ref(),
+        garden_tls_key.as_ref(),
+        garden_tls_ca.as_ref(),
+    )?;
     let usage = |e: String| {
         eprintln!("error: {e}");
         Ok(1)
     };
     let cmd = match cmd {
-        Cmd::Garden { cmd } => return garden(&garden_addr, cmd).await,
+        Cmd::Garden { cmd } => return garden(&garden_addr, garden_tls, cmd).await,
         Cmd::Completion { shell } => {
             // Into a buffer first: generate() panics when stdout goes away (`| head`).
             let mut script = Vec::new();
@@ -384,9 +424,12 @@ async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
 }
 
 /// `cellctl garden …`: the Garden HTTP API.
-async fn garden(garden: &str, cmd: GardenCmd) -> anyhow::Result<i32> {
+async fn garden(garden: &str, tls: Option<celld::tls::TlsFiles>, cmd: GardenCmd) -> anyhow::Result<i32> {
     let Ok(addr) = garden.parse::<Address>();
-    let c = Client::new(addr);
+    let mut c = Client::new(addr);
+    if let Some(files) = tls {
+        c = c.with_tls(files.load()?.client_config()?);
+    }
     match cmd {
         GardenCmd::Ping => c.ping().await?,
         GardenCmd::Containers { properties } => {

@@ -367,8 +367,7 @@ type Client = AppsClient<Channel>;
 
 /// The gRPC endpoint of an --api value (HOST:PORT, or a URL).
 pub fn endpoint(api: &str) -> Result<tonic::transport::Endpoint, String> {
-    let url = if api.contains("://") { api.to_string() } else { format!("http://{api}") };
-    Channel::from_shared(url).map_err(|_| format!("--api {api:?} is not an address: use HOST:PORT"))
+    crate::grpc::endpoint(api).map_err(|e| format!("--api {api:?}: {e} (use HOST:PORT)"))
 }
 
 impl Ctx {

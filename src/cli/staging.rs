@@ -45,9 +45,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
 }
 
 pub async fn connect(addr: &str) -> Result<StagerClient<Channel>, CliError> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint =
-        Channel::from_shared(url.clone()).map_err(|_| CliError::Usage(format!("--api {addr:?} is not an address")))?;
+    let endpoint = crate::grpc::endpoint(addr).map_err(|e| CliError::Usage(format!("--api {addr:?}: {e}")))?;
     let ch = endpoint.connect().await.map_err(|source| CliError::Connect { addr: addr.to_string(), source })?;
     Ok(StagerClient::new(ch).max_decoding_message_size(8 << 20))
 }

@@ -66,6 +66,14 @@ fn protocol(msg: impl Into<String>) -> ClientError {
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
+/// The name a TLS server's certificate must carry for `host:port` (an IP
+/// address or a DNS name).
+fn server_name(addr: &str) -> std::io::Result<rustls::pki_types::ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -314,11 +322,19 @@ async fn copy_stdin(mut stdin: Box<dyn AsyncRead + Unpin + Send>, ctl: ProcessCo
 #[derive(Debug, Clone)]
 pub struct Client {
     addr: Address,
+    /// Mutual TLS to a TCP address (`--garden-tls-*` on the server).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
     pub fn new(addr: Address) -> Self {
-        Self { addr }
+        Self { addr, tls: None }
+    }
+
+    /// Talks TLS (presenting the config's client certificate) to a TCP address.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn address(&self) -> &Address {
@@ -329,7 +345,16 @@ impl Client {
         let dial = async {
             Ok::<Box<dyn Conn>, std::io::Error>(match &self.addr {
                 Address::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
-                Address::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a.as_str()).await?),
+                Address::Tcp(a) => {
+                    let tcp = tokio::net::TcpStream::connect(a.as_str()).await?;
+                    match &self.tls {
+                        None => Box::new(tcp),
+                        Some(tls) => {
+                            let name = server_name(a)?;
+                            Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?)
+                        }
+                    }
+                }
             })
         };
         let place = match &self.addr {

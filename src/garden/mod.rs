@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod error;
+pub mod listener;
 pub mod server;
 pub mod types;

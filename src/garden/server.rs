@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::UnixStream;
 
 use super::error::GardenError;
+use super::listener::ConnTrack;
 use super::types::*;
 use crate::gardener::Gardener;
 use crate::runtime::initproto::{self as proto, client::read_frame};
@@ -393,24 +394,43 @@ impl Server {
     }
 
     /// Serves one accepted connection.
-    pub async fn serve<S>(self: Arc<Self>, mut conn: S)
+    pub async fn serve<S>(self: Arc<Self>, conn: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Read the request head to choose between hyper and a hijacked stream.
+        self.serve_tracked(conn, ConnTrack::untracked()).await
+    }
+
+    /// Serves one connection of a listener, which `track` tells about it.
+    pub async fn serve_tracked<S>(self: Arc<Self>, mut conn: S, track: ConnTrack)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Read the request head to choose between hyper and a hijacked stream,
+        // within the header timeout (a half-sent head must not hold the slot).
         let mut buf = Vec::with_capacity(1024);
-        let head_len = loop {
-            let mut chunk = [0u8; 4096];
-            let n = match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
+        let read_head = async {
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return Some(p + 4);
+                }
+                if buf.len() > MAX_HEAD {
+                    write_plain_error(&mut conn, &GardenError::BadRequest("request head too large".into())).await;
+                    return None;
+                }
             }
-            if buf.len() > MAX_HEAD {
-                write_plain_error(&mut conn, &GardenError::BadRequest("request head too large".into())).await;
+        };
+        let head_len = match tokio::time::timeout(track.header_timeout(), read_head).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!("no request head within the header timeout: closing");
                 return;
             }
         };
@@ -426,6 +446,9 @@ impl Server {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
             .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        if route.is_some() {
+            track.hijacked();
+        }
         match route {
             Some(Hijack::Run(handle)) => {
                 let rest = buf.split_off(head_len);
@@ -444,11 +467,20 @@ impl Server {
             None => {
                 let io = hyper_util::rt::TokioIo::new(Rewind { prefix: Bytes::from(buf), inner: conn });
                 let me = self.clone();
+                let busy_track = track.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.route(req).await) }
+                    let busy = busy_track.busy();
+                    async move { Ok::<_, Infallible>(ConnTrack::guard_response(me.route(req).await, busy)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
+                // hyper's header timer runs from the moment a keep-alive
+                // connection waits for its next request: the idle timeout.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(track.idle_timeout())
+                    .serve_connection(io, svc)
+                    .await;
             }
         }
     }

@@ -27,6 +27,37 @@ pub enum GrpcError {
     Reflection(String),
     #[error("gRPC server: {0}")]
     Serve(String),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
+    #[error("gRPC address {addr}: {why}")]
+    BadAddress { addr: String, why: String },
+}
+
+/// The client identity every gRPC channel of this process presents, set once
+/// at start from the TLS flags (one deployment CA signs every party).
+static CLIENT_TLS: std::sync::OnceLock<Arc<crate::tls::TlsMaterial>> = std::sync::OnceLock::new();
+
+/// Makes every later `endpoint()` dial with mutual TLS using `tls`.
+pub fn set_client_tls(tls: Arc<crate::tls::TlsMaterial>) {
+    let _ = CLIENT_TLS.set(tls);
+}
+
+/// A channel endpoint for `addr` (`host:port` or a URL): `https://` with the
+/// process's client identity if TLS is configured, else `http://`.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, GrpcError> {
+    let bad = |why: String| GrpcError::BadAddress { addr: addr.to_string(), why };
+    let tls = CLIENT_TLS.get();
+    let bare = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let url = match tls {
+        Some(_) => format!("https://{bare}"),
+        None if addr.contains("://") => addr.to_string(),
+        None => format!("http://{addr}"),
+    };
+    let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?;
+    match tls {
+        Some(t) => ep.tls_config(t.tonic_client()).map_err(|e| bad(format!("TLS: {e}"))),
+        None => Ok(ep),
+    }
 }
 
 impl From<StagingError> for tonic::Status {
@@ -80,6 +111,19 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, GrpcError> {
 /// A server with reflection (v1 and v1alpha, so any `grpcurl` lists the
 /// services); each role adds its own services.
 pub fn router() -> Result<tonic::transport::server::Router, GrpcError> {
+    router_with_tls(None)
+}
+
+/// `router()`, requiring clients to present a certificate the CA signed if
+/// `tls` is set.
+pub fn router_with_tls(tls: Option<&crate::tls::TlsMaterial>) -> Result<tonic::transport::server::Router, GrpcError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        // A silent client must not hold a handshake open for ever.
+        builder = builder
+            .tls_config(t.tonic_server().timeout(std::time::Duration::from_secs(10)))
+            .map_err(|e| GrpcError::Tls(e.to_string()))?;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -88,7 +132,7 @@ pub fn router() -> Result<tonic::transport::server::Router, GrpcError> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| GrpcError::Reflection(e.to_string()))?;
-    Ok(tonic::transport::Server::builder().add_service(reflection).add_service(reflection_alpha))
+    Ok(builder.add_service(reflection).add_service(reflection_alpha))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -107,16 +151,18 @@ pub async fn run(
 }
 
 /// The cell's listener (`--grpc-listen`): binds `addr` (so a taken port fails
-/// start-up) and returns the server future. Serves Stager and Cell.
+/// start-up) and returns the server future. Serves Stager and Cell, with
+/// mutual TLS if `tls` is set.
 pub async fn serve(
     addr: &str,
+    tls: Option<&crate::tls::TlsMaterial>,
     stager: Arc<Stager>,
     executor: Arc<Executor>,
     apps: Option<Arc<crate::apps::AppLayer>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
     let listener = bind(addr).await?;
-    let router = router()?
+    let router = router_with_tls(tls)?
         .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)))
         .add_service(pb::cell_server::CellServer::new(crate::rep::service::CellService::new(executor)))
         .add_optional_service(

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::executor::{Executor, LrpPhase, Reporter, StopReason};
 use crate::grpc::pb;
@@ -80,8 +80,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub fn scheduler_channel(addr: &str) -> Result<Channel, RepError> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(url)
+    Ok(crate::grpc::endpoint(addr)
         .map_err(|e| RepError::BadAddress { addr: addr.to_string(), why: e.to_string() })?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))

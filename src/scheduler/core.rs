@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::SchedulerError;
 use super::auction::{CellView, Demand, choose};
@@ -1642,8 +1642,7 @@ impl Scheduler {
         let channel = match ch.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-                let c = Endpoint::from_shared(url)
+                let c = crate::grpc::endpoint(addr)
                     .map_err(|e| SchedulerError::InvalidArgument(format!("cell address {addr}: {e}")))?
                     .connect_timeout(CELL_CONNECT_TIMEOUT)
                     .timeout(CELL_REQUEST_TIMEOUT)

@@ -144,7 +144,17 @@ impl SchedulerHandle {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SchedulerError> {
-        let router = crate::grpc::router()?.add_service(self.service());
+        self.serve_with_tls(listener, None, shutdown).await
+    }
+
+    /// `serve`, with mutual TLS if `tls` is set.
+    pub async fn serve_with_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<&crate::tls::TlsMaterial>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SchedulerError> {
+        let router = crate::grpc::router_with_tls(tls)?.add_service(self.service());
         crate::grpc::run(router, listener, shutdown).await?;
         Ok(())
     }
@@ -165,11 +175,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     let config = SchedulerConfig::from_args(&args, depot);
+    let tls = match args.tls().map_err(|e| SchedulerError::Internal(e.to_string()))? {
+        Some(files) => Some(files.load().map_err(|e| SchedulerError::Internal(e.to_string()))?),
+        None => None,
+    };
+    // The scheduler dials cells with the same identity.
+    if let Some(t) = &tls {
+        crate::grpc::set_client_tls(t.clone());
+    }
     let listener = crate::grpc::bind(&args.listen).await?;
     let handle = SchedulerHandle::start(config.clone()).await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.clone());
-    tracing::info!(address = %addr, db = %config.db.display(), test_clock = config.test_clock, presence_ttl = config.presence_ttl.as_secs(), "serving gRPC (Scheduler)");
-    handle.serve(listener, shutdown).await
+    tracing::info!(address = %addr, db = %config.db.display(), test_clock = config.test_clock, presence_ttl = config.presence_ttl.as_secs(), tls = tls.is_some(), "serving gRPC (Scheduler)");
+    handle.serve_with_tls(listener, tls.as_deref(), shutdown).await
 }
 
 /// The `scheduler` role's entry point: its own runtime, until SIGTERM or ctrl-c.
