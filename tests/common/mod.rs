@@ -294,6 +294,38 @@ impl Daemon {
     }
 }
 
+/// Runs a `celld` of its own with its depot, run directory, socket and log
+/// under `dir` and `args` after them, for tests that expect it to stop at
+/// start: its exit status and log, or `None` (killed) if it still ran after `timeout`.
+pub fn celld_exit(dir: &Path, args: &[&str], timeout: Duration) -> Option<(std::process::ExitStatus, String)> {
+    std::fs::create_dir_all(dir).expect("test dir");
+    let log = dir.join("celld-start.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_celld"))
+        .arg("--depot")
+        .arg(dir.join("depot"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--garden-socket")
+        .arg(dir.join("garden.sock"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start celld");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some((status, std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let base = Path::new("/sys/fs/cgroup");
     if base.join("cgroup.controllers").exists() {

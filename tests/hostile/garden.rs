@@ -285,20 +285,9 @@ fn errors_name_their_cause_and_the_fix() {
     let locked = d.dir.join("locked");
     std::fs::create_dir_all(&locked).unwrap();
     std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
-        .arg("--depot")
-        .arg(locked.join("depot"))
-        .arg("--run-dir")
-        .arg(d.dir.join("run2"))
-        .arg("--garden-socket")
-        .arg(d.dir.join("locked.sock"))
-        .arg("--no-network")
-        .arg("--grpc-listen")
-        .arg("127.0.0.1:0")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "celld started on an untraversable depot");
+    let args = ["--no-network", "--grpc-listen", "127.0.0.1:0"];
+    let (status, err) = common::celld_exit(&locked, &args, Duration::from_secs(20)).expect("celld ran on");
+    assert!(!status.success(), "celld started on an untraversable depot");
     assert!(err.contains("cannot traverse") && err.contains("chmod o+x"), "{err}");
 }
 

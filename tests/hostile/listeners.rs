@@ -498,34 +498,10 @@ fn grpc_listeners_with_mutual_tls_admit_only_the_cas_clients() {
 
 /// Runs `celld ARGS` expecting it to fail at start; its stderr.
 fn failed_start(args: &[&str], dir: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_celld"))
-        .arg("--depot")
-        .arg(dir.join("depot"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--garden-socket")
-        .arg(dir.join("garden.sock"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start celld");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            assert!(!status.success(), "celld {args:?} started");
-            return err;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("celld {args:?} did not fail at start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, err) = common::celld_exit(dir, args, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("celld {args:?} did not fail at start"));
+    assert!(!status.success(), "celld {args:?} started");
+    err
 }
 
 #[test]

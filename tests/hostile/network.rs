@@ -216,38 +216,23 @@ fn the_pool_never_routes_off_the_host() {
 /// Starts a second celld on `pool` with its own depot; returns its exit
 /// status and log, or kills it and panics if it is still up after 10 s.
 fn second_cell(first: &Daemon, pool: &str, name: &str) -> (std::process::ExitStatus, String) {
-    let dir = first.dir.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("celld.log");
-    let port = first.port_start + 50;
+    let port = (first.port_start + 50).to_string();
     let grpc_port: u16 = first.grpc.rsplit(':').next().unwrap().parse::<u16>().unwrap() + 600;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_celld"))
-        .arg("--depot")
-        .arg(dir.join("depot"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--garden-socket")
-        .arg(dir.join("garden.sock"))
-        .arg("--rootfs-dir")
-        .arg(common::rootfs_dir())
-        .args(["--network-pool", pool, "--port-pool-start", &port.to_string(), "--port-pool-size", "10"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a second cell on the pool {pool} started:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let rootfs = common::rootfs_dir();
+    let args = [
+        "--rootfs-dir",
+        rootfs.to_str().unwrap(),
+        "--network-pool",
+        pool,
+        "--port-pool-start",
+        &port,
+        "--port-pool-size",
+        "10",
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc_port}"),
+    ];
+    common::celld_exit(&first.dir.join(name), &args, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a second cell on the pool {pool} started"))
 }
 
 /// Defect 13: a second cell given the same pool (or one overlapping it)
