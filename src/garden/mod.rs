@@ -5,4 +5,5 @@ pub mod client;
 pub mod error;
 pub mod listener;
 pub mod server;
+mod streams;
 pub mod types;

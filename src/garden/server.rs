@@ -4,10 +4,10 @@
 //! newline-delimited JSON. So every connection's request head is read first; the
 //! process routes are handled by hand here, everything else goes to hyper.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use tokio::net::UnixStream;
 
 use super::error::GardenError;
 use super::listener::ConnTrack;
+use super::streams::{ReaderGuard, StreamBuffer};
 use super::types::*;
 use crate::gardener::Gardener;
 use crate::runtime::initproto::{self as proto, client::read_frame};
@@ -33,171 +34,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const STREAM_KEEP: Duration = Duration::from_secs(60);
 
 type Body = BoxBody<Bytes, std::io::Error>;
-
-/// Output kept for a stream nobody reads yet (as init keeps for a process
-/// nobody is attached to); older output is dropped first.
-const UNREAD_STREAM_BYTES: usize = 256 * 1024;
-/// Output kept unread across every stream of the server: past it, streams
-/// nobody reads keep nothing more.
-const UNREAD_TOTAL_BYTES: usize = 32 << 20;
-/// How far a reading client may fall behind before the process's output waits
-/// for it (init then stops reading the process's pipes: backpressure, no loss).
-const READER_BEHIND_BYTES: usize = 1 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reader {
-    /// Nobody has asked for the stream yet: keep the newest output.
-    Awaited,
-    Reading,
-    /// The reader went away: nothing more is kept.
-    Gone,
-}
-
-struct BufferState {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-    dropped: u64,
-    closed: bool,
-    reader: Reader,
-}
-
-/// One process stream (stdout or stderr) between init and the client that
-/// reads it: bounded while nobody reads, backpressure while somebody does.
-struct StreamBuffer {
-    state: Mutex<BufferState>,
-    data_ready: tokio::sync::Notify,
-    space_ready: tokio::sync::Notify,
-    /// Bytes buffered by all of the server's streams.
-    total: Arc<AtomicUsize>,
-}
-
-impl StreamBuffer {
-    fn new(total: Arc<AtomicUsize>) -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(BufferState {
-                chunks: VecDeque::new(),
-                len: 0,
-                dropped: 0,
-                closed: false,
-                reader: Reader::Awaited,
-            }),
-            data_ready: tokio::sync::Notify::new(),
-            space_ready: tokio::sync::Notify::new(),
-            total,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BufferState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Adds output; waits while a reader is far behind.
-    async fn push(&self, data: Bytes) {
-        loop {
-            {
-                let mut s = self.lock();
-                match s.reader {
-                    Reader::Gone => return,
-                    Reader::Reading if s.len >= READER_BEHIND_BYTES => {}
-                    reader => {
-                        let n = data.len();
-                        s.len += n;
-                        s.chunks.push_back(data);
-                        self.total.fetch_add(n, Ordering::Relaxed);
-                        if reader == Reader::Awaited {
-                            self.trim(&mut s);
-                        }
-                        self.data_ready.notify_one();
-                        return;
-                    }
-                }
-            }
-            self.space_ready.notified().await;
-        }
-    }
-
-    /// Drops the oldest unread output beyond this stream's and the server's bounds.
-    fn trim(&self, s: &mut BufferState) {
-        while s.len > UNREAD_STREAM_BYTES || self.total.load(Ordering::Relaxed) > UNREAD_TOTAL_BYTES {
-            let Some(old) = s.chunks.pop_front() else { break };
-            s.len -= old.len();
-            s.dropped += old.len() as u64;
-            self.total.fetch_sub(old.len(), Ordering::Relaxed);
-        }
-    }
-
-    /// The next chunk, waiting for it; `None` once the process's output ended.
-    async fn pop(&self) -> Option<Bytes> {
-        loop {
-            {
-                let mut s = self.lock();
-                if let Some(c) = s.chunks.pop_front() {
-                    s.len -= c.len();
-                    self.total.fetch_sub(c.len(), Ordering::Relaxed);
-                    self.space_ready.notify_one();
-                    return Some(c);
-                }
-                if s.closed {
-                    return None;
-                }
-            }
-            self.data_ready.notified().await;
-        }
-    }
-
-    /// The reader's claim: once per stream. Returns the bytes dropped before it.
-    fn claim(&self) -> Option<u64> {
-        let mut s = self.lock();
-        if s.reader != Reader::Awaited {
-            return None;
-        }
-        s.reader = Reader::Reading;
-        Some(s.dropped)
-    }
-
-    fn awaited(&self) -> bool {
-        self.lock().reader == Reader::Awaited
-    }
-
-    /// What is buffered now, for a later attach to the same process.
-    fn snapshot(&self) -> Vec<Bytes> {
-        self.lock().chunks.iter().cloned().collect()
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.data_ready.notify_one();
-    }
-
-    fn reader_gone(&self) {
-        let mut s = self.lock();
-        s.reader = Reader::Gone;
-        let n = std::mem::take(&mut s.len);
-        s.chunks.clear();
-        self.total.fetch_sub(n, Ordering::Relaxed);
-        self.space_ready.notify_one();
-    }
-
-    fn dropped(&self) -> u64 {
-        self.lock().dropped
-    }
-}
-
-impl Drop for StreamBuffer {
-    fn drop(&mut self) {
-        let len = self.lock().len;
-        self.total.fetch_sub(len, Ordering::Relaxed);
-    }
-}
-
-/// Marks a stream's reader gone however its connection ends.
-struct ReaderGuard(Arc<StreamBuffer>);
-
-impl Drop for ReaderGuard {
-    fn drop(&mut self) {
-        self.0.reader_gone();
-    }
-}
 
 /// The two output streams of one run or attach, named by an unguessable id.
 struct OutputStreams {
@@ -568,12 +404,7 @@ impl Server {
                 if let Some(e) = earlier.last() {
                     for (from, to) in [(&e.stdout, &out), (&e.stderr, &err)] {
                         if from.awaited() {
-                            let mut st = to.lock();
-                            for c in from.snapshot() {
-                                st.len += c.len();
-                                self.buffered.fetch_add(c.len(), Ordering::Relaxed);
-                                st.chunks.push_back(c);
-                            }
+                            to.seed(from.snapshot());
                         }
                     }
                 }
@@ -946,64 +777,6 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), "%zz");
         assert_eq!(segments("/containers/a+b%20c/info"), vec!["containers", "a+b c", "info"]);
         assert_eq!(parse_query(Some("k=a+b")).get("k").map(String::as_str), Some("a b"));
-    }
-
-    #[tokio::test]
-    async fn unread_output_keeps_the_newest_within_bounds() {
-        let total = Arc::new(AtomicUsize::new(0));
-        let b = StreamBuffer::new(total.clone());
-        for i in 0..100u8 {
-            b.push(Bytes::from(vec![i; 32 * 1024])).await;
-        }
-        assert!(total.load(Ordering::Relaxed) <= UNREAD_STREAM_BYTES);
-        assert_eq!(b.dropped(), (100 * 32 * 1024 - UNREAD_STREAM_BYTES) as u64);
-        assert_eq!(b.claim(), Some(b.dropped()));
-        assert_eq!(b.claim(), None, "a stream is read once");
-        b.close();
-        let mut last = 0;
-        while let Some(c) = b.pop().await {
-            last = c[0];
-        }
-        assert_eq!(last, 99);
-        assert_eq!(total.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn a_reader_behind_holds_the_output_back_and_loses_nothing() {
-        let b = StreamBuffer::new(Arc::new(AtomicUsize::new(0)));
-        b.claim();
-        let writer = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                for i in 0..64u32 {
-                    b.push(Bytes::from(i.to_be_bytes().repeat(16 * 1024))).await;
-                }
-                b.close();
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!writer.is_finished(), "4 MiB were taken without a reader");
-        let mut n = 0u32;
-        while let Some(c) = b.pop().await {
-            assert_eq!(&c[..4], &n.to_be_bytes());
-            n += 1;
-        }
-        assert_eq!(n, 64);
-        assert_eq!(b.dropped(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_server_wide_bound_holds_across_streams() {
-        let total = Arc::new(AtomicUsize::new(0));
-        let streams: Vec<_> = (0..200).map(|_| StreamBuffer::new(total.clone())).collect();
-        for s in &streams {
-            for _ in 0..8 {
-                s.push(Bytes::from(vec![0u8; 32 * 1024])).await;
-            }
-        }
-        assert!(total.load(Ordering::Relaxed) <= UNREAD_TOTAL_BYTES + 32 * 1024);
-        drop(streams);
-        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 
     #[test]
