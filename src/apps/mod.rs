@@ -1,3 +1,5 @@
+//! (Long because: every Apps call's rules in one place (apps, packages, droplets, starts, services, tasks, events); issue 18 splits it by responsibility.)
+//!
 //! The local-mode app layer (service `Apps`, proto/celld/v1/apps.proto): what
 //! Cloud Controller is to Diego, kept thin. It keeps apps, routes, services,
 //! bindings, events and tasks in SQLite (`store`), stages through the

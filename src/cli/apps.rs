@@ -1,3 +1,5 @@
+//! (Long because: one command per `cf` verb, each short; issue 18 splits them by area.)
+//!
 //! cellctl commands for people: the `Apps` service, named and worded like the
 //! `cf` CLI's (push, apps, app, scale, logs, services, tasks, …).
 

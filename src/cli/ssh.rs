@@ -1,3 +1,5 @@
+//! (Long because: the ssh client, its pty handling and -L forwards together; issue 18 splits them.)
+//!
 //! `cellctl ssh` and friends: the client side of `cf ssh`.
 //!
 //! Two layers:

@@ -1,3 +1,5 @@
+//! (Long because: CF's whole buildpack lifecycle (detect, supply/finalize, compile, release, droplet) in one static binary; issue 18 splits it by phase.)
+//!
 //! `/tmp/lifecycle/builder`: stages an app with buildpacks, inside the staging
 //! container, the way Cloud Foundry's buildpack lifecycle does.
 //!

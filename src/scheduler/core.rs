@@ -1,3 +1,5 @@
+//! (Long because: every record change runs under the one write lock here (state machine, convergence, presence, tasks); issue 18 splits them.)
+//!
 //! The scheduler's rules: Diego's BBS (records, state machine, convergence),
 //! auctioneer (placement) and Locket (presence) in one object. Every record
 //! change runs under one async write lock and commits in one store

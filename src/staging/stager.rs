@@ -1,3 +1,5 @@
+//! (Long because: a staging's whole life (inputs, container, builder, outputs, records, cancel) as one task; issue 18 splits it.)
+//!
 //! The stager: a staging is a task that creates a staging container from the
 //! app's stack, streams in the package, the previous build cache and the
 //! buildpacks, runs `/tmp/lifecycle/builder` as `vcap`, and uploads the droplet
