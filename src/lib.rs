@@ -4,6 +4,7 @@
 /// The in-container lifecycle (the buildpack builder): built into both the
 /// daemon and the static `celld-lifecycle` binary.
 pub mod civil;
+pub mod guid;
 pub mod lifecycle;
 
 #[cfg(feature = "daemon")]
@@ -37,4 +38,6 @@ pub mod sshproxy;
 #[cfg(feature = "daemon")]
 pub mod staging;
 #[cfg(feature = "daemon")]
-pub mod tls;
+pub mod transport;
+#[cfg(feature = "daemon")]
+pub use transport::tls;

@@ -31,7 +31,7 @@ fn main() {
     // was exhausted by idle Garden connections once.
     let nofile = celld::garden::listener::raise_nofile_limit();
     if let Some(Role::Scheduler(args)) = &cfg.role {
-        if let Err(e) = celld::scheduler::main(&cfg, args.clone()) {
+        if let Err(e) = celld::scheduler::main(&cfg.depot, args.clone()) {
             eprintln!("celld scheduler: {e}");
             std::process::exit(1);
         }

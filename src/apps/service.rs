@@ -12,7 +12,25 @@ use super::AppLayer;
 use super::store::EventRecord;
 use crate::grpc::pb;
 use crate::grpc::pb::apps_server::Apps;
-use crate::grpc::stager::{Scratch, receive, scratch_file, store_package};
+use crate::staging::service::{Scratch, receive, scratch_file, store_package};
+
+/// How the apps layer's errors reach `cellctl`.
+impl From<crate::apps::AppsError> for Status {
+    fn from(e: crate::apps::AppsError) -> Self {
+        use crate::apps::AppsError as E;
+        match e {
+            E::InvalidArgument(m) => Status::invalid_argument(m),
+            E::NotFound(m) => Status::not_found(m),
+            E::AlreadyExists(m) => Status::already_exists(m),
+            E::FailedPrecondition(m) => Status::failed_precondition(m),
+            E::Staging(s) => s.into(),
+            E::Blobstore(b) => crate::staging::service::blobstore_status(b),
+            E::Upstream(s) => s,
+            E::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
 
 pub struct AppsService {
     apps: Arc<AppLayer>,

@@ -183,7 +183,7 @@ pub struct StageArgs {
 
 pub async fn stage(addr: &str, a: StageArgs) -> Result<pb::StagingResult, CliError> {
     let abs = std::fs::canonicalize(&a.dir).map_err(io(&a.dir))?;
-    let app_guid = a.app_guid.unwrap_or_else(|| crate::staging::guid_from(&abs.to_string_lossy()));
+    let app_guid = a.app_guid.unwrap_or_else(|| guid_from(&abs.to_string_lossy()));
     let scratch = std::env::temp_dir().join(format!("cellctl-package-{}.tar", std::process::id()));
     let mut c = connect(addr).await?;
     let file = tokio::task::spawn_blocking({
@@ -264,4 +264,23 @@ pub async fn download_droplet(addr: &str, key: &str, out: &Path) -> Result<(), C
     }
     std::fs::rename(&tmp, out).map_err(io(out))?;
     Ok(())
+}
+
+/// A guid-shaped id derived from a name (the default app guid of a directory,
+/// so the same directory gets its build cache back).
+pub fn guid_from(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::guid::guid_shaped(&Sha256::digest(name.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_guids_from_directories_are_stable() {
+        assert_eq!(guid_from("/a"), guid_from("/a"));
+        assert_ne!(guid_from("/a"), guid_from("/b"));
+        assert_eq!(guid_from("/a").len(), 36);
+    }
 }

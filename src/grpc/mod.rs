@@ -1,153 +1,21 @@
-//! celld's gRPC listener (`--grpc-listen`): the generated code for
-//! proto/celld/v1, the services, server reflection (so `grpcurl list` works),
-//! and the one place module errors become gRPC status codes.
+//! celld's gRPC listener (`--grpc-listen`): the cell's services (Stager,
+//! Cell, Apps) on the shared plumbing of `transport::grpc`, which this module
+//! re-exports with the generated code (`pb`) under the names tests know.
 
-pub mod stager;
-
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::blobstore::BlobstoreError;
+pub use crate::transport::grpc::{GrpcError, bind, endpoint, router, router_with_tls, run, set_client_tls};
+
+// Until the workspace split rewrites the paths that still say `grpc::stager`.
+pub use crate::staging::service as stager;
+
 use crate::executor::Executor;
-use crate::executor::ExecutorError;
-use crate::staging::StagingError;
 use crate::staging::stager::Stager;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("celld.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("celld_descriptor");
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GrpcError {
-    #[error("listening on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
-    #[error("gRPC reflection: {0}")]
-    Reflection(String),
-    #[error("gRPC server: {0}")]
-    Serve(String),
-    #[error("gRPC TLS: {0}")]
-    Tls(String),
-    #[error("gRPC address {addr}: {why}")]
-    BadAddress { addr: String, why: String },
-}
-
-/// The client identity every gRPC channel of this process presents, set once
-/// at start from the TLS flags (one deployment CA signs every party).
-static CLIENT_TLS: std::sync::OnceLock<Arc<crate::tls::TlsMaterial>> = std::sync::OnceLock::new();
-
-/// Makes every later `endpoint()` dial with mutual TLS using `tls`.
-pub fn set_client_tls(tls: Arc<crate::tls::TlsMaterial>) {
-    let _ = CLIENT_TLS.set(tls);
-}
-
-/// A channel endpoint for `addr` (`host:port` or a URL): `https://` with the
-/// process's client identity if TLS is configured, else `http://`.
-pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, GrpcError> {
-    let bad = |why: String| GrpcError::BadAddress { addr: addr.to_string(), why };
-    let tls = CLIENT_TLS.get();
-    let bare = addr.split_once("://").map_or(addr, |(_, rest)| rest);
-    let url = match tls {
-        Some(_) => format!("https://{bare}"),
-        None if addr.contains("://") => addr.to_string(),
-        None => format!("http://{addr}"),
-    };
-    let ep = tonic::transport::Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?;
-    match tls {
-        Some(t) => ep.tls_config(t.tonic_client()).map_err(|e| bad(format!("TLS: {e}"))),
-        None => Ok(ep),
-    }
-}
-
-impl From<StagingError> for tonic::Status {
-    fn from(e: StagingError) -> Self {
-        match e {
-            StagingError::Invalid(m) => tonic::Status::invalid_argument(m),
-            StagingError::NotFound(m) => tonic::Status::not_found(m),
-            StagingError::Precondition(m) => tonic::Status::failed_precondition(m),
-            StagingError::Blobstore(b) => b.into(),
-            StagingError::Internal(m) => tonic::Status::internal(m),
-        }
-    }
-}
-
-impl From<ExecutorError> for tonic::Status {
-    fn from(e: ExecutorError) -> Self {
-        match e {
-            ExecutorError::Invalid(m) => tonic::Status::invalid_argument(m),
-            ExecutorError::NotFound(m) => tonic::Status::not_found(m),
-            ExecutorError::Precondition(m) => tonic::Status::failed_precondition(m),
-            ExecutorError::Garden(g) => tonic::Status::internal(g.to_string()),
-            ExecutorError::Blobstore(b) => b.into(),
-            ExecutorError::Internal(m) => tonic::Status::internal(m),
-        }
-    }
-}
-
-impl From<BlobstoreError> for tonic::Status {
-    fn from(e: BlobstoreError) -> Self {
-        if e.is_not_found() {
-            tonic::Status::not_found(e.to_string())
-        } else if matches!(e, BlobstoreError::InvalidKey { .. }) {
-            tonic::Status::invalid_argument(e.to_string())
-        } else {
-            tonic::Status::unavailable(format!("blobstore: {e}"))
-        }
-    }
-}
-
-/// Binds `addr`, so that a taken port fails start-up rather than later.
-pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, GrpcError> {
-    let listen = |source| GrpcError::Listen { addr: addr.to_string(), source };
-    let sa: SocketAddr = tokio::net::lookup_host(addr)
-        .await
-        .map_err(listen)?
-        .next()
-        .ok_or_else(|| listen(std::io::Error::other("the address resolves to nothing")))?;
-    tokio::net::TcpListener::bind(sa).await.map_err(listen)
-}
-
-/// A server with reflection (v1 and v1alpha, so any `grpcurl` lists the
-/// services); each role adds its own services.
-pub fn router() -> Result<tonic::transport::server::Router, GrpcError> {
-    router_with_tls(None)
-}
-
-/// `router()`, requiring clients to present a certificate the CA signed if
-/// `tls` is set.
-pub fn router_with_tls(tls: Option<&crate::tls::TlsMaterial>) -> Result<tonic::transport::server::Router, GrpcError> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(t) = tls {
-        // A silent client must not hold a handshake open for ever.
-        builder = builder
-            .tls_config(t.tonic_server().timeout(std::time::Duration::from_secs(10)))
-            .map_err(|e| GrpcError::Tls(e.to_string()))?;
-    }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
-    Ok(builder.add_service(reflection).add_service(reflection_alpha))
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn run(
-    router: tonic::transport::server::Router,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), GrpcError> {
-    // Small request/response messages: no Nagle delay.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
-        conn.inspect(|c| {
-            let _ = c.set_nodelay(true);
-        })
-    });
-    router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| GrpcError::Serve(e.to_string()))
 }
 
 /// The cell's listener (`--grpc-listen`): binds `addr` (so a taken port fails
@@ -163,7 +31,7 @@ pub async fn serve(
 ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GrpcError>> + Send>>, GrpcError> {
     let listener = bind(addr).await?;
     let router = router_with_tls(tls)?
-        .add_service(pb::stager_server::StagerServer::new(stager::StagerService::new(stager)))
+        .add_service(pb::stager_server::StagerServer::new(crate::staging::service::StagerService::new(stager)))
         .add_service(pb::cell_server::CellServer::new(crate::rep::service::CellService::new(executor)))
         .add_optional_service(
             apps.map(|a| pb::apps_server::AppsServer::new(crate::apps::service::AppsService::new(a))),
@@ -171,31 +39,3 @@ pub async fn serve(
     Ok(Box::pin(run(router, listener, shutdown)))
 }
 
-impl From<crate::apps::AppsError> for tonic::Status {
-    fn from(e: crate::apps::AppsError) -> Self {
-        use crate::apps::AppsError as E;
-        match e {
-            E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            E::NotFound(m) => tonic::Status::not_found(m),
-            E::AlreadyExists(m) => tonic::Status::already_exists(m),
-            E::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            E::Staging(s) => s.into(),
-            E::Blobstore(b) => b.into(),
-            E::Upstream(s) => s,
-            E::Store(_) => tonic::Status::internal(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::scheduler::SchedulerError> for tonic::Status {
-    fn from(e: crate::scheduler::SchedulerError) -> Self {
-        use crate::scheduler::SchedulerError as E;
-        match e {
-            E::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            E::NotFound(m) => tonic::Status::not_found(m),
-            E::AlreadyExists(m) => tonic::Status::already_exists(m),
-            E::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            E::Store(_) | E::Internal(_) | E::Grpc(_) => tonic::Status::internal(e.to_string()),
-        }
-    }
-}

@@ -6,9 +6,24 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::executor::{Executor, StopReason};
+use crate::executor::{Executor, ExecutorError, StopReason};
 use crate::grpc::pb;
 use crate::grpc::pb::cell_server::Cell;
+
+/// How the executor's errors reach gRPC clients of the Cell service (and of
+/// Apps, which drives the executor).
+impl From<ExecutorError> for Status {
+    fn from(e: ExecutorError) -> Self {
+        match e {
+            ExecutorError::Invalid(m) => Status::invalid_argument(m),
+            ExecutorError::NotFound(m) => Status::not_found(m),
+            ExecutorError::Precondition(m) => Status::failed_precondition(m),
+            ExecutorError::Garden(g) => Status::internal(g.to_string()),
+            ExecutorError::Blobstore(b) => crate::staging::service::blobstore_status(b),
+            ExecutorError::Internal(m) => Status::internal(m),
+        }
+    }
+}
 
 pub struct CellService {
     executor: Arc<Executor>,

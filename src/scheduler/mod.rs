@@ -8,6 +8,7 @@
 //! - `core`: the rules, convergence and calls to cells.
 //! - `service`: the gRPC translation.
 
+pub mod args;
 pub mod auction;
 pub mod clock;
 pub mod core;
@@ -23,7 +24,7 @@ use std::time::Duration;
 pub use self::core::Scheduler;
 pub use self::service::SchedulerService;
 pub use self::store::{CachedStore, SchedulerStore, SqliteStore};
-use crate::config::{Config, SchedulerArgs};
+pub use self::args::SchedulerArgs;
 use crate::grpc::GrpcError;
 
 #[derive(Debug, thiserror::Error)]
@@ -191,12 +192,12 @@ pub async fn run(
 }
 
 /// The `scheduler` role's entry point: its own runtime, until SIGTERM or ctrl-c.
-pub fn main(cfg: &Config, args: SchedulerArgs) -> Result<(), SchedulerError> {
+pub fn main(depot: &Path, args: SchedulerArgs) -> Result<(), SchedulerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| SchedulerError::Internal(format!("starting the async runtime: {e}")))?;
-    let depot = cfg.depot.clone();
+    let depot = depot.to_path_buf();
     runtime.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| SchedulerError::Internal(format!("SIGTERM handler: {e}")))?;

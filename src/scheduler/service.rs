@@ -12,6 +12,20 @@ use tonic::{Request, Response, Status};
 use super::core::Scheduler;
 use crate::grpc::pb;
 
+/// How the scheduler's errors reach its gRPC clients.
+impl From<crate::scheduler::SchedulerError> for Status {
+    fn from(e: crate::scheduler::SchedulerError) -> Self {
+        use crate::scheduler::SchedulerError as E;
+        match e {
+            E::InvalidArgument(m) => Status::invalid_argument(m),
+            E::NotFound(m) => Status::not_found(m),
+            E::AlreadyExists(m) => Status::already_exists(m),
+            E::FailedPrecondition(m) => Status::failed_precondition(m),
+            E::Store(_) | E::Internal(_) | E::Grpc(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 #[derive(Clone)]

@@ -12,10 +12,37 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::pb;
+use crate::grpc::pb;
+use crate::blobstore::BlobstoreError;
 use crate::staging::registry::Buildpack;
 use crate::staging::stager::{Event, Outcome, StageRequest, Stager, StagingFailure, StagingRecord, StagingSuccess};
 use crate::staging::{StagingError, new_guid, sha256_file, validate_guid};
+
+/// How staging's errors reach gRPC clients (also used by the services whose
+/// errors wrap staging's or the blobstore's).
+impl From<StagingError> for Status {
+    fn from(e: StagingError) -> Self {
+        match e {
+            StagingError::Invalid(m) => Status::invalid_argument(m),
+            StagingError::NotFound(m) => Status::not_found(m),
+            StagingError::Precondition(m) => Status::failed_precondition(m),
+            StagingError::Blobstore(b) => blobstore_status(b),
+            StagingError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// A blobstore error as a gRPC status: a function, not a `From`, because
+/// neither type is this crate's.
+pub fn blobstore_status(e: BlobstoreError) -> Status {
+    if e.is_not_found() {
+        Status::not_found(e.to_string())
+    } else if matches!(e, BlobstoreError::InvalidKey { .. }) {
+        Status::invalid_argument(e.to_string())
+    } else {
+        Status::unavailable(format!("blobstore: {e}"))
+    }
+}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StagingEvent, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::Chunk, Status>> + Send>>;
