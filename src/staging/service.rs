@@ -65,7 +65,7 @@ pub(crate) async fn store_package(stager: &Stager, path: &Path, size: u64) -> Re
     let p = path.to_path_buf();
     let sha =
         tokio::task::spawn_blocking(move || sha256_file(&p)).await.map_err(|e| Status::internal(e.to_string()))??;
-    let info = stager.blobs().put_file(&format!("packages/{sha}"), path).await?;
+    let info = stager.blobs().put_file(&format!("packages/{sha}"), path).await.map_err(blobstore_status)?;
     Ok(pb::Package { key: info.key, sha256: info.sha256, size: info.size })
 }
 
@@ -338,7 +338,7 @@ impl pb::stager_server::Stager for StagerService {
         }
         // Verified in full before the first byte goes out.
         let tmp = Scratch(self.scratch_file("droplet"));
-        self.stager.blobs().get_to_file(&key, &tmp.0).await?;
+        self.stager.blobs().get_to_file(&key, &tmp.0).await.map_err(blobstore_status)?;
         let file = std::fs::File::open(&tmp.0).map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::task::spawn_blocking(move || {

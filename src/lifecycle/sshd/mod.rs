@@ -603,7 +603,7 @@ impl russh::server::Handler for Conn {
 }
 
 /// The RFC 4254 name of a russh signal ("TERM", …).
-pub(crate) fn sig_name(sig: &Sig) -> String {
+pub fn sig_name(sig: &Sig) -> String {
     match sig {
         Sig::ABRT => "ABRT",
         Sig::ALRM => "ALRM",
