@@ -5,7 +5,8 @@
 //! - `store`: records behind `SchedulerStore` (SQLite, every record also
 //!   decoded in memory by `CachedStore`).
 //! - `auction`: Diego's placement score.
-//! - `core`: the rules, convergence and calls to cells.
+//! - `core`: the `Scheduler` and its rules, one file per responsibility
+//!   (state machines, presence, convergence, auctions, calls to cells).
 //! - `service`: the gRPC translation.
 
 pub mod args;
