@@ -25,9 +25,9 @@
 //! headers (uid/gid 0, a fixed mtime, 0644/0755 modes), symlinks stored as
 //! symlinks and never followed.
 //!
-//! Files: [`sniff`] tells the format, [`extract`] reads zip and tar entries
-//! into a [`sink`] that enforces the rules above, [`pack`] writes the tars
-//! out, and [`error`] is what all of them report.
+//! Files: `sniff.rs` tells the format, `extract.rs` reads zip and tar entries
+//! into the `sink.rs` that enforces the rules above, `pack.rs` writes the
+//! tars out, and `error.rs` is what all of them report.
 
 mod error;
 mod extract;

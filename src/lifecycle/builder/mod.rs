@@ -21,12 +21,13 @@
 //! `/dev/null`. Exit codes: 222 detect, 223 compile, 224 release, 225 supply,
 //! 226 finalize, 1 for everything else.
 //!
-//! The phases live in their own files, each adding its methods to the one
-//! [`staging::Builder`] a run carries: [`flags`] (the command line), [`inputs`]
-//! (unpacking, the `contents/` layout, the cache), [`buildpacks`] (detect,
-//! supply, finalize or compile), [`process_types`] (`launch.yml`, release,
-//! Procfile), [`outputs`] (`staging_info.yml`, `result.json`, droplet, cache),
-//! with [`script`] running buildpack scripts and [`errors`] the exit codes.
+//! Each phase lives in its own file and adds its methods to the one
+//! `Builder` (`staging.rs`) a run carries: `flags.rs` (the command line),
+//! `inputs.rs` (unpacking, the `contents/` layout, the cache), `buildpacks.rs`
+//! (detect, supply, finalize or compile), `process_types.rs` (`launch.yml`,
+//! release, Procfile), `outputs.rs` (`staging_info.yml`, `result.json`,
+//! droplet, cache); `script.rs` runs buildpack scripts, `errors.rs` holds the
+//! exit codes' errors and `files.rs` the small file helpers.
 //! This file only strings them together.
 
 mod buildpacks;
@@ -52,7 +53,7 @@ use errors::os_error_text;
 use outputs::lifecycle_metadata;
 use staging::Builder;
 
-use super::StagingResult;
+use crate::lifecycle::StagingResult;
 
 /// The `builder` command: parses `args` (without the program name), runs,
 /// prints the reason on failure and returns the exit code.

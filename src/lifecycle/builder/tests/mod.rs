@@ -1,7 +1,7 @@
 //! End-to-end tests of the builder: a whole staging in a temp dir with
 //! buildpacks written as sh scripts, checked by its exit code, its log lines,
 //! `result.json` and the droplet. The harness and the flag tests are here;
-//! [`buildpacks`] covers the phases and their exit codes, [`archives`] what
+//! `buildpacks.rs` covers the phases and their exit codes, `archives.rs` what
 //! goes in and comes out.
 
 mod archives;

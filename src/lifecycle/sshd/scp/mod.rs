@@ -10,8 +10,8 @@
 //! (an error, the transfer goes on) or `\x02message\n` (fatal). This follows
 //! OpenSSH's `scp.c` (`sink`, `source`, `rsource`, `response`, `run_err`).
 //!
-//! [`command`] recognises an exec request as a server-side scp (a shell
-//! would otherwise run it); [`protocol`] serves the transfer.
+//! `command.rs` recognises an exec request as a server-side scp (a shell
+//! would otherwise run it); `protocol.rs` serves the transfer.
 
 mod command;
 mod protocol;
