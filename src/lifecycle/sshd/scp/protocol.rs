@@ -1,14 +1,6 @@
-//! The legacy SCP protocol (`scp -O`, and every scp before OpenSSH 9), served
-//! in-process as Diego's sshd does: the container's rootfs may have no `scp`.
-//!
-//! The client runs `scp -t TARGET` (we are the sink: upload) or `scp -f
-//! PATH…` (we are the source: download) with `-r` (recursive), `-p` (times and
-//! modes), `-d` (target must be a directory). Records are lines:
-//! `C<mode> <size> <name>` (a file; its bytes and a `\0` follow), `D<mode> 0
-//! <name>` / `E` (enter / leave a directory), `T<mtime> 0 <atime> 0` (times of
-//! the next record). Every record is answered with `\0`, or `\x01message\n`
-//! (an error, the transfer goes on) or `\x02message\n` (fatal). This follows
-//! OpenSSH's `scp.c` (`sink`, `source`, `rsource`, `response`, `run_err`).
+//! The transfer itself: the records (`C`, `D`, `E`, `T`) and their answers,
+//! receiving (`-t`) and sending (`-f`) files and directory trees, as OpenSSH's
+//! `scp.c` does.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -18,144 +10,11 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::command::{Mode, Request};
+
 /// The longest record line accepted.
 const MAX_LINE: usize = 4096;
 const CHUNK: usize = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `-t`: receive files (upload).
-    Sink,
-    /// `-f`: send files (download).
-    Source,
-}
-
-/// A parsed `scp -t`/`scp -f` command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub mode: Mode,
-    pub recursive: bool,
-    pub preserve: bool,
-    pub want_dir: bool,
-    pub paths: Vec<String>,
-}
-
-/// `Some` when `command` is a server-side scp (`-t` or `-f`): the request, or
-/// the error to report. `None` for anything else, which runs in the shell.
-pub fn parse_command(command: &str) -> Option<Result<Request, String>> {
-    let words = split_words(command)?;
-    let (prog, rest) = words.split_first()?;
-    if prog != "scp" && !prog.ends_with("/scp") {
-        return None;
-    }
-    let (mut to, mut from) = (false, false);
-    let mut req = Request { mode: Mode::Sink, recursive: false, preserve: false, want_dir: false, paths: Vec::new() };
-    let mut bad = None;
-    let mut options = true;
-    for w in rest {
-        if options && w == "--" {
-            options = false;
-            continue;
-        }
-        match w.strip_prefix('-').filter(|f| options && !f.is_empty()) {
-            Some(flags) => {
-                for c in flags.chars() {
-                    match c {
-                        't' => to = true,
-                        'f' => from = true,
-                        'r' => req.recursive = true,
-                        'p' => req.preserve = true,
-                        'd' => req.want_dir = true,
-                        'v' | 'q' => {}
-                        other => bad = bad.or(Some(other)),
-                    }
-                }
-            }
-            None => {
-                // Like getopt: the first operand ends the options.
-                options = false;
-                req.paths.push(w.clone());
-            }
-        }
-    }
-    if !to && !from {
-        return None;
-    }
-    Some(match (bad, to, from) {
-        (Some(c), _, _) => Err(format!("scp: unknown option -- {c}")),
-        (None, true, true) => Err("scp: -t and -f cannot be used together".into()),
-        (None, true, false) if req.paths.len() != 1 => Err("scp: ambiguous target".into()),
-        (None, false, true) if req.paths.is_empty() => Err("usage: scp -f [-prv] file ...".into()),
-        (None, to, _) => {
-            req.mode = if to { Mode::Sink } else { Mode::Source };
-            Ok(req)
-        }
-    })
-}
-
-/// Shell-like word splitting: blanks separate words, `'…'` and `"…"` quote,
-/// `\` escapes. `None` when the command needs a real shell (operators,
-/// substitutions, an unterminated quote).
-pub fn split_words(s: &str) -> Option<Vec<String>> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '\\' => match chars.next()? {
-                            c @ ('"' | '\\' | '$' | '`') => cur.push(c),
-                            '\n' => {}
-                            c => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                        },
-                        '$' | '`' => return None,
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') => {}
-                    Some(c) => cur.push(c),
-                    None => cur.push('\\'),
-                }
-            }
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '$' | '`' => return None,
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Some(words)
-}
 
 /// Serves one request; returns the exit code (0, or 1 after any error).
 pub async fn run<R, W>(req: &Request, cwd: &Path, input: &mut R, out: &mut W) -> i32
@@ -663,48 +522,8 @@ fn close_dir(f: &Frame) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::sshd::scp::command::tests::req;
     use crate::lifecycle::testutil::TempDir;
-
-    fn req(mode: Mode, paths: &[&str]) -> Request {
-        Request {
-            mode,
-            recursive: false,
-            preserve: false,
-            want_dir: false,
-            paths: paths.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn sshd_scp_commands() {
-        assert_eq!(parse_command("scp -t -- ."), Some(Ok(req(Mode::Sink, &["."]))));
-        assert_eq!(parse_command("scp -v -f -- a b"), Some(Ok(req(Mode::Source, &["a", "b"]))));
-        let r = parse_command("/usr/bin/scp -r -p -d -t -- 'my dir'").unwrap().unwrap();
-        assert!(r.recursive && r.preserve && r.want_dir);
-        assert_eq!(r.paths, vec!["my dir"]);
-        let r = parse_command("scp -prf x\\ y").unwrap().unwrap();
-        assert_eq!((r.mode, r.recursive, r.preserve), (Mode::Source, true, true));
-        assert_eq!(r.paths, vec!["x y"]);
-        assert_eq!(parse_command("scp -f -- -odd").unwrap().unwrap().paths, vec!["-odd"]);
-        // Not a server-side scp, or not scp at all: the shell runs it.
-        assert_eq!(parse_command("scp a b"), None);
-        assert_eq!(parse_command("ls -t"), None);
-        assert_eq!(parse_command("scp -t x; rm -rf /"), None);
-        assert_eq!(parse_command("scp -t 'unterminated"), None);
-        assert!(parse_command("scp -t a b").unwrap().is_err());
-        assert!(parse_command("scp -t -f a").unwrap().is_err());
-        assert!(parse_command("scp -Z -t a").unwrap().is_err());
-        assert!(parse_command("scp -f").unwrap().is_err());
-    }
-
-    #[test]
-    fn sshd_scp_words() {
-        assert_eq!(split_words(r#"a "b c" 'd e' f\ g "h\"i""#).unwrap(), vec!["a", "b c", "d e", "f g", "h\"i"]);
-        assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
-        assert_eq!(split_words("''").unwrap(), vec![""]);
-        assert_eq!(split_words("a | b"), None);
-        assert_eq!(split_words("\"$HOME\""), None);
-    }
 
     #[test]
     fn sshd_scp_headers() {
