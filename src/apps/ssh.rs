@@ -3,12 +3,13 @@
 //! started process (what CC puts on the DesiredLRP), and the [`Authority`]
 //! the ssh proxy asks who may reach which instance (CC's `ssh_access`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::AppsError;
+use super::layer::AppLayer;
 use super::store::AppRecord;
-use super::{AppLayer, AppsError};
 use crate::executor::logs::cell_line;
 use crate::grpc::pb;
 use crate::sshproxy::{self, Authority, Login, ProxyError, Target};
@@ -20,13 +21,6 @@ const CODE_TTL: Duration = Duration::from_secs(300);
 const CODE_LEN: usize = 20;
 /// Log source of the proxy's lines in an app's logs, as Diego's proxy tags them.
 const SSH_SOURCE: &str = "SSH";
-
-/// Where the ssh proxy is and who may use it as `diego:`.
-#[derive(Default)]
-pub struct SshState {
-    codes: std::sync::Mutex<HashMap<String, Instant>>,
-    info: std::sync::OnceLock<pb::SshInfo>,
-}
 
 fn random_code() -> Result<String, AppsError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
