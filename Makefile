@@ -5,7 +5,7 @@
 #   make rootfs-full  build a debootstrapped bookworm rootfs into rootfs/out/bookworm (minutes, network)
 #   make build        cargo build --release --bins
 #   make run          run celld --local in the foreground and push examples/hello (RUN_ARGS="..." appends arguments)
-#   make test         cargo test --release, serially, with CELLD_ROOTFS_DIR set
+#   make test         cargo test --release --workspace, serially, with CELLD_ROOTFS_DIR set
 #   make bench        run the celld-bench binary (BENCH_ARGS="..." appends arguments)
 #   make lint         cargo fmt --check + clippy -D warnings
 #   make fuzz         bounded libFuzzer run of every fuzz/ target (FUZZ_SECONDS per target, 60 by default)
@@ -73,7 +73,8 @@ $(BOOKWORM_STAMP): $(ROOTFS_SCRIPT) | deps
 
 # The in-container lifecycle binary is static (the tiny rootfs has no libc): it is
 # built for the host triple named explicitly, so crt-static reaches it but not
-# build scripts or proc macros, and with only the few crates it needs.
+# build scripts or proc macros; its own crate (crates/celld-lifecycle) carries
+# only the few crates it needs.
 HOST_TRIPLE := $(shell $(CARGO) -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 LIFECYCLE   := target/release/celld-lifecycle
@@ -84,7 +85,7 @@ build: deps
 
 lifecycle: deps
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
-	  $(CARGO) build --release --target $(HOST_TRIPLE) --no-default-features --features lifecycle --bin celld-lifecycle
+	  $(CARGO) build --release --target $(HOST_TRIPLE) -p celld-lifecycle --bin celld-lifecycle
 	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-lifecycle $(LIFECYCLE)
 
 # celld --local in the foreground, then pushes examples/hello (scripts/run-local.sh).
@@ -94,16 +95,15 @@ run: build rootfs lifecycle
 # Tests touch the host (namespaces, cgroups, iptables): run them serially.
 test: export CELLD_ROOTFS_DIR := $(ROOTFS_DIR)
 test: deps rootfs lifecycle
-	$(CARGO) test --release $(TEST_ARGS) -- --test-threads=1
+	$(CARGO) test --release --workspace $(TEST_ARGS) -- --test-threads=1
 
 bench: build rootfs
-	$(CARGO) run --release --bin celld-bench -- --rootfs-dir $(ROOTFS_DIR) $(BENCH_ARGS)
+	$(CARGO) run --release -p celld-bench -- --rootfs-dir $(ROOTFS_DIR) $(BENCH_ARGS)
 
 lint: deps
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
-	$(CARGO) clippy --release --all-targets -- -D warnings
-	$(CARGO) clippy --release --no-default-features --features lifecycle --bin celld-lifecycle -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Not part of `make test`: ~10 minutes (9 targets x FUZZ_SECONDS) after one
 # instrumented build of the daemon crate. Installs cargo-fuzz if missing; fails

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use crate::scheduler::SchedulerArgs;
+pub use celld_scheduler::SchedulerArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -227,8 +227,8 @@ pub enum Role {
 
 impl Config {
     /// Mutual TLS on --garden-tcp, if configured (all three flags or none).
-    pub fn garden_tls(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
-        crate::tls::TlsFiles::from_flags(
+    pub fn garden_tls(&self) -> Result<Option<celld_transport::tls::TlsFiles>, celld_transport::tls::TlsError> {
+        celld_transport::tls::TlsFiles::from_flags(
             "--garden-tls",
             self.garden_tls_cert.as_ref(),
             self.garden_tls_key.as_ref(),
@@ -237,8 +237,8 @@ impl Config {
     }
 
     /// Mutual TLS for the cell's gRPC, if configured.
-    pub fn grpc_tls(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
-        crate::tls::TlsFiles::from_flags(
+    pub fn grpc_tls(&self) -> Result<Option<celld_transport::tls::TlsFiles>, celld_transport::tls::TlsError> {
+        celld_transport::tls::TlsFiles::from_flags(
             "--grpc-tls",
             self.grpc_tls_cert.as_ref(),
             self.grpc_tls_key.as_ref(),

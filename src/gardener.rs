@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 
 use crate::garden::error::GardenError;
-use crate::garden::types::*;
-use crate::network::rules::Allow;
-use crate::network::{NetState, NetworkError, Networker};
-use crate::runtime::Containerizer;
-use crate::runtime::cgroups;
-use crate::runtime::depot::ContainerRecord;
-use crate::runtime::initproto::{Request, SpawnRequest};
-use crate::runtime::spec;
+use celld_network::rules::Allow;
+use celld_network::{NetState, NetworkError, Networker};
+use celld_runtime::Containerizer;
+use celld_runtime::cgroups;
+use celld_runtime::depot::ContainerRecord;
+use celld_runtime::initproto::{Request, SpawnRequest};
+use celld_runtime::spec;
+use garden_api::types::*;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_ROOT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,43 +1,24 @@
-//! celld: a Cloud Foundry Diego cell. See docs/architecture.md for the data flow
-//! and which module owns what.
+//! celld: a Cloud Foundry Diego cell. This crate is the daemon's own part
+//! (gardener and Garden server, staging, executor, rep, apps, router, ssh
+//! proxy, config); the lower parts are crates of their own (docs/architecture.md
+//! draws the map) and are re-exported here under the module names the tests
+//! and fuzz targets address the whole cell by (`celld::runtime::…`).
 
-/// The in-container lifecycle (the buildpack builder): built into both the
-/// daemon and the static `celld-lifecycle` binary.
-pub mod civil;
-pub mod guid;
-pub mod lifecycle;
+pub use celld_base::{civil, guid};
+pub use celld_blobstore as blobstore;
+pub use celld_lifecycle as lifecycle;
+pub use celld_network as network;
+pub use celld_runtime as runtime;
+pub use celld_scheduler as scheduler;
+pub use celld_transport::tls;
 
-#[cfg(feature = "daemon")]
 pub mod apps;
-#[cfg(feature = "daemon")]
-pub mod blobstore;
-#[cfg(feature = "daemon")]
-pub mod cli;
-#[cfg(feature = "daemon")]
 pub mod config;
-#[cfg(feature = "daemon")]
 pub mod executor;
-#[cfg(feature = "daemon")]
 pub mod garden;
-#[cfg(feature = "daemon")]
 pub mod gardener;
-#[cfg(feature = "daemon")]
 pub mod grpc;
-#[cfg(feature = "daemon")]
-pub mod network;
-#[cfg(feature = "daemon")]
 pub mod rep;
-#[cfg(feature = "daemon")]
 pub mod router;
-#[cfg(feature = "daemon")]
-pub mod runtime;
-#[cfg(feature = "daemon")]
-pub mod scheduler;
-#[cfg(feature = "daemon")]
 pub mod sshproxy;
-#[cfg(feature = "daemon")]
 pub mod staging;
-#[cfg(feature = "daemon")]
-pub mod transport;
-#[cfg(feature = "daemon")]
-pub use transport::tls;

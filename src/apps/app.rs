@@ -10,8 +10,8 @@ use super::layer::AppLayer;
 use super::store::AppRecord;
 use super::validate::{host_label, validate_app_name, validate_env_name, validate_host_label};
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
-use crate::staging::new_guid;
+use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 /// CF's defaults for a pushed app.
 pub const DEFAULT_MEMORY_MB: u32 = 256;

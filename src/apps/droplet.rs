@@ -11,8 +11,8 @@ use super::AppsError;
 use super::layer::AppLayer;
 use super::store::Droplet;
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
 use crate::staging::stager::{Event, Outcome, StageRequest};
+use celld_proto as pb;
 
 impl AppLayer {
     /// Stages the app's latest package. Events go to `tx` while the client
@@ -42,7 +42,7 @@ impl AppLayer {
         let watch = self.stager.stage(req).await?;
         let this = self.clone();
         tokio::spawn(async move {
-            use crate::grpc::stager::{event, log_event, proto_failure, proto_result};
+            use crate::staging::service::{event, log_event, proto_failure, proto_result};
             use pb::staging_event::Event as E;
             use tokio::sync::broadcast::error::RecvError;
             let guid = watch.staging_guid;

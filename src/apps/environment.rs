@@ -7,7 +7,7 @@ use serde_json::json;
 use super::AppsError;
 use super::layer::AppLayer;
 use super::store::AppRecord;
-use crate::grpc::pb;
+use celld_proto as pb;
 
 impl AppLayer {
     /// The environment CC gives an app: its own variables, VCAP_APPLICATION
@@ -73,7 +73,7 @@ impl AppLayer {
         let services = self.vcap_services(&app)?.to_string();
         Ok(pb::AppEnv {
             user: app.env.clone().into_iter().collect(),
-            database_url: crate::lifecycle::database_url(&services).unwrap_or_default(),
+            database_url: celld_lifecycle::database_url(&services).unwrap_or_default(),
             vcap_services: services,
             vcap_application: self.vcap_application(&app, None).to_string(),
         })

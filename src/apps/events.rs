@@ -10,8 +10,8 @@ use super::AppsError;
 use super::layer::AppLayer;
 use super::store::{AppRecord, EventRecord};
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
-use crate::staging::new_guid;
+use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 const ACTOR: &str = "admin";
 

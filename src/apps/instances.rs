@@ -10,8 +10,8 @@ use tonic::transport::Channel;
 use super::AppsError;
 use super::layer::AppLayer;
 use super::store::AppRecord;
-use crate::grpc::pb;
-use crate::grpc::pb::cell_client::CellClient;
+use celld_proto as pb;
+use celld_proto::cell_client::CellClient;
 
 impl AppLayer {
     pub async fn restart_instance(&self, r: &pb::AppRef, index: u32) -> Result<String, AppsError> {
@@ -169,7 +169,7 @@ impl AppLayer {
 }
 
 fn channel(addr: &str) -> Result<Channel, AppsError> {
-    Ok(crate::grpc::endpoint(addr)
+    Ok(celld_transport::grpc::endpoint(addr)
         .map_err(|e| AppsError::FailedPrecondition(format!("cell address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())

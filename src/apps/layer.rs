@@ -14,12 +14,12 @@ use tonic::transport::Channel;
 use super::AppsError;
 use super::store::{AppRecord, Store};
 use super::validate::validate_space;
-use crate::blobstore::Blobstore;
 use crate::executor::logs::LogHub;
-use crate::grpc::pb;
-use crate::grpc::pb::scheduler_client::SchedulerClient;
 use crate::router::RouteTable;
 use crate::staging::stager::Stager;
+use celld_blobstore::Blobstore;
+use celld_proto as pb;
+use celld_proto::scheduler_client::SchedulerClient;
 
 pub struct AppsConfig {
     pub db: PathBuf,
@@ -70,7 +70,7 @@ impl AppLayer {
         routes: Arc<RouteTable>,
     ) -> Result<Arc<Self>, AppsError> {
         let store = Store::open(&cfg.db)?;
-        let endpoint = crate::grpc::endpoint(&cfg.scheduler)
+        let endpoint = celld_transport::grpc::endpoint(&cfg.scheduler)
             .map_err(|e| AppsError::InvalidArgument(format!("scheduler address {}: {e}", cfg.scheduler)))?
             .connect_timeout(Duration::from_secs(2));
         let scheduler = SchedulerClient::new(endpoint.connect_lazy());

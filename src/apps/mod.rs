@@ -27,8 +27,8 @@ pub mod store;
 mod tasks;
 mod validate;
 
-use crate::blobstore::BlobstoreError;
 use crate::staging::StagingError;
+use celld_blobstore::BlobstoreError;
 
 pub use self::app::{DEFAULT_DISK_MB, DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_MEMORY_MB};
 pub use self::layer::{AppLayer, AppsConfig};

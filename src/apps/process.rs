@@ -12,8 +12,8 @@ use super::layer::AppLayer;
 use super::ssh;
 use super::store::AppRecord;
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
-use crate::staging::new_guid;
+use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 /// The port every CF app listens on ($PORT).
 pub const APP_PORT: u32 = 8080;

@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::AppLayer;
 use super::store::EventRecord;
-use crate::grpc::pb;
-use crate::grpc::pb::apps_server::Apps;
 use crate::staging::service::{Scratch, receive, scratch_file, store_package};
+use celld_proto as pb;
+use celld_proto::apps_server::Apps;
 
 /// How the apps layer's errors reach `cellctl`.
 impl From<crate::apps::AppsError> for Status {
@@ -30,7 +30,6 @@ impl From<crate::apps::AppsError> for Status {
         }
     }
 }
-
 
 pub struct AppsService {
     apps: Arc<AppLayer>,

@@ -8,8 +8,8 @@ use super::layer::AppLayer;
 use super::store::{BindingRecord, ServiceRecord};
 use super::validate::validate_app_name;
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
-use crate::staging::new_guid;
+use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 impl AppLayer {
     pub fn create_service(&self, r: pb::CreateUserProvidedServiceRequest) -> Result<ServiceRecord, AppsError> {

@@ -450,7 +450,7 @@ mod tests {
     use super::*;
 
     fn store() -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("celld-apps-store-{}", crate::staging::new_guid()));
+        let dir = std::env::temp_dir().join(format!("celld-apps-store-{}", celld_base::guid::new_guid()));
         (Store::open(&dir.join("apps.db")).unwrap(), dir)
     }
 

@@ -8,8 +8,8 @@ use super::layer::AppLayer;
 use super::process::{default_security_groups, not_staged};
 use super::store::TaskRecord;
 use crate::executor::logs::now_ns;
-use crate::grpc::pb;
-use crate::staging::new_guid;
+use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 const TASK_DOMAIN: &str = "cf-tasks";
 

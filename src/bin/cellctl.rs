@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
-use celld::cli::apps::{self, AppsCmd};
-use celld::cli::render::Style;
-use celld::cli::target;
-use celld::garden::client::{Address, Client, ProcessIo};
-use celld::garden::types::{ContainerSpec, NetOutRule, ProcessSpec, TtySpec, WindowSize};
+use celld_cli::apps::{self, AppsCmd};
+use celld_cli::render::Style;
+use celld_cli::target;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use garden_api::client::{Address, Client, ProcessIo};
+use garden_api::types::{ContainerSpec, NetOutRule, ProcessSpec, TtySpec, WindowSize};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -334,7 +334,7 @@ fn set_target(
 }
 
 async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
-    use celld::cli::staging;
+    use celld_cli::staging;
     let Cli {
         garden: garden_addr,
         garden_tls_cert,
@@ -348,11 +348,11 @@ async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
         cmd,
     } = cli;
     if let Some(files) =
-        celld::tls::TlsFiles::from_flags("--tls", tls_cert.as_ref(), tls_key.as_ref(), tls_ca.as_ref())?
+        celld_transport::tls::TlsFiles::from_flags("--tls", tls_cert.as_ref(), tls_key.as_ref(), tls_ca.as_ref())?
     {
-        celld::grpc::set_client_tls(files.load()?);
+        celld_transport::grpc::set_client_tls(files.load()?);
     }
-    let garden_tls = celld::tls::TlsFiles::from_flags(
+    let garden_tls = celld_transport::tls::TlsFiles::from_flags(
         "--garden-tls",
         garden_tls_cert.as_ref(),
         garden_tls_key.as_ref(),
@@ -424,7 +424,7 @@ async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
 }
 
 /// `cellctl garden …`: the Garden HTTP API.
-async fn garden(garden: &str, tls: Option<celld::tls::TlsFiles>, cmd: GardenCmd) -> anyhow::Result<i32> {
+async fn garden(garden: &str, tls: Option<celld_transport::tls::TlsFiles>, cmd: GardenCmd) -> anyhow::Result<i32> {
     let Ok(addr) = garden.parse::<Address>();
     let mut c = Client::new(addr);
     if let Some(files) = tls {
@@ -527,7 +527,7 @@ async fn run_process(
         stdout: Some(Box::new(tokio::io::stdout())),
         stderr: Some(Box::new(tokio::io::stderr())),
     };
-    let _raw = interactive.then(celld::cli::ssh::RawMode::enter);
+    let _raw = interactive.then(celld_cli::ssh::RawMode::enter);
     let process = c.run(&handle, &spec, io).await?;
     if interactive {
         // Follow the local terminal's size.

@@ -11,13 +11,13 @@ use tokio::net::UnixStream;
 
 use super::ExecutorError;
 use super::logs::LineWriter;
-use crate::garden::types::{
+use crate::gardener::Gardener;
+use celld_proto as pb;
+use celld_runtime::initproto::{self as proto, Request};
+use garden_api::types::{
     BindMount, ContainerSpec, CpuLimits, DiskLimits, IcmpControl, IpRange, Limits, MemoryLimits, NetIn, NetOutRule,
     PidLimits, PortRange, Properties,
 };
-use crate::gardener::Gardener;
-use crate::grpc::pb;
-use crate::runtime::initproto::{self as proto, Request};
 
 /// Where the lifecycle binaries are mounted in every container, as in CF.
 pub const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";

@@ -19,7 +19,7 @@
 
 use serde::Serialize;
 
-use crate::grpc::pb;
+use celld_proto as pb;
 
 /// `limits.fds` in `VCAP_APPLICATION`: CC's default file descriptor limit.
 const DEFAULT_FDS: u32 = 16384;

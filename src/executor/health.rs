@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::grpc::pb;
+use celld_proto as pb;
 
 /// A check's timeout when the model leaves it 0.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -68,13 +68,13 @@ impl Target {
     /// A container's address on this cell's network (`0.0.0.0` without
     /// networking: nothing to verify).
     pub fn container(ip: Ipv4Addr) -> Self {
-        Target { ip, iface: (!ip.is_unspecified()).then(|| crate::network::host_veth_for(ip)) }
+        Target { ip, iface: (!ip.is_unspecified()).then(|| celld_network::host_veth_for(ip)) }
     }
 
     /// `Err` with a crash reason once the container's interface is gone.
     pub fn interface_present(&self) -> Result<(), String> {
         match &self.iface {
-            Some(i) if !crate::network::link::exists(i) => Err(lost_interface(i, self.ip)),
+            Some(i) if !celld_network::link::exists(i) => Err(lost_interface(i, self.ip)),
             _ => Ok(()),
         }
     }

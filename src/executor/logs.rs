@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
-use crate::grpc::pb;
-use crate::grpc::pb::log_envelope::MessageType;
+use celld_proto as pb;
+use celld_proto::log_envelope::MessageType;
 
 /// Recent lines kept per log guid.
 pub const DEFAULT_HISTORY: usize = 1000;

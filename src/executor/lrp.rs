@@ -13,8 +13,8 @@ use super::container::{self, Addresses, LIFECYCLE_MOUNT, Recipe};
 use super::health::{self, Probe};
 use super::logs::LineWriter;
 use super::{Executor, ExecutorError, LrpPhase, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
-use crate::garden::types::{ProcessSpec, Properties};
-use crate::grpc::pb;
+use celld_proto as pb;
+use garden_api::types::{ProcessSpec, Properties};
 
 /// Diego's default `start_timeout_ms`.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);

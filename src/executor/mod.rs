@@ -23,10 +23,10 @@ use std::time::Instant;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::blobstore::{Blobstore, BlobstoreError};
 use crate::garden::error::GardenError;
 use crate::gardener::Gardener;
-use crate::grpc::pb;
+use celld_blobstore::{Blobstore, BlobstoreError};
+use celld_proto as pb;
 use logs::{LogHub, RateLimiter};
 
 /// The container property that names what a container is for.
@@ -746,7 +746,7 @@ impl crate::router::LiveBackends for Executor {
         let running = lock(&self.table).lrps.get(&b.instance_guid).is_some_and(|l| {
             l.phase == LrpPhase::Running && l.net.as_ref().is_some_and(|n| n.instance_address == ip.to_string())
         });
-        running && crate::network::has_interface(ip)
+        running && celld_network::has_interface(ip)
     }
 }
 

@@ -10,8 +10,8 @@ use super::container::{self, Recipe};
 use super::logs::LineWriter;
 use super::lrp::{MAX_LOG_LINE, app_process};
 use super::{Executor, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
-use crate::garden::types::Properties;
-use crate::grpc::pb;
+use celld_proto as pb;
+use garden_api::types::Properties;
 
 /// Diego keeps the first 10 KB of a task's result file.
 pub const MAX_RESULT: u64 = 10 * 1024;

@@ -1,9 +1,9 @@
 //! Garden's errors and the one place they become HTTP statuses and bodies.
 
 use super::types::ErrorBody;
-use crate::network::NetworkError;
-use crate::runtime::RuntimeError;
-use crate::runtime::initproto::ErrorKind;
+use celld_network::NetworkError;
+use celld_runtime::RuntimeError;
+use celld_runtime::initproto::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GardenError {

@@ -1,9 +1,9 @@
 //! The Garden HTTP API: wire types, the server (routes and the hijacked process
 //! stream), and a client used by `cellctl` and the tests.
 
-pub mod client;
 pub mod error;
 pub mod listener;
 pub mod server;
 mod streams;
-pub mod types;
+
+pub use garden_api::{client, types};

@@ -24,7 +24,7 @@ use super::listener::ConnTrack;
 use super::streams::{ReaderGuard, StreamBuffer};
 use super::types::*;
 use crate::gardener::Gardener;
-use crate::runtime::initproto::{self as proto, client::read_frame};
+use celld_runtime::initproto::{self as proto, client::read_frame};
 
 /// Largest JSON request body accepted (Garden has none; a bound keeps a bad
 /// client from exhausting memory).
@@ -196,7 +196,7 @@ fn http_date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let days = (secs / 86400) as i64;
     let (h, m, s) = ((secs % 86400) / 3600, (secs % 3600) / 60, secs % 60);
-    let (y, mo, d) = crate::civil::civil_from_days(days);
+    let (y, mo, d) = celld_base::civil::civil_from_days(days);
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
     let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(mo - 1) as usize];
     format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
@@ -391,7 +391,7 @@ impl Server {
     {
         let Ok(guard) = self.gardener.hold(&handle) else { return };
         // Unguessable: a stream id is all it takes to read a process's output.
-        let sid = crate::runtime::init::random_guid();
+        let sid = celld_runtime::init::random_guid();
         let out = StreamBuffer::new(self.buffered.clone());
         let err = StreamBuffer::new(self.buffered.clone());
         {
@@ -649,7 +649,7 @@ impl Server {
                     return Err(GardenError::BadRequest("stream out needs a source path".into()));
                 }
                 let guard = g.hold(h)?;
-                let conn = g.stream(h, crate::runtime::initproto::Request::StreamOut { user, source }).await?;
+                let conn = g.stream(h, celld_runtime::initproto::Request::StreamOut { user, source }).await?;
                 Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header("Content-Type", "application/x-tar")
@@ -691,7 +691,7 @@ impl Server {
         }
         let _guard = self.gardener.hold(handle)?;
         let conn =
-            self.gardener.stream(handle, crate::runtime::initproto::Request::StreamIn { user, destination }).await?;
+            self.gardener.stream(handle, celld_runtime::initproto::Request::StreamIn { user, destination }).await?;
         let (mut r, mut w) = conn.into_split();
         let mut body = req.into_body();
         let mut send_err = None;

@@ -4,26 +4,19 @@
 
 use std::sync::Arc;
 
-pub use crate::transport::grpc::{GrpcError, bind, endpoint, router, router_with_tls, run, set_client_tls};
-
-// Until the workspace split rewrites the paths that still say `grpc::stager`.
-pub use crate::staging::service as stager;
+pub use celld_transport::grpc::{GrpcError, bind, endpoint, router, router_with_tls, run, set_client_tls};
 
 use crate::executor::Executor;
 use crate::staging::stager::Stager;
 
-#[allow(clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("celld.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("celld_descriptor");
-}
+pub use celld_proto as pb;
 
 /// The cell's listener (`--grpc-listen`): binds `addr` (so a taken port fails
 /// start-up) and returns the server future. Serves Stager and Cell, with
 /// mutual TLS if `tls` is set.
 pub async fn serve(
     addr: &str,
-    tls: Option<&crate::tls::TlsMaterial>,
+    tls: Option<&celld_transport::tls::TlsMaterial>,
     stager: Arc<Stager>,
     executor: Arc<Executor>,
     apps: Option<Arc<crate::apps::AppLayer>>,
@@ -38,4 +31,3 @@ pub async fn serve(
         );
     Ok(Box::pin(run(router, listener, shutdown)))
 }
-

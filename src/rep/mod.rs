@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 use crate::executor::{Executor, LrpPhase, Reporter, StopReason};
-use crate::grpc::pb;
-use crate::grpc::pb::scheduler_client::SchedulerClient;
+use celld_proto as pb;
+use celld_proto::scheduler_client::SchedulerClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepError {
@@ -80,7 +80,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub fn scheduler_channel(addr: &str) -> Result<Channel, RepError> {
-    Ok(crate::grpc::endpoint(addr)
+    Ok(celld_transport::grpc::endpoint(addr)
         .map_err(|e| RepError::BadAddress { addr: addr.to_string(), why: e.to_string() })?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))

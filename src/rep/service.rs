@@ -7,8 +7,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::executor::{Executor, ExecutorError, StopReason};
-use crate::grpc::pb;
-use crate::grpc::pb::cell_server::Cell;
+use celld_proto as pb;
+use celld_proto::cell_server::Cell;
 
 /// How the executor's errors reach gRPC clients of the Cell service (and of
 /// Apps, which drives the executor).

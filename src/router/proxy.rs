@@ -97,7 +97,7 @@ impl Router {
                 .unwrap_or_default(),
         };
         let host = super::normalize_host(&raw_host);
-        let request_id = crate::staging::new_guid();
+        let request_id = celld_base::guid::new_guid();
         let span = tracing::info_span!("route", host = %host, request_id = %request_id);
         let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started: Instant::now() };
         self.route(req, &host, ctx).instrument(span).await

@@ -101,7 +101,7 @@ pub(crate) fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = crate::civil::civil_from_days(days as i64);
+    let (y, m, dd) = celld_base::civil::civil_from_days(days as i64);
     format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
 }
 

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::blobstore::BlobstoreError;
-pub use crate::guid::new_guid;
+pub use celld_base::guid::new_guid;
+use celld_blobstore::BlobstoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {

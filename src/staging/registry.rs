@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::StagingError;
-use crate::blobstore::Blobstore;
-use crate::lifecycle::archive::{Format, sniff};
+use celld_blobstore::Blobstore;
+use celld_lifecycle::archive::{Format, sniff};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buildpack {
@@ -258,33 +258,9 @@ fn inspect(archive: &Path) -> Result<String, StagingError> {
     Ok(entries.into_iter().find(|(p, _)| *p == format!("{root}VERSION")).and_then(|(_, v)| v).unwrap_or_default())
 }
 
-/// A deterministic tgz of `src` (same bytes for the same files, so unchanged
-/// built-ins are recognised by their SHA-256).
+/// `archive::pack_dir` with staging's error.
 pub fn pack_dir(src: &Path, dest: &Path) -> Result<(), StagingError> {
-    let io = |e: std::io::Error| StagingError::Internal(format!("packing {}: {e}", src.display()));
-    let f = std::fs::File::create(dest).map_err(io)?;
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
-    b.mode(tar::HeaderMode::Deterministic);
-    b.follow_symlinks(false);
-    // append_dir_all walks in directory order; sort for stable bytes.
-    let mut paths = Vec::new();
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(io)? {
-            let p = e.map_err(io)?.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p.clone());
-            }
-            paths.push(p);
-        }
-    }
-    paths.sort();
-    for p in paths {
-        let rel = p.strip_prefix(src).map_err(|e| StagingError::Internal(e.to_string()))?;
-        b.append_path_with_name(&p, rel).map_err(io)?;
-    }
-    b.into_inner().and_then(|gz| gz.finish()).map_err(io)?;
-    Ok(())
+    celld_lifecycle::archive::pack_dir(src, dest).map_err(|e| StagingError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::grpc::pb;
-use crate::blobstore::BlobstoreError;
 use crate::staging::registry::Buildpack;
 use crate::staging::stager::{Event, Outcome, StageRequest, Stager, StagingFailure, StagingRecord, StagingSuccess};
 use crate::staging::{StagingError, new_guid, sha256_file, validate_guid};
+use celld_blobstore::BlobstoreError;
+use celld_proto as pb;
 
 /// How staging's errors reach gRPC clients (also used by the services whose
 /// errors wrap staging's or the blobstore's).
@@ -125,7 +125,7 @@ pub(crate) async fn receive<T>(
 /// or a gzipped tar. Checked at upload so a broken package is refused early;
 /// the builder checks every entry again when it unpacks.
 fn check_package(path: &Path, size: u64) -> Result<(), Status> {
-    use crate::lifecycle::archive::{Format, sniff};
+    use celld_lifecycle::archive::{Format, sniff};
     let empty = || Status::invalid_argument("the package is empty: upload a zip, tar or tar.gz of the app's files");
     if size == 0 {
         return Err(empty());

@@ -13,9 +13,9 @@ use tokio::sync::watch;
 use super::log::{LineSplitter, Logger};
 use super::record::{BuildpackUsed, StageRequest, StagingFailure, StagingSuccess};
 use super::{Stager, lock};
-use crate::blobstore::BlobInfo;
-use crate::runtime::initproto as proto;
 use crate::staging::byte_size;
+use celld_blobstore::BlobInfo;
+use celld_runtime::initproto as proto;
 
 /// Where things are inside the staging container (Cloud Foundry's paths).
 pub(super) const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";
@@ -93,7 +93,7 @@ impl Stager {
         let oom = self.gardener.info(guid).await.is_ok_and(|i| i.events.iter().any(|e| e.contains("ut of memory")));
         let mut f = match code {
             222..=226 => {
-                let (reason, message) = crate::lifecycle::failure_reason(code);
+                let (reason, message) = celld_lifecycle::failure_reason(code);
                 StagingFailure::new(reason, message)
             }
             _ if oom => {

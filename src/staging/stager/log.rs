@@ -40,7 +40,7 @@ impl Logger {
             t.push_back(message.to_string());
         }
         if let Some((hub, app_guid)) = &self.hub {
-            hub.emit(crate::grpc::pb::LogEnvelope {
+            hub.emit(celld_proto::LogEnvelope {
                 source_type: "STG".into(),
                 source_instance: "0".into(),
                 message_type: i32::from(stderr),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::blobstore::BlobInfo;
+use celld_blobstore::BlobInfo;
 
 /// What a client asks to stage.
 #[derive(Debug, Clone, Default)]

@@ -13,9 +13,9 @@ use super::builder::{DROPLET, INPUTS, LIFECYCLE_MOUNT, OUTPUT_CACHE, RESULT, par
 use super::log::{Logger, human_duration};
 use super::record::{Event, Outcome, StageRequest, StagingFailure, StagingSuccess};
 use super::{Stager, Task, cache_key, droplet_key, lock};
-use crate::garden::types::{BindMount, ContainerSpec, Limits, ProcessSpec};
 use crate::staging::registry::Buildpack;
 use crate::staging::{StagingError, byte_size};
+use garden_api::types::{BindMount, ContainerSpec, Limits, ProcessSpec};
 
 impl Stager {
     pub(super) async fn run(
@@ -157,14 +157,11 @@ impl Stager {
                 origin: 0,
             }],
             limits: Limits {
-                memory_limits: crate::garden::types::MemoryLimits { limit_in_bytes: u64::from(memory_mb) << 20 },
-                pid_limits: crate::garden::types::PidLimits { max: 1024 },
+                memory_limits: garden_api::types::MemoryLimits { limit_in_bytes: u64::from(memory_mb) << 20 },
+                pid_limits: garden_api::types::PidLimits { max: 1024 },
                 // CPU shares in proportion to memory, as Diego weighs containers.
-                cpu_limits: crate::garden::types::CpuLimits {
-                    weight: u64::from(memory_mb).max(2),
-                    ..Default::default()
-                },
-                disk_limits: crate::garden::types::DiskLimits {
+                cpu_limits: garden_api::types::CpuLimits { weight: u64::from(memory_mb).max(2), ..Default::default() },
+                disk_limits: garden_api::types::DiskLimits {
                     byte_hard: u64::from(disk_mb) << 20,
                     ..Default::default()
                 },

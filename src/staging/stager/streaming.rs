@@ -8,8 +8,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use super::Stager;
-use crate::runtime::initproto::{self as proto, Request};
 use crate::staging::{StagingError, byte_size};
+use celld_runtime::initproto::{self as proto, Request};
 
 impl Stager {
     /// One tar stream into `/tmp` as vcap: `staging-inputs/{package, cache.tgz,

@@ -1,0 +1,653 @@
+//! The networker (Garden's "kawasaki"): an address per container from the pool,
+//! a veth into its network namespace, net-in port mappings, net-out
+//! allowances, isolation from the host and from other containers, and the
+//! container's /etc/hosts and /etc/resolv.conf.
+
+pub mod link;
+pub mod nfnl;
+pub mod nft;
+pub mod pool;
+pub mod rules;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use garden_api::types::{NetIn, NetOutRule, NetworkStat, PortMapping};
+use nft::{ContainerRules, Nft, TableConfig};
+use pool::{Ipv4Net, PortPool, SubnetPool};
+use rules::Allow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The request itself is wrong; nothing was changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No subnet or port left.
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("nftables: {0}")]
+    Firewall(String),
+    /// Another cell holds the pool (or one overlapping it).
+    #[error("{0}")]
+    PoolHeld(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub pool: Ipv4Net,
+    pub port_pool_start: u16,
+    pub port_pool_size: u16,
+    pub allow_host_access: bool,
+    pub deny_networks: Vec<Ipv4Net>,
+    /// The host's resolv.conf.
+    pub resolv_conf: std::path::PathBuf,
+    /// Replaces the host's nameservers in containers when not empty.
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub external_ip: Option<Ipv4Addr>,
+    /// Who this cell is (its depot), written into the pool's lock file so a
+    /// second cell given the same pool can name the one holding it.
+    pub owner: std::path::PathBuf,
+}
+
+/// A container's network, kept in its record so a restarted daemon can reload
+/// its rules and release it later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetState {
+    pub subnet: Ipv4Net,
+    pub mapped_ports: Vec<PortMapping>,
+    /// The net-out allowances so far.
+    pub rules: Vec<Allow>,
+}
+
+impl NetState {
+    pub fn container_ip(&self) -> Ipv4Addr {
+        self.subnet.nth(2)
+    }
+
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.subnet.nth(1)
+    }
+
+    /// The host end of the container's veth, named for the subnet (unique
+    /// across cells with different pools); it holds the gateway address.
+    pub fn host_veth(&self) -> String {
+        format!("cvh-{:08x}", u32::from(self.subnet.addr))
+    }
+
+    /// The container's chain of net-out rules.
+    pub fn chain(&self) -> String {
+        format!("c-{:08x}", u32::from(self.subnet.addr))
+    }
+
+    fn netin(&self) -> Vec<(u16, u16)> {
+        self.mapped_ports.iter().map(|m| (m.host_port as u16, m.container_port as u16)).collect()
+    }
+}
+
+/// The host end of the veth of the container at `container_ip` (its /30's
+/// name, as [`NetState::host_veth`]): what health checks and the executor
+/// look for to know the address still leads into that container.
+pub fn host_veth_for(container_ip: Ipv4Addr) -> String {
+    format!("cvh-{:08x}", u32::from(container_ip) & !((1u32 << (32 - pool::SUBNET_PREFIX)) - 1))
+}
+
+/// Whether the container at `container_ip` still has its interface.
+pub fn has_interface(container_ip: Ipv4Addr) -> bool {
+    link::exists(&host_veth_for(container_ip))
+}
+
+/// Where cells lock the pools they use: one host-wide directory, since
+/// addresses are host-wide whatever each cell's depot and run directory.
+pub const POOL_LOCK_DIR: &str = "/run/celld-pools";
+
+/// An exclusive lock on a network pool for as long as the cell runs (an
+/// flock: the kernel drops it when the process dies, however it dies).
+#[derive(Debug)]
+pub struct PoolLock {
+    _file: std::fs::File,
+}
+
+fn lock_file_name(pool: Ipv4Net) -> String {
+    format!("{:08x}-{}.lock", u32::from(pool.addr), pool.prefix)
+}
+
+fn parse_lock_file_name(name: &str) -> Option<Ipv4Net> {
+    let (hex, len) = name.strip_suffix(".lock")?.split_once('-')?;
+    Ipv4Net::new(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?), len.parse().ok()?).ok()
+}
+
+fn try_flock(f: &std::fs::File, how: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd this function borrows.
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn held_by(path: &std::path::Path) -> String {
+    let owner = std::fs::read_to_string(path).unwrap_or_default();
+    let owner = owner.trim();
+    if owner.is_empty() { "a cell whose depot is unknown".into() } else { format!("the cell with depot {owner}") }
+}
+
+impl PoolLock {
+    /// Takes `pool` for this cell (in `dir`, normally [`POOL_LOCK_DIR`]), or
+    /// says which cell has it or a pool overlapping it: two cells on one pool
+    /// would hand out the same addresses and remove each other's interfaces
+    /// as unowned.
+    pub fn acquire(dir: &std::path::Path, pool: Ipv4Net, owner: &std::path::Path) -> Result<Self, NetworkError> {
+        use std::io::Write;
+        let io = |what: &str, e: std::io::Error| NetworkError::PoolHeld(format!("{what}: {e}"));
+        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+        let path = dir.join(lock_file_name(pool));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&format!("opening {}", path.display()), e))?;
+        if let Err(e) = try_flock(&file, libc::LOCK_EX) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(&format!("locking {}", path.display()), e));
+            }
+            return Err(NetworkError::PoolHeld(format!(
+                "network pool {pool} is in use by {} (lock {}); give this cell a --network-pool of its own",
+                held_by(&path),
+                path.display()
+            )));
+        }
+        // Ours now; a pool overlapping it counts as the same pool.
+        for entry in std::fs::read_dir(dir).map_err(|e| io(&format!("reading {}", dir.display()), e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(other) = parse_lock_file_name(&name) else { continue };
+            if other == pool || !(other.contains_net(&pool) || pool.contains_net(&other)) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(entry.path()) else { continue };
+            // Held if a shared lock cannot be had; if it can, nobody runs on it.
+            if try_flock(&f, libc::LOCK_SH).is_err() {
+                return Err(NetworkError::PoolHeld(format!(
+                    "network pool {pool} overlaps {other}, in use by {} (lock {}); give this cell a --network-pool of its own",
+                    held_by(&entry.path()),
+                    entry.path().display()
+                )));
+            }
+        }
+        let owner = std::path::absolute(owner).unwrap_or_else(|_| owner.to_path_buf());
+        file.set_len(0).map_err(|e| io("writing the pool lock", e))?;
+        file.write_all(format!("{}\n", owner.display()).as_bytes()).map_err(|e| io("writing the pool lock", e))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// What a container's /etc holds for names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameFiles {
+    pub hosts: String,
+    pub resolv_conf: String,
+}
+
+struct Pools {
+    subnets: SubnetPool,
+    ports: PortPool,
+}
+
+pub struct Networker {
+    /// Held for the cell's life: no other cell uses this pool.
+    _pool_lock: PoolLock,
+    table: TableConfig,
+    nft: Nft,
+    /// Per-container firewall changes, straight over netlink.
+    nfnl: Mutex<nfnl::Socket>,
+    pools: Mutex<Pools>,
+    host: Mutex<Option<rtnetlink::Handle>>,
+    mtu: u32,
+    external_ip: Ipv4Addr,
+    /// The host's resolv.conf without loopback nameservers.
+    resolv_base: ResolvConf,
+    /// Veth removals still running in the background.
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+/// Sets and maps of the table that per-container changes touch (see nft.rs).
+const IFACES: &str = "ifaces";
+const CONTAINERS: &str = "containers";
+const NETIN: &str = "netin";
+/// `iface . address`: the one source address each container may send from.
+const SOURCES: &str = "sources";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ResolvConf {
+    nameservers: Vec<String>,
+    /// `search`/`options` lines, kept as the host has them.
+    other: Vec<String>,
+    /// The first loopback nameserver, if the host only has loopback ones.
+    loopback_only: Option<Ipv4Addr>,
+}
+
+fn parse_resolv_conf(text: &str, overrides: &[Ipv4Addr]) -> ResolvConf {
+    let mut rc = ResolvConf::default();
+    let mut loopback = None;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                let Some(addr) = words.next() else { continue };
+                match addr.parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_loopback() => {
+                        if let (None, std::net::IpAddr::V4(v4)) = (loopback, ip) {
+                            loopback = Some(v4);
+                        }
+                    }
+                    Ok(_) => rc.nameservers.push(addr.to_string()),
+                    Err(_) => {}
+                }
+            }
+            Some("search" | "domain" | "options") => rc.other.push(line.to_string()),
+            _ => {}
+        }
+    }
+    if !overrides.is_empty() {
+        rc.nameservers = overrides.iter().map(|a| a.to_string()).collect();
+    } else if rc.nameservers.is_empty() {
+        rc.loopback_only = loopback;
+    }
+    rc
+}
+
+/// The host's interface of its default route (from /proc/net/route).
+fn default_route_iface() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// The address the host sends from towards the outside: a UDP "connect" picks
+/// the route without sending anything.
+fn outward_ip() -> Option<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.254:9").ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+fn host_port_free(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+impl Networker {
+    pub fn new(cfg: NetworkConfig) -> Result<Self, NetworkError> {
+        let subnets = SubnetPool::new(cfg.pool)?;
+        // Before anything touches the pool's interfaces or table.
+        let pool_lock = PoolLock::acquire(std::path::Path::new(POOL_LOCK_DIR), cfg.pool, &cfg.owner)?;
+        let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size);
+        let mtu = cfg.mtu.unwrap_or_else(|| {
+            default_route_iface()
+                .and_then(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/mtu")).ok())
+                .and_then(|m| m.trim().parse().ok())
+                .unwrap_or(1500)
+                .min(1500)
+        });
+        let external_ip = cfg.external_ip.or_else(outward_ip).unwrap_or(Ipv4Addr::LOCALHOST);
+        let resolv_base =
+            parse_resolv_conf(&std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default(), &cfg.dns_servers);
+        if let Some(lo) = resolv_base.loopback_only {
+            tracing::info!(resolver = %lo, "host has only a loopback nameserver; containers ask their gateway, forwarded to it");
+        }
+        let table = TableConfig {
+            name: format!("celld-{:08x}-{}", u32::from(cfg.pool.addr), cfg.pool.prefix),
+            pool: cfg.pool,
+            deny: cfg.deny_networks,
+            allow_host_access: cfg.allow_host_access,
+            dns_forward: resolv_base.loopback_only,
+        };
+        // Forwarding is what lets containers out at all.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| NetworkError::Netlink(format!("enabling IPv4 forwarding: {e}")))?;
+        Ok(Self {
+            _pool_lock: pool_lock,
+            nft: Nft::new()?,
+            nfnl: Mutex::new(nfnl::Socket::new()?),
+            pools: Mutex::new(Pools { subnets, ports }),
+            host: Mutex::new(None),
+            table,
+            mtu,
+            external_ip,
+            resolv_base,
+            pending: Default::default(),
+        })
+    }
+
+    pub fn external_ip(&self) -> Ipv4Addr {
+        self.external_ip
+    }
+
+    /// How many containers the pool has addresses for.
+    pub fn capacity(&self) -> usize {
+        lock(&self.pools).subnets.capacity()
+    }
+
+    fn host(&self) -> Result<rtnetlink::Handle, NetworkError> {
+        let mut h = lock(&self.host);
+        if let Some(h) = h.as_ref() {
+            return Ok(h.clone());
+        }
+        let handle = link::connect(None)?;
+        *h = Some(handle.clone());
+        Ok(handle)
+    }
+
+    async fn firewall(&self, script: String) -> Result<(), NetworkError> {
+        // libnftables blocks for a fraction of a millisecond; keep it off the
+        // async workers anyway.
+        tokio::task::block_in_place(|| self.nft.run(&script))
+    }
+
+    /// One netlink transaction on this cell's table.
+    fn change(&self, build: impl FnOnce(&mut nfnl::Batch)) -> Result<(), NetworkError> {
+        let mut batch = nfnl::Batch::new(&self.table.name);
+        build(&mut batch);
+        lock(&self.nfnl).run(&batch)
+    }
+
+    fn add_container(&self, state: &NetState) -> Result<(), NetworkError> {
+        let (chain, veth) = (state.chain(), state.host_veth());
+        self.change(|b| {
+            b.add_chain(&chain);
+            for r in &state.rules {
+                b.add_rule(&chain, r);
+            }
+            b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain).add_source(
+                SOURCES,
+                &veth,
+                state.container_ip(),
+            );
+            for m in &state.mapped_ports {
+                b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
+            }
+        })
+    }
+
+    /// Checks a create request's network settings before anything is made;
+    /// returns its net-out rules as firewall allowances.
+    pub fn check(&self, netin: &[NetIn], rules: &[NetOutRule], handle: &str) -> Result<Vec<Allow>, NetworkError> {
+        for n in netin {
+            check_container_port(n.container_port)?;
+            if n.host_port > u16::MAX as u32 {
+                return Err(NetworkError::BadRequest(format!("host port {} is out of range (1-65535)", n.host_port)));
+            }
+        }
+        rules::allowances(rules, handle)
+    }
+
+    /// Takes a subnet for a new container (`requested` as in Garden's `network`).
+    pub fn reserve(&self, requested: &str) -> Result<Ipv4Net, NetworkError> {
+        lock(&self.pools).subnets.acquire(requested.trim())
+    }
+
+    pub fn release_subnet(&self, subnet: Ipv4Net) {
+        lock(&self.pools).subnets.release(subnet);
+    }
+
+    pub fn name_files(&self, subnet: Ipv4Net, hostname: &str) -> NameFiles {
+        let rc = &self.resolv_base;
+        let mut resolv = String::new();
+        let gateway = [subnet.nth(1).to_string()];
+        let servers = if rc.loopback_only.is_some() { &gateway[..] } else { &rc.nameservers[..] };
+        for ns in servers {
+            resolv.push_str(&format!("nameserver {ns}\n"));
+        }
+        for l in &rc.other {
+            resolv.push_str(l);
+            resolv.push('\n');
+        }
+        NameFiles { hosts: format!("127.0.0.1 localhost\n{} {hostname}\n", subnet.nth(2)), resolv_conf: resolv }
+    }
+
+    /// Wires a created container (its init is `pid`) into the network. On
+    /// error nothing of it stays but the subnet, which the caller releases.
+    pub async fn attach(
+        &self,
+        handle: &str,
+        subnet: Ipv4Net,
+        pid: i32,
+        netin: &[NetIn],
+        allowances: Vec<Allow>,
+    ) -> Result<NetState, NetworkError> {
+        let mut state = NetState { subnet, mapped_ports: Vec::new(), rules: allowances };
+        let mut firewalled = false;
+        let made = async {
+            for n in netin {
+                let m = self.acquire_port(n)?;
+                state.mapped_ports.push(m);
+            }
+            // Rules first: the interface is known to the firewall (and so
+            // isolated) before any packet can cross it.
+            self.add_container(&state)?;
+            firewalled = true;
+            let t = std::time::Instant::now();
+            let host = self.host()?;
+            link::create(&host, &state.host_veth(), subnet, self.mtu, pid).await?;
+            tracing::debug!(handle = %handle, links_ms = t.elapsed().as_secs_f64() * 1e3, "network attached");
+            Ok(())
+        }
+        .await;
+        match made {
+            Ok(()) => Ok(state),
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "network setup failed; undoing");
+                if firewalled {
+                    self.remove_rules(&state);
+                }
+                self.delete_links(&state).await;
+                for m in &state.mapped_ports {
+                    lock(&self.pools).ports.release(m.host_port as u16);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn acquire_port(&self, n: &NetIn) -> Result<PortMapping, NetworkError> {
+        check_container_port(n.container_port)?;
+        let host_port = lock(&self.pools).ports.acquire(n.host_port, host_port_free)?;
+        Ok(PortMapping { host_port: host_port as u32, container_port: n.container_port })
+    }
+
+    /// Removes a container's rules, map entries and interface from the
+    /// firewall; what is already gone is skipped.
+    fn remove_rules(&self, state: &NetState) {
+        let steps = 4 + state.mapped_ports.len();
+        let (chain, veth) = (state.chain(), state.host_veth());
+        let step = |b: &mut nfnl::Batch, i: usize| {
+            match i {
+                0 => b.delete_iface(IFACES, &veth),
+                1 => b.delete_iface(CONTAINERS, &veth),
+                2 => b.delete_source(SOURCES, &veth, state.container_ip()),
+                3 => b.delete_chain(&chain),
+                _ => b.delete_port(NETIN, state.mapped_ports[i - 4].host_port as u16),
+            };
+        };
+        // All at once; if part of it is already gone, the rest one by one.
+        if self.change(|b| (0..steps).for_each(|i| step(b, i))).is_err() {
+            for i in 0..steps {
+                let _ = self.change(|b| step(b, i));
+            }
+        }
+    }
+
+    async fn delete_links(&self, state: &NetState) {
+        if let Ok(host) = self.host() {
+            if let Err(e) = link::delete(&host, &state.host_veth()).await {
+                tracing::warn!(interface = %state.host_veth(), error = %e, "removing the veth failed");
+            }
+        }
+    }
+
+    /// Undoes [`attach`](Self::attach) once the container is dead. Rules and
+    /// ports go at once; the veth goes in the background, because the kernel
+    /// takes ~25 ms (RCU grace periods) to unregister a device, and the subnet
+    /// is free again only after it is gone. A daemon
+    /// that dies first removes them when it starts again ([`restore`](Self::restore)).
+    pub async fn detach(self: &Arc<Self>, state: &NetState) {
+        self.remove_rules(state);
+        {
+            let mut p = lock(&self.pools);
+            for m in &state.mapped_ports {
+                p.ports.release(m.host_port as u16);
+            }
+        }
+        let (net, state) = (self.clone(), state.clone());
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            net.delete_links(&state).await;
+            net.release_subnet(state.subnet);
+            net.pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Waits (at most `limit`) for background veth removals, so a daemon that
+    /// stops leaves none behind.
+    pub async fn drain(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Garden's NetIn: maps a host port (0: the next free one) to a container port.
+    pub async fn net_in(
+        &self,
+        state: &mut NetState,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<PortMapping, NetworkError> {
+        let m = self.acquire_port(&NetIn { host_port, container_port })?;
+        if let Err(e) = self.change(|b| {
+            b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
+        }) {
+            lock(&self.pools).ports.release(m.host_port as u16);
+            return Err(e);
+        }
+        state.mapped_ports.push(m);
+        Ok(m)
+    }
+
+    /// Garden's NetOut and BulkNetOut: all rules apply, or none.
+    pub async fn net_out(&self, handle: &str, state: &mut NetState, rules: &[NetOutRule]) -> Result<(), NetworkError> {
+        let statements = rules::allowances(rules, handle)?;
+        if state.rules.len() + statements.len() > rules::MAX_STATEMENTS * 4 {
+            return Err(NetworkError::BadRequest("too many net-out rules for one container".into()));
+        }
+        let chain = state.chain();
+        self.change(|b| {
+            for r in &statements {
+                b.add_rule(&chain, r);
+            }
+        })?;
+        state.rules.extend(statements);
+        Ok(())
+    }
+
+    /// After a restart: holds the subnets and ports of surviving containers,
+    /// rebuilds the firewall from them in one transaction, and removes
+    /// interfaces of this pool that no surviving container owns.
+    pub async fn restore(&self, states: &[NetState]) -> Result<(), NetworkError> {
+        {
+            let mut p = lock(&self.pools);
+            for s in states {
+                p.subnets.hold(s.subnet);
+                for m in &s.mapped_ports {
+                    p.ports.hold(m.host_port as u16);
+                }
+            }
+        }
+        let names: Vec<_> = states.iter().map(|s| (s.chain(), s.host_veth(), s.netin())).collect();
+        let views: Vec<ContainerRules> = states
+            .iter()
+            .zip(&names)
+            .map(|(s, (chain, iface, netin))| ContainerRules {
+                chain,
+                iface,
+                ip: s.container_ip(),
+                rules: &s.rules,
+                netin,
+            })
+            .collect();
+        self.firewall(self.table.rebuild(&views)).await?;
+        let host = self.host()?;
+        let owned: std::collections::HashSet<String> = states.iter().map(NetState::host_veth).collect();
+        for name in link::list(&host).await? {
+            let Some(hex) = name.strip_prefix("cvh-") else { continue };
+            let Ok(addr) = u32::from_str_radix(hex, 16) else { continue };
+            if self.table.pool.contains(Ipv4Addr::from(addr)) && !owned.contains(&name) {
+                tracing::info!(interface = %name, "removing interface no container owns");
+                let _ = link::delete(&host, &name).await;
+            }
+        }
+        // Kept when the daemon exits: its containers keep running, and their
+        // pool must not leak off the host while it is down.
+        link::hold_pool_route(&host, self.table.pool).await?;
+        Ok(())
+    }
+
+    /// Bytes through the container's interface, as the container sees them.
+    pub fn stats(&self, state: &NetState) -> NetworkStat {
+        let read = |k: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{k}", state.host_veth()))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        // The host end sends what the container receives.
+        NetworkStat { rx_bytes: read("tx_bytes"), tx_bytes: read("rx_bytes") }
+    }
+}
+
+fn check_container_port(port: u32) -> Result<(), NetworkError> {
+    if port == 0 || port > u16::MAX as u32 {
+        return Err(NetworkError::BadRequest(format!("container port {port} is out of range (1-65535)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_drops_loopback_nameservers() {
+        let rc = parse_resolv_conf("nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp\n", &[]);
+        assert_eq!(rc.nameservers, vec!["10.0.0.2"]);
+        assert_eq!(rc.other, vec!["search corp"]);
+        assert_eq!(rc.loopback_only, None);
+        let only = parse_resolv_conf("nameserver 127.0.0.53\noptions edns0\n", &[]);
+        assert_eq!(only.loopback_only, Some(Ipv4Addr::new(127, 0, 0, 53)));
+        let over = parse_resolv_conf("nameserver 127.0.0.53\n", &[Ipv4Addr::new(1, 1, 1, 1)]);
+        assert_eq!((over.nameservers, over.loopback_only), (vec!["1.1.1.1".to_string()], None));
+    }
+
+    #[test]
+    fn container_ports_are_checked() {
+        assert!(check_container_port(0).is_err());
+        assert!(check_container_port(65536).is_err());
+        assert!(check_container_port(8080).is_ok());
+    }
+}

@@ -1,0 +1,543 @@
+//! Creates, connects to and destroys containers. Owns the runtime helper and the
+//! depot; knows nothing of Garden's HTTP side.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+use super::RuntimeError;
+use super::cgroups::{self, Cgroup};
+use super::depot::{ContainerRecord, Depot};
+use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
+use super::initproto::{self as proto, Reply, Request};
+use super::rootfs::{self, Overlay};
+use super::spec::{self, ROOT_HOST_ID, SpecInput};
+use celld_network::NameFiles;
+use garden_api::types::ContainerSpec;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub depot: PathBuf,
+    pub run_dir: PathBuf,
+    pub rootfs_dir: PathBuf,
+    pub default_rootfs: String,
+    /// The celld executable, re-executed as the runtime helper.
+    pub exe: PathBuf,
+    /// The helper logs with the daemon's filter.
+    pub log_level: String,
+    /// pids.max for containers whose spec asks for none (0 = no limit).
+    pub default_pids_limit: u64,
+}
+
+struct HelperConn {
+    child: std::process::Child,
+    io: BufReader<UnixStream>,
+}
+
+pub struct Containerizer {
+    cfg: RuntimeConfig,
+    depot: Depot,
+    /// Parent of every container cgroup of this daemon, unique per depot so that
+    /// several daemons can run side by side.
+    cgroup_parent: String,
+    helper: Mutex<Option<HelperConn>>,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since
+/// boot; `None` if the process is gone or a zombie (after a daemon restart a dead
+/// init may wait for a host pid 1 that does not reap).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+impl Containerizer {
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let depot = Depot::new(&cfg.depot);
+        check_traversable(&cfg.depot)?;
+        // A previous daemon's helper must be gone before anything is swept:
+        // killed with its daemon, it may still be finishing a system call
+        // (a cgroup mkdir waiting for the cgroup mutex) that would make a
+        // cgroup after the sweep looked.
+        await_old_helper(&helper_pid_file(&cfg.run_dir));
+        // What a previous daemon had not finished deleting.
+        let _ = std::fs::remove_dir_all(depot.trash_dir());
+        rootfs::clean_cache(&depot.rootfs_cache(), &depot.containers_dir());
+        // Host users may not look inside; container root (an unprivileged host
+        // uid) must still traverse to its rootfs.
+        for (d, mode) in
+            [(depot.containers_dir(), 0o711), (depot.trash_dir(), 0o700), (cfg.run_dir.join("init"), 0o700)]
+        {
+            std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
+        }
+        Ok(Self {
+            cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
+            depot,
+            cfg,
+            helper: Mutex::new(None),
+        })
+    }
+
+    pub fn depot(&self) -> &Depot {
+        &self.depot
+    }
+
+    fn cgroup_path(&self, handle: &str) -> String {
+        format!("{}/{}", self.cgroup_parent, handle)
+    }
+
+    fn socket_path(&self, handle: &str) -> PathBuf {
+        // Unix socket paths are limited to 108 bytes, handles are not: name the
+        // socket by a hash of the handle.
+        self.cfg.run_dir.join("init").join(format!("{:016x}.sock", super::fnv1a(handle.as_bytes())))
+    }
+
+    async fn helper_call(&self, req: &HelperRequest) -> Result<HelperReply, RuntimeError> {
+        let mut guard = self.helper.lock().await;
+        // (Re)start the helper if it is not there or has died.
+        let alive = guard.as_mut().is_some_and(|h| matches!(h.child.try_wait(), Ok(None)));
+        if !alive {
+            if let Some(mut old) = guard.take() {
+                let _ = old.child.kill();
+                let _ = old.child.wait();
+            }
+            let (child, sock) = helper::spawn(&self.cfg.exe, &self.cfg.depot, &self.cfg.log_level)
+                .map_err(|e| RuntimeError::Helper(format!("start: {e}")))?;
+            // For the next daemon, should this one die (see `await_old_helper`).
+            let pid = child.id() as i32;
+            if let Some(started) = process_start_time(pid) {
+                let file = helper_pid_file(&self.cfg.run_dir);
+                if let Err(e) = std::fs::write(&file, format!("{pid} {started}\n")) {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot record the helper's pid");
+                }
+            }
+            sock.set_nonblocking(true).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+            let sock = UnixStream::from_std(sock).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+            *guard = Some(HelperConn { child, io: BufReader::new(sock) });
+        }
+        let Some(h) = guard.as_mut() else { return Err(RuntimeError::Helper("not running".into())) };
+        let mut line = serde_json::to_vec(req).map_err(|e| RuntimeError::Helper(e.to_string()))?;
+        line.push(b'\n');
+        let result = async {
+            h.io.get_mut().write_all(&line).await?;
+            let mut reply = String::new();
+            if h.io.read_line(&mut reply).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "helper exited"));
+            }
+            Ok(reply)
+        }
+        .await;
+        match result {
+            Ok(reply) => serde_json::from_str(&reply).map_err(|e| RuntimeError::Helper(format!("bad reply: {e}"))),
+            Err(e) => {
+                *guard = None;
+                Err(RuntimeError::Helper(e.to_string()))
+            }
+        }
+    }
+
+    /// Creates and starts a container. On any failure everything made so far is
+    /// undone: no mount, cgroup, socket or depot directory stays behind. The
+    /// caller saves the record once the container is complete (with its
+    /// network): a daemon that dies before then finds a directory without a
+    /// record, which it removes as a half-done create.
+    /// `names` are the /etc/hosts and /etc/resolv.conf the container gets.
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        grace_time: u64,
+        names: Option<NameFiles>,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let handle = spec.handle.clone();
+        let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
+        let source = rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?;
+        let mut bind_mounts = Vec::new();
+        for m in &spec.bind_mounts {
+            if m.origin != 0 {
+                return Err(RuntimeError::BadRootfs("bind mounts with origin container are not supported".into()));
+            }
+            if !m.src_path.starts_with('/') || !m.dst_path.starts_with('/') || m.dst_path.contains("..") {
+                return Err(RuntimeError::BadRootfs(format!(
+                    "bind mount {} -> {}: both paths must be absolute",
+                    m.src_path, m.dst_path
+                )));
+            }
+            if std::fs::metadata(&m.src_path).is_err() {
+                return Err(RuntimeError::BadRootfs(format!("bind mount source {} does not exist", m.src_path)));
+            }
+            bind_mounts.push((m.src_path.clone(), m.dst_path.clone(), m.mode == 1));
+        }
+        let dir = self.depot.container_dir(&handle);
+        std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+        let cgroup_path = self.cgroup_path(&handle);
+        let socket = self.socket_path(&handle);
+        let rec = ContainerRecord {
+            handle: handle.clone(),
+            spec: spec.clone(),
+            properties: spec.properties.clone(),
+            grace_time,
+            created_at: now_ns(),
+            init_pid: 0,
+            init_start_time: 0,
+            cgroup_path,
+            socket,
+            rootfs: source.clone(),
+            privileged: spec.privileged,
+            state: "active".into(),
+            network: None,
+        };
+        match self.create_in(&rec, &dir, &source, &bind_mounts, names).await {
+            Ok(rec) => Ok(rec),
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "create failed; cleaning up");
+                let _ = self.destroy(&rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in(
+        &self,
+        rec: &ContainerRecord,
+        dir: &Path,
+        source: &Path,
+        bind_mounts: &[(String, String, bool)],
+        names: Option<NameFiles>,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let limits = &rec.spec.limits;
+        let cpu_shares =
+            if limits.cpu_limits.weight > 0 { limits.cpu_limits.weight } else { limits.cpu_limits.limit_in_shares };
+        let privileged = rec.privileged;
+        let (source, cache, dir2) = (source.to_path_buf(), self.depot.rootfs_cache(), dir.to_path_buf());
+        let containers = self.depot.containers_dir();
+        let spec = spec::build(&SpecInput {
+            handle: &rec.handle,
+            rootfs: &Overlay::in_dir(dir).merged,
+            cgroup_path: &rec.cgroup_path,
+            privileged,
+            memory_limit: limits.memory_limits.limit_in_bytes,
+            cpu_shares,
+            pids_max: if limits.pid_limits.max > 0 { limits.pid_limits.max } else { self.cfg.default_pids_limit },
+            env: &rec.spec.env,
+            bind_mounts,
+        })?;
+        let started = std::time::Instant::now();
+        let etc_files: Vec<(String, String)> =
+            names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]).unwrap_or_default();
+        let merged = Overlay::in_dir(dir).merged;
+        let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
+            let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
+            let overlay = Overlay::in_dir(&dir2);
+            let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
+            // Written here, not by oci-spec's `save`, whose error drops the cause (ENOSPC).
+            let config = dir2.join("config.json");
+            let json = serde_json::to_vec(&spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+            std::fs::write(&config, json).map_err(|e| RuntimeError::io(&config, e))?;
+            Ok(options)
+        })
+        .await
+        .map_err(|e| RuntimeError::Helper(e.to_string()))??;
+        let prepared = started.elapsed();
+        let reply = self
+            .helper_call(&HelperRequest::Create {
+                id: rec.handle.clone(),
+                bundle: dir.to_path_buf(),
+                socket: rec.socket.clone(),
+                rootfs: RootfsMount { merged, options },
+                seccomp: !privileged,
+            })
+            .await?;
+        let pid = match reply {
+            HelperReply::Created { pid } => pid,
+            HelperReply::Failed { message } => return Err(RuntimeError::Helper(message)),
+        };
+        let mut rec = rec.clone();
+        rec.init_pid = pid;
+        rec.init_start_time = process_start_time(pid).ok_or(RuntimeError::InitGone)?;
+        tracing::debug!(
+            handle = %rec.handle,
+            rootfs_ms = prepared.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "container created"
+        );
+        Ok(rec)
+    }
+
+    /// Whether the container's init (the very process we started) still runs.
+    pub fn is_alive(rec: &ContainerRecord) -> bool {
+        rec.init_pid > 0 && process_start_time(rec.init_pid) == Some(rec.init_start_time)
+    }
+
+    /// Removes what a create that died half-way left under `handle` (a depot
+    /// directory without a record): its cgroup, whose processes are killed, its
+    /// overlay, socket and files.
+    pub async fn remove_leftover(&self, handle: &str) -> Result<(), RuntimeError> {
+        let rec = ContainerRecord {
+            handle: handle.to_string(),
+            spec: ContainerSpec::default(),
+            properties: Default::default(),
+            grace_time: 0,
+            created_at: 0,
+            init_pid: 0,
+            init_start_time: 0,
+            cgroup_path: self.cgroup_path(handle),
+            socket: self.socket_path(handle),
+            rootfs: PathBuf::new(),
+            privileged: false,
+            state: String::new(),
+            network: None,
+        };
+        self.destroy(&rec).await
+    }
+
+    /// Kills the container and removes everything it had on the host.
+    pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        let rec = rec.clone();
+        let dir = self.depot.container_dir(&rec.handle);
+        let trash = self.depot.trash_dir();
+        let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
+        tokio::task::spawn_blocking(move || {
+            let mut first_err = None;
+            let t0 = std::time::Instant::now();
+            kill_init(&rec);
+            let killed = t0.elapsed();
+            // Whatever hierarchies it is in: a create cut short by a crash
+            // can leave the first ones made and not the memory one.
+            if let Err(e) = Cgroup::new(&rec.cgroup_path).remove() {
+                first_err.get_or_insert(e);
+            }
+            let cgroup_removed = t0.elapsed();
+            if let Err(e) = Overlay::in_dir(&dir).unmount() {
+                first_err.get_or_insert(e);
+            }
+            let _ = std::fs::remove_file(&rec.socket);
+            let lower = std::fs::read_link(rootfs::lower_link(&dir)).ok();
+            // The container's files leave the depot at once (a rename); deleting
+            // them, which takes milliseconds, happens off the request path.
+            if dir.exists() {
+                let doomed = trash.join(format!("{}.{}", rec.handle, now_ns()));
+                match std::fs::rename(&dir, &doomed) {
+                    Ok(()) => {
+                        std::thread::spawn(move || std::fs::remove_dir_all(&doomed));
+                    }
+                    Err(_) => {
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            first_err.get_or_insert(RuntimeError::io(&dir, e));
+                        }
+                    }
+                }
+            }
+            // Its rootfs copy goes with its last user once a newer one replaced it.
+            if let Some(lower) = lower {
+                rootfs::release(&lower, &cache, &containers);
+            }
+            tracing::debug!(
+                handle = %rec.handle,
+                kill_ms = killed.as_secs_f64() * 1e3,
+                cgroup_ms = (cgroup_removed - killed).as_secs_f64() * 1e3,
+                files_ms = (t0.elapsed() - cgroup_removed).as_secs_f64() * 1e3,
+                "container removed"
+            );
+            first_err.map_or(Ok(()), Err)
+        })
+        .await
+        .map_err(|e| RuntimeError::Helper(e.to_string()))?
+    }
+
+    /// Kills and removes what no container record accounts for: cgroups under
+    /// this daemon's parent and init sockets. A daemon and helper killed
+    /// half-way through a create can leave a container init in its cgroup
+    /// after the depot directory (which the restore removes) is gone.
+    pub async fn sweep_strays(&self, known: &std::collections::HashSet<String>) {
+        let parent = self.cgroup_parent.clone();
+        let init = self.cfg.run_dir.join("init");
+        let sockets: std::collections::HashSet<PathBuf> = known.iter().map(|h| self.socket_path(h)).collect();
+        let known = known.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in cgroups::children(Path::new(&parent)) {
+                if !known.contains(&name) {
+                    tracing::warn!(handle = %name, "removing a container cgroup without a record");
+                    if let Err(e) = Cgroup::new(format!("{parent}/{name}")).remove() {
+                        tracing::warn!(handle = %name, error = %e, "stray cgroup stays");
+                    }
+                }
+            }
+            let entries = |d: &Path| -> Vec<PathBuf> {
+                std::fs::read_dir(d).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default()
+            };
+            for p in entries(&init) {
+                if !sockets.contains(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Removes this daemon's parent cgroup if no container uses it any more.
+    pub fn tidy_cgroup_parent(&self) {
+        cgroups::remove_parent_if_empty(Path::new(&self.cgroup_parent));
+    }
+
+    pub async fn connect(&self, rec: &ContainerRecord) -> Result<UnixStream, RuntimeError> {
+        if !Self::is_alive(rec) {
+            return Err(RuntimeError::InitGone);
+        }
+        UnixStream::connect(&rec.socket).await.map_err(RuntimeError::Init)
+    }
+
+    /// Sends a request and reads init's reply; the connection is returned for
+    /// requests that continue as a stream.
+    pub async fn request(&self, rec: &ContainerRecord, req: &Request) -> Result<(Reply, UnixStream), RuntimeError> {
+        let mut conn = self.connect(rec).await?;
+        proto::client::write_frame(&mut conn, proto::TAG_REQUEST, &serde_json::to_vec(req).unwrap_or_default())
+            .await
+            .map_err(RuntimeError::Init)?;
+        let reply = proto::client::read_reply(&mut conn).await.map_err(RuntimeError::Init)?;
+        if let Some((kind, msg)) = &reply.error {
+            return Err(RuntimeError::Process(*kind, msg.clone()));
+        }
+        Ok((reply, conn))
+    }
+
+    pub async fn process_ids(&self, rec: &ContainerRecord) -> Vec<String> {
+        match self.request(rec, &Request::List).await {
+            Ok((r, _)) => r.ids,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Garden's stop: TERM to every process but init, KILL after `timeout`.
+    pub async fn stop(&self, rec: &ContainerRecord, kill: bool, timeout: Duration) -> Result<(), RuntimeError> {
+        let cg = Cgroup::new(&rec.cgroup_path);
+        let others = |cg: &Cgroup| cg.pids().into_iter().filter(|&p| p != rec.init_pid).count();
+        if !kill {
+            self.request(rec, &Request::SignalAll { signal: libc::SIGTERM }).await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            while others(&cg) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if others(&cg) > 0 {
+            self.request(rec, &Request::SignalAll { signal: libc::SIGKILL }).await?;
+        }
+        Ok(())
+    }
+
+    pub fn cgroup(rec: &ContainerRecord) -> Cgroup {
+        Cgroup::new(&rec.cgroup_path)
+    }
+
+    /// Bytes and inodes the container wrote (its overlay upper layer).
+    pub fn disk_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper];
+        let (mut bytes, mut inodes) = (0, 0);
+        while let Some(p) = stack.pop() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+                }
+            }
+        }
+        (bytes, inodes)
+    }
+}
+
+/// Container root is an unprivileged host uid: every directory above the depot
+/// must let others through, or no unprivileged container can start. Checked
+/// once at start-up, with the fix in the message.
+fn check_traversable(depot: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(depot).map_err(|e| RuntimeError::io(depot, e))?;
+    let depot = std::fs::canonicalize(depot).map_err(|e| RuntimeError::io(depot, e))?;
+    for dir in depot.ancestors() {
+        let mode = std::fs::metadata(dir).map_err(|e| RuntimeError::io(dir, e))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(RuntimeError::BadDepot(format!(
+                "the depot {} is inside {} (mode {:o}), which container root (host uid {ROOT_HOST_ID}) cannot \
+                 traverse, so no unprivileged container could start: run `chmod o+x {}` or choose a --depot elsewhere",
+                depot.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn helper_pid_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("helper.pid")
+}
+
+/// Kills the helper a previous daemon recorded in `file` (pid and start time),
+/// if it still runs, and waits until it has exited.
+fn await_old_helper(file: &Path) {
+    let Ok(text) = std::fs::read_to_string(file) else { return };
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else { return };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    if process_start_time(pid) == Some(started) {
+        tracing::info!(pid, "waiting for the previous daemon's runtime helper to exit");
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+        // Readable once it has exited, i.e. after its last system call.
+        let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        if unsafe { libc::poll(&mut pfd, 1, 10_000) } == 0 {
+            tracing::warn!(pid, "the previous runtime helper has not exited after 10 s");
+        }
+    }
+    unsafe { libc::close(pidfd) };
+}
+
+fn kill_init(rec: &ContainerRecord) {
+    if rec.init_pid <= 0 {
+        return;
+    }
+    // A pidfd pins the process: after the start-time check, the signal cannot
+    // reach a different process that reused the pid.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.init_pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    if process_start_time(rec.init_pid) == Some(rec.init_start_time) {
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+        // Killing a pid namespace's init kills all of its processes; the pidfd
+        // turns readable once they are gone.
+        let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    }
+    unsafe { libc::close(pidfd) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_this_process_and_of_none() {
+        let me = std::process::id() as i32;
+        assert!(process_start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(process_start_time(i32::MAX), None);
+    }
+}

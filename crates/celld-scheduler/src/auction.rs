@@ -1,0 +1,446 @@
+//! Diego's auction score (auction `auctionrunner/cell.go`), over a model of
+//! each cell that counts this batch's placements as soon as they are made.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use celld_proto as pb;
+
+use super::model::NO_COMPATIBLE_CELL;
+
+/// What one instance or task needs from a cell.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    /// Set for instances: spreading counts instances of the same process.
+    pub process_guid: Option<String>,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub rootfs: String,
+    pub placement_tags: Vec<String>,
+}
+
+/// A live cell as the auction sees it.
+#[derive(Debug, Clone)]
+pub struct CellView {
+    pub presence: pb::CellPresence,
+    /// When the scheduler heard `presence`: work the cell accepted before
+    /// then is already out of its `available`.
+    heard: Instant,
+    /// Usage the scheduler's records show (CLAIMED/RUNNING instances, RUNNING tasks).
+    recorded: Usage,
+    recorded_starting: u64,
+    /// Every placement not in the records yet (accepted, in flight, or made
+    /// in this batch).
+    placed: Usage,
+    placed_starting: u64,
+    /// Those of `placed` the heartbeat cannot show yet: in flight, or
+    /// accepted after it.
+    unheard: Usage,
+    unheard_starting: u64,
+    per_process: HashMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    memory_mb: u64,
+    disk_mb: u64,
+    containers: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fit {
+    Score(f64),
+    Incompatible,
+    /// The resources that do not fit, in Diego's order.
+    Insufficient(Vec<&'static str>),
+}
+
+impl Usage {
+    fn add(&mut self, d: &Demand) {
+        self.memory_mb += d.memory_mb;
+        self.disk_mb += d.disk_mb;
+        self.containers += 1;
+    }
+
+    fn sub(&mut self, d: &Demand) {
+        self.memory_mb = self.memory_mb.saturating_sub(d.memory_mb);
+        self.disk_mb = self.disk_mb.saturating_sub(d.disk_mb);
+        self.containers = self.containers.saturating_sub(1);
+    }
+
+    fn plus(self, o: Usage) -> Usage {
+        Usage {
+            memory_mb: self.memory_mb + o.memory_mb,
+            disk_mb: self.disk_mb + o.disk_mb,
+            containers: self.containers + o.containers,
+        }
+    }
+
+    fn max(self, o: Usage) -> Usage {
+        Usage {
+            memory_mb: self.memory_mb.max(o.memory_mb),
+            disk_mb: self.disk_mb.max(o.disk_mb),
+            containers: self.containers.max(o.containers),
+        }
+    }
+}
+
+impl CellView {
+    /// A cell whose `presence` the scheduler heard at `heard`.
+    pub fn new(presence: pb::CellPresence, heard: Instant) -> Self {
+        Self {
+            presence,
+            heard,
+            recorded: Usage::default(),
+            recorded_starting: 0,
+            placed: Usage::default(),
+            placed_starting: 0,
+            unheard: Usage::default(),
+            unheard_starting: 0,
+            per_process: HashMap::new(),
+        }
+    }
+
+    pub fn cell_id(&self) -> &str {
+        &self.presence.cell_id
+    }
+
+    /// An instance or task the records place on this cell.
+    pub fn add_recorded(&mut self, d: &Demand, starting: bool) {
+        self.add_recorded_counting(d, starting, true);
+    }
+
+    /// `add_recorded`, counting the instance for spreading only when
+    /// `spread` (an auction needs the counts of the processes it places).
+    pub fn add_recorded_counting(&mut self, d: &Demand, starting: bool, spread: bool) {
+        self.recorded.add(d);
+        if starting {
+            self.recorded_starting += 1;
+        }
+        if spread {
+            self.count_process(d);
+        }
+    }
+
+    /// A placement made in this batch (in flight: no heartbeat shows it).
+    pub fn reserve(&mut self, d: &Demand) {
+        self.reserve_counting(d, None, true);
+    }
+
+    /// A placement the records do not show yet, which the cell `accepted`
+    /// at that instant (None: Perform in flight); counted for spreading
+    /// only when `spread`.
+    pub fn reserve_counting(&mut self, d: &Demand, accepted: Option<Instant>, spread: bool) {
+        self.placed.add(d);
+        self.placed_starting += 1;
+        // Only work in flight or accepted after the heartbeat is missing from
+        // it: a cell reserves what it accepts, out of its `available`.
+        if accepted.is_none_or(|a| a >= self.heard) {
+            self.unheard.add(d);
+            self.unheard_starting += 1;
+        }
+        if spread {
+            self.count_process(d);
+        }
+    }
+
+    fn count_process(&mut self, d: &Demand) {
+        if let Some(pg) = &d.process_guid {
+            match self.per_process.get_mut(pg) {
+                Some(n) => *n += 1,
+                None => {
+                    self.per_process.insert(pg.clone(), 1);
+                }
+            }
+        }
+    }
+
+    /// Undoes `reserve` (the cell refused the work).
+    pub fn release(&mut self, d: &Demand) {
+        self.placed.sub(d);
+        self.placed_starting = self.placed_starting.saturating_sub(1);
+        self.unheard.sub(d);
+        self.unheard_starting = self.unheard_starting.saturating_sub(1);
+        if let Some(n) = d.process_guid.as_ref().and_then(|pg| self.per_process.get_mut(pg)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn capacity(&self) -> Usage {
+        let c = self.presence.capacity.unwrap_or_default();
+        Usage { memory_mb: c.memory_mb.into(), disk_mb: c.disk_mb.into(), containers: c.containers.into() }
+    }
+
+    /// Used = what the heartbeat says or what the records say, whichever is
+    /// more (each misses something: the heartbeat is up to 5 s old, the
+    /// records miss staging). Each side adds the placements it cannot see:
+    /// the heartbeat those the cell had not accepted when it was heard, the
+    /// records all of them (counting an accepted one on top of a heartbeat
+    /// that shows it made busy cells look full).
+    fn used(&self) -> Usage {
+        let cap = self.capacity();
+        let avail = self.presence.available.unwrap_or_default();
+        let hb = Usage {
+            memory_mb: cap.memory_mb.saturating_sub(avail.memory_mb.into()),
+            disk_mb: cap.disk_mb.saturating_sub(avail.disk_mb.into()),
+            containers: cap.containers.saturating_sub(avail.containers.into()),
+        };
+        hb.plus(self.unheard).max(self.recorded.plus(self.placed))
+    }
+
+    /// Starting containers, on the same two sides as `used` (a cell counts
+    /// the work it accepted as starting).
+    fn starting(&self) -> u64 {
+        (u64::from(self.presence.starting_containers) + self.unheard_starting)
+            .max(self.recorded_starting + self.placed_starting)
+    }
+
+    fn compatible(&self, d: &Demand) -> bool {
+        // `preloaded:NAME` needs the stack; an absolute path (or docker://, or
+        // the cell's default) is any cell's business.
+        if let Some(stack) = d.rootfs.strip_prefix("preloaded:") {
+            if !self.presence.stacks.iter().any(|s| s == stack) {
+                return false;
+            }
+        }
+        d.placement_tags.iter().all(|t| self.presence.placement_tags.contains(t))
+    }
+
+    /// Diego's score, lowest wins; `spread` adds the same-process term (LRPs only).
+    pub fn fit(&self, d: &Demand) -> Fit {
+        if !self.compatible(d) {
+            return Fit::Incompatible;
+        }
+        let cap = self.capacity();
+        let used = self.used();
+        let mut problems = Vec::new();
+        if used.containers + 1 > cap.containers {
+            problems.push("containers");
+        }
+        if used.disk_mb + d.disk_mb > cap.disk_mb {
+            problems.push("disk");
+        }
+        if used.memory_mb + d.memory_mb > cap.memory_mb {
+            problems.push("memory");
+        }
+        if !problems.is_empty() {
+            return Fit::Insufficient(problems);
+        }
+        let frac = |u: u64, c: u64| if c == 0 { 1.0 } else { u as f64 / c as f64 };
+        let resources = (frac(used.memory_mb, cap.memory_mb)
+            + frac(used.disk_mb, cap.disk_mb)
+            + frac(used.containers, cap.containers))
+            / 3.0;
+        let starting = self.starting();
+        let same = d.process_guid.as_ref().and_then(|pg| self.per_process.get(pg)).copied().unwrap_or(0);
+        Fit::Score(resources + 0.25 * starting as f64 + 1000.0 * same as f64)
+    }
+}
+
+/// The best cell for `d` among `cells` (skipping `excluded` ids), or the
+/// placement error to record.
+pub fn choose(cells: &[CellView], d: &Demand, excluded: &[String]) -> Result<usize, String> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut problems = BTreeSet::new();
+    for (i, c) in cells.iter().enumerate() {
+        if excluded.iter().any(|e| e == c.cell_id()) {
+            continue;
+        }
+        match c.fit(d) {
+            Fit::Score(s) => {
+                if best.is_none_or(|(_, b)| s < b) {
+                    best = Some((i, s));
+                }
+            }
+            Fit::Incompatible => {}
+            Fit::Insufficient(p) => problems.extend(p),
+        }
+    }
+    match best {
+        Some((i, _)) => Ok(i),
+        None if problems.is_empty() => Err(NO_COMPATIBLE_CELL.to_string()),
+        // BTreeSet order is Diego's "containers, disk, memory".
+        None => Err(format!("insufficient resources: {}", problems.into_iter().collect::<Vec<_>>().join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cell(id: &str, mem: u32, disk: u32, containers: u32) -> CellView {
+        let r = pb::Resources { memory_mb: mem, disk_mb: disk, containers };
+        CellView::new(
+            pb::CellPresence {
+                cell_id: id.into(),
+                capacity: Some(r),
+                available: Some(r),
+                stacks: vec!["cflinuxfs4".into()],
+                placement_tags: vec!["blue".into()],
+                ..Default::default()
+            },
+            Instant::now(),
+        )
+    }
+
+    /// 10 containers (memory and disk to spare), a heartbeat heard at
+    /// `heard` saying 5 are in use (5 starting).
+    fn half_full(heard: Instant) -> CellView {
+        let mut c = cell("a", 100_000, 100_000, 10);
+        c.presence.available = Some(pb::Resources { memory_mb: 100_000, disk_mb: 100_000, containers: 5 });
+        c.presence.starting_containers = 5;
+        c.heard = heard;
+        c
+    }
+
+    /// How many more 1 MB instances fit.
+    fn room(c: &CellView) -> usize {
+        let mut c = c.clone();
+        let mut n = 0;
+        while let Fit::Score(_) = c.fit(&lrp(1)) {
+            c.reserve(&lrp(1));
+            n += 1;
+            assert!(n <= 100, "a 10-container cell takes more than 100 instances");
+        }
+        n
+    }
+
+    #[test]
+    fn placements_accepted_before_the_heartbeat_count_once() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let before = Some(before);
+        let mut c = half_full(heard);
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), before, true);
+        }
+        // The heartbeat's 5 used containers are those 5 placements.
+        assert_eq!(room(&c), 5);
+        assert_eq!(c.starting(), 5);
+    }
+
+    #[test]
+    fn placements_in_flight_count_on_top_of_the_heartbeat() {
+        let mut c = half_full(Instant::now());
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), None, true);
+        }
+        assert_eq!(room(&c), 0);
+        assert_eq!(c.fit(&lrp(1)), Fit::Insufficient(vec!["containers"]));
+        assert_eq!(c.starting(), 10);
+    }
+
+    #[test]
+    fn placements_accepted_after_the_heartbeat_count_on_top_of_it() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let mut c = half_full(heard);
+        for _ in 0..5 {
+            c.reserve_counting(&lrp(1), Some(heard + Duration::from_millis(10)), true);
+        }
+        assert_eq!(room(&c), 0);
+        // A mix: 3 heard, 2 not.
+        let mut c = half_full(heard);
+        for i in 0..5 {
+            let at = if i < 3 { Some(before) } else { Some(heard + Duration::from_secs(1)) };
+            c.reserve_counting(&lrp(1), at, true);
+        }
+        assert_eq!(room(&c), 3);
+    }
+
+    #[test]
+    fn records_count_every_placement() {
+        let before = Instant::now();
+        let heard = before + Duration::from_secs(1);
+        let before = Some(before);
+        // A heartbeat showing nothing used (it missed the instances the
+        // records show), 5 recorded instances and 5 placements it missed too.
+        let mut c = cell("a", 100_000, 100_000, 10);
+        c.heard = heard;
+        for _ in 0..5 {
+            c.add_recorded(&lrp(1), false);
+            c.reserve_counting(&lrp(1), before, true);
+        }
+        assert_eq!(room(&c), 0);
+    }
+
+    fn lrp(mem: u64) -> Demand {
+        Demand {
+            process_guid: Some("pg".into()),
+            memory_mb: mem,
+            disk_mb: 100,
+            rootfs: "preloaded:cflinuxfs4".into(),
+            placement_tags: vec![],
+        }
+    }
+
+    #[test]
+    fn ten_instances_spread_five_and_five() {
+        let mut cells = vec![cell("a", 8192, 8192, 100), cell("b", 8192, 8192, 100)];
+        let mut counts = [0, 0];
+        for _ in 0..10 {
+            let i = choose(&cells, &lrp(256), &[]).unwrap();
+            cells[i].reserve(&lrp(256));
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [5, 5]);
+    }
+
+    #[test]
+    fn score_is_diegos() {
+        let mut c = cell("a", 1000, 1000, 10);
+        let d = lrp(100);
+        // Idle: no usage, no starting containers, no instance of the process.
+        assert_eq!(c.fit(&d), Fit::Score(0.0));
+        c.add_recorded(&d, true);
+        // mean(0.1, 0.1, 0.1) + 0.25·1 starting + 1000·1 same process.
+        match c.fit(&d) {
+            Fit::Score(s) => assert!((s - (0.1 + 0.25 + 1000.0)).abs() < 1e-9, "{s}"),
+            f => panic!("{f:?}"),
+        }
+        let task = Demand { process_guid: None, ..d };
+        match c.fit(&task) {
+            Fit::Score(s) => assert!((s - 0.35).abs() < 1e-9, "{s}"),
+            f => panic!("{f:?}"),
+        }
+    }
+
+    #[test]
+    fn heartbeat_usage_counts() {
+        let mut busy = cell("busy", 1000, 1000, 10);
+        busy.presence.available = Some(pb::Resources { memory_mb: 200, disk_mb: 1000, containers: 10 });
+        let idle = cell("idle", 1000, 1000, 10);
+        let cells = vec![busy, idle];
+        assert_eq!(choose(&cells, &lrp(100), &[]), Ok(1));
+        assert_eq!(choose(&cells, &lrp(500), &["idle".into()]), Err("insufficient resources: memory".into()));
+    }
+
+    #[test]
+    fn placement_errors() {
+        let cells = vec![cell("a", 512, 1000, 1)];
+        assert_eq!(choose(&cells, &lrp(1024), &[]), Err("insufficient resources: memory".into()));
+        let mut full = cells.clone();
+        full[0].reserve(&lrp(10));
+        let big = Demand { disk_mb: 5000, ..lrp(1024) };
+        assert_eq!(choose(&full, &big, &[]), Err("insufficient resources: containers, disk, memory".into()));
+        let other_stack = Demand { rootfs: "preloaded:windows".into(), ..lrp(1) };
+        assert_eq!(choose(&cells, &other_stack, &[]), Err(NO_COMPATIBLE_CELL.into()));
+        let path_rootfs = Demand { rootfs: "/var/rootfs/x".into(), ..lrp(1) };
+        assert_eq!(choose(&cells, &path_rootfs, &[]), Ok(0));
+        let tagged = Demand { placement_tags: vec!["blue".into()], ..lrp(1) };
+        assert_eq!(choose(&cells, &tagged, &[]), Ok(0));
+        let red = Demand { placement_tags: vec!["red".into()], ..lrp(1) };
+        assert_eq!(choose(&cells, &red, &[]), Err(NO_COMPATIBLE_CELL.into()));
+        assert_eq!(choose(&[], &lrp(1), &[]), Err(NO_COMPATIBLE_CELL.into()));
+    }
+
+    #[test]
+    fn release_undoes_reserve() {
+        let mut c = cell("a", 1000, 1000, 10);
+        c.reserve(&lrp(100));
+        c.release(&lrp(100));
+        assert_eq!(c.fit(&lrp(100)), Fit::Score(0.0));
+    }
+}

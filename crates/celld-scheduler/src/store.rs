@@ -1,0 +1,677 @@
+//! The scheduler's records behind a trait: SQLite now, PostgreSQL later, so
+//! the SQL stays plain (protobuf blobs plus the few columns queries filter on).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use prost::Message;
+use rusqlite::{Connection, params};
+
+use super::SchedulerError;
+use celld_proto as pb;
+
+/// Which ActualLRPs to list; empty/None fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ActualLrpFilter {
+    pub process_guid: Option<String>,
+    pub cell_id: Option<String>,
+    pub index: Option<i32>,
+    pub domain: Option<String>,
+    /// Only records in one of these states (`State as i32`); None: any.
+    pub states: Option<Vec<i32>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub domain: Option<String>,
+    pub cell_id: Option<String>,
+}
+
+/// One write; `apply` runs a list of them in one transaction.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutDesired(pb::DesiredLrp),
+    DeleteDesired(String),
+    PutActual(pb::ActualLrp),
+    DeleteActual { process_guid: String, index: i32, presence: i32 },
+    PutTask(pb::Task),
+    DeleteTask(String),
+}
+
+#[async_trait::async_trait]
+pub trait SchedulerStore: Send + Sync + 'static {
+    async fn desired_lrp(&self, process_guid: &str) -> Result<Option<pb::DesiredLrp>, SchedulerError>;
+    async fn desired_lrps(&self, domain: Option<String>) -> Result<Vec<pb::DesiredLrp>, SchedulerError>;
+    async fn actual_lrps(&self, filter: ActualLrpFilter) -> Result<Vec<pb::ActualLrp>, SchedulerError>;
+    async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError>;
+    async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError>;
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError>;
+}
+
+/// SQLite in WAL mode. rusqlite is blocking: every call runs on the blocking
+/// pool behind a mutex, never on a tokio worker.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> SchedulerError {
+    SchedulerError::Store(e.to_string())
+}
+
+fn decode<M: Message + Default>(blob: &[u8]) -> Result<M, SchedulerError> {
+    M::decode(blob).map_err(|e| SchedulerError::Store(format!("corrupt record: {e}")))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS desired_lrps (
+    process_guid TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS desired_lrps_domain ON desired_lrps (domain);
+CREATE TABLE IF NOT EXISTS actual_lrps (
+    process_guid TEXT NOT NULL,
+    instance_index INTEGER NOT NULL,
+    presence INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    cell_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (process_guid, instance_index, presence)
+);
+CREATE INDEX IF NOT EXISTS actual_lrps_cell ON actual_lrps (cell_id);
+CREATE INDEX IF NOT EXISTS actual_lrps_domain ON actual_lrps (domain);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_guid TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    cell_id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_domain ON tasks (domain);
+CREATE INDEX IF NOT EXISTS tasks_cell ON tasks (cell_id);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, SchedulerError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SchedulerError::Store(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| SchedulerError::Store(format!("{}: {e}", path.display())))?;
+        // WAL + NORMAL: a commit survives a process crash; only a power loss
+        // may lose the last transactions, as Diego's MySQL defaults allow.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+        // Writes to the big tables touch index pages all over: keep them in
+        // memory (64 MiB, not SQLite's 2 MiB default).
+        conn.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+        // Reads through the page cache's own mapping, and checkpoints that
+        // copy each page once for many commits (the WAL grows to ~64 MiB).
+        conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(db_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 16384).map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SchedulerError> + Send + 'static,
+    ) -> Result<T, SchedulerError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().map_err(|_| SchedulerError::Store("store lock poisoned".into()))?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| SchedulerError::Internal(format!("store task: {e}")))?
+    }
+}
+
+fn query_blobs<M: Message + Default>(
+    c: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<M>, SchedulerError> {
+    let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
+    let rows = stmt.query_map(args, |r| r.get::<_, Vec<u8>>(0)).map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(decode(&r.map_err(db_err)?)?);
+    }
+    Ok(out)
+}
+
+/// `WHERE` clauses for the set fields of a filter, in order, with their values.
+fn where_clause(conds: Vec<(&str, Box<dyn rusqlite::ToSql + Send>)>) -> (String, Vec<Box<dyn rusqlite::ToSql + Send>>) {
+    if conds.is_empty() {
+        return (String::new(), Vec::new());
+    }
+    let sql = conds.iter().map(|(c, _)| format!("{c} = ?")).collect::<Vec<_>>().join(" AND ");
+    (format!(" WHERE {sql}"), conds.into_iter().map(|(_, v)| v).collect())
+}
+
+#[async_trait::async_trait]
+impl SchedulerStore for SqliteStore {
+    async fn desired_lrp(&self, process_guid: &str) -> Result<Option<pb::DesiredLrp>, SchedulerError> {
+        let guid = process_guid.to_string();
+        self.with(move |c| {
+            Ok(query_blobs(c, "SELECT data FROM desired_lrps WHERE process_guid = ?", &[&guid])?.into_iter().next())
+        })
+        .await
+    }
+
+    async fn desired_lrps(&self, domain: Option<String>) -> Result<Vec<pb::DesiredLrp>, SchedulerError> {
+        self.with(move |c| match domain {
+            Some(d) => query_blobs(c, "SELECT data FROM desired_lrps WHERE domain = ? ORDER BY process_guid", &[&d]),
+            None => query_blobs(c, "SELECT data FROM desired_lrps ORDER BY process_guid", &[]),
+        })
+        .await
+    }
+
+    async fn actual_lrps(&self, f: ActualLrpFilter) -> Result<Vec<pb::ActualLrp>, SchedulerError> {
+        self.with(move |c| {
+            let mut conds: Vec<(&str, Box<dyn rusqlite::ToSql + Send>)> = Vec::new();
+            if let Some(v) = f.process_guid {
+                conds.push(("process_guid", Box::new(v)));
+            }
+            if let Some(v) = f.cell_id {
+                conds.push(("cell_id", Box::new(v)));
+            }
+            if let Some(v) = f.index {
+                conds.push(("instance_index", Box::new(v)));
+            }
+            if let Some(v) = f.domain {
+                conds.push(("domain", Box::new(v)));
+            }
+            let (mut w, mut vals) = where_clause(conds);
+            if let Some(states) = f.states {
+                let marks = vec!["?"; states.len()].join(", ");
+                w.push_str(&format!("{} state IN ({marks})", if w.is_empty() { " WHERE" } else { " AND" }));
+                vals.extend(states.into_iter().map(|v| Box::new(v) as Box<dyn rusqlite::ToSql + Send>));
+            }
+            let sql = format!("SELECT data FROM actual_lrps{w} ORDER BY process_guid, instance_index, presence");
+            let args: Vec<&dyn rusqlite::ToSql> = vals.iter().map(|v| v.as_ref() as &dyn rusqlite::ToSql).collect();
+            query_blobs(c, &sql, &args)
+        })
+        .await
+    }
+
+    async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError> {
+        let guid = task_guid.to_string();
+        self.with(move |c| {
+            Ok(query_blobs(c, "SELECT data FROM tasks WHERE task_guid = ?", &[&guid])?.into_iter().next())
+        })
+        .await
+    }
+
+    async fn tasks(&self, f: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError> {
+        self.with(move |c| {
+            let mut conds: Vec<(&str, Box<dyn rusqlite::ToSql + Send>)> = Vec::new();
+            if let Some(v) = f.domain {
+                conds.push(("domain", Box::new(v)));
+            }
+            if let Some(v) = f.cell_id {
+                conds.push(("cell_id", Box::new(v)));
+            }
+            let (w, vals) = where_clause(conds);
+            let sql = format!("SELECT data FROM tasks{w} ORDER BY task_guid");
+            let args: Vec<&dyn rusqlite::ToSql> = vals.iter().map(|v| v.as_ref() as &dyn rusqlite::ToSql).collect();
+            query_blobs(c, &sql, &args)
+        })
+        .await
+    }
+
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            for ch in changes {
+                match ch {
+                    Change::PutDesired(d) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO desired_lrps (process_guid, domain, data) VALUES (?, ?, ?)",
+                        )
+                        .and_then(|mut s| s.execute(params![d.process_guid, d.domain, d.encode_to_vec()]))
+                        .map_err(db_err)?;
+                    }
+                    Change::DeleteDesired(g) => {
+                        tx.prepare_cached("DELETE FROM desired_lrps WHERE process_guid = ?")
+                            .and_then(|mut s| s.execute(params![g]))
+                            .map_err(db_err)?;
+                    }
+                    Change::PutActual(a) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO actual_lrps
+                             (process_guid, instance_index, presence, domain, state, cell_id, data)
+                             VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                a.process_guid,
+                                a.index,
+                                a.presence,
+                                a.domain,
+                                a.state,
+                                a.cell_id,
+                                a.encode_to_vec()
+                            ])
+                        })
+                        .map_err(db_err)?;
+                    }
+                    Change::DeleteActual { process_guid, index, presence } => {
+                        tx.prepare_cached(
+                            "DELETE FROM actual_lrps WHERE process_guid = ? AND instance_index = ? AND presence = ?",
+                        )
+                        .and_then(|mut s| s.execute(params![process_guid, index, presence]))
+                        .map_err(db_err)?;
+                    }
+                    Change::PutTask(t) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO tasks (task_guid, domain, state, cell_id, data) VALUES (?, ?, ?, ?, ?)",
+                        )
+                        .and_then(|mut s| s.execute(params![t.task_guid, t.domain, t.state, t.cell_id, t.encode_to_vec()]))
+                        .map_err(db_err)?;
+                    }
+                    Change::DeleteTask(g) => {
+                        tx.prepare_cached("DELETE FROM tasks WHERE task_guid = ?")
+                            .and_then(|mut s| s.execute(params![g]))
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+}
+
+type ActualKey = (String, i32, i32);
+
+fn actual_key(a: &pb::ActualLrp) -> ActualKey {
+    (a.process_guid.clone(), a.index, a.presence)
+}
+
+/// Every record, decoded, with indexes by cell.
+#[derive(Default)]
+struct Records {
+    desired: BTreeMap<String, pb::DesiredLrp>,
+    /// In the SQL listing's order: process guid, index, presence.
+    actual: BTreeMap<ActualKey, pb::ActualLrp>,
+    actual_by_cell: HashMap<String, BTreeSet<ActualKey>>,
+    tasks: BTreeMap<String, pb::Task>,
+    tasks_by_cell: HashMap<String, BTreeSet<String>>,
+}
+
+fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K) {
+    if let Some(set) = index.get_mut(cell) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(cell);
+        }
+    }
+}
+
+impl Records {
+    fn put_actual(&mut self, a: pb::ActualLrp) {
+        let key = actual_key(&a);
+        self.actual_by_cell.entry(a.cell_id.clone()).or_default().insert(key.clone());
+        if let Some(old) = self.actual.insert(key.clone(), a) {
+            let new_cell = &self.actual[&key].cell_id;
+            if old.cell_id != *new_cell {
+                unindex(&mut self.actual_by_cell, &old.cell_id, &key);
+            }
+        }
+    }
+
+    fn delete_actual(&mut self, key: &ActualKey) {
+        if let Some(old) = self.actual.remove(key) {
+            unindex(&mut self.actual_by_cell, &old.cell_id, key);
+        }
+    }
+
+    fn put_task(&mut self, t: pb::Task) {
+        self.tasks_by_cell.entry(t.cell_id.clone()).or_default().insert(t.task_guid.clone());
+        let guid = t.task_guid.clone();
+        if let Some(old) = self.tasks.insert(guid.clone(), t) {
+            if old.cell_id != self.tasks[&guid].cell_id {
+                unindex(&mut self.tasks_by_cell, &old.cell_id, &guid);
+            }
+        }
+    }
+
+    fn delete_task(&mut self, guid: &str) {
+        if let Some(old) = self.tasks.remove(guid) {
+            unindex(&mut self.tasks_by_cell, &old.cell_id, &guid.to_string());
+        }
+    }
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        for ch in changes {
+            match ch {
+                Change::PutDesired(d) => {
+                    self.desired.insert(d.process_guid.clone(), d);
+                }
+                Change::DeleteDesired(g) => {
+                    self.desired.remove(&g);
+                }
+                Change::PutActual(a) => self.put_actual(a),
+                Change::DeleteActual { process_guid, index, presence } => {
+                    self.delete_actual(&(process_guid, index, presence))
+                }
+                Change::PutTask(t) => self.put_task(t),
+                Change::DeleteTask(g) => self.delete_task(&g),
+            }
+        }
+    }
+
+    fn actual_lrps(&self, f: &ActualLrpFilter) -> Vec<pb::ActualLrp> {
+        let matches = |a: &pb::ActualLrp| {
+            f.process_guid.as_ref().is_none_or(|v| *v == a.process_guid)
+                && f.cell_id.as_ref().is_none_or(|v| *v == a.cell_id)
+                && f.index.is_none_or(|v| v == a.index)
+                && f.domain.as_ref().is_none_or(|v| *v == a.domain)
+                && f.states.as_ref().is_none_or(|v| v.contains(&a.state))
+        };
+        if let Some(cell) = &f.cell_id {
+            let Some(keys) = self.actual_by_cell.get(cell) else { return Vec::new() };
+            return keys.iter().filter_map(|k| self.actual.get(k)).filter(|a| matches(a)).cloned().collect();
+        }
+        if let Some(pg) = &f.process_guid {
+            let (lo, hi) = f.index.map_or((i32::MIN, i32::MAX), |i| (i, i));
+            return self
+                .actual
+                .range((pg.clone(), lo, i32::MIN)..=(pg.clone(), hi, i32::MAX))
+                .map(|(_, a)| a)
+                .filter(|a| matches(a))
+                .cloned()
+                .collect();
+        }
+        self.actual.values().filter(|a| matches(a)).cloned().collect()
+    }
+
+    fn tasks(&self, f: &TaskFilter) -> Vec<pb::Task> {
+        let matches = |t: &pb::Task| {
+            f.domain.as_ref().is_none_or(|v| *v == t.domain) && f.cell_id.as_ref().is_none_or(|v| *v == t.cell_id)
+        };
+        if let Some(cell) = &f.cell_id {
+            let Some(guids) = self.tasks_by_cell.get(cell) else { return Vec::new() };
+            return guids.iter().filter_map(|g| self.tasks.get(g)).filter(|t| matches(t)).cloned().collect();
+        }
+        self.tasks.values().filter(|t| matches(t)).cloned().collect()
+    }
+}
+
+/// Another store (the record of truth) with every record also kept decoded
+/// in memory: loaded once, written through (memory changes only once the
+/// store committed), so reads never reach the database. Convergence and
+/// auctions list everything and every cell reconciles by cell id: from
+/// memory and an index these are copies, not queries that decode every row.
+pub struct CachedStore {
+    inner: Arc<dyn SchedulerStore>,
+    records: Arc<RwLock<Records>>,
+    /// Applies commit and reach memory in one order.
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// Listings of everything are copied off the async workers.
+const BIG_LISTING: usize = 1024;
+
+impl CachedStore {
+    /// Loads every record of `inner`.
+    pub async fn load(inner: Arc<dyn SchedulerStore>) -> Result<Self, SchedulerError> {
+        let mut r = Records::default();
+        for d in inner.desired_lrps(None).await? {
+            r.desired.insert(d.process_guid.clone(), d);
+        }
+        for a in inner.actual_lrps(ActualLrpFilter::default()).await? {
+            r.put_actual(a);
+        }
+        for t in inner.tasks(TaskFilter::default()).await? {
+            r.put_task(t);
+        }
+        Ok(Self { inner, records: Arc::new(RwLock::new(r)), writes: tokio::sync::Mutex::new(()) })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        // A panic while holding the lock cannot leave half a change: apply
+        // only runs infallible map updates.
+        self.records.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn listing<T: Send + 'static>(
+        &self,
+        big: bool,
+        f: impl FnOnce(&Records) -> T + Send + 'static,
+    ) -> Result<T, SchedulerError> {
+        if !big {
+            return Ok(f(&self.read()));
+        }
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || f(&records.read().unwrap_or_else(std::sync::PoisonError::into_inner)))
+            .await
+            .map_err(|e| SchedulerError::Internal(format!("store task: {e}")))
+    }
+}
+
+#[async_trait::async_trait]
+impl SchedulerStore for CachedStore {
+    async fn desired_lrp(&self, process_guid: &str) -> Result<Option<pb::DesiredLrp>, SchedulerError> {
+        Ok(self.read().desired.get(process_guid).cloned())
+    }
+
+    async fn desired_lrps(&self, domain: Option<String>) -> Result<Vec<pb::DesiredLrp>, SchedulerError> {
+        let big = self.read().desired.len() > BIG_LISTING;
+        self.listing(big, move |r| {
+            r.desired.values().filter(|d| domain.as_ref().is_none_or(|v| *v == d.domain)).cloned().collect()
+        })
+        .await
+    }
+
+    async fn actual_lrps(&self, filter: ActualLrpFilter) -> Result<Vec<pb::ActualLrp>, SchedulerError> {
+        let narrow = filter.cell_id.is_some() || filter.process_guid.is_some();
+        let big = !narrow && self.read().actual.len() > BIG_LISTING;
+        self.listing(big, move |r| r.actual_lrps(&filter)).await
+    }
+
+    async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError> {
+        Ok(self.read().tasks.get(task_guid).cloned())
+    }
+
+    async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError> {
+        let big = filter.cell_id.is_none() && self.read().tasks.len() > BIG_LISTING;
+        self.listing(big, move |r| r.tasks(&filter)).await
+    }
+
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let _w = self.writes.lock().await;
+        self.inner.apply(changes.clone()).await?;
+        self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(changes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celld_proto::actual_lrp::{Presence, State};
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("celld-sched-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("scheduler.db")
+    }
+
+    #[tokio::test]
+    async fn round_trips_survive_reopening() {
+        let path = temp_db("rt");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            let d = pb::DesiredLrp {
+                process_guid: "pg".into(),
+                domain: "cf-apps".into(),
+                instances: 2,
+                ..Default::default()
+            };
+            let a = |i, p: Presence, cell: &str| pb::ActualLrp {
+                process_guid: "pg".into(),
+                index: i,
+                domain: "cf-apps".into(),
+                presence: p as i32,
+                state: State::Running as i32,
+                cell_id: cell.into(),
+                ..Default::default()
+            };
+            let t = pb::Task { task_guid: "t1".into(), domain: "cf-tasks".into(), state: 1, ..Default::default() };
+            s.apply(vec![
+                Change::PutDesired(d),
+                Change::PutActual(a(0, Presence::Ordinary, "c1")),
+                Change::PutActual(a(0, Presence::Evacuating, "c2")),
+                Change::PutActual(a(1, Presence::Ordinary, "c2")),
+                Change::PutTask(t),
+            ])
+            .await
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.desired_lrp("pg").await.unwrap().unwrap().instances, 2);
+        assert!(s.desired_lrp("nope").await.unwrap().is_none());
+        assert_eq!(s.desired_lrps(Some("cf-apps".into())).await.unwrap().len(), 1);
+        assert_eq!(s.desired_lrps(Some("other".into())).await.unwrap().len(), 0);
+        assert_eq!(s.actual_lrps(ActualLrpFilter::default()).await.unwrap().len(), 3);
+        let on_c2 = s.actual_lrps(ActualLrpFilter { cell_id: Some("c2".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(on_c2.len(), 2);
+        let idx0 = s
+            .actual_lrps(ActualLrpFilter { process_guid: Some("pg".into()), index: Some(0), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(idx0.len(), 2);
+        s.apply(vec![Change::DeleteActual {
+            process_guid: "pg".into(),
+            index: 0,
+            presence: Presence::Evacuating as i32,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(s.actual_lrps(ActualLrpFilter::default()).await.unwrap().len(), 2);
+        assert_eq!(s.task("t1").await.unwrap().unwrap().domain, "cf-tasks");
+        assert_eq!(s.tasks(TaskFilter { domain: Some("cf-tasks".into()), cell_id: None }).await.unwrap().len(), 1);
+        s.apply(vec![Change::DeleteTask("t1".into()), Change::DeleteDesired("pg".into())]).await.unwrap();
+        assert!(s.task("t1").await.unwrap().is_none());
+        assert!(s.desired_lrp("pg").await.unwrap().is_none());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_cache_answers_as_the_database_does() {
+        let path = temp_db("cache");
+        let sqlite: Arc<dyn SchedulerStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let a = |pg: &str, i, p: Presence, cell: &str| pb::ActualLrp {
+            process_guid: pg.into(),
+            index: i,
+            domain: if pg == "pg-b" { "other".into() } else { "cf-apps".into() },
+            presence: p as i32,
+            state: State::Running as i32,
+            cell_id: cell.into(),
+            ..Default::default()
+        };
+        let d = |pg: &str, domain: &str| pb::DesiredLrp {
+            process_guid: pg.into(),
+            domain: domain.into(),
+            ..Default::default()
+        };
+        let t = |g: &str, cell: &str| pb::Task {
+            task_guid: g.into(),
+            domain: "cf-tasks".into(),
+            cell_id: cell.into(),
+            ..Default::default()
+        };
+        // Some records before the cache loads, some after.
+        sqlite
+            .apply(vec![
+                Change::PutDesired(d("pg-b", "other")),
+                Change::PutActual(a("pg-b", 1, Presence::Ordinary, "c1")),
+                Change::PutActual(a("pg-a", 0, Presence::Ordinary, "c2")),
+                Change::PutTask(t("t2", "c1")),
+            ])
+            .await
+            .unwrap();
+        let cached = CachedStore::load(sqlite.clone()).await.unwrap();
+        cached
+            .apply(vec![
+                Change::PutDesired(d("pg-a", "cf-apps")),
+                Change::PutActual(a("pg-a", 0, Presence::Evacuating, "c1")),
+                Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c1")),
+                Change::PutActual(pb::ActualLrp {
+                    state: State::Claimed as i32,
+                    ..a("pg-a", 2, Presence::Ordinary, "c1")
+                }),
+                Change::PutActual(a("pg-b", 0, Presence::Suspect, "c3")),
+                Change::PutTask(t("t1", "c2")),
+            ])
+            .await
+            .unwrap();
+        // Moves between cells, deletions.
+        cached
+            .apply(vec![
+                Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c3")),
+                Change::DeleteActual { process_guid: "pg-b".into(), index: 1, presence: Presence::Ordinary as i32 },
+                Change::PutTask(t("t2", "c3")),
+            ])
+            .await
+            .unwrap();
+        let filters = [
+            ActualLrpFilter::default(),
+            ActualLrpFilter { cell_id: Some("c1".into()), ..Default::default() },
+            ActualLrpFilter { cell_id: Some("c3".into()), ..Default::default() },
+            ActualLrpFilter { cell_id: Some("none".into()), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), index: Some(0), ..Default::default() },
+            ActualLrpFilter { process_guid: Some("pg-a".into()), cell_id: Some("c3".into()), ..Default::default() },
+            ActualLrpFilter { index: Some(0), ..Default::default() },
+            ActualLrpFilter { domain: Some("other".into()), ..Default::default() },
+            ActualLrpFilter { states: Some(vec![State::Running as i32]), ..Default::default() },
+            ActualLrpFilter {
+                states: Some(vec![State::Claimed as i32, State::Unclaimed as i32]),
+                ..Default::default()
+            },
+            ActualLrpFilter {
+                cell_id: Some("c1".into()),
+                states: Some(vec![State::Running as i32, State::Crashed as i32]),
+                ..Default::default()
+            },
+        ];
+        for f in filters {
+            assert_eq!(
+                cached.actual_lrps(f.clone()).await.unwrap(),
+                sqlite.actual_lrps(f.clone()).await.unwrap(),
+                "{f:?}"
+            );
+        }
+        for f in [
+            TaskFilter::default(),
+            TaskFilter { cell_id: Some("c3".into()), domain: None },
+            TaskFilter { cell_id: Some("c1".into()), domain: None },
+            TaskFilter { cell_id: None, domain: Some("cf-tasks".into()) },
+        ] {
+            assert_eq!(cached.tasks(f.clone()).await.unwrap(), sqlite.tasks(f.clone()).await.unwrap(), "{f:?}");
+        }
+        for dom in [None, Some("cf-apps".to_string()), Some("x".to_string())] {
+            assert_eq!(cached.desired_lrps(dom.clone()).await.unwrap(), sqlite.desired_lrps(dom).await.unwrap());
+        }
+        assert_eq!(cached.desired_lrp("pg-a").await.unwrap(), sqlite.desired_lrp("pg-a").await.unwrap());
+        assert_eq!(cached.task("t2").await.unwrap().unwrap().cell_id, "c3");
+        cached.apply(vec![Change::DeleteTask("t2".into()), Change::DeleteDesired("pg-b".into())]).await.unwrap();
+        assert!(cached.task("t2").await.unwrap().is_none());
+        assert!(cached.desired_lrp("pg-b").await.unwrap().is_none());
+        assert!(cached.tasks(TaskFilter { cell_id: Some("c3".into()), domain: None }).await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
