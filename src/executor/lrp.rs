@@ -350,7 +350,7 @@ impl Executor {
             log_guid,
             source,
             index,
-            &format!("Downloaded droplet ({})", crate::staging::byte_size(size)),
+            &format!("Downloaded droplet ({})", celld_base::size::byte_size(size)),
         );
         let limit = if disk_mb == 0 { u64::MAX } else { u64::from(disk_mb) << 20 };
         container::stream_droplet(&self.gardener, guid, &path, limit)
@@ -386,7 +386,7 @@ impl Executor {
             Ok(()) => {
                 self.cell_line(d, index, &format!("Cell {cell} successfully destroyed container for instance {guid}"))
             }
-            Err(crate::garden::error::GardenError::ContainerNotFound(_)) => {}
+            Err(crate::gardener::GardenError::ContainerNotFound(_)) => {}
             Err(e) => tracing::warn!(error = %e, "destroying the container failed"),
         }
     }

@@ -23,7 +23,7 @@ use std::time::Instant;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::garden::error::GardenError;
+use crate::gardener::GardenError;
 use crate::gardener::Gardener;
 use celld_blobstore::{Blobstore, BlobstoreError};
 use celld_proto as pb;

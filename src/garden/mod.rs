@@ -1,7 +1,7 @@
 //! The Garden HTTP API: wire types, the server (routes and the hijacked process
 //! stream), and a client used by `cellctl` and the tests.
 
-pub mod error;
+mod conns;
 pub mod listener;
 pub mod server;
 mod streams;

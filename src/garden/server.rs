@@ -19,10 +19,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::UnixStream;
 
-use super::error::GardenError;
-use super::listener::ConnTrack;
+use super::conns::ConnTrack;
 use super::streams::{ReaderGuard, StreamBuffer};
 use super::types::*;
+use crate::gardener::GardenError;
 use crate::gardener::Gardener;
 use celld_runtime::initproto::{self as proto, client::read_frame};
 

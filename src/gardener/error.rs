@@ -1,9 +1,9 @@
 //! Garden's errors and the one place they become HTTP statuses and bodies.
 
-use super::types::ErrorBody;
 use celld_network::NetworkError;
 use celld_runtime::RuntimeError;
 use celld_runtime::initproto::ErrorKind;
+use garden_api::types::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GardenError {
