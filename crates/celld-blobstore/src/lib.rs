@@ -33,11 +33,22 @@
 //! data the other's record is about to point at, and a reader that read the old
 //! record just before must still find its data. `delete` removes everything.
 
-use std::ffi::OsString;
+//!
+//! # Files
+//!
+//! - `location`: the blobstore URL, parsed and checked.
+//! - `keys`: the key rules and the `refs/`/`data/` object layout.
+//! - `digest`: SHA-256 hex of bytes and of local files.
+//! - `tempfile`: the verified-then-renamed temporary file of a download.
+
+mod digest;
+mod keys;
+mod location;
+mod tempfile;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -47,6 +58,12 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use digest::{hash_file, hex, sha256_hex, sha256_of_bytes};
+pub use keys::validate_key;
+use keys::{DATA_MARK, REF_NAME, data_dir, data_path, is_sha256_hex, obj_path, ref_path, validate_prefix};
+use location::{Location, bad_url, parse_url};
+use tempfile::{TempFile, temp_path_for};
 
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 512;
@@ -60,10 +77,6 @@ const PARTS_IN_FLIGHT: usize = 4;
 const READ_BUF: usize = 1024 * 1024;
 /// Superseded data versions younger than this (relative to the new version) are kept.
 pub const SUPERSEDED_GRACE_SECS: i64 = 600;
-/// Name of the record object inside `refs/KEY/`.
-const REF_NAME: &str = "!ref";
-/// Prefix of data object names inside `data/KEY/`.
-const DATA_MARK: char = '!';
 
 const ACCEPTED_URLS: &str = "accepted forms: file:///ABSOLUTE/DIR or s3://BUCKET?endpoint=URL&region=REGION \
      (endpoint and region optional; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)";
@@ -137,274 +150,8 @@ struct RefRecord {
     created: u64,
 }
 
-/// Where `open` puts the blobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Location {
-    File(PathBuf),
-    S3 { bucket: String, endpoint: Option<String>, region: Option<String> },
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::File(dir) => write!(f, "file://{}", dir.display()),
-            Location::S3 { bucket, endpoint, region } => {
-                write!(f, "s3://{bucket}")?;
-                let mut sep = '?';
-                if let Some(e) = endpoint {
-                    write!(f, "{sep}endpoint={e}")?;
-                    sep = '&';
-                }
-                if let Some(r) = region {
-                    write!(f, "{sep}region={r}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn bad_url(msg: impl Into<String>) -> BlobstoreError {
-    BlobstoreError::BadUrl(msg.into())
-}
-
-fn percent_decode(s: &str) -> Result<String, BlobstoreError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => out.push(v),
-                None => return Err(bad_url(format!("bad percent-escape in {s:?}"))),
-            }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_url(format!("{s:?} does not decode to UTF-8")))
-}
-
-fn parse_url(url: &str) -> Result<Location, BlobstoreError> {
-    if let Some(rest) = url.strip_prefix("file://") {
-        let path = rest.strip_prefix("localhost").unwrap_or(rest);
-        if path.contains('?') || path.contains('#') {
-            return Err(bad_url(format!("{url:?}: file URLs take no query or fragment")));
-        }
-        if !path.starts_with('/') {
-            return Err(bad_url(format!("{url:?}: a file URL needs an absolute directory (file:///DIR)")));
-        }
-        let path = percent_decode(path)?;
-        if path.split('/').any(|s| s == "..") {
-            return Err(bad_url(format!("{url:?}: '..' is not allowed in the directory")));
-        }
-        let trimmed = path.trim_end_matches('/');
-        let dir = if trimmed.is_empty() { "/" } else { trimmed };
-        return Ok(Location::File(PathBuf::from(dir)));
-    }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
-        let bucket = authority.strip_suffix('/').unwrap_or(authority);
-        if bucket.is_empty() {
-            return Err(bad_url(format!("{url:?}: no bucket name")));
-        }
-        if bucket.contains('/') {
-            return Err(bad_url(format!(
-                "{url:?}: paths inside the bucket are not supported; give the blobstore a bucket of its own"
-            )));
-        }
-        if bucket.contains('@') || bucket.contains(':') {
-            return Err(bad_url(format!(
-                "{url:?}: credentials or ports do not belong in the URL; use the AWS_* environment variables and ?endpoint="
-            )));
-        }
-        if !bucket.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)) {
-            return Err(bad_url(format!("{url:?}: bucket names are made of letters, digits, '.', '-' and '_'")));
-        }
-        let (mut endpoint, mut region) = (None, None);
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| bad_url(format!("{url:?}: {pair:?} is not NAME=VALUE")))?;
-            let v = percent_decode(v)?;
-            if v.is_empty() {
-                return Err(bad_url(format!("{url:?}: {k} is empty")));
-            }
-            let slot = match k {
-                "endpoint" => &mut endpoint,
-                "region" => &mut region,
-                _ => return Err(bad_url(format!("{url:?}: unknown parameter {k:?} (known: endpoint, region)"))),
-            };
-            if slot.replace(v).is_some() {
-                return Err(bad_url(format!("{url:?}: {k} given twice")));
-            }
-        }
-        if let Some(e) = &endpoint {
-            let Some(after_scheme) = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")) else {
-                return Err(bad_url(format!("{url:?}: endpoint {e:?} must start with http:// or https://")));
-            };
-            let host = after_scheme.split('/').next().unwrap_or("");
-            if host.is_empty() {
-                return Err(bad_url(format!("{url:?}: endpoint {e:?} has no host")));
-            }
-            if host.contains('@') {
-                return Err(bad_url(format!(
-                    "{url:?}: no credentials in the endpoint; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                )));
-            }
-            endpoint = Some(e.trim_end_matches('/').to_string());
-        }
-        return Ok(Location::S3 { bucket: bucket.to_string(), endpoint, region });
-    }
-    Err(bad_url(format!("{url:?} is neither a file:// nor an s3:// URL")))
-}
-
-fn invalid_key(key: &str, reason: &str) -> BlobstoreError {
-    BlobstoreError::InvalidKey { key: key.to_string(), reason: reason.to_string() }
-}
-
-fn check_segments(key: &str, s: &str) -> Result<(), BlobstoreError> {
-    if s.starts_with('/') {
-        return Err(invalid_key(key, "must be relative (no leading '/')"));
-    }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))) {
-        return Err(invalid_key(key, &format!("character {c:?} is not allowed")));
-    }
-    for seg in s.split('/') {
-        match seg {
-            "" => return Err(invalid_key(key, "empty path segment ('//' or a trailing '/')")),
-            "." | ".." => return Err(invalid_key(key, "'.' and '..' segments are not allowed")),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Checks a blob key (see [`BlobstoreError::InvalidKey`] for the rules).
-pub fn validate_key(key: &str) -> Result<(), BlobstoreError> {
-    if key.is_empty() {
-        return Err(invalid_key(key, "empty"));
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(invalid_key(key, &format!("{} characters, more than {MAX_KEY_LEN}", key.len())));
-    }
-    check_segments(key, key)
-}
-
-/// Checks a `list` prefix: empty, or a key's beginning (a trailing '/' is fine).
-fn validate_prefix(prefix: &str) -> Result<(), BlobstoreError> {
-    if prefix.is_empty() {
-        return Ok(());
-    }
-    if prefix.len() > MAX_KEY_LEN {
-        return Err(invalid_key(prefix, &format!("{} characters, more than {MAX_KEY_LEN}", prefix.len())));
-    }
-    check_segments(prefix, prefix.strip_suffix('/').unwrap_or(prefix))
-}
-
-fn obj_path(key: &str, s: String) -> Result<ObjPath, BlobstoreError> {
-    ObjPath::parse(s).map_err(|e| invalid_key(key, &e.to_string()))
-}
-
-fn ref_path(key: &str) -> Result<ObjPath, BlobstoreError> {
-    obj_path(key, format!("refs/{key}/{REF_NAME}"))
-}
-
-fn data_dir(key: &str) -> Result<ObjPath, BlobstoreError> {
-    obj_path(key, format!("data/{key}"))
-}
-
-fn data_path(key: &str, sha256: &str) -> Result<ObjPath, BlobstoreError> {
-    obj_path(key, format!("data/{key}/{DATA_MARK}{sha256}"))
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// Hashes in-memory data, off the async workers when it is large.
-async fn sha256_of_bytes(data: &Bytes) -> String {
-    if (data.len() as u64) <= MULTIPART_THRESHOLD {
-        return sha256_hex(data);
-    }
-    let d = data.clone();
-    match tokio::task::spawn_blocking(move || sha256_hex(&d)).await {
-        Ok(h) => h,
-        Err(_) => sha256_hex(data),
-    }
-}
-
-/// One pass over a local file: (sha256 hex, size).
-async fn hash_file(path: &Path) -> Result<(String, u64), BlobstoreError> {
-    let p = path.to_path_buf();
-    let res = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&p)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; READ_BUF];
-        let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            size += n as u64;
-        }
-        Ok((hex(&h.finalize()), size))
-    })
-    .await
-    .map_err(|e| BlobstoreError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
-    res.map_err(io_err(path))
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// A temporary file removed on drop unless kept (also when the future is cancelled).
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn temp_path_for(dest: &Path) -> Result<PathBuf, BlobstoreError> {
-    let name = dest.file_name().ok_or_else(|| BlobstoreError::Io {
-        path: dest.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "destination has no file name"),
-    })?;
-    let mut tmp = OsString::from(".");
-    tmp.push(name);
-    tmp.push(format!(".{}.{}.part", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
-    Ok(dest.with_file_name(tmp))
 }
 
 /// Where a multipart upload reads from.
@@ -775,129 +522,5 @@ impl Blobstore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn valid_keys() {
-        for k in ["a", "droplets/abc-123", "buildpacks/ruby_buildpack.zip", "a/b/c/d.e", "x..y", &"k".repeat(512)] {
-            assert!(validate_key(k).is_ok(), "{k} should be valid");
-        }
-    }
-
-    #[test]
-    fn invalid_keys() {
-        let long = "k".repeat(513);
-        for (k, why) in [
-            ("", "empty"),
-            ("/abs", "relative"),
-            ("a//b", "empty path segment"),
-            ("a/", "empty path segment"),
-            ("../x", "'..'"),
-            ("a/../b", "'..'"),
-            ("a/./b", "'.'"),
-            (".", "'.'"),
-            ("a b", "' '"),
-            ("a!ref", "'!'"),
-            ("é", "'é'"),
-            ("a\\b", "'\\\\'"),
-            (long.as_str(), "more than 512"),
-        ] {
-            match validate_key(k) {
-                Err(BlobstoreError::InvalidKey { key, reason }) => {
-                    assert_eq!(key, k);
-                    assert!(reason.contains(why), "{k:?}: reason {reason:?} lacks {why:?}");
-                }
-                other => panic!("{k:?}: expected InvalidKey, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn prefixes() {
-        for p in ["", "droplets/", "droplets/ab", "a/b/"] {
-            assert!(validate_prefix(p).is_ok(), "{p}");
-        }
-        for p in ["/", "/a", "a//", "../", "a b"] {
-            assert!(validate_prefix(p).is_err(), "{p}");
-        }
-    }
-
-    #[test]
-    fn file_urls() {
-        assert_eq!(parse_url("file:///var/lib/celld/blobs").unwrap(), Location::File("/var/lib/celld/blobs".into()));
-        assert_eq!(parse_url("file:///var/lib/celld/blobs/").unwrap(), Location::File("/var/lib/celld/blobs".into()));
-        assert_eq!(parse_url("file://localhost/srv/b").unwrap(), Location::File("/srv/b".into()));
-        assert_eq!(parse_url("file:///my%20dir").unwrap(), Location::File("/my dir".into()));
-        assert_eq!(parse_url("file:///").unwrap(), Location::File("/".into()));
-        for bad in ["file://relative/dir", "file:blobs", "file:///a/../b", "file:///a?x=1", "file:///a%zz"] {
-            assert!(matches!(parse_url(bad), Err(BlobstoreError::BadUrl(_))), "{bad}");
-        }
-    }
-
-    #[test]
-    fn s3_urls() {
-        assert_eq!(
-            parse_url("s3://blobs").unwrap(),
-            Location::S3 { bucket: "blobs".into(), endpoint: None, region: None }
-        );
-        let l = parse_url("s3://blobs/?endpoint=http://127.0.0.1:9000/&region=eu-west-1").unwrap();
-        assert_eq!(
-            l,
-            Location::S3 {
-                bucket: "blobs".into(),
-                endpoint: Some("http://127.0.0.1:9000".into()),
-                region: Some("eu-west-1".into())
-            }
-        );
-        assert_eq!(l.to_string(), "s3://blobs?endpoint=http://127.0.0.1:9000&region=eu-west-1");
-        let l = parse_url("s3://b?endpoint=https%3A%2F%2Fminio.example%3A9000").unwrap();
-        assert_eq!(l.to_string(), "s3://b?endpoint=https://minio.example:9000");
-        for bad in [
-            "s3://",
-            "s3://?region=x",
-            "s3://b/prefix",
-            "s3://b?endpoint=ftp://x",
-            "s3://b?endpoint=http://",
-            "s3://b?endpoint=http://key:secret@host",
-            "s3://key:secret@b",
-            "s3://b?secret=x",
-            "s3://b?region=a&region=b",
-            "s3://b?region=",
-            "s3://b?region",
-        ] {
-            assert!(matches!(parse_url(bad), Err(BlobstoreError::BadUrl(_))), "{bad}");
-        }
-    }
-
-    #[test]
-    fn other_urls_name_the_accepted_forms() {
-        for bad in ["", "/var/lib/celld/blobs", "http://x", "gs://b", "S3://b"] {
-            let e = parse_url(bad).unwrap_err();
-            let msg = e.to_string();
-            assert!(msg.contains("file:///") && msg.contains("s3://BUCKET"), "{msg}");
-        }
-    }
-
-    #[test]
-    fn layout_paths() {
-        let sha = sha256_hex(b"");
-        assert_eq!(sha, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        assert_eq!(ref_path("a/b").unwrap().as_ref(), "refs/a/b/!ref");
-        assert_eq!(data_path("a/b", &sha).unwrap().as_ref(), format!("data/a/b/!{sha}"));
-        assert!(is_sha256_hex(&sha));
-        assert!(!is_sha256_hex("E3B0"));
-    }
-
-    #[test]
-    fn temp_path_is_beside_dest() {
-        let t = temp_path_for(Path::new("/x/y/droplet.tgz")).unwrap();
-        assert_eq!(t.parent(), Some(Path::new("/x/y")));
-        assert!(t.file_name().unwrap().to_string_lossy().starts_with(".droplet.tgz."));
-        assert!(temp_path_for(Path::new("/")).is_err());
     }
 }
