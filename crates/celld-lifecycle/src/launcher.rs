@@ -420,7 +420,7 @@ mod tests {
     fn run_child(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
-            .args(["--exact", "lifecycle::launcher::tests::launcher_child", "--nocapture", "--test-threads=1"])
+            .args(["--exact", "launcher::tests::launcher_child", "--nocapture", "--test-threads=1"])
             .current_dir(cwd)
             .env("CELLD_LAUNCHER_CHILD", serde_json::to_string(args).unwrap())
             .envs(env.iter().copied())

@@ -155,7 +155,8 @@ fn lifecycle_builder_reports_bad_packages() {
 fn with_builtins(env: &mut Env) {
     let archives = env.root().join("archives");
     fs::create_dir_all(&archives).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildpacks");
+    // The repository's top-level buildpacks/, two levels above this crate.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../buildpacks");
     for (key, dir) in [("staticfile_buildpack", "staticfile"), ("shell_buildpack", "shell")] {
         archive::pack_dir_tgz(&src.join(dir), &archives.join(key)).unwrap();
     }
