@@ -201,7 +201,7 @@ pub struct Config {
     pub ssh_idle_timeout: u64,
     /// Ciphers the ssh proxy offers users, comma-separated (AES-GCM only by
     /// default; add chacha20-poly1305@openssh.com for clients without AES).
-    #[arg(long, default_value = crate::sshproxy::DEFAULT_CIPHERS)]
+    #[arg(long, default_value = celld_sshproxy::DEFAULT_CIPHERS)]
     pub ssh_ciphers: String,
     /// The password of `diego:PROCESS_GUID/INDEX` logins at the ssh proxy;
     /// unset refuses them.
@@ -247,8 +247,8 @@ impl Config {
     }
 
     /// The Garden listeners' limits.
-    pub fn garden_limits(&self) -> crate::garden::listener::Limits {
-        crate::garden::listener::Limits {
+    pub fn garden_limits(&self) -> celld_garden::listener::Limits {
+        celld_garden::listener::Limits {
             header_timeout: std::time::Duration::from_secs(self.garden_header_timeout.max(1)),
             idle_timeout: std::time::Duration::from_secs(self.garden_idle_timeout.max(1)),
             max_connections: self.garden_max_connections.max(1),

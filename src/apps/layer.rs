@@ -15,11 +15,11 @@ use super::AppsError;
 use super::store::{AppRecord, Store};
 use super::validate::validate_space;
 use crate::executor::logs::LogHub;
-use crate::router::RouteTable;
 use crate::staging::stager::Stager;
 use celld_blobstore::Blobstore;
 use celld_proto as pb;
 use celld_proto::scheduler_client::SchedulerClient;
+use celld_router::RouteTable;
 
 pub struct AppsConfig {
     pub db: PathBuf,

@@ -12,8 +12,8 @@ use super::layer::AppLayer;
 use super::process::APP_PORT;
 use super::store::AppRecord;
 use crate::executor::logs::{LogHub, now_ns};
-use crate::router::{AccessLog, Backend};
 use celld_proto as pb;
+use celld_router::{AccessLog, Backend};
 
 impl AppLayer {
     /// Rebuilds the router's table when something changed, and every few

@@ -11,8 +11,8 @@ use super::AppsError;
 use super::layer::AppLayer;
 use super::store::AppRecord;
 use crate::executor::logs::cell_line;
-use crate::sshproxy::{self, Authority, Login, ProxyError, Target};
 use celld_proto as pb;
+use celld_sshproxy::{self as sshproxy, Authority, Login, ProxyError, Target};
 
 /// The container port of every instance's sshd (Diego's).
 pub const SSHD_PORT: u32 = 2222;

@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 
 use super::ExecutorError;
 use super::logs::LineWriter;
-use crate::gardener::Gardener;
+use celld_garden::gardener::Gardener;
 use celld_proto as pb;
 use celld_runtime::initproto::{self as proto, Request};
 use garden_api::types::{
@@ -255,7 +255,7 @@ pub async fn addresses(gardener: &Gardener, handle: &str) -> Result<Addresses, E
 
 /// Whether the container's memory cgroup has seen an OOM kill.
 pub async fn out_of_memory(gardener: &Gardener, handle: &str) -> bool {
-    gardener.info(handle).await.is_ok_and(|i| i.events.iter().any(|e| e == crate::gardener::OUT_OF_MEMORY_EVENT))
+    gardener.info(handle).await.is_ok_and(|i| i.events.iter().any(|e| e == celld_garden::gardener::OUT_OF_MEMORY_EVENT))
 }
 
 /// Diego's reason for a process that exited: "<source>: Exited with status N",

@@ -386,7 +386,7 @@ impl Executor {
             Ok(()) => {
                 self.cell_line(d, index, &format!("Cell {cell} successfully destroyed container for instance {guid}"))
             }
-            Err(crate::gardener::GardenError::ContainerNotFound(_)) => {}
+            Err(celld_garden::gardener::GardenError::ContainerNotFound(_)) => {}
             Err(e) => tracing::warn!(error = %e, "destroying the container failed"),
         }
     }

@@ -23,9 +23,9 @@ use std::time::Instant;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::gardener::GardenError;
-use crate::gardener::Gardener;
 use celld_blobstore::{Blobstore, BlobstoreError};
+use celld_garden::gardener::GardenError;
+use celld_garden::gardener::Gardener;
 use celld_proto as pb;
 use logs::{LogHub, RateLimiter};
 
@@ -188,7 +188,7 @@ fn guid_ok(what: &str, g: &str) -> Result<(), String> {
     if g.is_empty() {
         return Err(format!("{what} is empty"));
     }
-    crate::gardener::validate_handle(g).map_err(|e| format!("{what}: {e}"))
+    celld_garden::gardener::validate_handle(g).map_err(|e| format!("{what}: {e}"))
 }
 
 impl Executor {
@@ -740,8 +740,8 @@ impl Executor {
 /// The router dials only what this says: an instance of this cell that is
 /// running (not being stopped or destroyed) at that address, whose container
 /// still has its interface.
-impl crate::router::LiveBackends for Executor {
-    fn is_live(&self, b: &crate::router::Backend) -> bool {
+impl celld_router::LiveBackends for Executor {
+    fn is_live(&self, b: &celld_router::Backend) -> bool {
         let std::net::IpAddr::V4(ip) = b.addr.ip() else { return false };
         let running = lock(&self.table).lrps.get(&b.instance_guid).is_some_and(|l| {
             l.phase == LrpPhase::Running && l.net.as_ref().is_some_and(|n| n.instance_address == ip.to_string())

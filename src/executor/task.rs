@@ -60,7 +60,7 @@ impl Executor {
             line(&format!("Cell {cell} destroying container for instance {guid}"));
             match self.gardener.destroy(&guid).await {
                 Ok(()) => line(&format!("Cell {cell} successfully destroyed container for instance {guid}")),
-                Err(crate::gardener::GardenError::ContainerNotFound(_)) => {}
+                Err(celld_garden::gardener::GardenError::ContainerNotFound(_)) => {}
                 Err(e) => tracing::warn!(error = %e, source = %source, "destroying the task container failed"),
             }
             self.forget_task(&guid);

@@ -28,8 +28,8 @@ pub use self::record::{
 };
 use super::registry::{Buildpack, Registry};
 use super::{StagingError, new_guid, validate_guid};
-use crate::gardener::Gardener;
 use celld_blobstore::Blobstore;
+use celld_garden::gardener::Gardener;
 
 /// Names the lifecycle binary answers to besides `builder` (links to it).
 const LIFECYCLE_ROLES: &[&str] = &["launcher", "sshd"];

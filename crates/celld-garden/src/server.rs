@@ -21,10 +21,10 @@ use tokio::net::UnixStream;
 
 use super::conns::ConnTrack;
 use super::streams::{ReaderGuard, StreamBuffer};
-use super::types::*;
 use crate::gardener::GardenError;
 use crate::gardener::Gardener;
 use celld_runtime::initproto::{self as proto, client::read_frame};
+use garden_api::types::*;
 
 /// Largest JSON request body accepted (Garden has none; a bound keeps a bad
 /// client from exhausting memory).
