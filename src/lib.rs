@@ -17,6 +17,7 @@ pub use celld_transport::tls;
 
 pub mod apps;
 pub mod config;
+pub mod daemon;
 pub mod executor;
 pub mod grpc;
 pub mod rep;

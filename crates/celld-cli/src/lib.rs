@@ -1,7 +1,9 @@
-//! cellctl's commands that speak gRPC (the Garden ones are in the binary).
+//! cellctl: its `main` and command line (`cellctl`), the commands that speak
+//! gRPC (apps, staging, ssh) and the Garden ones, over garden-api's client.
 
 mod api;
 pub mod apps;
+pub mod cellctl;
 pub mod package;
 pub mod render;
 pub mod ssh;
