@@ -1,5 +1,5 @@
 //! celld's gRPC listener (`--grpc-listen`): the cell's services (Stager,
-//! Cell, Apps) on the shared plumbing of `transport::grpc`, which this module
+//! Cell, Apps) on celld-transport's shared plumbing, which this module
 //! re-exports with the generated code (`pb`) under the names tests know.
 
 use std::sync::Arc;
