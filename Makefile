@@ -98,7 +98,7 @@ test: deps rootfs lifecycle
 	$(CARGO) test --release --workspace $(TEST_ARGS) -- --test-threads=1
 
 bench: build rootfs
-	$(CARGO) run --release -p celld-bench -- --rootfs-dir $(ROOTFS_DIR) $(BENCH_ARGS)
+	$(CARGO) run --release --bin celld-bench -- --rootfs-dir $(ROOTFS_DIR) $(BENCH_ARGS)
 
 lint: deps
 	$(CARGO) fmt --all --check
