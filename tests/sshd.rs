@@ -411,7 +411,8 @@ fn sshd_sftp_batch() {
 }
 
 /// A TCP server that answers every connection with `greeting` and then
-/// reports what it read.
+/// reports what it read. A thread per connection: a probe that lingers must
+/// not hold up the exchange behind it.
 fn greeter(greeting: &'static [u8]) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -419,17 +420,17 @@ fn greeter(greeting: &'static [u8]) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>)
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
-            let _ = c.write_all(greeting);
-            let _ = c.shutdown(std::net::Shutdown::Write);
-            let mut got = Vec::new();
-            let _ = c.read_to_end(&mut got);
-            // Probes that only connect (waiting for a forwarded port) say nothing.
-            if got.is_empty() {
-                continue;
-            }
-            if tx.send(got).is_err() {
-                break;
-            }
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = c.write_all(greeting);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                let mut got = Vec::new();
+                let _ = c.read_to_end(&mut got);
+                // Probes that only connect (waiting for a forwarded port) say nothing.
+                if !got.is_empty() {
+                    let _ = tx.send(got);
+                }
+            });
         }
     });
     (port, rx)
@@ -442,7 +443,9 @@ fn exchange(port: u16, msg: &[u8]) -> Vec<u8> {
     c.write_all(msg).unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
     let mut got = Vec::new();
-    c.read_to_end(&mut got).unwrap();
+    if let Err(e) = c.read_to_end(&mut got) {
+        panic!("port {port}: no end of stream after sending {msg:?} (read {got:?}): {e}");
+    }
     got
 }
 
@@ -461,7 +464,10 @@ fn sshd_local_forward() {
     assert_eq!(exchange(local, b"ping"), b"hello through -L\n");
     assert_eq!(seen.recv_timeout(Duration::from_secs(5)).unwrap(), b"ping");
     // A target that refuses: the channel is refused, the client closes.
-    let dead = free_port();
+    // Port 1: below the ephemeral range, so no other test's listener can take
+    // it the way a just-freed ephemeral port can be taken.
+    let dead = 1;
+    assert!(TcpStream::connect(("127.0.0.1", dead)).is_err(), "something listens on 127.0.0.1:{dead}");
     let local2 = free_port();
     let child = s
         .ssh_cmd(&["-o", "LogLevel=INFO", "-N", "-L", &format!("{local2}:127.0.0.1:{dead}")], "")
