@@ -545,7 +545,7 @@ fn init_reaps_orphans_and_hostname_is_the_handle() {
         let (_, out, _) = run(&d, &h, sh("cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}'")).await;
         assert!(!out.lines().any(|s| s == "Z"), "zombies left: {out}");
         let (_, out, _) = run(&d, &h, sh("cat /proc/1/comm")).await;
-        assert_eq!(out.trim(), "celld-init");
+        assert_eq!(out.trim(), "garden-init");
     });
 }
 

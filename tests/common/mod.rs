@@ -20,6 +20,13 @@ pub fn rootfs_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/out"))
 }
 
+/// The daemon under test: `$CELLD_BIN` if set, else the one cargo built.
+/// Worktrees sharing one target directory overwrite each other's
+/// `target/debug/celld`; a copy named here is immune to that.
+pub fn celld_bin() -> PathBuf {
+    std::env::var_os("CELLD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_celld")))
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -93,7 +100,7 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.socket);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("celld.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_celld"))
+        let child = Command::new(celld_bin())
             .arg("--depot")
             .arg(self.depot())
             .arg("--run-dir")
@@ -300,7 +307,7 @@ impl Daemon {
 pub fn celld_exit(dir: &Path, args: &[&str], timeout: Duration) -> Option<(std::process::ExitStatus, String)> {
     std::fs::create_dir_all(dir).expect("test dir");
     let log = dir.join("celld-start.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_celld"))
+    let mut child = Command::new(celld_bin())
         .arg("--depot")
         .arg(dir.join("depot"))
         .arg("--run-dir")

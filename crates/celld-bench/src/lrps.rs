@@ -195,7 +195,7 @@ pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<
     let cpu = (cpu_time(daemon) + helper.map_or(Duration::ZERO, cpu_time)).saturating_sub(cpu0);
     let wall = w0.elapsed();
     let rss_after = rss(Some(daemon)) + rss(helper);
-    let inits = super::container_inits(dir);
+    let inits = super::container_inits(daemon);
     let init_pss: u64 = inits.iter().filter_map(|p| super::smaps_pss_kib(*p).ok()).sum();
     let pct = cpu.as_secs_f64() * 100.0 / wall.as_secs_f64();
     println!(

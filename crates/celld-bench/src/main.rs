@@ -94,8 +94,8 @@ fn main() -> Result<()> {
     }
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
-        run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, d| {
-            network_and_density(&args, c, pid, d).await
+        run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, _| {
+            network_and_density(&args, c, pid).await
         })
     });
     let mut staging_args = pool.to_vec();
@@ -339,7 +339,7 @@ async fn settle() {
     }
 }
 
-async fn network_and_density(args: &Args, client: &Client, daemon: u32, dir: &Path) -> Result<()> {
+async fn network_and_density(args: &Args, client: &Client, daemon: u32) -> Result<()> {
     settle().await;
     // 3. Density: idle containers, and what the daemon, its helper and the
     // containers' inits hold in memory.
@@ -418,10 +418,10 @@ async fn network_and_density(args: &Args, client: &Client, daemon: u32, dir: &Pa
         );
         // An init names itself just after create returns: give the last one a moment.
         let deadline = Instant::now() + Duration::from_secs(2);
-        let mut inits = container_inits(dir);
+        let mut inits = container_inits(daemon);
         while (inits.len() as u64) < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            inits = container_inits(dir);
+            inits = container_inits(daemon);
         }
         let (mut pss, mut rss) = (0, 0);
         for &pid in &inits {
@@ -433,7 +433,7 @@ async fn network_and_density(args: &Args, client: &Client, daemon: u32, dir: &Pa
             println!("container inits: PSS {pss} KiB per container (RSS {rss} KiB)");
         }
         if found != n {
-            println!("warning: found {found} celld-init processes for {n} containers");
+            println!("warning: found {found} garden-init processes for {n} containers");
         }
     }
     let t = Instant::now();
@@ -660,14 +660,15 @@ fn helper_of(daemon: u32) -> Option<u32> {
     })
 }
 
-/// The bench's container inits: `celld-init` processes forked from its helper,
-/// so still carrying the helper's command line (with our run dir in it); they
-/// are reparented away from the helper, so the ppid cannot tell.
-fn container_inits(dir: &Path) -> Vec<u32> {
-    let ours = format!("{}/", dir.display());
+/// The container inits of the bench's daemon: `garden-init` processes of the
+/// daemon's own executable (their command line no longer names the daemon,
+/// and they are reparented away from its helper).
+fn container_inits(daemon: u32) -> Vec<u32> {
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let Some(ours) = exe(daemon) else { return Vec::new() };
     processes()
         .into_iter()
-        .filter(|(pid, _, comm)| comm == "celld-init" && cmdline(*pid).contains(&ours))
+        .filter(|(pid, _, comm)| comm == "garden-init" && exe(*pid).as_ref() == Some(&ours))
         .map(|p| p.0)
         .collect()
 }

@@ -31,6 +31,18 @@ pub struct Usage {
     pub pids_max: u64,
 }
 
+/// How the container sees one of its cgroup directories (see `views`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// Under the container's /sys/fs/cgroup; empty on v2, where the one
+    /// directory is /sys/fs/cgroup itself.
+    pub name: String,
+    /// The container's directory in this hierarchy, on the host.
+    pub source: PathBuf,
+    /// Other names of a combined v1 hierarchy (`cpu` and `cpuacct` for `cpu,cpuacct`).
+    pub links: Vec<String>,
+}
+
 fn unified() -> bool {
     matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified))
 }
@@ -112,6 +124,16 @@ impl Cgroup {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// What the container is shown of its cgroups, as runc shows it: on v2
+    /// its own directory; on v1 its directory in each hierarchy it is in,
+    /// named as the hierarchy's mount point.
+    pub fn views(&self) -> Vec<View> {
+        if unified() {
+            return vec![View { name: String::new(), source: Path::new(ROOT).join(self.rel()), links: Vec::new() }];
+        }
+        v1_views(v1_hierarchies(), self.rel())
     }
 
     /// How many times the kernel's OOM killer fired in this cgroup.
@@ -200,6 +222,17 @@ fn parse_v1_mounts(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
         if !controllers.is_empty() && !out.iter().any(|(p, _)| p == Path::new(point)) {
             out.push((PathBuf::from(point), controllers));
         }
+    }
+    out
+}
+
+fn v1_views(hierarchies: &[(PathBuf, Vec<String>)], rel: &Path) -> Vec<View> {
+    let mut out = Vec::new();
+    for (mount, controllers) in hierarchies {
+        let Some(name) = mount.file_name().and_then(|n| n.to_str()) else { continue };
+        let links = controllers.iter().filter(|c| c.as_str() != name).cloned().collect::<Vec<_>>();
+        let links = if controllers.len() > 1 { links } else { Vec::new() };
+        out.push(View { name: name.to_string(), source: mount.join(rel), links });
     }
     out
 }
@@ -314,6 +347,20 @@ mod tests {
                 (PathBuf::from("/sys/fs/cgroup/memory"), vec!["memory".to_string()]),
             ]
         );
+    }
+
+    #[test]
+    fn v1_views_are_named_by_mount_point() {
+        let h = vec![
+            (PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), vec!["cpu".to_string(), "cpuacct".to_string()]),
+            (PathBuf::from("/sys/fs/cgroup/memory"), vec!["memory".to_string()]),
+        ];
+        let v = v1_views(&h, Path::new("celld-1/h"));
+        assert_eq!(v[0].name, "cpu,cpuacct");
+        assert_eq!(v[0].source, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/celld-1/h"));
+        assert_eq!(v[0].links, vec!["cpu".to_string(), "cpuacct".to_string()]);
+        assert_eq!(v[1].name, "memory");
+        assert!(v[1].links.is_empty());
     }
 
     #[test]

@@ -117,8 +117,7 @@ fn create(id: &str, bundle: &Path, socket: &Path, seccomp: Option<&'static [libc
     drop(listen);
     match result {
         Ok(pid) => {
-            // The OOM killer should pick the process that overran the limit, not init.
-            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-998");
+            protect_from_oom_killer(id, pid);
             HelperReply::Created { pid }
         }
         Err(message) => {
@@ -128,9 +127,25 @@ fn create(id: &str, bundle: &Path, socket: &Path, seccomp: Option<&'static [libc
     }
 }
 
+/// The OOM killer must pick the process that overran the container's limit,
+/// never init (with it the container would lose every process's streams).
+/// Lowering oom_score_adj takes CAP_SYS_RESOURCE in the host's namespace,
+/// which init lacks and this helper has: so it is done from here. init's
+/// processes raise theirs back to 0, which needs no privilege.
+fn protect_from_oom_killer(id: &str, pid: i32) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
+        // Without CAP_SYS_RESOURCE (e.g. in a restricted sandbox) init stays an
+        // ordinary candidate; say so once, not for every container.
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(container = id, error = %e, "cannot shield container inits from the OOM killer");
+        }
+    }
+}
+
 /// Daemon side: starts `celld helper` and returns the socket to it.
-/// `depot` only labels the helper (and the inits forked from it) in process
-/// listings, so one can tell which daemon they belong to.
+/// `depot` only labels the helper in process listings, so one can tell which
+/// daemon it belongs to (container inits name themselves `garden-init`).
 pub fn spawn(
     exe: &Path,
     depot: &Path,

@@ -49,7 +49,8 @@ pub struct SpawnRequest {
     pub id: String,
     pub path: String,
     pub args: Vec<String>,
-    /// Final environment except HOME, which init fills from the user if absent.
+    /// The container's environment, then the process's; init keeps one
+    /// entry per name (the last value) and fills HOME from the user if unset.
     pub env: Vec<String>,
     pub dir: String,
     pub user: String,

@@ -1,6 +1,7 @@
 //! The containerizer: OCI spec, rootfs, cgroups, the runtime helper that
 //! starts containers, the in-container init, and the depot (state on disk).
 
+pub mod caps;
 pub mod cgroups;
 pub mod containerizer;
 pub mod depot;

@@ -52,6 +52,24 @@ struct MountPlan {
     source_is_dir: bool,
 }
 
+/// The spec's `cgroup` mount: the container's own cgroups, shown read-only
+/// at `destination` once they exist.
+#[derive(Debug)]
+struct CgroupMountPlan {
+    destination: PathBuf,
+    /// Flags for every mount it makes (read-only among them).
+    flags: MsFlags,
+    views: Vec<super::cgroups::View>,
+}
+
+/// A device node of the spec's `linux.devices`.
+#[derive(Debug)]
+struct DevicePlan {
+    path: PathBuf,
+    rdev: libc::dev_t,
+    mode: u32,
+}
+
 /// Everything the child needs, from the spec.
 #[derive(Debug)]
 struct Plan {
@@ -62,9 +80,11 @@ struct Plan {
     rootfs: PathBuf,
     hostname: Option<String>,
     mounts: Vec<MountPlan>,
+    cgroup_mount: Option<CgroupMountPlan>,
+    devices: Vec<DevicePlan>,
     masked: Vec<PathBuf>,
     readonly: Vec<PathBuf>,
-    /// Capability bits for the bounding, permitted and effective sets.
+    /// Capability bits for the bounding, permitted, effective and inheritable sets.
     capabilities: u64,
     last_capability: u32,
     no_new_privileges: bool,
@@ -108,18 +128,6 @@ fn mount_options(options: &[String]) -> (MsFlags, String, bool) {
     (flags, data.join(","), bind)
 }
 
-fn capability_bits(names: impl IntoIterator<Item = String>) -> Result<u64, String> {
-    let mut bits = 0u64;
-    for name in names {
-        let bit = super::spec::ALL_CAPS
-            .iter()
-            .position(|c| *c == name)
-            .ok_or_else(|| format!("unknown capability {name}"))?;
-        bits |= 1 << bit;
-    }
-    Ok(bits)
-}
-
 /// The spec fields this runtime carries out; a spec with any other field set
 /// is refused rather than started without it. (`parent.*`: any child.)
 const SUPPORTED_FIELDS: &[&str] = &[
@@ -141,12 +149,14 @@ const SUPPORTED_FIELDS: &[&str] = &[
     "process.capabilities.bounding",
     "process.capabilities.effective",
     "process.capabilities.permitted",
+    "process.capabilities.inheritable",
     "process.noNewPrivileges",
     "linux",
     "linux.namespaces",
     "linux.uidMappings",
     "linux.gidMappings",
     "linux.cgroupsPath",
+    "linux.devices",
     "linux.maskedPaths",
     "linux.readonlyPaths",
     "linux.resources",
@@ -199,8 +209,8 @@ fn check_supported(spec: &Spec) -> Result<(), String> {
         return Err("a read-only root is not supported (the rootfs is a copy-on-write overlay)".into());
     }
     if let Some(c) = process.and_then(|p| p.capabilities().as_ref()) {
-        if c.effective() != c.bounding() || c.permitted() != c.bounding() {
-            return Err("effective and permitted capabilities must equal the bounding set".into());
+        if c.effective() != c.bounding() || c.permitted() != c.bounding() || c.inheritable() != c.bounding() {
+            return Err("effective, permitted and inheritable capabilities must equal the bounding set".into());
         }
     }
     Ok(())
@@ -236,9 +246,17 @@ impl Plan {
         }
         // A relative root is relative to the bundle, as in the OCI spec.
         let rootfs = bundle.join(spec.root().as_ref().ok_or("the spec has no root")?.path());
+        let cgroup = Cgroup::new(linux.cgroups_path().clone().ok_or("the spec has no cgroupsPath")?);
         let mut mounts = Vec::new();
+        let mut cgroup_mount = None;
         for m in spec.mounts().iter().flatten() {
             let (flags, data, bind) = mount_options(m.options().as_deref().unwrap_or_default());
+            if m.typ().as_deref() == Some("cgroup") {
+                let flags = flags | MsFlags::MS_RDONLY;
+                cgroup_mount =
+                    Some(CgroupMountPlan { destination: m.destination().clone(), flags, views: cgroup.views() });
+                continue;
+            }
             let bind = bind || m.typ().as_deref() == Some("bind");
             let source = m.source().clone().unwrap_or_else(|| PathBuf::from("none"));
             let source_is_dir = !bind || source.is_dir();
@@ -262,7 +280,7 @@ impl Plan {
             .into_iter()
             .flatten()
             .map(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
-        let capabilities = capability_bits(names)?;
+        let capabilities = super::caps::bits(names)?;
         let last_capability = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -276,6 +294,14 @@ impl Plan {
             .filter(|(k, v)| !k.is_empty() && !k.contains('\0') && !v.contains('\0'))
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
+        let mut devices = Vec::new();
+        for d in linux.devices().iter().flatten() {
+            if d.typ() != oci_spec::runtime::LinuxDeviceType::C {
+                return Err(format!("device {}: only character devices are supported", d.path().display()));
+            }
+            let rdev = libc::makedev(d.major() as u32, d.minor() as u32);
+            devices.push(DevicePlan { path: d.path().clone(), rdev, mode: d.file_mode().unwrap_or(0o666) & 0o777 });
+        }
         Ok(Plan {
             clone_flags,
             user_namespace,
@@ -284,13 +310,15 @@ impl Plan {
             rootfs,
             hostname: spec.hostname().clone(),
             mounts,
+            cgroup_mount,
+            devices,
             masked: linux.masked_paths().iter().flatten().map(PathBuf::from).collect(),
             readonly: linux.readonly_paths().iter().flatten().map(PathBuf::from).collect(),
             capabilities,
             last_capability,
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             env,
-            cgroup: Cgroup::new(linux.cgroups_path().clone().ok_or("the spec has no cgroupsPath")?),
+            cgroup,
             resources: linux.resources().clone().unwrap_or_default(),
         })
     }
@@ -419,6 +447,11 @@ fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: O
         // whose helper died (no message, or PDEATHSIG) never becomes init.
         await_message(&go, CGROUPS_DONE);
         drop(go);
+        // The host's cgroup directories are reachable until the pivot.
+        if let Some(c) = &plan.cgroup_mount {
+            mount_cgroups(&plan.rootfs, c)?;
+        }
+        enter_root(plan)?;
         finish(plan, seccomp)
     });
     match result {
@@ -434,7 +467,8 @@ fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: O
     }
 }
 
-/// Everything up to the privileges: credentials, mounts, hostname, `lo`.
+/// What can be done before the container is in its cgroups: credentials,
+/// mounts, devices, hostname.
 fn set_up(plan: &Plan) -> Result<(), String> {
     let errno = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     if plan.user_namespace {
@@ -473,10 +507,15 @@ fn set_up(plan: &Plan) -> Result<(), String> {
     for m in &plan.mounts {
         mount_one(&plan.rootfs, m)?;
     }
-    make_devices(&plan.rootfs)?;
+    make_devices(&plan.rootfs, &plan.devices, plan.user_namespace)?;
     if let Some(h) = &plan.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
     }
+    Ok(())
+}
+
+/// Into the rootfs, then what is done from inside: masks, read-only paths, `lo`.
+fn enter_root(plan: &Plan) -> Result<(), String> {
     pivot_root(&plan.rootfs)?;
     for p in &plan.masked {
         mask(p)?;
@@ -501,7 +540,7 @@ fn finish(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), Stri
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) } != 0 {
         return Err(errno("clear the parent-death signal"));
     }
-    set_capabilities(plan.capabilities, plan.last_capability)?;
+    super::caps::set_all(plan.capabilities, plan.last_capability)?;
     if plan.no_new_privileges && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(errno("no_new_privs"));
     }
@@ -603,8 +642,53 @@ fn remount(target: &Path, flags: MsFlags) -> Result<(), String> {
         .map_err(|e| format!("remount {}: {e}", target.display()))
 }
 
-fn make_devices(rootfs: &Path) -> Result<(), String> {
+/// The container's cgroups as runc shows them: on v1 a tmpfs with each
+/// hierarchy's directory of the container bound in (and the usual symlinks
+/// for combined hierarchies such as `cpu,cpuacct`), on v2 the container's
+/// directory itself; all read-only.
+fn mount_cgroups(rootfs: &Path, c: &CgroupMountPlan) -> Result<(), String> {
+    let target = resolve_in_root(rootfs, &c.destination)?;
+    let what = |e: &dyn std::fmt::Display| format!("mount the cgroups at {}: {e}", c.destination.display());
+    std::fs::create_dir_all(&target).map_err(|e| what(&e))?;
+    let bind_ro = |source: &Path, at: &Path| -> Result<(), String> {
+        mount(Some(source), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
+        remount(at, c.flags)
+    };
+    if let [view] = c.views.as_slice() {
+        if view.name.is_empty() {
+            return bind_ro(&view.source, &target);
+        }
+    }
+    let tmpfs_flags = c.flags & !MsFlags::MS_RDONLY;
+    mount(Some("tmpfs"), &target, Some("tmpfs"), tmpfs_flags, Some("mode=755")).map_err(|e| what(&e))?;
+    for view in &c.views {
+        let at = target.join(&view.name);
+        std::fs::create_dir(&at).map_err(|e| what(&e))?;
+        bind_ro(&view.source, &at)?;
+        for link in &view.links {
+            std::os::unix::fs::symlink(&view.name, target.join(link)).map_err(|e| what(&e))?;
+        }
+    }
+    remount(&target, c.flags)
+}
+
+fn make_devices(rootfs: &Path, extra: &[DevicePlan], user_namespace: bool) -> Result<(), String> {
     let dev = resolve_in_root(rootfs, Path::new("/dev"))?;
+    for d in extra {
+        let target = resolve_in_root(rootfs, &d.path)?;
+        let what = |e: &dyn std::fmt::Display| format!("create {}: {e}", d.path.display());
+        if user_namespace {
+            // A user namespace may not make nodes: the host's, if it has one.
+            std::fs::File::create(&target).map_err(|e| what(&e))?;
+            mount(Some(&d.path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
+            continue;
+        }
+        let mode = nix::sys::stat::Mode::from_bits_truncate(d.mode);
+        nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, mode, d.rdev).map_err(|e| what(&e))?;
+        // Not the umask's: the spec's mode.
+        nix::sys::stat::fchmodat(None, &target, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+            .map_err(|e| what(&e))?;
+    }
     for name in DEVICES {
         let target = dev.join(name);
         std::fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
@@ -640,39 +724,6 @@ fn mask(path: &Path) -> Result<(), String> {
         Ok(_) => mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>),
     };
     result.map_err(|e| format!("mask {}: {e}", path.display()))
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Leaves exactly `bits` in the bounding, permitted and effective sets, and
-/// none inheritable or ambient.
-fn set_capabilities(bits: u64, last: u32) -> Result<(), String> {
-    for cap in 0..=last.min(63) {
-        if bits & (1 << cap) == 0 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-            return Err(format!("drop capability {cap}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
-    let header = CapHeader { version: 0x2008_0522, pid: 0 };
-    let data = [
-        CapData { effective: bits as u32, permitted: bits as u32, inheritable: 0 },
-        CapData { effective: (bits >> 32) as u32, permitted: (bits >> 32) as u32, inheritable: 0 },
-    ];
-    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
-        return Err(format!("capset: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// A new network namespace starts with `lo` down.
@@ -745,12 +796,6 @@ mod tests {
         v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 1}]);
         let with_rlimits: Spec = serde_json::from_value(v).unwrap();
         assert!(check_supported(&with_rlimits).unwrap_err().contains("process.rlimits"));
-    }
-
-    #[test]
-    fn capability_names_become_bits() {
-        assert_eq!(capability_bits(["CAP_CHOWN".to_string(), "CAP_KILL".to_string()]), Ok(1 | 1 << 5));
-        assert!(capability_bits(["CAP_NOPE".to_string()]).is_err());
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// Garden's set for privileged containers: every capability up to
+/// CAP_AUDIT_READ (mask 3fffffffff); the newer ones (CAP_PERFMON, CAP_BPF,
+/// CAP_CHECKPOINT_RESTORE) are not Garden's.
+pub const PRIVILEGED_CAPS: &[&str] = ALL_CAPS.split_at(38).0;
+
 /// Paths hidden from unprivileged containers, as Garden hides them.
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/kcore",
@@ -131,7 +136,7 @@ fn device(major: i64, minor: i64) -> Value {
 
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
     let bounding = bounding_set();
-    let wanted: &[&str] = if input.privileged { ALL_CAPS } else { UNPRIVILEGED_CAPS };
+    let wanted: &[&str] = if input.privileged { PRIVILEGED_CAPS } else { UNPRIVILEGED_CAPS };
     let caps: Vec<&str> = wanted
         .iter()
         .copied()
@@ -149,13 +154,16 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "newinstance", "gid=5", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        // The container's own cgroups, read-only (see `spawn`).
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["ro", "nosuid", "noexec", "nodev"]}),
     ];
     for (src, dst, rw) in input.bind_mounts {
         mounts.push(json!({"destination": dst, "type": "bind", "source": src,
@@ -169,6 +177,8 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
                 {"allow": false, "access": "rwm"},
                 device(1, 3), device(1, 5), device(1, 7), device(1, 8), device(1, 9),
                 device(5, 0), device(5, 2), device(136, -1),
+                // /dev/net/tun and /dev/fuse, as Garden allows them.
+                device(10, 200), device(10, 229),
             ],
         },
         "maskedPaths": MASKED_PATHS,
@@ -203,6 +213,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
         linux["gidMappings"] = linux["uidMappings"].clone();
         // Seccomp is not in the spec: the helper installs a precompiled
         // filter (see `seccomp::compiled`).
+    } else {
+        // Privileged containers get FUSE, as in Garden.
+        linux["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666}]);
     }
     linux["namespaces"] = Value::Array(namespaces);
     let spec = json!({
@@ -214,7 +227,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
             "args": ["celld-init"],
             "env": input.env,
             "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps},
             "noNewPrivileges": !input.privileged,
         },
         "root": {"path": input.rootfs, "readonly": false},

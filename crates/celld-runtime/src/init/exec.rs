@@ -55,6 +55,28 @@ pub(super) fn resolve_executable(path: &str, env: &[String], cwd: &str) -> Resul
         .ok_or_else(|| (ErrorKind::ExecutableNotFound, format!("exec: \"{path}\": executable file not found in $PATH")))
 }
 
+/// The environment a process gets, as runc builds it: one entry per name, in
+/// the order names first appear, with the last value given (the process's
+/// env comes after the container's, so it wins); HOME from the user when
+/// unset or empty.
+pub(super) fn final_env(env: &[String], home: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(env.len() + 1);
+    let name = |e: &str| e.split_once('=').map_or(e.len(), |(k, _)| k.len());
+    for e in env {
+        let n = name(e);
+        match out.iter_mut().find(|o| name(o) == n && o.as_bytes()[..n] == e.as_bytes()[..n]) {
+            Some(o) => o.clone_from(e),
+            None => out.push(e.clone()),
+        }
+    }
+    match out.iter_mut().find(|o| o.starts_with("HOME=")) {
+        Some(h) if h.len() > "HOME=".len() => {}
+        Some(h) => *h = format!("HOME={home}"),
+        None => out.push(format!("HOME={home}")),
+    }
+    out
+}
+
 pub(super) struct Child {
     pub(super) pid: i32,
     pub(super) stdout: OwnedFd,
@@ -143,6 +165,13 @@ pub(super) fn spawn_child(
         if std::fs::metadata(&cwd_path).is_err() && mkdir_all_owned(&cwd_path, user.uid, user.gid).is_err() {
             fail("create working directory");
         }
+        if user.uid != 0 {
+            give_stdio_to(user.uid);
+            if let Err(e) = crate::caps::limit_for_non_root() {
+                unsafe { *libc::__errno_location() = e };
+                fail("limit capabilities");
+            }
+        }
         if let Err(e) = become_user(user) {
             let _ = e;
             fail("set user");
@@ -174,6 +203,22 @@ pub(super) fn spawn_child(
         set_nonblocking(fd.as_raw_fd());
     }
     Ok(Child { pid, stdout: out_r, stderr: err_r, stdin: stdin_w })
+}
+
+/// Makes the process's pipes (or terminal) its user's, as runc does, so that
+/// it can reopen them (`/dev/stdout`); the group stays. Stdio on /dev/null is
+/// left alone, and a failure only means the process cannot reopen them.
+fn give_stdio_to(uid: u32) {
+    for fd in 0..3 {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0
+            || st.st_uid == uid
+            || (st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3))
+        {
+            continue;
+        }
+        unsafe { libc::fchown(fd, uid, u32::MAX) };
+    }
 }
 
 fn cstr_lossy(s: &str) -> CString {
@@ -209,6 +254,15 @@ pub(super) fn become_user(user: &User) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_values_win_in_the_first_place() {
+        let env: Vec<String> = ["TEST=hi", "PATH=/bin", "TESTX=1", "TEST=hello", "HOME="].map(String::from).to_vec();
+        assert_eq!(final_env(&env, "/home/vcap"), ["TEST=hello", "PATH=/bin", "TESTX=1", "HOME=/home/vcap"]);
+        let env = vec!["HOME=/tmp".to_string()];
+        assert_eq!(final_env(&env, "/root"), ["HOME=/tmp"]);
+        assert_eq!(final_env(&[], "/"), ["HOME=/"]);
+    }
 
     #[test]
     fn executable_lookup_follows_path() {

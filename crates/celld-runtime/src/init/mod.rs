@@ -50,8 +50,10 @@ pub fn run(listen_fd: RawFd) -> ! {
             }
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::prctl(libc::PR_SET_NAME, c"celld-init".as_ptr());
+        // Garden's name for a container's pid 1, in `ps` and in /proc/1/comm.
+        libc::prctl(libc::PR_SET_NAME, c"garden-init".as_ptr());
     }
+    sys::set_command_line(b"garden-init");
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGCHLD);
     let _ = mask.thread_block();

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::exec::{random_guid, resolve_executable, spawn_child};
+use super::exec::{final_env, random_guid, resolve_executable, spawn_child};
 use super::state::{Init, Proc};
 use super::stream_in_out::{stream_in, stream_out};
 use super::sys::{read_fd, reset_child_signals, set_blocking, write_fd};
@@ -154,14 +154,13 @@ impl Init {
             }
         }
         let user = users::lookup(Path::new("/"), &req.user).map_err(|e| match e {
-            users::UserError::NotFound(_) => (ErrorKind::UserNotFound, e.to_string()),
+            users::UserError::NotFound(_) | users::UserError::GroupNotFound(_) => {
+                (ErrorKind::UserNotFound, e.to_string())
+            }
             users::UserError::Invalid(_) => (ErrorKind::Invalid, e.to_string()),
         })?;
         let cwd = if req.dir.is_empty() { user.home.clone() } else { req.dir.clone() };
-        let mut env = req.env.clone();
-        if !env.iter().any(|e| e.starts_with("HOME=")) {
-            env.push(format!("HOME={}", user.home));
-        }
+        let env = final_env(&req.env, &user.home);
         let exe = resolve_executable(&req.path, &env, &cwd)?;
         let child = spawn_child(&req, &user, &cwd, &exe, &env).map_err(|e| (ErrorKind::Failed, e))?;
         self.procs.insert(
