@@ -14,27 +14,17 @@
 //! `clone3` goes on with a copy of the helper's memory, which is sound only
 //! because no other thread can hold a lock in it.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, LinuxResources, Spec};
 
 use super::cgroups::Cgroup;
+use mounts::{make_devices, mask, mount_cgroups, mount_one, pivot_root, remount};
 
-/// Device nodes every container gets, bound from the host's (a user namespace
-/// may not create device nodes).
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
-
-const DEV_SYMLINKS: &[(&str, &str)] = &[
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-    ("ptmx", "pts/ptmx"),
-];
+mod mounts;
 
 /// One of the spec's mounts, decided before the clone so that the child only
 /// makes system calls.
@@ -550,182 +540,6 @@ fn finish(plan: &Plan, seccomp: Option<&[libc::sock_filter]>) -> Result<(), Stri
     Ok(())
 }
 
-/// `dest` inside `root`, following symlinks as if `root` were `/`: a rootfs's
-/// symlinks cannot send a mount outside it. Missing components are kept as
-/// they are (the caller creates them).
-fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, String> {
-    let mut out = root.to_path_buf();
-    let mut pending: VecDeque<OsString> = VecDeque::new();
-    let push_front = |pending: &mut VecDeque<OsString>, p: &Path| {
-        for c in p.components().rev() {
-            match c {
-                Component::Normal(n) => pending.push_front(n.to_os_string()),
-                Component::ParentDir => pending.push_front("..".into()),
-                _ => {}
-            }
-        }
-    };
-    push_front(&mut pending, dest);
-    let mut hops = 0;
-    while let Some(c) = pending.pop_front() {
-        if c == ".." {
-            if out != root {
-                out.pop();
-            }
-            continue;
-        }
-        let next = out.join(&c);
-        match std::fs::symlink_metadata(&next) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(format!("{}: too many levels of symbolic links", dest.display()));
-                }
-                let target = std::fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
-                if target.is_absolute() {
-                    out = root.to_path_buf();
-                }
-                push_front(&mut pending, &target);
-            }
-            _ => out = next,
-        }
-    }
-    Ok(out)
-}
-
-fn mount_one(rootfs: &Path, m: &MountPlan) -> Result<(), String> {
-    let target = resolve_in_root(rootfs, &m.destination)?;
-    let what = |e: &dyn std::fmt::Display| format!("mount {}: {e}", m.destination.display());
-    if m.source_is_dir {
-        std::fs::create_dir_all(&target).map_err(|e| what(&e))?;
-    } else if !target.exists() {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| what(&e))?;
-        }
-        std::fs::File::create(&target).map_err(|e| what(&e))?;
-    }
-    if m.bind {
-        let rec = m.flags & MsFlags::MS_REC;
-        mount(Some(&m.source), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(|e| what(&e))?;
-        let extra = m.flags & !MsFlags::MS_REC;
-        if !extra.is_empty() {
-            remount(&target, extra)?;
-        }
-    } else {
-        let data = (!m.data.is_empty()).then_some(m.data.as_str());
-        mount(Some(&m.source), &target, m.fstype.as_deref(), m.flags, data).map_err(|e| what(&e))?;
-    }
-    Ok(())
-}
-
-/// Remounts a bind mount with `flags` added, keeping the flags it has: in a
-/// user namespace, flags inherited from a more privileged mount are locked and
-/// a remount that drops them fails.
-fn remount(target: &Path, flags: MsFlags) -> Result<(), String> {
-    let st = nix::sys::statvfs::statvfs(target).map_err(|e| format!("statvfs {}: {e}", target.display()))?;
-    use nix::sys::statvfs::FsFlags;
-    let mut keep = MsFlags::empty();
-    for (f, m) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-    ] {
-        if st.flags().contains(f) {
-            keep |= m;
-        }
-    }
-    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | keep | flags, None::<&str>)
-        .map_err(|e| format!("remount {}: {e}", target.display()))
-}
-
-/// The container's cgroups as runc shows them: on v1 a tmpfs with each
-/// hierarchy's directory of the container bound in (and the usual symlinks
-/// for combined hierarchies such as `cpu,cpuacct`), on v2 the container's
-/// directory itself; all read-only.
-fn mount_cgroups(rootfs: &Path, c: &CgroupMountPlan) -> Result<(), String> {
-    let target = resolve_in_root(rootfs, &c.destination)?;
-    let what = |e: &dyn std::fmt::Display| format!("mount the cgroups at {}: {e}", c.destination.display());
-    std::fs::create_dir_all(&target).map_err(|e| what(&e))?;
-    let bind_ro = |source: &Path, at: &Path| -> Result<(), String> {
-        mount(Some(source), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
-        remount(at, c.flags)
-    };
-    if let [view] = c.views.as_slice() {
-        if view.name.is_empty() {
-            return bind_ro(&view.source, &target);
-        }
-    }
-    let tmpfs_flags = c.flags & !MsFlags::MS_RDONLY;
-    mount(Some("tmpfs"), &target, Some("tmpfs"), tmpfs_flags, Some("mode=755")).map_err(|e| what(&e))?;
-    for view in &c.views {
-        let at = target.join(&view.name);
-        std::fs::create_dir(&at).map_err(|e| what(&e))?;
-        bind_ro(&view.source, &at)?;
-        for link in &view.links {
-            std::os::unix::fs::symlink(&view.name, target.join(link)).map_err(|e| what(&e))?;
-        }
-    }
-    remount(&target, c.flags)
-}
-
-fn make_devices(rootfs: &Path, extra: &[DevicePlan], user_namespace: bool) -> Result<(), String> {
-    let dev = resolve_in_root(rootfs, Path::new("/dev"))?;
-    for d in extra {
-        let target = resolve_in_root(rootfs, &d.path)?;
-        let what = |e: &dyn std::fmt::Display| format!("create {}: {e}", d.path.display());
-        if user_namespace {
-            // A user namespace may not make nodes: the host's, if it has one.
-            std::fs::File::create(&target).map_err(|e| what(&e))?;
-            mount(Some(&d.path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
-            continue;
-        }
-        let mode = nix::sys::stat::Mode::from_bits_truncate(d.mode);
-        nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, mode, d.rdev).map_err(|e| what(&e))?;
-        // Not the umask's: the spec's mode.
-        nix::sys::stat::fchmodat(None, &target, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
-            .map_err(|e| what(&e))?;
-    }
-    for name in DEVICES {
-        let target = dev.join(name);
-        std::fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
-        let source = Path::new("/dev").join(name);
-        mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("bind {}: {e}", source.display()))?;
-    }
-    for (name, to) in DEV_SYMLINKS {
-        match std::os::unix::fs::symlink(to, dev.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("symlink /dev/{name}: {e}")),
-        }
-    }
-    Ok(())
-}
-
-fn pivot_root(rootfs: &Path) -> Result<(), String> {
-    std::env::set_current_dir(rootfs).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;
-    // The old root is stacked under the new one, then detached from it.
-    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| format!("make the old root a slave: {e}"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach the old root: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
-}
-
-/// Hides a path: an empty read-only tmpfs over a directory, /dev/null over a file.
-fn mask(path: &Path) -> Result<(), String> {
-    let result = match std::fs::symlink_metadata(path) {
-        Err(_) => return Ok(()),
-        Ok(m) if m.is_dir() => mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
-        Ok(_) => mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>),
-    };
-    result.map_err(|e| format!("mask {}: {e}", path.display()))
-}
-
 /// A new network namespace starts with `lo` down.
 fn loopback_up() -> Result<(), String> {
     let sock = nix::sys::socket::socket(
@@ -796,23 +610,5 @@ mod tests {
         v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 1}]);
         let with_rlimits: Spec = serde_json::from_value(v).unwrap();
         assert!(check_supported(&with_rlimits).unwrap_err().contains("process.rlimits"));
-    }
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let root = std::env::temp_dir().join(format!("celld-spawn-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../../etc", root.join("up")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        let r = |p: &str| resolve_in_root(&root, Path::new(p));
-        assert_eq!(r("/bin/x"), Ok(root.join("usr/bin/x")));
-        assert_eq!(r("/abs/passwd"), Ok(root.join("etc/passwd")));
-        assert_eq!(r("/up/passwd"), Ok(root.join("etc/passwd")));
-        assert_eq!(r("/../../etc"), Ok(root.join("etc")));
-        assert!(r("/loop/x").is_err());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
