@@ -194,6 +194,12 @@ fn bad_shared_subnets_are_refused_and_leave_nothing() {
             assert!(Instant::now() < deadline, "the failed create kept its subnet: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Cells do not reach each other's containers on shared subnets either.
+        listen(&d, &x, 8080).await;
+        listen(&other, &y, 8080).await;
+        let (ix, iy) = (info(&d, &x).await.container_ip, info(&other, &y).await.container_ip);
+        assert_eq!(dial(&other, &y, &ix, 8080).await, "", "another cell's container reached x");
+        assert_eq!(dial(&d, &x, &iy, 8080).await, "", "x reached another cell's container");
         other.client.destroy(&y).await.unwrap();
         d.client.destroy(&x).await.unwrap();
     });
@@ -240,5 +246,39 @@ fn shared_subnets_survive_crashes_with_their_addresses() {
     // A cell killed right after the last destroy: the next start removes the bridge.
     d.restart();
     wait_until("the orphaned bridge to go", || bridges(&d).is_empty());
+    d.assert_no_leaks();
+}
+
+#[test]
+fn bridged_containers_reach_out_only_where_allowed_and_never_the_host() {
+    require_host!();
+    let out = common::outside::OutsideNet::new();
+    let d = Daemon::start();
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    rt().block_on(async {
+        let h = create_on(&d, "egress", &d.shared_subnet(3)).await;
+        let i = info(&d, &h).await;
+        assert_eq!(dial(&d, &h, &out.peer_ip, out.port).await, "", "egress without a rule");
+        let allow = NetOutRule {
+            protocol: 1,
+            networks: vec![IpRange { start: out.peer_ip.clone(), end: out.peer_ip.clone() }],
+            ports: vec![PortRange { start: out.port, end: out.port }],
+            ..Default::default()
+        };
+        d.client.net_out(&h, &allow).await.unwrap();
+        assert_eq!(dial(&d, &h, &out.peer_ip, out.port).await, "pong", "egress the rule allows");
+        // The outside sees the host, not the container's private address.
+        assert_eq!(out.peers.lock().unwrap().clone(), vec![out.host_ip.clone()]);
+        // The host's own services stay shut, on the bridge's gateway as elsewhere.
+        for ip in [&i.host_ip, &i.external_ip] {
+            assert_eq!(dial(&d, &h, ip, host_port).await, "", "a host service on {ip}");
+        }
+        let all = NetOutRule::default();
+        d.client.net_out(&h, &all).await.unwrap();
+        assert_eq!(dial(&d, &h, &i.host_ip, host_port).await, "", "net-out never opens the host");
+        d.client.destroy(&h).await.unwrap();
+    });
+    drop(host_service);
     d.assert_no_leaks();
 }
