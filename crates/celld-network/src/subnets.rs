@@ -148,14 +148,24 @@ impl Networker {
             }
         }
         // One whose subnet some cell holds is that cell's; one with ports
-        // still has containers (of a cell that is down).
-        for name in link::list(host).await? {
-            let Some(addr) = shared::bridge_subnet_addr(&name) else { continue };
-            if owned.contains(&name) || super::range_held(lock_dir(), addr) || link::has_ports(&name) {
-                continue;
-            }
+        // still has containers (of a cell that is down). But the ports of
+        // containers destroyed just before a crash linger while the kernel
+        // tears their namespaces down: give those a moment.
+        let orphans: Vec<String> = link::list(host)
+            .await?
+            .into_iter()
+            .filter(|name| {
+                shared::bridge_subnet_addr(name)
+                    .is_some_and(|addr| !owned.contains(name) && !super::ranges::range_held(lock_dir(), addr))
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while orphans.iter().any(|b| link::has_ports(b)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for name in orphans.iter().filter(|b| !link::has_ports(b)) {
             tracing::info!(bridge = %name, "removing bridge no container owns");
-            let _ = link::delete(host, &name).await;
+            let _ = link::delete(host, name).await;
         }
         Ok(())
     }
