@@ -218,25 +218,45 @@ impl Daemon {
         format!("celld-{:08x}-22", self.pool_base())
     }
 
-    /// Host interfaces (veths) named for a subnet of this daemon's pool.
+    /// The `i`th /24 (0-15) of this daemon's own space for shared subnets: a
+    /// /20 of 10.192.0.0/11 picked by the same slot as its pool, so daemons of
+    /// one run never ask for the same subnet (and none overlaps a pool).
+    pub fn shared_subnet(&self, i: u32) -> String {
+        assert!(i < 16, "a daemon has 16 shared /24s");
+        let a = std::net::Ipv4Addr::from(self.shared_base() + (i << 8));
+        format!("{a}/24")
+    }
+
+    fn shared_base(&self) -> u32 {
+        let slot = (self.pool_base() - u32::from(std::net::Ipv4Addr::new(10, 224, 0, 0))) >> 10;
+        u32::from(std::net::Ipv4Addr::new(10, 192, 0, 0)) + (slot << 12)
+    }
+
+    /// Host interfaces named for this daemon: veths of its pool's /30s, and
+    /// bridges and bridge ports of its shared subnets.
     pub fn interfaces(&self) -> Vec<String> {
         let base = self.pool_base();
+        let shared = self.shared_base();
         std::fs::read_dir("/sys/class/net")
             .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
             .filter(|n| {
-                let hex = n.strip_prefix("cvh-");
-                hex.and_then(|h| u32::from_str_radix(h, 16).ok()).is_some_and(|a| a >> 10 == base >> 10)
+                let addr = |p: &str| n.strip_prefix(p).and_then(|h| u32::from_str_radix(h, 16).ok());
+                addr("cvh-").is_some_and(|a| a >> 10 == base >> 10)
+                    || addr("cbr-").or_else(|| addr("cvb-")).is_some_and(|a| a >> 12 == shared >> 12)
             })
             .collect()
     }
 
-    /// Per-container firewall state left in this daemon's table: chains,
-    /// bridge set and map elements.
+    /// Per-container firewall state left in this daemon's tables: chains,
+    /// set and map elements (of the `ip` table and the `bridge` one).
     pub fn firewall_leftovers(&self) -> Vec<String> {
-        let out = Command::new("nft").args(["list", "table", "ip", &self.table()]).output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        let list = |family: &str| {
+            let out = Command::new("nft").args(["list", "table", family, &self.table()]).output();
+            out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+        };
+        let text = list("ip") + &list("bridge");
         text.lines()
             .map(str::trim)
             .filter(|l| l.starts_with("chain c-") || l.starts_with("elements"))
@@ -375,7 +395,9 @@ impl Drop for Daemon {
         for i in self.interfaces() {
             let _ = Command::new("ip").args(["link", "del", &i]).status();
         }
-        let _ = Command::new("nft").args(["delete", "table", "ip", &self.table()]).stderr(Stdio::null()).status();
+        for family in ["ip", "bridge"] {
+            let _ = Command::new("nft").args(["delete", "table", family, &self.table()]).stderr(Stdio::null()).status();
+        }
         // The pool's unreachable route outlives the daemon on purpose (its
         // containers may); the test's pool is gone with the test.
         let _ = Command::new("ip").args(["route", "del", "unreachable", &self.pool]).stderr(Stdio::null()).status();

@@ -165,6 +165,55 @@ fn a_container_cannot_forge_its_source_address() {
     d.assert_no_leaks();
 }
 
+/// Shared subnets: containers on one bridge reach each other without any
+/// rule, so there the `bridge` table is what stops a container forging a
+/// neighbour's address (or a foreign one, or the gateway's).
+#[test]
+fn a_container_on_a_shared_subnet_cannot_forge_its_neighbours_address() {
+    crate::require_host!();
+    let d = Daemon::start();
+    let tools = d.dir.join("tools");
+    build_spoofer(&tools);
+    let subnet = d.shared_subnet(0);
+    let handles = [d.handle("spoofer"), d.handle("victim"), d.handle("neighbour")];
+    rt().block_on(async {
+        let mut ips = Vec::new();
+        for h in &handles {
+            let mut s = spec(h);
+            s.network = subnet.clone();
+            s.bind_mounts = vec![BindMount {
+                src_path: tools.display().to_string(),
+                dst_path: "/tools".into(),
+                mode: 0,
+                origin: 0,
+            }];
+            d.client.create(&s).await.unwrap();
+            ips.push(d.client.info(h).await.unwrap().container_ip);
+        }
+        let gateway = d.client.info(&handles[0]).await.unwrap().host_ip;
+        let (_recv, out) = common::start_until(&d, &handles[1], "/tools/spoof recv 5000", "listening").await;
+        for (src, payload) in [
+            (&ips[0], "genuine"),
+            (&ips[2], "forged-neighbour"),
+            (&gateway, "forged-gateway"),
+            (&"8.8.8.8".to_string(), "forged-outside"),
+            (&ips[0], "done"),
+        ] {
+            let script = format!("/tools/spoof send {src} {} 5000 {payload}", ips[1]);
+            let (code, _, err) = common::run(&d, &handles[0], common::sh(&script)).await;
+            assert_eq!(code, 0, "{payload}: {err}");
+        }
+        out.wait_for("done from").await;
+        let got = out.text();
+        assert!(got.contains(&format!("genuine from {}\n", ips[0])), "{got}");
+        assert!(!got.contains("forged"), "forged datagrams arrived:\n{got}");
+        for h in &handles {
+            d.client.destroy(h).await.unwrap();
+        }
+    });
+    d.assert_no_leaks();
+}
+
 /// `ip route get ADDR`: what the host would do with a packet for it (a
 /// lookup only: nothing is sent). An `unreachable` route answers "No route to
 /// host".

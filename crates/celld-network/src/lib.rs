@@ -7,7 +7,10 @@ pub mod link;
 pub mod nfnl;
 pub mod nft;
 pub mod pool;
+mod ranges;
 pub mod rules;
+pub mod shared;
+mod subnets;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
@@ -18,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use garden_api::types::{NetIn, NetOutRule, NetworkStat, PortMapping};
 use nft::{ContainerRules, Nft, TableConfig};
 use pool::{Ipv4Net, PortPool, SubnetPool};
+pub use ranges::{POOL_LOCK_DIR, PoolLock};
 use rules::Allow;
+pub use shared::Lease;
+use shared::SharedSubnets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -60,6 +66,10 @@ pub struct NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetState {
     pub subnet: Ipv4Net,
+    /// The container's address on a shared subnet; on a /30 of its own it is
+    /// the .2 (and records from before shared subnets have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
     pub mapped_ports: Vec<PortMapping>,
     /// The net-out allowances so far.
     pub rules: Vec<Allow>,
@@ -67,7 +77,16 @@ pub struct NetState {
 
 impl NetState {
     pub fn container_ip(&self) -> Ipv4Addr {
-        self.subnet.nth(2)
+        self.address.unwrap_or_else(|| self.subnet.nth(2))
+    }
+
+    pub fn lease(&self) -> Lease {
+        Lease { subnet: self.subnet, ip: self.container_ip() }
+    }
+
+    /// The bridge of its shared subnet, if it is on one.
+    pub fn bridge(&self) -> Option<String> {
+        shared::is_shared(self.subnet).then(|| shared::bridge_name(self.subnet))
     }
 
     pub fn host_ip(&self) -> Ipv4Addr {
@@ -75,14 +94,22 @@ impl NetState {
     }
 
     /// The host end of the container's veth, named for the subnet (unique
-    /// across cells with different pools); it holds the gateway address.
+    /// across cells with different pools); it holds the gateway address. On a
+    /// shared subnet it is a port of the bridge, named for the address.
     pub fn host_veth(&self) -> String {
-        format!("cvh-{:08x}", u32::from(self.subnet.addr))
+        match self.address {
+            Some(ip) if shared::is_shared(self.subnet) => shared::bridged_veth_name(ip),
+            _ => format!("cvh-{:08x}", u32::from(self.subnet.addr)),
+        }
     }
 
-    /// The container's chain of net-out rules.
+    /// The container's chain of net-out rules (shared subnets never overlap
+    /// the pool, so an address names one container either way).
     pub fn chain(&self) -> String {
-        format!("c-{:08x}", u32::from(self.subnet.addr))
+        match self.address {
+            Some(ip) if shared::is_shared(self.subnet) => format!("c-{:08x}", u32::from(ip)),
+            _ => format!("c-{:08x}", u32::from(self.subnet.addr)),
+        }
     }
 
     fn netin(&self) -> Vec<(u16, u16)> {
@@ -97,96 +124,10 @@ pub fn host_veth_for(container_ip: Ipv4Addr) -> String {
     format!("cvh-{:08x}", u32::from(container_ip) & !((1u32 << (32 - pool::SUBNET_PREFIX)) - 1))
 }
 
-/// Whether the container at `container_ip` still has its interface.
+/// Whether the container at `container_ip` still has its interface (a /30's
+/// veth, or a bridge port on a shared subnet).
 pub fn has_interface(container_ip: Ipv4Addr) -> bool {
-    link::exists(&host_veth_for(container_ip))
-}
-
-/// Where cells lock the pools they use: one host-wide directory, since
-/// addresses are host-wide whatever each cell's depot and run directory.
-pub const POOL_LOCK_DIR: &str = "/run/celld-pools";
-
-/// An exclusive lock on a network pool for as long as the cell runs (an
-/// flock: the kernel drops it when the process dies, however it dies).
-#[derive(Debug)]
-pub struct PoolLock {
-    _file: std::fs::File,
-}
-
-fn lock_file_name(pool: Ipv4Net) -> String {
-    format!("{:08x}-{}.lock", u32::from(pool.addr), pool.prefix)
-}
-
-fn parse_lock_file_name(name: &str) -> Option<Ipv4Net> {
-    let (hex, len) = name.strip_suffix(".lock")?.split_once('-')?;
-    Ipv4Net::new(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?), len.parse().ok()?).ok()
-}
-
-fn try_flock(f: &std::fs::File, how: i32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an fd this function borrows.
-    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn held_by(path: &std::path::Path) -> String {
-    let owner = std::fs::read_to_string(path).unwrap_or_default();
-    let owner = owner.trim();
-    if owner.is_empty() { "a cell whose depot is unknown".into() } else { format!("the cell with depot {owner}") }
-}
-
-impl PoolLock {
-    /// Takes `pool` for this cell (in `dir`, normally [`POOL_LOCK_DIR`]), or
-    /// says which cell has it or a pool overlapping it: two cells on one pool
-    /// would hand out the same addresses and remove each other's interfaces
-    /// as unowned.
-    pub fn acquire(dir: &std::path::Path, pool: Ipv4Net, owner: &std::path::Path) -> Result<Self, NetworkError> {
-        use std::io::Write;
-        let io = |what: &str, e: std::io::Error| NetworkError::PoolHeld(format!("{what}: {e}"));
-        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
-        let path = dir.join(lock_file_name(pool));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io(&format!("opening {}", path.display()), e))?;
-        if let Err(e) = try_flock(&file, libc::LOCK_EX) {
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io(&format!("locking {}", path.display()), e));
-            }
-            return Err(NetworkError::PoolHeld(format!(
-                "network pool {pool} is in use by {} (lock {}); give this cell a --network-pool of its own",
-                held_by(&path),
-                path.display()
-            )));
-        }
-        // Ours now; a pool overlapping it counts as the same pool.
-        for entry in std::fs::read_dir(dir).map_err(|e| io(&format!("reading {}", dir.display()), e))?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some(other) = parse_lock_file_name(&name) else { continue };
-            if other == pool || !(other.contains_net(&pool) || pool.contains_net(&other)) {
-                continue;
-            }
-            let Ok(f) = std::fs::File::open(entry.path()) else { continue };
-            // Held if a shared lock cannot be had; if it can, nobody runs on it.
-            if try_flock(&f, libc::LOCK_SH).is_err() {
-                return Err(NetworkError::PoolHeld(format!(
-                    "network pool {pool} overlaps {other}, in use by {} (lock {}); give this cell a --network-pool of its own",
-                    held_by(&entry.path()),
-                    entry.path().display()
-                )));
-            }
-        }
-        let owner = std::path::absolute(owner).unwrap_or_else(|_| owner.to_path_buf());
-        file.set_len(0).map_err(|e| io("writing the pool lock", e))?;
-        file.write_all(format!("{}\n", owner.display()).as_bytes()).map_err(|e| io("writing the pool lock", e))?;
-        Ok(Self { _file: file })
-    }
+    link::exists(&host_veth_for(container_ip)) || link::exists(&shared::bridged_veth_name(container_ip))
 }
 
 /// What a container's /etc holds for names.
@@ -199,6 +140,10 @@ pub struct NameFiles {
 struct Pools {
     subnets: SubnetPool,
     ports: PortPool,
+    shared: SharedSubnets,
+    /// The host-wide lock of each shared subnet this cell has a bridge for,
+    /// by network address.
+    shared_locks: std::collections::HashMap<u32, PoolLock>,
 }
 
 pub struct Networker {
@@ -216,6 +161,11 @@ pub struct Networker {
     resolv_base: ResolvConf,
     /// Veth removals still running in the background.
     pending: std::sync::atomic::AtomicUsize,
+    /// Written into shared subnets' locks, as into the pool's.
+    owner: std::path::PathBuf,
+    /// Held while a bridge is made or removed, so a container never joins a
+    /// bridge that its subnet's last leaver is taking down.
+    bridges: tokio::sync::Mutex<()>,
 }
 
 /// Sets and maps of the table that per-container changes touch (see nft.rs).
@@ -224,6 +174,14 @@ const CONTAINERS: &str = "containers";
 const NETIN: &str = "netin";
 /// `iface . address`: the one source address each container may send from.
 const SOURCES: &str = "sources";
+/// Addresses of containers on shared subnets (masqueraded going out), and the
+/// map from each to its chain of net-out rules: behind a bridge the firewall
+/// tells them apart by source, which the bridge table's check makes genuine.
+const BRIDGED: &str = "bridged";
+const SADDRS: &str = "saddrs";
+/// The bridge table's set of bridge ports (container veths) and its
+/// `port . address` pairs.
+const PORTS: &str = "ports";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -325,13 +283,20 @@ impl Networker {
             _pool_lock: pool_lock,
             nft: Nft::new()?,
             nfnl: Mutex::new(nfnl::Socket::new()?),
-            pools: Mutex::new(Pools { subnets, ports }),
+            pools: Mutex::new(Pools {
+                subnets,
+                ports,
+                shared: SharedSubnets::default(),
+                shared_locks: Default::default(),
+            }),
             host: Mutex::new(None),
             table,
             mtu,
             external_ip,
             resolv_base,
             pending: Default::default(),
+            owner: cfg.owner,
+            bridges: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -368,17 +333,23 @@ impl Networker {
     }
 
     fn add_container(&self, state: &NetState) -> Result<(), NetworkError> {
-        let (chain, veth) = (state.chain(), state.host_veth());
+        let (chain, veth, ip) = (state.chain(), state.host_veth(), state.container_ip());
         self.change(|b| {
             b.add_chain(&chain);
             for r in &state.rules {
                 b.add_rule(&chain, r);
             }
-            b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain).add_source(
-                SOURCES,
-                &veth,
-                state.container_ip(),
-            );
+            match state.bridge() {
+                None => {
+                    b.add_iface(IFACES, &veth).add_jump(CONTAINERS, &veth, &chain).add_source(SOURCES, &veth, ip);
+                }
+                Some(bridge) => {
+                    b.add_source(SOURCES, &bridge, ip).add_addr(BRIDGED, ip).add_addr_jump(SADDRS, ip, &chain);
+                    b.in_bridge_family();
+                    b.add_iface(PORTS, &veth).add_source(SOURCES, &veth, ip);
+                    b.in_ip_family();
+                }
+            }
             for m in &state.mapped_ports {
                 b.add_port(NETIN, m.host_port as u16, state.container_ip(), m.container_port as u16);
             }
@@ -397,19 +368,32 @@ impl Networker {
         rules::allowances(rules, handle)
     }
 
-    /// Takes a subnet for a new container (`requested` as in Garden's `network`).
-    pub fn reserve(&self, requested: &str) -> Result<Ipv4Net, NetworkError> {
-        lock(&self.pools).subnets.acquire(requested.trim())
+    /// Takes an address for a new container (`requested` as in Garden's
+    /// `network`): a /30 of the pool, or one on a shared subnet.
+    pub fn reserve(&self, requested: &str) -> Result<Lease, NetworkError> {
+        let requested = requested.trim();
+        match shared::parse(requested)? {
+            None => Ok(Lease::routed(lock(&self.pools).subnets.acquire(requested)?)),
+            Some((subnet, ip)) => self.reserve_shared(subnet, ip),
+        }
     }
 
-    pub fn release_subnet(&self, subnet: Ipv4Net) {
-        lock(&self.pools).subnets.release(subnet);
+    /// Gives a reserved address back; a shared subnet's last one takes its
+    /// bridge along (in the background).
+    pub fn release_subnet(self: &Arc<Self>, lease: Lease) {
+        if !lease.is_shared() {
+            lock(&self.pools).subnets.release(lease.subnet);
+            return;
+        }
+        if lock(&self.pools).shared.release(lease) {
+            self.retire_bridge_later(lease.subnet);
+        }
     }
 
-    pub fn name_files(&self, subnet: Ipv4Net, hostname: &str) -> NameFiles {
+    pub fn name_files(&self, lease: Lease, hostname: &str) -> NameFiles {
         let rc = &self.resolv_base;
         let mut resolv = String::new();
-        let gateway = [subnet.nth(1).to_string()];
+        let gateway = [lease.subnet.nth(1).to_string()];
         let servers = if rc.loopback_only.is_some() { &gateway[..] } else { &rc.nameservers[..] };
         for ns in servers {
             resolv.push_str(&format!("nameserver {ns}\n"));
@@ -418,7 +402,7 @@ impl Networker {
             resolv.push_str(l);
             resolv.push('\n');
         }
-        NameFiles { hosts: format!("127.0.0.1 localhost\n{} {hostname}\n", subnet.nth(2)), resolv_conf: resolv }
+        NameFiles { hosts: format!("127.0.0.1 localhost\n{} {hostname}\n", lease.ip), resolv_conf: resolv }
     }
 
     /// Wires a created container (its init is `pid`) into the network. On
@@ -426,12 +410,17 @@ impl Networker {
     pub async fn attach(
         &self,
         handle: &str,
-        subnet: Ipv4Net,
+        lease: Lease,
         pid: i32,
         netin: &[NetIn],
         allowances: Vec<Allow>,
     ) -> Result<NetState, NetworkError> {
-        let mut state = NetState { subnet, mapped_ports: Vec::new(), rules: allowances };
+        let mut state = NetState {
+            subnet: lease.subnet,
+            address: lease.is_shared().then_some(lease.ip),
+            mapped_ports: Vec::new(),
+            rules: allowances,
+        };
         let mut firewalled = false;
         let made = async {
             for n in netin {
@@ -444,7 +433,12 @@ impl Networker {
             firewalled = true;
             let t = std::time::Instant::now();
             let host = self.host()?;
-            link::create(&host, &state.host_veth(), subnet, self.mtu, pid).await?;
+            let _bridges = match state.bridge() {
+                Some(bridge) => Some(self.ensure_bridge(&host, lease.subnet, &bridge).await?),
+                None => None,
+            };
+            let port = link::Port { name: &state.host_veth(), bridge: state.bridge() };
+            link::create(&host, &port, lease, self.mtu, pid).await?;
             tracing::debug!(handle = %handle, links_ms = t.elapsed().as_secs_f64() * 1e3, "network attached");
             Ok(())
         }
@@ -475,13 +469,19 @@ impl Networker {
     /// firewall; what is already gone is skipped.
     fn remove_rules(&self, state: &NetState) {
         let steps = 4 + state.mapped_ports.len();
-        let (chain, veth) = (state.chain(), state.host_veth());
+        let (chain, veth, ip) = (state.chain(), state.host_veth(), state.container_ip());
+        let bridge = state.bridge();
         let step = |b: &mut nfnl::Batch, i: usize| {
-            match i {
-                0 => b.delete_iface(IFACES, &veth),
-                1 => b.delete_iface(CONTAINERS, &veth),
-                2 => b.delete_source(SOURCES, &veth, state.container_ip()),
-                3 => b.delete_chain(&chain),
+            match (i, &bridge) {
+                (0, None) => b.delete_iface(IFACES, &veth),
+                (1, None) => b.delete_iface(CONTAINERS, &veth),
+                (2, None) => b.delete_source(SOURCES, &veth, ip),
+                (0, Some(bridge)) => b.delete_source(SOURCES, bridge, ip).delete_addr(BRIDGED, ip),
+                (1, Some(_)) => b.delete_addr(SADDRS, ip),
+                (2, Some(_)) => {
+                    b.in_bridge_family().delete_iface(PORTS, &veth).delete_source(SOURCES, &veth, ip).in_ip_family()
+                }
+                (3, _) => b.delete_chain(&chain),
                 _ => b.delete_port(NETIN, state.mapped_ports[i - 4].host_port as u16),
             };
         };
@@ -518,7 +518,7 @@ impl Networker {
         self.pending.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             net.delete_links(&state).await;
-            net.release_subnet(state.subnet);
+            net.release_subnet(state.lease());
             net.pending.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -573,22 +573,28 @@ impl Networker {
         {
             let mut p = lock(&self.pools);
             for s in states {
-                p.subnets.hold(s.subnet);
+                if s.bridge().is_some() {
+                    p.shared.hold(s.lease());
+                } else {
+                    p.subnets.hold(s.subnet);
+                }
                 for m in &s.mapped_ports {
                     p.ports.hold(m.host_port as u16);
                 }
             }
         }
-        let names: Vec<_> = states.iter().map(|s| (s.chain(), s.host_veth(), s.netin())).collect();
+        self.relock_shared(states);
+        let names: Vec<_> = states.iter().map(|s| (s.chain(), s.host_veth(), s.netin(), s.bridge())).collect();
         let views: Vec<ContainerRules> = states
             .iter()
             .zip(&names)
-            .map(|(s, (chain, iface, netin))| ContainerRules {
+            .map(|(s, (chain, iface, netin, bridge))| ContainerRules {
                 chain,
                 iface,
                 ip: s.container_ip(),
                 rules: &s.rules,
                 netin,
+                bridge: bridge.as_deref(),
             })
             .collect();
         self.firewall(self.table.rebuild(&views)).await?;
@@ -602,6 +608,7 @@ impl Networker {
                 let _ = link::delete(&host, &name).await;
             }
         }
+        self.restore_bridges(&host, states).await?;
         // Kept when the daemon exits: its containers keep running, and their
         // pool must not leak off the host while it is down.
         link::hold_pool_route(&host, self.table.pool).await?;

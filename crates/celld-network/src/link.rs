@@ -8,10 +8,11 @@ use std::os::fd::AsRawFd;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::NetworkError;
 use super::pool::Ipv4Net;
+use super::shared::Lease;
 
 /// The container's end of the veth, as a VM's first NIC would be called.
 pub const CONTAINER_IFACE: &str = "eth0";
@@ -63,14 +64,81 @@ async fn index_of(h: &Handle, name: &str) -> Result<u32, NetworkError> {
     }
 }
 
-/// Creates the veth pair, the host end holding the gateway address and the
-/// container end (born inside the container's namespace) its address and
-/// default route. On error the caller removes what was made with [`delete`].
+/// The host end of a container's veth, and the bridge it is a port of (on a
+/// shared subnet) or none (it holds the gateway of its /30 itself).
+pub struct Port<'a> {
+    pub name: &'a str,
+    pub bridge: Option<String>,
+}
+
+fn disable_ipv6(iface: &str) -> Result<(), NetworkError> {
+    // No IPv6 on host ends: the firewall is IPv4, and a link-local address
+    // there would let a container reach host services over IPv6.
+    let v6 = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
+    match std::fs::write(&v6, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetworkError::Netlink(format!("{v6}: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// The sysctls of an interface holding a gateway address (a routed veth's
+/// host end, or a shared subnet's bridge).
+fn gateway_sysctls(iface: &str) -> Result<(), NetworkError> {
+    // Net-in on 127.0.0.1 (and DNS forwarded to a loopback resolver) needs
+    // loopback addresses routed over this interface; the firewall drops any
+    // other packet for 127/8 that a container sends to it.
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{iface}/route_localnet");
+    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
+    // Strict reverse-path filtering: a packet from the container whose source
+    // would not be routed back out of this interface (another container's
+    // address, a foreign one) is dropped. Containers keep CAP_NET_RAW, as in
+    // Garden, so they can forge sources; the firewall's `sources` check drops
+    // them too (and is what holds if conf/all/rp_filter is 2, which wins here).
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{iface}/rp_filter");
+    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))
+}
+
+/// Creates a shared subnet's bridge holding its gateway (.1). On error the
+/// caller removes it with [`delete`].
+pub async fn create_bridge(host: &Handle, name: &str, subnet: Ipv4Net, mtu: u32) -> Result<(), NetworkError> {
+    host.link().add(LinkBridge::new(name).mtu(mtu).up().build()).execute().await.map_err(|e| nl(name, e))?;
+    disable_ipv6(name)?;
+    let index = index_of(host, name).await?;
+    host.address()
+        .add(index, IpAddr::V4(subnet.nth(1)), subnet.prefix)
+        .execute()
+        .await
+        .map_err(|e| nl("gateway address", e))?;
+    gateway_sysctls(name)
+}
+
+/// Makes `port` a port of `bridge` again (after a restart that had to make
+/// the bridge anew); one already there is fine.
+pub async fn join_bridge(host: &Handle, port: &str, bridge: &str) -> Result<(), NetworkError> {
+    let (port, bridge) = (index_of(host, port).await?, index_of(host, bridge).await?);
+    host.link()
+        .set(LinkUnspec::new_with_index(port).controller(bridge).build())
+        .execute()
+        .await
+        .map_err(|e| nl("joining the bridge", e))
+}
+
+/// Whether a bridge has any port left.
+pub fn has_ports(bridge: &str) -> bool {
+    std::fs::read_dir(std::path::Path::new("/sys/class/net").join(bridge).join("brif"))
+        .is_ok_and(|mut rd| rd.next().is_some())
+}
+
+/// Creates the veth pair, the host end holding the gateway address (or made
+/// a port of the shared subnet's bridge) and the container end (born inside
+/// the container's namespace) its address and default route. On error the
+/// caller removes what was made with [`delete`].
 ///
-/// No bridge: each container has a /30 of its own, so a bridge would have no
-/// second port, and unregistering one costs the kernel ~45 ms of RCU waits
-/// (holding the lock every other link change needs) on top of the veth's ~25.
-pub async fn create(host: &Handle, host_veth: &str, subnet: Ipv4Net, mtu: u32, pid: i32) -> Result<(), NetworkError> {
+/// No bridge for a /30: it would have no second port, and unregistering one
+/// costs the kernel ~45 ms of RCU waits (holding the lock every other link
+/// change needs) on top of the veth's ~25.
+pub async fn create(host: &Handle, port: &Port<'_>, lease: Lease, mtu: u32, pid: i32) -> Result<(), NetworkError> {
+    let (host_veth, subnet) = (port.name, lease.subnet);
     let gateway = subnet.nth(1);
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| NetworkError::Netlink(format!("container network namespace: {e}")))?;
@@ -81,45 +149,28 @@ pub async fn create(host: &Handle, host_veth: &str, subnet: Ipv4Net, mtu: u32, p
         .mtu(mtu)
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    let veth = LinkVeth::new(host_veth, CONTAINER_IFACE)
-        .mtu(mtu)
-        .up()
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build();
-    host.link().add(veth).execute().await.map_err(|e| nl(host_veth, e))?;
-    // No IPv6 on the host end: the firewall is IPv4, and a link-local address
-    // there would let a container reach host services over IPv6.
-    let v6 = format!("/proc/sys/net/ipv6/conf/{host_veth}/disable_ipv6");
-    match std::fs::write(&v6, "1") {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(NetworkError::Netlink(format!("{v6}: {e}")));
-        }
-        _ => {}
+    let mut veth = LinkVeth::new(host_veth, CONTAINER_IFACE).mtu(mtu).up();
+    if let Some(bridge) = &port.bridge {
+        veth = veth.controller(index_of(host, bridge).await?);
     }
-    let index = index_of(host, host_veth).await?;
-    host.address()
-        .add(index, IpAddr::V4(gateway), subnet.prefix)
-        .execute()
-        .await
-        .map_err(|e| nl("gateway address", e))?;
-    // Net-in on 127.0.0.1 (and DNS forwarded to a loopback resolver) needs
-    // loopback addresses routed over this interface; the firewall drops any
-    // other packet for 127/8 that a container sends to it.
-    let sysctl = format!("/proc/sys/net/ipv4/conf/{host_veth}/route_localnet");
-    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
-    // Strict reverse-path filtering: a packet from the container whose source
-    // would not be routed back out of this interface (another container's
-    // address, a foreign one) is dropped. Containers keep CAP_NET_RAW, as in
-    // Garden, so they can forge sources; the firewall's `sources` check drops
-    // them too (and is what holds if conf/all/rp_filter is 2, which wins here).
-    let sysctl = format!("/proc/sys/net/ipv4/conf/{host_veth}/rp_filter");
-    std::fs::write(&sysctl, "1").map_err(|e| NetworkError::Netlink(format!("{sysctl}: {e}")))?;
+    let veth = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
+    host.link().add(veth).execute().await.map_err(|e| nl(host_veth, e))?;
+    disable_ipv6(host_veth)?;
+    if port.bridge.is_none() {
+        let index = index_of(host, host_veth).await?;
+        host.address()
+            .add(index, IpAddr::V4(gateway), subnet.prefix)
+            .execute()
+            .await
+            .map_err(|e| nl("gateway address", e))?;
+        gateway_sysctls(host_veth)?;
+    }
 
     let inside = connect(Some(pid))?;
     let eth0 = index_of(&inside, CONTAINER_IFACE).await?;
     inside
         .address()
-        .add(eth0, IpAddr::V4(subnet.nth(2)), subnet.prefix)
+        .add(eth0, IpAddr::V4(lease.ip), subnet.prefix)
         .execute()
         .await
         .map_err(|e| nl("container address", e))?;

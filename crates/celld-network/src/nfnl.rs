@@ -22,6 +22,7 @@ const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_BRIDGE: u8 = 7;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -228,19 +229,32 @@ fn allow_exprs(m: &mut Msg, a: &Allow) {
     });
 }
 
-/// Messages of one transaction on one `ip` table.
+/// Messages of one transaction on the cell's table: the `ip` one, or (after
+/// [`in_bridge_family`](Self::in_bridge_family)) the `bridge` one of the same name.
 pub struct Batch<'a> {
     table: &'a str,
+    family: u8,
     msgs: Vec<Vec<u8>>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(table: &'a str) -> Self {
-        Self { table, msgs: Vec::new() }
+        Self { table, family: NFPROTO_IPV4, msgs: Vec::new() }
+    }
+
+    /// The messages after this go to the bridge table.
+    pub fn in_bridge_family(&mut self) -> &mut Self {
+        self.family = NFPROTO_BRIDGE;
+        self
+    }
+
+    pub fn in_ip_family(&mut self) -> &mut Self {
+        self.family = NFPROTO_IPV4;
+        self
     }
 
     fn msg(&self, kind: u16, flags: u16) -> Msg {
-        Msg::new((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags, 0, NFPROTO_IPV4, 0)
+        Msg::new((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags, 0, self.family, 0)
     }
 
     pub fn add_chain(&mut self, chain: &str) -> &mut Self {
@@ -291,7 +305,11 @@ impl<'a> Batch<'a> {
 
     /// `add element … map { "iface" : jump chain }`
     pub fn add_jump(&mut self, map: &str, iface: &str, chain: &str) -> &mut Self {
-        self.element(NFT_MSG_NEWSETELEM, map, &ifname(iface), |m| {
+        self.jump_element(map, &ifname(iface), chain)
+    }
+
+    fn jump_element(&mut self, map: &str, key: &[u8], chain: &str) -> &mut Self {
+        self.element(NFT_MSG_NEWSETELEM, map, key, |m| {
             m.nest(NFTA_SET_ELEM_DATA)
                 .nest(NFTA_DATA_VERDICT)
                 .u32(NFTA_VERDICT_CODE, NFT_JUMP as u32)
@@ -304,6 +322,32 @@ impl<'a> Batch<'a> {
     /// `delete element … set { "iface" }` (a set or a map keyed by interface).
     pub fn delete_iface(&mut self, set: &str, iface: &str) -> &mut Self {
         self.element(NFT_MSG_DELSETELEM, set, &ifname(iface), |_| {})
+    }
+
+    /// `add element … set { ip }`
+    pub fn add_addr(&mut self, set: &str, ip: Ipv4Addr) -> &mut Self {
+        self.element(NFT_MSG_NEWSETELEM, set, &ip.octets(), |_| {})
+    }
+
+    /// `delete element … set { ip }` (a set or a map keyed by address).
+    pub fn delete_addr(&mut self, set: &str, ip: Ipv4Addr) -> &mut Self {
+        self.element(NFT_MSG_DELSETELEM, set, &ip.octets(), |_| {})
+    }
+
+    /// `add element … map { ip : jump chain }`
+    pub fn add_addr_jump(&mut self, map: &str, ip: Ipv4Addr, chain: &str) -> &mut Self {
+        self.jump_element(map, &ip.octets(), chain)
+    }
+
+    /// `add element … set { "in" . "out" }` (interface pairs).
+    pub fn add_iface_pair(&mut self, set: &str, from: &str, to: &str) -> &mut Self {
+        let key = [ifname(from), ifname(to)].concat();
+        self.element(NFT_MSG_NEWSETELEM, set, &key, |_| {})
+    }
+
+    pub fn delete_iface_pair(&mut self, set: &str, from: &str, to: &str) -> &mut Self {
+        let key = [ifname(from), ifname(to)].concat();
+        self.element(NFT_MSG_DELSETELEM, set, &key, |_| {})
     }
 
     /// `add element … sources { "iface" . ip }`: a concatenated key, each

@@ -13,6 +13,14 @@
 //! have CAP_NET_RAW and can forge any source). A container change touches only its own chain and map elements;
 //! those changes go over netlink (nfnl.rs), whose cost does not grow with the
 //! number of containers.
+//!
+//! Containers on a shared subnet sit behind its bridge, which is what the
+//! `ip` hooks see as their interface (in `ifaces`, like a veth); their chains
+//! are reached by source address (`saddrs`), which the `bridge` table of the
+//! same name makes genuine: each bridge port (`ports`) may only send IP and
+//! ARP from its own container's address. Frames between two containers of one
+//! bridge pass the `ip` hooks too when br_netfilter is loaded: the `hairpin`
+//! pairs let them through, as kawasaki accepts a subnet's own traffic.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::Ipv4Addr;
@@ -97,6 +105,8 @@ pub struct ContainerRules<'a> {
     pub ip: Ipv4Addr,
     pub rules: &'a [Allow],
     pub netin: &'a [(u16, u16)],
+    /// The bridge of its shared subnet (then `iface` is a port of it).
+    pub bridge: Option<&'a str>,
 }
 
 impl TableConfig {
@@ -130,6 +140,9 @@ table ip {t} {{
   set deny {{ type ipv4_addr; flags interval; {deny} }}
   map netin {{ type inet_service : ipv4_addr . inet_service; }}
   set sources {{ type ifname . ipv4_addr; }}
+  set bridged {{ type ipv4_addr; }}
+  map saddrs {{ type ipv4_addr : verdict; }}
+  set hairpin {{ type ifname . ifname; }}
   chain antispoof {{
     type filter hook prerouting priority raw; policy accept;
     iifname @ifaces iifname . ip saddr != @sources drop
@@ -137,6 +150,7 @@ table ip {t} {{
   chain forward {{
     type filter hook forward priority filter; policy accept;
     ct state established,related accept
+    iifname . oifname @hairpin accept
     iifname @ifaces jump egress
     oifname @ifaces ct status dnat accept
     oifname @ifaces drop
@@ -144,6 +158,7 @@ table ip {t} {{
   chain egress {{
     ip daddr @deny reject with icmp type admin-prohibited
     iifname vmap @containers
+    ip saddr vmap @saddrs
     reject with icmp type admin-prohibited
   }}
   chain input {{
@@ -168,7 +183,18 @@ table ip {t} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {pool} ip daddr != {pool} masquerade
+    ip saddr @bridged oifname != @ifaces masquerade
     oifname @ifaces ip saddr 127.0.0.0/8 masquerade
+  }}
+}}
+table bridge {t}\ndelete table bridge {t}
+table bridge {t} {{
+  set ports {{ type ifname; }}
+  set sources {{ type ifname . ipv4_addr; }}
+  chain antispoof {{
+    type filter hook prerouting priority -200; policy accept;
+    iifname @ports ether type ip iifname . ip saddr != @sources drop
+    iifname @ports ether type arp iifname . arp saddr ip != @sources drop
   }}
 }}
 "
@@ -186,9 +212,23 @@ table ip {t} {{
         for r in c.rules {
             s.push_str(&format!("add rule ip {t} {} {}\n", c.chain, r.nft()));
         }
-        s.push_str(&format!("add element ip {t} ifaces {{ \"{}\" }}\n", c.iface));
-        s.push_str(&format!("add element ip {t} containers {{ \"{}\" : jump {} }}\n", c.iface, c.chain));
-        s.push_str(&format!("add element ip {t} sources {{ \"{}\" . {} }}\n", c.iface, c.ip));
+        let (iface, ip, chain) = (c.iface, c.ip, c.chain);
+        match c.bridge {
+            None => {
+                s.push_str(&format!("add element ip {t} ifaces {{ \"{iface}\" }}\n"));
+                s.push_str(&format!("add element ip {t} containers {{ \"{iface}\" : jump {chain} }}\n"));
+                s.push_str(&format!("add element ip {t} sources {{ \"{iface}\" . {ip} }}\n"));
+            }
+            Some(br) => {
+                s.push_str(&format!("add element ip {t} ifaces {{ \"{br}\" }}\n"));
+                s.push_str(&format!("add element ip {t} hairpin {{ \"{br}\" . \"{br}\" }}\n"));
+                s.push_str(&format!("add element ip {t} sources {{ \"{br}\" . {ip} }}\n"));
+                s.push_str(&format!("add element ip {t} bridged {{ {ip} }}\n"));
+                s.push_str(&format!("add element ip {t} saddrs {{ {ip} : jump {chain} }}\n"));
+                s.push_str(&format!("add element bridge {t} ports {{ \"{iface}\" }}\n"));
+                s.push_str(&format!("add element bridge {t} sources {{ \"{iface}\" . {ip} }}\n"));
+            }
+        }
         for (host, container) in c.netin {
             s.push_str(&format!("add element ip {t} netin {{ {host} : {} . {container} }}\n", c.ip));
         }
@@ -219,14 +259,26 @@ mod tests {
             ip: "10.254.0.6".parse().unwrap(),
             rules: &rules,
             netin: &[(61001, 8080)],
+            bridge: None,
         };
-        let s = cfg().rebuild(&[c]);
+        let s = cfg().rebuild(std::slice::from_ref(&c));
         assert!(s.contains("add chain ip celld-0afe0000-22 c-0afe0004\n"));
         assert!(s.contains("add rule ip celld-0afe0000-22 c-0afe0004 tcp dport 80 accept\n"));
         assert!(s.contains("ifaces { \"cvh-0afe0004\" }"));
         assert!(s.contains("containers { \"cvh-0afe0004\" : jump c-0afe0004 }"));
         assert!(s.contains("netin { 61001 : 10.254.0.6 . 8080 }"));
         assert!(s.contains("sources { \"cvh-0afe0004\" . 10.254.0.6 }"));
+        let b = ContainerRules {
+            iface: "cvb-0ac00307",
+            ip: "10.192.3.7".parse().unwrap(),
+            bridge: Some("cbr-0ac00300"),
+            ..c
+        };
+        let s = cfg().rebuild(&[b]);
+        assert!(s.contains("saddrs { 10.192.3.7 : jump c-0afe0004 }"));
+        assert!(s.contains("add element bridge celld-0afe0000-22 sources { \"cvb-0ac00307\" . 10.192.3.7 }"));
+        assert!(s.contains("hairpin { \"cbr-0ac00300\" . \"cbr-0ac00300\" }"));
+        assert!(!s.contains("containers { \"cvb"));
     }
 
     #[test]

@@ -122,6 +122,7 @@ mod tests {
             state: "active".into(),
             network: Some(celld_network::NetState {
                 subnet: "10.254.0.4/30".parse().unwrap(),
+                address: None,
                 mapped_ports: vec![garden_api::types::PortMapping { host_port: 61001, container_port: 8080 }],
                 rules: vec![celld_network::rules::Allow {
                     daddr: Some(("10.0.0.0".parse().unwrap(), "10.0.0.255".parse().unwrap())),
