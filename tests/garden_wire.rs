@@ -271,6 +271,18 @@ fn stream_in_errors_and_stream_out_names_are_gardens() {
         names.sort();
         assert_eq!(names, ["d/", "d/f", "d/sub/", "d/sub/g"]);
         assert_eq!(tar_names(c.stream_out(&h, "", "/tmp/d/f").await.unwrap()), ["f"]);
+        // What the user may not read is left out, the rest still comes (as tar does).
+        let (code, _, err) = run(
+            &d,
+            &h,
+            sh("mkdir -p /tmp/p/closed && echo s > /tmp/p/secret && echo o > /tmp/p/open && \
+                chmod 600 /tmp/p/secret && chmod 700 /tmp/p/closed && chmod 755 /tmp/p"),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let mut names = tar_names(c.stream_out(&h, "vcap", "/tmp/p/").await.unwrap());
+        names.sort();
+        assert_eq!(names, ["./", "./closed/", "./open"]);
 
         // What streams out streams back in.
         let back = c.stream_out(&h, "", "/tmp/d/").await.unwrap();

@@ -132,7 +132,9 @@ pub fn append_tree<W: Write>(
         set_raw_name(b, &mut h, &dir_name, tar::EntryType::GNULongName)?;
         h.set_cksum();
         b.append(&h, std::io::empty())?;
-        let mut children: Vec<_> = std::fs::read_dir(path)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        // What the user may not read is left out and the rest still sent, as tar does.
+        let Ok(listing) = std::fs::read_dir(path) else { return Ok(()) };
+        let mut children: Vec<_> = listing.filter_map(Result::ok).map(|e| e.file_name()).collect();
         children.sort();
         for child in children {
             let child_path = path.join(&child);
@@ -142,13 +144,20 @@ pub fn append_tree<W: Write>(
         }
         return Ok(());
     }
+    let file = match meta.is_file().then(|| std::fs::File::open(path)) {
+        Some(Err(_)) => return Ok(()),
+        opened => opened.and_then(Result::ok),
+    };
     set_raw_name(b, &mut h, name, tar::EntryType::GNULongName)?;
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path)?;
         set_raw_name(b, &mut h, &target.to_string_lossy(), tar::EntryType::GNULongLink)?;
     }
     h.set_cksum();
-    if meta.is_file() { b.append(&h, std::fs::File::open(path)?) } else { b.append(&h, std::io::empty()) }
+    match file {
+        Some(f) => b.append(&h, f),
+        None => b.append(&h, std::io::empty()),
+    }
 }
 
 /// Writes `value` into the name (or, for `GNULongLink`, the link name) field
