@@ -63,7 +63,7 @@ deps:
 
 rootfs: deps $(TINY_STAMP)
 
-$(TINY_STAMP): $(ROOTFS_SCRIPT) | deps
+$(TINY_STAMP): $(ROOTFS_SCRIPT) rootfs/tiny/adduser rootfs/tiny/addgroup | deps
 	$(SUDO) bash $(ROOTFS_SCRIPT) tiny $(ROOTFS_OUT)/tiny
 
 rootfs-full: deps $(BOOKWORM_STAMP)

@@ -17,6 +17,7 @@
 set -euo pipefail
 
 STAMP_NAME=.celld-rootfs-stamp
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 
 die() { echo "build-rootfs: $*" >&2; exit 1; }
 log() { echo "build-rootfs: $*" >&2; }
@@ -145,6 +146,11 @@ build_tiny() {
         [[ -d "${dest%/*}" ]] || mkdir -p "${dest%/*}"
         ln -s /bin/busybox "$dest"
     done < <("$root/bin/busybox" --list-full)
+
+    # Debian builds its static busybox without adduser/addgroup: shell
+    # versions with busybox's options stand in.
+    install -m 0755 "$SCRIPT_DIR/../rootfs/tiny/adduser" "$root/usr/sbin/adduser"
+    install -m 0755 "$SCRIPT_DIR/../rootfs/tiny/addgroup" "$root/usr/sbin/addgroup"
 
     cat >"$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh

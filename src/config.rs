@@ -44,6 +44,11 @@ pub struct Config {
     /// busy. Lowered to half the open-file limit if above it.
     #[arg(long, default_value_t = 4096)]
     pub garden_max_connections: usize,
+    /// Serve Garden's debug endpoint (`/debug/vars`: memory figures, counters)
+    /// on this TCP address, e.g. 127.0.0.1:17013. Off unless given; it has no
+    /// authentication, so keep it on a local address.
+    #[arg(long)]
+    pub debug_listen: Option<String>,
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,

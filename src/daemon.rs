@@ -188,6 +188,12 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
         .with_context(|| format!("listening on {}", cfg.garden_socket.display()))?;
     tracing::info!(socket = %cfg.garden_socket.display(), rootfs_dir = %cfg.rootfs_dir().display(), max_connections = conns.limits().max_connections, nofile, "serving the Garden API");
     listeners.push(tokio::spawn(crate::garden::listener::serve_unix(conns.clone(), server.clone(), unix)));
+    if let Some(addr) = &cfg.debug_listen {
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--debug-listen {addr}"))?;
+        let vars = Arc::new(crate::garden::debug::DebugVars { containers_dir: gardener.containers_dir() });
+        tracing::info!(address = %addr, "serving /debug/vars");
+        listeners.push(tokio::spawn(crate::garden::debug::serve(tcp, vars)));
+    }
     tokio::spawn(gardener.clone().reap_forever());
     if let Some(apps) = &apps {
         print_local_banner(&cfg, apps);

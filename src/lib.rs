@@ -26,6 +26,6 @@ pub mod staging;
 /// The Garden API: its wire types and client (garden-api), its server and
 /// listeners (celld-garden).
 pub mod garden {
-    pub use celld_garden::{listener, server};
+    pub use celld_garden::{debug, listener, server};
     pub use garden_api::{client, types};
 }

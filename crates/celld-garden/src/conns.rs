@@ -98,6 +98,14 @@ impl ConnTrack {
         }
     }
 
+    /// The connection is an ordinary one again (a process route answered
+    /// with an error and the client may send its next request).
+    pub fn released(&self) {
+        if let Some(s) = self.state() {
+            s.hijacked.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Marks a request in progress until the guard (kept with its response
     /// body) is dropped.
     pub fn busy(&self) -> BusyGuard {

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::UnixStream;
+
+mod files;
 
 use super::conns::ConnTrack;
 use super::streams::{ReaderGuard, StreamBuffer};
@@ -163,34 +165,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// A response body read from a container's init (stream-out tar bytes).
-struct InitBody {
-    conn: UnixStream,
-    _guard: crate::gardener::StreamGuard,
-}
-
-impl hyper::body::Body for InitBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut rb = ReadBuf::new(&mut buf);
-        match Pin::new(&mut self.conn).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                buf.truncate(n);
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 /// RFC 7231 date, as Go's server sends it.
 fn http_date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -209,20 +183,66 @@ fn hijack_head(status: &str) -> String {
     )
 }
 
-async fn write_plain_error<S: AsyncWrite + Unpin>(conn: &mut S, e: &GardenError) {
+/// An error reply on a hand-served route. Without `close` the connection stays
+/// open for the client's next request: Go's client treats a `Connection: close`
+/// on the reply as a broken connection and loses the typed error. `close` is
+/// only for requests whose body was not read, where the stream is out of step.
+async fn write_plain_error<S: AsyncWrite + Unpin>(conn: &mut S, e: &GardenError, close: bool) {
     let mut body = serde_json::to_vec(&e.body()).unwrap_or_default();
     body.push(b'\n');
     let reason = if e.status() == 404 { "Not Found" } else { "Internal Server Error" };
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nDate: {}\r\nContent-Length: {}\r\n{}\r\n",
         e.status(),
         http_date(),
-        body.len()
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
     );
     let _ = conn.write_all(head.as_bytes()).await;
     let _ = conn.write_all(&body).await;
-    let _ = conn.shutdown().await;
+    if close {
+        let _ = conn.shutdown().await;
+    } else {
+        let _ = conn.flush().await;
+    }
 }
+
+/// Reads a request head into `buf` (which may hold some already); its
+/// length, or `None` when the connection ended or was answered.
+async fn read_head<S>(conn: &mut S, buf: &mut Vec<u8>, wait: Duration) -> Option<usize>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head_end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let read_head = async {
+        loop {
+            if let Some(n) = head_end(buf) {
+                return Some(n);
+            }
+            if buf.len() > MAX_HEAD {
+                write_plain_error(conn, &GardenError::BadRequest("request head too large".into()), true).await;
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    match tokio::time::timeout(wait, read_head).await {
+        Ok(n) => n,
+        Err(_) => {
+            tracing::debug!("no request head in time: closing");
+            None
+        }
+    }
+}
+
+/// What is left of a hand-served connection after an error reply: the
+/// connection and the bytes already read past the request, served on.
+type Reuse<S> = Option<(S, Vec<u8>)>;
 
 impl Server {
     pub fn new(gardener: Arc<Gardener>) -> Arc<Self> {
@@ -242,100 +262,92 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Read the request head to choose between hyper and a hijacked stream,
-        // within the header timeout (a half-sent head must not hold the slot).
         let mut buf = Vec::with_capacity(1024);
-        let read_head = async {
-            loop {
-                let mut chunk = [0u8; 4096];
-                let n = match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    return Some(p + 4);
+        // The first head must come within the header timeout (a half-sent
+        // head must not hold the slot); after an error reply on a process
+        // route the connection waits for its next request as keep-alive does.
+        let mut wait = track.header_timeout();
+        loop {
+            let Some(head_len) = read_head(&mut conn, &mut buf, wait).await else { return };
+            wait = track.idle_timeout();
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let parsed = req.parse(&buf[..head_len]);
+            let route = match (parsed, req.method, req.path) {
+                (Ok(_), Some(m), Some(p)) => hijack_route(m, p.split('?').next().unwrap_or(p)),
+                _ => None,
+            };
+            let content_length = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+            if route.is_some() {
+                track.hijacked();
+            }
+            let reuse = match route {
+                Some(Hijack::Run(handle)) => {
+                    let rest = buf.split_off(head_len);
+                    self.run_process(conn, handle, rest, content_length).await
                 }
-                if buf.len() > MAX_HEAD {
-                    write_plain_error(&mut conn, &GardenError::BadRequest("request head too large".into())).await;
-                    return None;
+                Some(Hijack::Attach(handle, pid)) => {
+                    let rest = buf.split_off(head_len);
+                    match self.gardener.attach(&handle, &pid).await {
+                        Ok(init) => {
+                            self.pump(conn, rest, handle, pid, init, "200 OK", true).await;
+                            None
+                        }
+                        Err(e) => {
+                            write_plain_error(&mut conn, &e, false).await;
+                            Some((conn, rest))
+                        }
+                    }
                 }
-            }
-        };
-        let head_len = match tokio::time::timeout(track.header_timeout(), read_head).await {
-            Ok(Some(n)) => n,
-            Ok(None) => return,
-            Err(_) => {
-                tracing::debug!("no request head within the header timeout: closing");
-                return;
-            }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(&buf[..head_len]);
-        let route = match (parsed, req.method, req.path) {
-            (Ok(_), Some(m), Some(p)) => hijack_route(m, p.split('?').next().unwrap_or(p)),
-            _ => None,
-        };
-        let content_length = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
-        if route.is_some() {
-            track.hijacked();
-        }
-        match route {
-            Some(Hijack::Run(handle)) => {
-                let rest = buf.split_off(head_len);
-                self.run_process(conn, handle, rest, content_length).await
-            }
-            Some(Hijack::Attach(handle, pid)) => {
-                let rest = buf.split_off(head_len);
-                match self.gardener.attach(&handle, &pid).await {
-                    Ok(init) => self.pump(conn, rest, handle, pid, init, "200 OK", true).await,
-                    Err(e) => write_plain_error(&mut conn, &e).await,
+                Some(Hijack::Output(handle, pid, sid, is_err)) => {
+                    let rest = buf.split_off(head_len);
+                    self.serve_output(conn, &handle, &pid, &sid, is_err).await.map(|c| (c, rest))
                 }
-            }
-            Some(Hijack::Output(handle, pid, sid, is_err)) => {
-                self.serve_output(conn, &handle, &pid, &sid, is_err).await
-            }
-            None => {
-                let io = hyper_util::rt::TokioIo::new(Rewind { prefix: Bytes::from(buf), inner: conn });
-                let me = self.clone();
-                let busy_track = track.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let me = me.clone();
-                    let busy = busy_track.busy();
-                    async move { Ok::<_, Infallible>(ConnTrack::guard_response(me.route(req).await, busy)) }
-                });
-                // hyper's header timer runs from the moment a keep-alive
-                // connection waits for its next request: the idle timeout.
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(track.idle_timeout())
-                    .serve_connection(io, svc)
-                    .await;
-            }
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(Rewind { prefix: Bytes::from(buf), inner: conn });
+                    let me = self.clone();
+                    let busy_track = track.clone();
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        let busy = busy_track.busy();
+                        async move { Ok::<_, Infallible>(ConnTrack::guard_response(me.route(req).await, busy)) }
+                    });
+                    // hyper's header timer runs from the moment a keep-alive
+                    // connection waits for its next request: the idle timeout.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(track.idle_timeout())
+                        .serve_connection(io, svc)
+                        .await;
+                    return;
+                }
+            };
+            let Some((c, rest)) = reuse else { return };
+            track.released();
+            (conn, buf) = (c, rest);
         }
     }
 
-    async fn run_process<S>(&self, mut conn: S, handle: String, mut rest: Vec<u8>, len: Option<usize>)
+    async fn run_process<S>(&self, mut conn: S, handle: String, mut rest: Vec<u8>, len: Option<usize>) -> Reuse<S>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // The process spec is the request body; stdin messages may follow it.
         let spec_bytes: Vec<u8> = match len {
             Some(n) if n > MAX_JSON_BODY => {
-                write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into())).await;
-                return;
+                write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into()), true).await;
+                return None;
             }
             Some(n) => {
                 while rest.len() < n {
                     let mut chunk = vec![0u8; n - rest.len()];
                     match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return None,
                         Ok(k) => rest.extend_from_slice(&chunk[..k]),
                     }
                 }
@@ -354,21 +366,28 @@ impl Server {
                     Ok(k) => rest.extend_from_slice(&chunk[..k]),
                 }
                 if rest.len() > MAX_JSON_BODY {
-                    write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into())).await;
-                    return;
+                    write_plain_error(&mut conn, &GardenError::BadRequest("process spec too large".into()), true).await;
+                    return None;
                 }
             },
         };
         let spec: ProcessSpec = match serde_json::from_slice(&spec_bytes) {
             Ok(s) => s,
             Err(e) => {
-                write_plain_error(&mut conn, &GardenError::BadRequest(format!("invalid process spec: {e}"))).await;
-                return;
+                write_plain_error(&mut conn, &GardenError::BadRequest(format!("invalid process spec: {e}")), false)
+                    .await;
+                return Some((conn, rest));
             }
         };
         match self.gardener.run(&handle, &spec).await {
-            Ok((pid, init)) => self.pump(conn, rest, handle, pid, init, "201 Created", false).await,
-            Err(e) => write_plain_error(&mut conn, &e).await,
+            Ok((pid, init)) => {
+                self.pump(conn, rest, handle, pid, init, "201 Created", false).await;
+                None
+            }
+            Err(e) => {
+                write_plain_error(&mut conn, &e, false).await;
+                Some((conn, rest))
+            }
         }
     }
 
@@ -504,6 +523,7 @@ impl Server {
         drop(guard);
     }
 
+    /// Serves one output stream; gives the connection back after an error reply.
     async fn serve_output<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut conn: S,
@@ -511,7 +531,7 @@ impl Server {
         pid: &str,
         sid: &str,
         is_err: bool,
-    ) {
+    ) -> Option<S> {
         // A stream is served only under the container and process it belongs to.
         let buf = {
             let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -522,10 +542,10 @@ impl Server {
         };
         let Some(dropped) = buf.as_ref().and_then(|b| b.claim()) else {
             let e = GardenError::ProcessNotFound(handle.to_string(), pid.to_string());
-            write_plain_error(&mut conn, &e).await;
-            return;
+            write_plain_error(&mut conn, &e, false).await;
+            return Some(conn);
         };
-        let Some(buf) = buf else { return };
+        let buf = buf?;
         let _reader = ReaderGuard(buf.clone());
         if dropped > 0 {
             tracing::info!(handle = %handle, process = %pid, dropped_bytes = dropped, "output was dropped before the stream was read");
@@ -535,14 +555,15 @@ impl Server {
             http_date()
         );
         if conn.write_all(head.as_bytes()).await.is_err() {
-            return;
+            return None;
         }
         while let Some(chunk) = buf.pop().await {
             if conn.write_all(&chunk).await.is_err() {
-                return;
+                return None;
             }
         }
         let _ = conn.shutdown().await;
+        None
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
@@ -632,8 +653,8 @@ impl Server {
                     "memory" => json_response(200, &l.memory_limits),
                     "cpu" => json_response(200, &l.cpu_limits),
                     "bandwidth" => json_response(200, &l.bandwidth_limits),
-                    // Disk quotas are not enforced yet; Garden reports `{}` here too.
-                    "disk" => json_response(200, &DiskLimits::default()),
+                    // As set at create (enforcing them is not this layer's).
+                    "disk" => json_response(200, &l.disk_limits),
                     other => return Err(GardenError::BadRequest(format!("unknown limit kind: {other}"))),
                 })
             }
@@ -642,20 +663,7 @@ impl Server {
                 self.stream_in(&h, &query, req).await?;
                 Ok(empty_ok())
             }
-            (&Method::GET, ["containers", h, "files"]) => {
-                let user = query.get("user").cloned().unwrap_or_default();
-                let source = query.get("source").cloned().unwrap_or_default();
-                if source.is_empty() {
-                    return Err(GardenError::BadRequest("stream out needs a source path".into()));
-                }
-                let guard = g.hold(h)?;
-                let conn = g.stream(h, celld_runtime::initproto::Request::StreamOut { user, source }).await?;
-                Ok(Response::builder()
-                    .status(StatusCode::OK)
-                    .header("Content-Type", "application/x-tar")
-                    .body(InitBody { conn, _guard: guard }.boxed())
-                    .unwrap_or_else(|_| empty_ok()))
-            }
+            (&Method::GET, ["containers", h, "files"]) => self.stream_out(h, &query).await,
             (&Method::POST, ["containers", h, "net", "in"]) => {
                 let h = h.to_string();
                 let n: NetIn = read_json(req).await?;
@@ -675,53 +683,6 @@ impl Server {
                 Ok(empty_ok())
             }
             _ => Err(GardenError::BadRequest(format!("no route for {method} {path}"))),
-        }
-    }
-
-    async fn stream_in(
-        &self,
-        handle: &str,
-        query: &BTreeMap<String, String>,
-        req: Request<Incoming>,
-    ) -> Result<(), GardenError> {
-        let user = query.get("user").cloned().unwrap_or_default();
-        let destination = query.get("destination").cloned().unwrap_or_default();
-        if destination.is_empty() {
-            return Err(GardenError::BadRequest("stream in needs a destination path".into()));
-        }
-        let _guard = self.gardener.hold(handle)?;
-        let conn =
-            self.gardener.stream(handle, celld_runtime::initproto::Request::StreamIn { user, destination }).await?;
-        let (mut r, mut w) = conn.into_split();
-        let mut body = req.into_body();
-        let mut send_err = None;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Some(d) = f.data_ref() {
-                        if let Err(e) = w.write_all(d).await {
-                            send_err = Some(e);
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    send_err = Some(std::io::Error::other(e));
-                    break;
-                }
-            }
-        }
-        let _ = w.shutdown().await;
-        // init's verdict, even when the body broke off: a truncated tar is its error.
-        match proto::client::read_reply(&mut r).await {
-            Ok(reply) => match reply.error {
-                Some((_, msg)) => Err(GardenError::BadRequest(msg)),
-                None => match send_err {
-                    Some(e) => Err(GardenError::BadRequest(format!("stream in: {e}"))),
-                    None => Ok(()),
-                },
-            },
-            Err(e) => Err(GardenError::BadRequest(format!("stream in: {e}"))),
         }
     }
 }

@@ -444,21 +444,36 @@ impl Containerizer {
 
     /// Bytes and inodes the container wrote (its overlay upper layer).
     pub fn disk_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
-        use std::os::unix::fs::MetadataExt;
-        let mut stack = vec![Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper];
-        let (mut bytes, mut inodes) = (0, 0);
-        while let Some(p) = stack.pop() {
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() {
-                if let Ok(rd) = std::fs::read_dir(&p) {
-                    stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-                }
+        tree_usage(&Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper)
+    }
+
+    /// The read-only lower layer a container's overlay is made of, if any.
+    pub fn rootfs_layer(&self, rec: &ContainerRecord) -> Option<PathBuf> {
+        std::fs::read_link(rootfs::lower_link(&self.depot.container_dir(&rec.handle))).ok()
+    }
+}
+
+/// Bytes allocated (as `du` counts them, each hard-linked file once) and
+/// inodes used below `root`, `root` included.
+pub fn tree_usage(root: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    let mut linked = std::collections::HashSet::new();
+    let (mut bytes, mut inodes) = (0, 0);
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if !m.is_dir() && m.nlink() > 1 && !linked.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        inodes += 1;
+        bytes += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
             }
         }
-        (bytes, inodes)
     }
+    (bytes, inodes)
 }
 
 /// Container root is an unprivileged host uid: every directory above the depot

@@ -21,6 +21,9 @@ pub enum GardenError {
     BeingDestroyed(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A failed stream-in of the container, its message already worded as Garden's.
+    #[error("{1}")]
+    StreamIn(String, String),
     #[error("{1}")]
     Runtime(String, RuntimeError),
     #[error("{1}")]
@@ -43,7 +46,7 @@ impl GardenError {
             Self::ProcessNotFound(h, p) => ("ProcessNotFoundError", h.as_str(), p.as_str()),
             Self::ExecutableNotFound(h, _) => ("ExecutableNotFoundError", h.as_str(), ""),
             Self::HandleInUse(h) | Self::BeingDestroyed(h) => ("", h.as_str(), ""),
-            Self::Runtime(h, _) | Self::Network(h, _) => ("", h.as_str(), ""),
+            Self::Runtime(h, _) | Self::Network(h, _) | Self::StreamIn(h, _) => ("", h.as_str(), ""),
             Self::MaxContainers | Self::BadRequest(_) => ("", "", ""),
         };
         ErrorBody {

@@ -6,8 +6,10 @@
 //! - `rules`: what a Garden container or process spec may hold (checked before
 //!   anything is made) and what a process spec becomes (environment, rlimits).
 //! - `error`: `GardenError` and its HTTP status and Garden error body.
+//! - `report`: Garden's network properties and the rootfs sizes of disk metrics.
 
 pub mod error;
+mod report;
 mod rules;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,6 +29,8 @@ use celld_runtime::spec;
 use garden_api::types::*;
 
 pub use self::error::GardenError;
+use self::report::RootfsSizes;
+pub use self::report::{CONTAINER_IP_KEY, EXTERNAL_IP_KEY, HOST_IP_KEY, MAPPED_PORTS_KEY};
 pub use self::rules::{DEFAULT_PATH, DEFAULT_ROOT_PATH, process_env, validate_env, validate_handle};
 use self::rules::{rlimit_pairs, validate_container, validate_process};
 
@@ -86,6 +90,7 @@ pub struct Gardener {
     /// Containers whose init died, as their pidfds report it; handled by `reap_forever`.
     init_exits: tokio::sync::mpsc::UnboundedSender<InitExit>,
     init_exits_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitExit>>>,
+    rootfs_sizes: RootfsSizes,
 }
 
 /// Keeps a container's grace timer paused while a process stream is open.
@@ -120,6 +125,7 @@ impl Gardener {
             handle_seq: AtomicU64::new(0),
             init_exits,
             init_exits_rx: Mutex::new(Some(rx)),
+            rootfs_sizes: RootfsSizes::default(),
         }
     }
 
@@ -190,6 +196,11 @@ impl Gardener {
         let n = self.handle_seq.fetch_add(1, Ordering::Relaxed);
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         format!("{:x}-{:x}-{n:x}", t, std::process::id())
+    }
+
+    /// Where the containers' directories are (the debug listener counts them).
+    pub fn containers_dir(&self) -> std::path::PathBuf {
+        self.rt.depot().containers_dir()
     }
 
     pub fn capacity(&self) -> Capacity {
@@ -374,6 +385,8 @@ impl Gardener {
         match result {
             Ok(()) => {
                 t.live.remove(handle);
+                let layers: Vec<_> = t.live.values().filter_map(|e| self.rt.rootfs_layer(&lock(&e.rec))).collect();
+                self.rootfs_sizes.retain(&layers);
                 if t.live.is_empty() && t.creating.is_empty() {
                     self.rt.tidy_cgroup_parent();
                 }
@@ -391,8 +404,8 @@ impl Gardener {
             .iter()
             .filter(|(h, _)| !t.destroying.contains(*h))
             .filter(|(_, e)| {
-                let rec = lock(&e.rec);
-                filters.iter().all(|(k, v)| rec.properties.get(k) == Some(v))
+                let props = self.all_properties(&lock(&e.rec));
+                filters.iter().all(|(k, v)| props.get(k) == Some(v))
             })
             .map(|(h, _)| h.clone())
             .collect();
@@ -413,7 +426,7 @@ impl Gardener {
             events,
             container_path: self.rt.depot().container_dir(handle).display().to_string(),
             process_ids: Some(ids),
-            properties: rec.properties.clone(),
+            properties: self.all_properties(&rec),
             host_ip: rec.network.as_ref().map(|n| n.host_ip().to_string()).unwrap_or_default(),
             container_ip: rec.network.as_ref().map(|n| n.container_ip().to_string()).unwrap_or_default(),
             external_ip: self.net.as_ref().map(|n| n.external_ip().to_string()).unwrap_or_default(),
@@ -427,6 +440,8 @@ impl Gardener {
         let u = Containerizer::cgroup(&rec).usage().map_err(|e| GardenError::runtime(handle, e))?;
         let stat = |k: &str| u.memory_stat.get(k).copied().unwrap_or(0);
         let (bytes, inodes) = self.rt.disk_usage(&rec);
+        let (rootfs_bytes, rootfs_inodes) =
+            self.rt.rootfs_layer(&rec).map_or((0, 0), |layer| self.rootfs_sizes.usage(&layer));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Ok(Metrics {
             memory_stat: MemoryStat {
@@ -451,9 +466,10 @@ impl Gardener {
                 ..MemoryStat::default()
             },
             cpu_stat: CpuStat { usage: u.cpu_usage_ns, user: u.cpu_user_ns, system: u.cpu_system_ns },
+            // Garden counts the rootfs in the total and only the writes as exclusive.
             disk_stat: DiskStat {
-                total_bytes_used: bytes,
-                total_inodes_used: inodes,
+                total_bytes_used: rootfs_bytes + bytes,
+                total_inodes_used: rootfs_inodes + inodes,
                 exclusive_bytes_used: bytes,
                 exclusive_inodes_used: inodes,
             },
@@ -517,15 +533,19 @@ impl Gardener {
         Ok(())
     }
 
+    /// The record's properties with Garden's network properties.
+    fn all_properties(&self, rec: &ContainerRecord) -> Properties {
+        let external_ip = self.net.as_ref().map(|n| n.external_ip().to_string());
+        report::properties(&rec.properties, rec.network.as_ref(), external_ip)
+    }
+
     pub fn properties(&self, handle: &str) -> Result<Properties, GardenError> {
-        Ok(self.record(handle)?.properties)
+        Ok(self.all_properties(&self.record(handle)?))
     }
 
     pub fn property(&self, handle: &str, key: &str) -> Result<String, GardenError> {
-        self.record(handle)?
-            .properties
-            .get(key)
-            .cloned()
+        self.properties(handle)?
+            .remove(key)
             .ok_or_else(|| GardenError::BadRequest(format!("property does not exist: {key}")))
     }
 

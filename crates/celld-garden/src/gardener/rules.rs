@@ -58,6 +58,14 @@ pub(super) fn validate_process(container_env: &[String], spec: &ProcessSpec) -> 
     if spec.path.is_empty() {
         return Err(GardenError::BadRequest("process spec has no path".into()));
     }
+    // Only a pea (a process with its own image) gets a mount namespace of its own.
+    if !spec.bind_mounts.is_empty() && spec.image.uri.is_empty() {
+        return Err(GardenError::BadRequest(
+            "a process with bind mounts needs its own image (Image): bind mounts are only for peas; \
+             put them on the container's spec instead"
+                .into(),
+        ));
+    }
     for (field, v) in [("path", &spec.path), ("dir", &spec.dir), ("user", &spec.user)] {
         if v.contains('\0') {
             return Err(GardenError::BadRequest(format!("process {field} {} contains a NUL byte", excerpt(v))));
@@ -147,6 +155,16 @@ pub fn process_env(container_env: &[String], spec: &ProcessSpec) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_mounts_without_an_image_are_refused() {
+        let mut spec = ProcessSpec { path: "/bin/true".into(), ..ProcessSpec::default() };
+        spec.bind_mounts.push(BindMount { src_path: "/tmp".into(), dst_path: "/mnt".into(), ..BindMount::default() });
+        let e = validate_process(&[], &spec).unwrap_err();
+        assert!(e.to_string().contains("only for peas"), "{e}");
+        spec.image.uri = "preloaded:tiny".into();
+        assert!(validate_process(&[], &spec).is_ok());
+    }
 
     #[test]
     fn handles_are_validated() {

@@ -54,7 +54,7 @@ pub(super) fn stream_in(conn: OwnedFd, rest: Vec<u8>, user: &str, destination: &
             0
         }
         Err(e) => {
-            send_reply(&mut conn, &Reply::err(ErrorKind::Failed, format!("stream in: {}", error_chain(&e))));
+            send_reply(&mut conn, &Reply::err(ErrorKind::Failed, error_chain(&e)));
             1
         }
     }
@@ -105,20 +105,117 @@ pub(super) fn stream_out(conn: OwnedFd, user: &str, source: &str) -> i32 {
     };
     send_reply(&mut conn, &Reply::ok());
     let mut b = tar::Builder::new(std::io::BufWriter::new(&conn));
-    b.follow_symlinks(false);
+    // As `tar -C dir .` for a trailing `/` (entries `./`, `./name`), else as
+    // `tar -C parent base` (entries `base/`, `base/name`): Garden's naming.
     let name = if source.ends_with('/') || src.file_name().is_none() {
-        PathBuf::from(".")
+        ".".to_string()
     } else {
-        PathBuf::from(src.file_name().unwrap_or_default())
+        src.file_name().unwrap_or_default().to_string_lossy().into_owned()
     };
-    let r = if meta.is_dir() { b.append_dir_all(&name, &src) } else { b.append_path_with_name(&src, &name) };
-    let r = r.and_then(|_| b.into_inner()).and_then(|mut w| w.flush());
+    let r = append_tree(&mut b, &src, meta, &name).and_then(|_| b.into_inner()).and_then(|mut w| w.flush());
     i32::from(r.is_err())
+}
+
+/// Appends `path` under the archive name `name` and, for a directory, what
+/// is below it, depth first. Names are written exactly as made here (the tar
+/// crate's own path setters drop a leading `./`).
+pub fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    meta: std::fs::Metadata,
+    name: &str,
+) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    if meta.is_dir() {
+        let dir_name = if name.ends_with('/') { name.to_string() } else { format!("{name}/") };
+        set_raw_name(b, &mut h, &dir_name, tar::EntryType::GNULongName)?;
+        h.set_cksum();
+        b.append(&h, std::io::empty())?;
+        // What the user may not read is left out and the rest still sent, as tar does.
+        let Ok(listing) = std::fs::read_dir(path) else { return Ok(()) };
+        let mut children: Vec<_> = listing.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        children.sort();
+        for child in children {
+            let child_path = path.join(&child);
+            // Gone since it was listed: skipped, as tar does.
+            let Ok(child_meta) = std::fs::symlink_metadata(&child_path) else { continue };
+            append_tree(b, &child_path, child_meta, &format!("{dir_name}{}", child.to_string_lossy()))?;
+        }
+        return Ok(());
+    }
+    let file = match meta.is_file().then(|| std::fs::File::open(path)) {
+        Some(Err(_)) => return Ok(()),
+        opened => opened.and_then(Result::ok),
+    };
+    set_raw_name(b, &mut h, name, tar::EntryType::GNULongName)?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path)?;
+        set_raw_name(b, &mut h, &target.to_string_lossy(), tar::EntryType::GNULongLink)?;
+    }
+    h.set_cksum();
+    match file {
+        Some(f) => b.append(&h, f),
+        None => b.append(&h, std::io::empty()),
+    }
+}
+
+/// Writes `value` into the name (or, for `GNULongLink`, the link name) field
+/// of `h`, preceded by a GNU long-name entry when it does not fit.
+fn set_raw_name<W: Write>(
+    b: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    value: &str,
+    kind: tar::EntryType,
+) -> std::io::Result<()> {
+    let bytes = value.as_bytes();
+    let field =
+        if kind == tar::EntryType::GNULongLink { &mut h.as_old_mut().linkname } else { &mut h.as_old_mut().name };
+    field.fill(0);
+    let n = bytes.len().min(field.len());
+    field[..n].copy_from_slice(&bytes[..n]);
+    if bytes.len() > n {
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_entry_type(kind);
+        long.set_size(bytes.len() as u64 + 1);
+        long.set_cksum();
+        b.append(&long, bytes.chain(&[0u8][..]))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names_of(source: &str, root: &Path) -> Vec<String> {
+        let meta = std::fs::symlink_metadata(root).unwrap();
+        let name = if source.ends_with('/') { ".".to_string() } else { "d".to_string() };
+        let mut b = tar::Builder::new(Vec::new());
+        append_tree(&mut b, root, meta, &name).unwrap();
+        let data = b.into_inner().unwrap();
+        let mut a = tar::Archive::new(&data[..]);
+        a.entries().unwrap().map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned()).collect()
+    }
+
+    #[test]
+    fn stream_out_names_entries_as_garden_does() {
+        let dir = std::env::temp_dir().join(format!("celld-init-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("d");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("f"), b"x").unwrap();
+        let long = "l".repeat(150);
+        std::fs::write(root.join("sub").join(&long), b"y").unwrap();
+        std::os::unix::fs::symlink("f", root.join("link")).unwrap();
+        let with_slash = names_of("/x/d/", &root);
+        let without = names_of("/x/d", &root);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(with_slash, ["./", "./f", "./link", "./sub/", &format!("./sub/{long}")]);
+        assert_eq!(without, ["d/", "d/f", "d/link", "d/sub/", &format!("d/sub/{long}")]);
+    }
 
     #[test]
     fn stream_in_errors_keep_their_cause() {
