@@ -47,7 +47,7 @@ pub struct Containerizer {
     helper: Mutex<Option<HelperConn>>,
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
@@ -95,6 +95,10 @@ impl Containerizer {
         &self.depot
     }
 
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
     fn cgroup_path(&self, handle: &str) -> String {
         format!("{}/{}", self.cgroup_parent, handle)
     }
@@ -105,7 +109,7 @@ impl Containerizer {
         self.cfg.run_dir.join("init").join(format!("{:016x}.sock", super::fnv1a(handle.as_bytes())))
     }
 
-    async fn helper_call(&self, req: &HelperRequest) -> Result<HelperReply, RuntimeError> {
+    pub(crate) async fn helper_call(&self, req: &HelperRequest) -> Result<HelperReply, RuntimeError> {
         let mut guard = self.helper.lock().await;
         // (Re)start the helper if it is not there or has died.
         let alive = guard.as_mut().is_some_and(|h| matches!(h.child.try_wait(), Ok(None)));
@@ -243,10 +247,7 @@ impl Containerizer {
             let overlay = Overlay::in_dir(&dir2);
             let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
-            // Written here, not by oci-spec's `save`, whose error drops the cause (ENOSPC).
-            let config = dir2.join("config.json");
-            let json = serde_json::to_vec(&spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
-            std::fs::write(&config, json).map_err(|e| RuntimeError::io(&config, e))?;
+            super::depot::write_bundle_config(&dir2, &spec)?;
             Ok(options)
         })
         .await
@@ -263,7 +264,10 @@ impl Containerizer {
             .await?;
         let pid = match reply {
             HelperReply::Created { pid } => pid,
-            HelperReply::Failed { message } => return Err(RuntimeError::Helper(message)),
+            HelperReply::Failed { message } | HelperReply::ProcessFailed { message, .. } => {
+                return Err(RuntimeError::Helper(message));
+            }
+            HelperReply::PeaStarted { .. } => return Err(RuntimeError::Helper("unexpected reply to a create".into())),
         };
         let mut rec = rec.clone();
         rec.init_pid = pid;
@@ -315,6 +319,10 @@ impl Containerizer {
             let t0 = std::time::Instant::now();
             kill_init(&rec);
             let killed = t0.elapsed();
+            // Its peas' own cgroups first: a cgroup with children cannot go.
+            if let Err(e) = super::pea::remove_cgroups(&rec.cgroup_path) {
+                first_err.get_or_insert(e);
+            }
             // Whatever hierarchies it is in: a create cut short by a crash
             // can leave the first ones made and not the memory one.
             if let Err(e) = Cgroup::new(&rec.cgroup_path).remove() {

@@ -39,6 +39,14 @@ pub struct Depot {
     root: PathBuf,
 }
 
+/// Writes a bundle's `config.json` into `dir` (a container's or a pea's).
+/// Not oci-spec's `save`, whose error drops the cause (ENOSPC).
+pub fn write_bundle_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), RuntimeError> {
+    let config = dir.join("config.json");
+    let json = serde_json::to_vec(spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+    std::fs::write(&config, json).map_err(|e| RuntimeError::io(&config, e))
+}
+
 impl Depot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }

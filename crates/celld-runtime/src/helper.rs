@@ -25,6 +25,8 @@ pub enum HelperRequest {
         /// Install the unprivileged seccomp filter in the container's init.
         seccomp: bool,
     },
+    /// Start a pea (see [`super::pea`]).
+    StartPea(super::pea::PeaStart),
 }
 
 /// A container's overlay, mounted by the helper in its own mount namespace
@@ -42,8 +44,22 @@ pub struct RootfsMount {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperReply {
-    Created { pid: i32 },
-    Failed { message: String },
+    Created {
+        pid: i32,
+    },
+    Failed {
+        message: String,
+    },
+    /// A pea runs as `pid` in its container.
+    PeaStarted {
+        pid: i32,
+    },
+    /// A pea could not start for a reason of the process (no such
+    /// executable, no such user).
+    ProcessFailed {
+        kind: super::initproto::ErrorKind,
+        message: String,
+    },
 }
 
 /// The helper's main loop; returns when the daemon closes the socket.
@@ -81,6 +97,18 @@ pub fn run() -> std::io::Result<()> {
                 mounted = Some(rootfs.merged);
                 match filter.and_then(|f| mount.map(|()| f)) {
                     Ok(filter) => create(&id, &bundle, &socket, filter),
+                    Err(message) => HelperReply::Failed { message },
+                }
+            }
+            Ok(HelperRequest::StartPea(start)) => {
+                let filter = if start.seccomp { super::seccomp::compiled().map(Some) } else { Ok(None) };
+                let mount = super::rootfs::Overlay::mount_at(&start.rootfs.merged, &start.rootfs.options)
+                    .map_err(|e| e.to_string());
+                if mount.is_ok() {
+                    mounted = Some(start.rootfs.merged.clone());
+                }
+                match filter.and_then(|f| mount.map(|()| f)) {
+                    Ok(filter) => super::pea::start(&start, filter),
                     Err(message) => HelperReply::Failed { message },
                 }
             }

@@ -42,6 +42,21 @@ pub enum Request {
     SignalAll {
         signal: i32,
     },
+    /// First step of a pea (a process with its own rootfs, started from the
+    /// host): init checks or makes its id (as for `Spawn`), makes its stdio
+    /// and answers with the id and the numbers of the process's ends in
+    /// `fds`, which the host opens through /proc. They are held for this
+    /// connection only.
+    PreparePea {
+        id: String,
+        tty: Option<(u16, u16)>,
+    },
+    /// Second step, on the same connection: the pea (a child of init once its
+    /// starter exits) runs as `pid`; init takes it into its table and the
+    /// connection streams it, as after `Spawn`.
+    AdoptPea {
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -76,6 +91,10 @@ pub struct Reply {
     pub ids: Vec<String>,
     /// For Attach of a process that already exited.
     pub exit_status: Option<i32>,
+    /// For PreparePea: the pea's stdin, stdout and stderr in init (one fd,
+    /// the terminal, for all three with a tty).
+    #[serde(default)]
+    pub fds: Vec<i32>,
 }
 
 impl Reply {

@@ -8,6 +8,7 @@ pub mod depot;
 pub mod helper;
 pub mod init;
 pub mod initproto;
+pub mod pea;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;

@@ -565,6 +565,24 @@ fn loopback_up() -> Result<(), String> {
     Ok(())
 }
 
+/// Sets up a pea (see [`super::pea`]) from its bundle: called in a process
+/// that has joined the container's namespaces and has a mount namespace of
+/// its own. Mounts and pivots into the pea's rootfs and confines the process
+/// as the container's first process is confined (capabilities,
+/// no_new_privs, seccomp); the hostname is the container's already.
+pub(crate) fn enter_pea_rootfs(bundle: &Path, seccomp: Option<&[libc::sock_filter]>) -> Result<(), String> {
+    let path = bundle.join("config.json");
+    let spec = Spec::load(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let mut plan = Plan::from_spec(&spec, bundle)?;
+    plan.hostname = None;
+    set_up(&plan)?;
+    if let Some(c) = &plan.cgroup_mount {
+        mount_cgroups(&plan.rootfs, c)?;
+    }
+    enter_root(&plan)?;
+    finish(&plan, seccomp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,9 +6,11 @@
 //! - `rules`: what a Garden container or process spec may hold (checked before
 //!   anything is made) and what a process spec becomes (environment, rlimits).
 //! - `error`: `GardenError` and its HTTP status and Garden error body.
+//! - `peas`: processes with their own rootfs (`ProcessSpec.Image`).
 //! - `report`: Garden's network properties and the rootfs sizes of disk metrics.
 
 pub mod error;
+mod peas;
 mod report;
 mod rules;
 
@@ -580,9 +582,6 @@ impl Gardener {
     /// Starts a process; returns its id and the init connection that streams it.
     pub async fn run(&self, handle: &str, spec: &ProcessSpec) -> Result<(String, UnixStream), GardenError> {
         let rec = self.record(handle)?;
-        if !spec.image.uri.is_empty() {
-            return Err(GardenError::BadRequest("processes with their own image (peas) are not supported".into()));
-        }
         validate_process(&rec.spec.env, spec)?;
         let req = SpawnRequest {
             id: spec.id.clone(),
@@ -597,6 +596,9 @@ impl Gardener {
             }),
             rlimits: rlimit_pairs(&spec.rlimits),
         };
+        if !spec.image.uri.is_empty() {
+            return self.run_pea(&rec, spec, req).await;
+        }
         let (reply, conn) =
             self.rt.request(&rec, &Request::Spawn(req)).await.map_err(|e| GardenError::runtime(handle, e))?;
         let id = reply.ids.into_iter().next().unwrap_or_default();

@@ -15,7 +15,8 @@
 //! `exec` (starting a process), `stream_in_out` (tar children), `process_io`
 //! (a process's streams and exit delivery), `requests` (the daemon's frames).
 
-mod exec;
+pub(crate) mod exec;
+mod pea;
 mod process_io;
 mod requests;
 mod state;
@@ -68,8 +69,13 @@ pub fn run(listen_fd: RawFd) -> ! {
         }
     };
     set_nonblocking(listen_fd);
-    let mut init =
-        Init { listener: unsafe { OwnedFd::from_raw_fd(listen_fd) }, sigfd, conns: Vec::new(), procs: HashMap::new() };
+    let mut init = Init {
+        listener: unsafe { OwnedFd::from_raw_fd(listen_fd) },
+        sigfd,
+        conns: Vec::new(),
+        procs: HashMap::new(),
+        orphan_exits: Vec::new(),
+    };
     loop {
         init.tick();
     }
@@ -166,6 +172,7 @@ impl Init {
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 attached: None,
+                pea: None,
                 closing: false,
                 dead: false,
             });
@@ -191,6 +198,8 @@ impl Init {
                 p.exit = Some(code);
                 p.exited_at = Some(Instant::now());
                 p.stdin = None;
+            } else {
+                self.orphan_exits.push((pid, code, Instant::now()));
             }
         }
     }

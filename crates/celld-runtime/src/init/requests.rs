@@ -71,7 +71,7 @@ impl Init {
         }
     }
 
-    fn reply(&mut self, i: usize, r: Reply, close: bool) {
+    pub(super) fn reply(&mut self, i: usize, r: Reply, close: bool) {
         let c = &mut self.conns[i];
         c.wbuf.extend(proto::json_frame(proto::TAG_REPLY, &r));
         c.closing |= close;
@@ -105,6 +105,8 @@ impl Init {
                 unsafe { libc::kill(-1, signal) };
                 self.reply(i, Reply::ok(), true);
             }
+            Request::PreparePea { id, tty } => self.prepare_pea(i, id, tty),
+            Request::AdoptPea { pid } => self.adopt_pea(i, pid),
             Request::StreamIn { user, destination } => {
                 self.hand_off(i, |conn, rest| stream_in(conn, rest, &user, &destination));
                 return true;

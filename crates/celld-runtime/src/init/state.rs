@@ -23,6 +23,8 @@ pub(super) struct Conn {
     pub(super) rbuf: Vec<u8>,
     pub(super) wbuf: Vec<u8>,
     pub(super) attached: Option<String>,
+    /// A pea's stdio between its two requests (see `pea`).
+    pub(super) pea: Option<super::pea::PeaStdio>,
     /// Close once `wbuf` is flushed.
     pub(super) closing: bool,
     pub(super) dead: bool,
@@ -59,4 +61,7 @@ pub(super) struct Init {
     pub(super) sigfd: nix::sys::signalfd::SignalFd,
     pub(super) conns: Vec<Conn>,
     pub(super) procs: HashMap<String, Proc>,
+    /// Exits of children not in `procs` (pid, status, when): a pea that
+    /// exited before it was adopted.
+    pub(super) orphan_exits: Vec<(i32, i32, Instant)>,
 }
