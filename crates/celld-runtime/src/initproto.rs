@@ -45,8 +45,8 @@ pub enum Request {
     /// First step of a pea (a process with its own rootfs, started from the
     /// host): init checks or makes its id (as for `Spawn`), makes its stdio
     /// and answers with the id and the numbers of the process's ends in
-    /// `fds`, which the host opens through /proc. They are held for this
-    /// connection only.
+    /// `fds` (then the end the pea waits on before it execs), which the host
+    /// opens through /proc. They are held for this connection only.
     PreparePea {
         id: String,
         tty: Option<(u16, u16)>,
@@ -92,7 +92,7 @@ pub struct Reply {
     /// For Attach of a process that already exited.
     pub exit_status: Option<i32>,
     /// For PreparePea: the pea's stdin, stdout and stderr in init (one fd,
-    /// the terminal, for all three with a tty).
+    /// the terminal, for all three with a tty), then its `go` pipe.
     #[serde(default)]
     pub fds: Vec<i32>,
 }

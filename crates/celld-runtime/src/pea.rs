@@ -57,7 +57,8 @@ pub struct PeaLimits {
 pub struct PeaStart {
     /// Host pid of the container's init.
     pub init_pid: i32,
-    /// init's fds of the pea's stdin, stdout and stderr (one: a terminal).
+    /// init's fds of the pea's stdin, stdout and stderr (one: a terminal),
+    /// then of the pipe it waits on before it execs.
     pub fds: Vec<i32>,
     pub bundle: PathBuf,
     pub rootfs: RootfsMount,
@@ -251,8 +252,9 @@ fn fork_reporting(child: impl FnOnce(&OwnedFd) -> i32) -> Result<(i32, Vec<u8>),
 
 fn open_flags(fds: usize, index: usize) -> libc::c_int {
     match (fds, index) {
-        (1, _) => libc::O_RDWR | libc::O_NOCTTY,
         // Non-blocking, or opening a pipe's end waits for the other one.
+        (n, i) if i + 1 == n => libc::O_RDONLY | libc::O_NONBLOCK,
+        (2, _) => libc::O_RDWR | libc::O_NOCTTY,
         (_, 0) => libc::O_RDONLY | libc::O_NONBLOCK,
         _ => libc::O_WRONLY | libc::O_NONBLOCK,
     }
@@ -280,6 +282,9 @@ fn starter(req: &PeaStart, seccomp: Option<&[libc::sock_filter]>, reply: &OwnedF
             Err(e) => return failed(format!("the pea's stdio: {e}")),
         }
     }
+    let (Some(go), 1 | 3) = (stdio.pop(), stdio.len()) else {
+        return failed(format!("init gave {} fds for a pea's stdio", req.fds.len()));
+    };
     let kinds: &[(&str, libc::c_int)] = &[
         ("user", libc::CLONE_NEWUSER),
         ("net", libc::CLONE_NEWNET),
@@ -323,33 +328,37 @@ fn starter(req: &PeaStart, seccomp: Option<&[libc::sock_filter]>, reply: &OwnedF
         return failed(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        let outcome = launch(req, &stdio, seccomp);
+        let outcome = launch(req, &stdio, &go, seccomp);
         let _ = nix::unistd::write(reply, &serde_json::to_vec(&outcome).unwrap_or_default());
         unsafe { libc::_exit(0) };
     }
-    drop(stdio);
+    drop((stdio, go));
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
     // The launcher has written the outcome; this process adds nothing.
     unsafe { libc::_exit(0) }
 }
 
-/// In the container's pid namespace: forks the pea and waits until it has
-/// exec'd (or failed to).
-fn launch(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_filter]>) -> HelperReply {
+/// What a pea that is ready to exec (waiting for init's `go`) reports.
+const READY: &[u8] = b"R";
+
+/// In the container's pid namespace: forks the pea and waits until it is
+/// ready to exec (or has failed).
+fn launch(req: &PeaStart, stdio: &[OwnedFd], go: &OwnedFd, seccomp: Option<&[libc::sock_filter]>) -> HelperReply {
     let failed = |message: String| HelperReply::Failed { message };
     let forked = fork_reporting(|w| {
-        let failure = become_pea(req, stdio, seccomp);
-        let _ = nix::unistd::write(w, &serde_json::to_vec(&failure).unwrap_or_default());
+        if let Some(failure) = become_pea(req, stdio, go, w, seccomp) {
+            let _ = nix::unistd::write(w, &serde_json::to_vec(&failure).unwrap_or_default());
+        }
         127
     });
     let (pid, out) = match forked {
         Ok(f) => f,
         Err(message) => return failed(message),
     };
-    if out.is_empty() {
-        // Exec'd. Not waited for: a pea that has exited already goes to init
-        // as a zombie with this process's exit, and init keeps its status.
+    if out == READY {
+        // Not waited for: the pea becomes init's child when this process
+        // exits (a zombie if it has exited, whose status init keeps).
         return HelperReply::PeaStarted { pid };
     }
     let mut st = 0;
@@ -360,9 +369,17 @@ fn launch(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_filter
     }
 }
 
-/// In the pea: sets it up and execs; returns only on failure.
-fn become_pea(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_filter]>) -> (ErrorKind, String) {
-    let failed = |m: String| (ErrorKind::Failed, m);
+/// In the pea: sets it up, reports [`READY`] on `status` and closes every
+/// other descriptor, waits for init's byte on `go`, and execs. Returns the
+/// failure to report, or `None` once `status` is closed.
+fn become_pea(
+    req: &PeaStart,
+    stdio: &[OwnedFd],
+    go: &OwnedFd,
+    status: &OwnedFd,
+    seccomp: Option<&[libc::sock_filter]>,
+) -> Option<(ErrorKind, String)> {
+    let failed = |m: String| Some((ErrorKind::Failed, m));
     let errno = |what: &str| failed(format!("{what}: {}", std::io::Error::last_os_error()));
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         return errno("a mount namespace for the pea");
@@ -374,9 +391,9 @@ fn become_pea(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_fi
     let user = match super::users::lookup(Path::new("/"), &p.user) {
         Ok(u) => u,
         Err(e @ (super::users::UserError::NotFound(_) | super::users::UserError::GroupNotFound(_))) => {
-            return (ErrorKind::UserNotFound, format!("{e} (in the pea's rootfs {})", req.bundle.display()));
+            return Some((ErrorKind::UserNotFound, format!("{e} (in the pea's rootfs {})", req.bundle.display())));
         }
-        Err(e) => return (ErrorKind::Invalid, e.to_string()),
+        Err(e) => return Some((ErrorKind::Invalid, e.to_string())),
     };
     // Garden's peas start in `/`, not in the user's home.
     let cwd = if p.dir.is_empty() { "/".to_string() } else { p.dir.clone() };
@@ -386,9 +403,10 @@ fn become_pea(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_fi
     }
     let exe = match super::init::exec::resolve_executable(&p.path, &env, &cwd) {
         Ok(exe) => exe,
-        Err(e) => return e,
+        Err(e) => return Some(e),
     };
-    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| failed(format!("{s:?} contains a NUL byte")));
+    let cstr =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| (ErrorKind::Invalid, format!("{s:?} contains a NUL byte")));
     let prepared = (|| {
         let exe = cstr(&exe.to_string_lossy())?;
         let argv = std::iter::once(&p.path).chain(&p.args).map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
@@ -397,7 +415,7 @@ fn become_pea(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_fi
     })();
     let (exe_c, argv, envp, cwd_c) = match prepared {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return Some(e),
     };
     let ptrs = |v: &[std::ffi::CString]| -> Vec<*const libc::c_char> {
         v.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
@@ -440,7 +458,24 @@ fn become_pea(req: &PeaStart, stdio: &[OwnedFd], seccomp: Option<&[libc::sock_fi
             return errno(&format!("chdir to {cwd}"));
         }
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        // Ready: the starter may answer, and init adopt this process. Only
+        // `go` (as fd 3) stays open while it waits: the starter's pipes
+        // reach EOF only once no process holds them.
+        let _ = nix::unistd::write(status, READY);
+        if libc::dup2(go.as_raw_fd(), 3) != 3 {
+            libc::_exit(127);
+        }
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        let mut byte = [0u8; 1];
+        if libc::read(3, byte.as_mut_ptr().cast(), 1) != 1 {
+            // Not adopted: whoever asked for this pea is gone.
+            libc::_exit(127);
+        }
+        libc::close(3);
         libc::execve(exe_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
     }
-    errno(&format!("exec {}", exe.display()))
+    // Only stderr is left to tell.
+    let msg = format!("exec {}: {}\n", exe.display(), std::io::Error::last_os_error());
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    None
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::exec::random_guid;
 use super::state::{Init, Proc};
-use super::sys::set_nonblocking;
+use super::sys::{set_nonblocking, write_fd};
 use crate::initproto::{ErrorKind, Reply};
 
 /// How long the exit of a child init does not know is kept for an
@@ -24,10 +24,13 @@ pub(super) struct PeaStdio {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: Option<OwnedFd>,
-    /// The ends the pea gets; the host opens them through /proc, so init
-    /// holds them until the pea runs.
+    /// The ends the pea gets, its stdio then its `go`; the host opens them
+    /// through /proc, so init holds them until the pea runs.
     theirs: Vec<OwnedFd>,
     tty: bool,
+    /// A byte here lets the pea exec: only an adopted pea runs, and one whose
+    /// connection went (a daemon killed half-way) exits when this closes.
+    go: OwnedFd,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
@@ -35,6 +38,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn make_stdio(id: String, tty: Option<(u16, u16)>) -> Result<PeaStdio, String> {
+    let (go_r, go) = pipe()?;
     if let Some((cols, rows)) = tty {
         let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| format!("openpty: {e}"))?;
@@ -42,7 +46,8 @@ fn make_stdio(id: String, tty: Option<(u16, u16)>) -> Result<PeaStdio, String> {
         for fd in [&stdin, &pty.master] {
             set_nonblocking(fd.as_raw_fd());
         }
-        return Ok(PeaStdio { id, stdin, stdout: pty.master, stderr: None, theirs: vec![pty.slave], tty: true });
+        let theirs = vec![pty.slave, go_r];
+        return Ok(PeaStdio { id, stdin, stdout: pty.master, stderr: None, theirs, tty: true, go });
     }
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
@@ -50,7 +55,8 @@ fn make_stdio(id: String, tty: Option<(u16, u16)>) -> Result<PeaStdio, String> {
     for fd in [&in_w, &out_r, &err_r] {
         set_nonblocking(fd.as_raw_fd());
     }
-    Ok(PeaStdio { id, stdin: in_w, stdout: out_r, stderr: Some(err_r), theirs: vec![in_r, out_w, err_w], tty: false })
+    let theirs = vec![in_r, out_w, err_w, go_r];
+    Ok(PeaStdio { id, stdin: in_w, stdout: out_r, stderr: Some(err_r), theirs, tty: false, go })
 }
 
 impl Init {
@@ -78,6 +84,8 @@ impl Init {
         self.orphan_exits.retain(|&(_, _, at)| now.duration_since(at) < KEEP_ORPHAN_EXITS);
         let exit = self.orphan_exits.iter().position(|&(p, _, _)| p == pid).map(|n| self.orphan_exits.remove(n).1);
         drop(stdio.theirs);
+        // An empty pipe takes the byte at once.
+        let _ = write_fd(stdio.go.as_raw_fd(), b"g");
         let id = stdio.id;
         self.procs.insert(
             id.clone(),
