@@ -256,6 +256,24 @@ fn pea_bind_mounts_apply_and_destroy_kills_peas_leaving_nothing() {
 }
 
 #[test]
+fn a_privileged_containers_pea() {
+    require_host!();
+    let d = Daemon::start();
+    let root = PeaRootfs::new();
+    let h = d.handle("pea-priv");
+    rt().block_on(async {
+        d.client.create(&ContainerSpec { privileged: true, ..spec(&h) }).await.unwrap();
+        let view = "cat /proc/self/uid_map; grep -E '^(CapBnd|Seccomp)' /proc/self/status";
+        let (_, c_view, _) = run(&d, &h, sh(view)).await;
+        let (code, out, err) = run(&d, &h, root.pea(&format!("cat /pea-marker; {view}"))).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("from the pea's rootfs\n{c_view}"));
+        d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}
+
+#[test]
 fn peas_outlive_a_daemon_restart() {
     require_host!();
     let mut d = Daemon::start();
