@@ -177,21 +177,22 @@ fn pea_limits_shared_or_own_and_oom_kills_only_the_pea() {
     let h = d.handle("pea-oom");
     rt().block_on(async {
         let mut s = spec(&h);
-        s.limits.memory_limits.limit_in_bytes = 256 << 20;
+        s.limits.memory_limits.limit_in_bytes = 64 << 20;
         d.client.create(&s).await.unwrap();
         let (sleeper, _) = start_until(&d, &h, "echo up; exec sleep 1000", "up").await;
         let memory_cgroup = "grep :memory: /proc/self/cgroup";
         // Without an override the pea is in the container's cgroup.
         let (_, shared, _) = run(&d, &h, root.pea(memory_cgroup)).await;
         assert!(shared.trim_end().ends_with(&format!("/{h}")), "{shared}");
-        // With an empty one, in its own cgroup (under the container's, whose
-        // 256 MiB still bound it): a 128 MiB block fits.
+        // With an empty one, in its own cgroup beside the container's (as
+        // Garden's, named for the pea): no memory limit, so a 128 MiB block
+        // fits where the container's 64 MiB would not.
         let script = format!("dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null && echo fits; {memory_cgroup}");
         let mut own = root.pea(&script);
         own.limits = serde_json::json!({});
         let (code, out, err) = run(&d, &h, own).await;
         assert_eq!(code, 0, "{err}");
-        assert!(out.starts_with("fits\n") && out.contains(&format!("/{h}/pea-")), "{out}");
+        assert!(out.starts_with("fits\n") && out.contains("/pea-") && !out.contains(&format!("/{h}/")), "{out}");
         // With a memory limit of its own, the OOM killer takes only the pea.
         let mut small = root.pea("dd if=/dev/zero of=/dev/null bs=128M count=1");
         small.limits = serde_json::json!({"memory_limits": {"limit_in_bytes": 32u64 << 20}});

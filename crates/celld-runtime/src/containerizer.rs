@@ -319,8 +319,9 @@ impl Containerizer {
             let t0 = std::time::Instant::now();
             kill_init(&rec);
             let killed = t0.elapsed();
-            // Its peas' own cgroups first: a cgroup with children cannot go.
-            if let Err(e) = super::pea::remove_cgroups(&rec.cgroup_path) {
+            // Its peas' own cgroups: their processes die with the container's
+            // pid namespace, but the cgroups sit beside the container's.
+            if let Err(e) = super::pea::remove_cgroups(&rec.handle, &rec.cgroup_path) {
                 first_err.get_or_insert(e);
             }
             // Whatever hierarchies it is in: a create cut short by a crash
@@ -377,7 +378,7 @@ impl Containerizer {
         let known = known.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for name in cgroups::children(Path::new(&parent)) {
-                if !known.contains(&name) {
+                if !known.contains(&name) && !super::pea::is_own_cgroup_of(&name, &known) {
                     tracing::warn!(handle = %name, "removing a container cgroup without a record");
                     if let Err(e) = Cgroup::new(format!("{parent}/{name}")).remove() {
                         tracing::warn!(handle = %name, error = %e, "stray cgroup stays");

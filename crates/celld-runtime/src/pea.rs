@@ -5,7 +5,7 @@
 //! the host: init makes its stdio (`PreparePea`), the daemon prepares its
 //! overlay and bundle, and the runtime helper forks a starter that opens
 //! the stdio through /proc, joins the container's cgroup (or the pea's own,
-//! under the container's) and namespaces, and forks the pea, which makes its
+//! beside the container's) and namespaces, and forks the pea, which makes its
 //! mount namespace, pivots into its rootfs, takes the container's
 //! confinement and execs. The starter exits, so the pea becomes a child of
 //! the container's init, which adopts it (`AdoptPea`) and from then on
@@ -30,8 +30,22 @@ use super::initproto::{self as proto, ErrorKind, Reply, Request, SpawnRequest};
 use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
 
-/// Prefix of a pea's own cgroup, under its container's.
+/// Prefix of a pea's own cgroup. It sits beside its container's, not under
+/// it, as Garden puts it (runc's cgroup path is the process id): so the
+/// container's limits don't cap a pea that overrides them, and on cgroup v2 no
+/// cgroup with processes (the container's) gets children with controllers.
 const CGROUP_PREFIX: &str = "pea-";
+
+/// Names of the own cgroups of one container's peas start with this; the
+/// handle is hashed because a handle may be as long as a cgroup name may.
+fn own_cgroup_prefix(handle: &str) -> String {
+    format!("{CGROUP_PREFIX}{:016x}-", super::fnv1a(handle.as_bytes()))
+}
+
+/// Whether a cgroup beside the containers' is a pea's of one of `handles`.
+pub fn is_own_cgroup_of(name: &str, handles: &std::collections::HashSet<String>) -> bool {
+    name.starts_with(CGROUP_PREFIX) && handles.iter().any(|h| name.starts_with(&own_cgroup_prefix(h)))
+}
 
 /// What Garden asked for, beyond the process itself.
 #[derive(Debug, Clone, Default)]
@@ -84,7 +98,7 @@ impl Containerizer {
         let name = format!("{:016x}-{}", super::fnv1a(id.as_bytes()), now_ns());
         let dir = self.depot().container_dir(&rec.handle).join("peas").join(&name);
         let cgroup = match pea.limits {
-            Some(_) => format!("{}/{CGROUP_PREFIX}{name}", rec.cgroup_path),
+            Some(_) => format!("{}/{}{name}", cgroup_parent(&rec.cgroup_path), own_cgroup_prefix(&rec.handle)),
             None => rec.cgroup_path.clone(),
         };
         let result = self.start_pea(rec, &pea, &source, &dir, &cgroup, reply.fds).await;
@@ -198,18 +212,24 @@ fn remove_leftovers(dir: &Path, own_cgroup: Option<&str>) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Removes the peas' own cgroups under a container's (before the container's
-/// own, which cannot go while it has children).
-pub fn remove_cgroups(container_cgroup: &str) -> Result<(), RuntimeError> {
+/// Removes the own cgroups of a container's peas (beside the container's).
+pub fn remove_cgroups(handle: &str, container_cgroup: &str) -> Result<(), RuntimeError> {
     let mut first_err = None;
-    for name in cgroups::children(Path::new(container_cgroup)) {
-        if name.starts_with(CGROUP_PREFIX) {
-            if let Err(e) = Cgroup::new(format!("{container_cgroup}/{name}")).remove() {
+    let parent = cgroup_parent(container_cgroup);
+    let prefix = own_cgroup_prefix(handle);
+    for name in cgroups::children(Path::new(parent)) {
+        if name.starts_with(&prefix) {
+            if let Err(e) = Cgroup::new(format!("{parent}/{name}")).remove() {
                 first_err.get_or_insert(e);
             }
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// The daemon's cgroup that holds its containers' (and their peas' own).
+fn cgroup_parent(container_cgroup: &str) -> &str {
+    container_cgroup.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
 /// In the helper: forks the starter, which starts the pea; returns the

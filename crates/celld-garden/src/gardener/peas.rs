@@ -13,7 +13,7 @@ use super::{GardenError, Gardener};
 
 /// `OverrideContainerLimits` (`limits`): absent, the pea shares the
 /// container's cgroup; present, it gets its own with these limits (an empty
-/// one: none of its own).
+/// one: none at all, since it sits beside the container's, not under it).
 fn pea_limits(v: &serde_json::Value) -> Result<Option<PeaLimits>, GardenError> {
     if v.is_null() {
         return Ok(None);
