@@ -53,7 +53,7 @@ fn lifecycle_list_filters_and_errors() {
         limited.limits.cpu_limits.weight = 512;
         let l = c.create(&limited).await.unwrap();
         assert_eq!(c.current_memory_limits(&l).await.unwrap().limit_in_bytes, 128 << 20);
-        assert_eq!(c.current_cpu_limits(&l).await.unwrap().weight, 512);
+        assert_eq!(c.current_cpu_limits(&l).await.unwrap().limit_in_shares, 512);
         let m = c.metrics(&l).await.unwrap();
         assert!(m.pid_stat.current >= 1, "init counts as a pid: {m:?}");
         assert!(m.age > 0);

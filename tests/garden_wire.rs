@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 
 use celld::garden::types::*;
@@ -121,6 +121,53 @@ fn process_route_errors_keep_the_connection_open() {
         p.signal(celld::garden::client::Signal::Kill).await.unwrap();
         assert_eq!(p.wait().await.unwrap(), 137);
         d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}
+
+#[test]
+fn gardens_own_properties_limits_signals_and_net_in_to_port_zero() {
+    require_host!();
+    let d = Daemon::start();
+    let h = d.handle("wire-garden");
+    rt().block_on(async {
+        let c = &d.client;
+        let mut s = spec(&h);
+        s.limits.cpu_limits.weight = 512;
+        s.limits.bandwidth_limits = BandwidthLimits { rate: 1000, burst: 2000 };
+        c.create(&s).await.unwrap();
+        // garden.state, and List's view of it: `all` is no filter.
+        let props = c.properties(&h).await.unwrap();
+        assert_eq!(props.get("garden.state").map(String::as_str), Some("created"), "{props:?}");
+        let filter = |v: &str| BTreeMap::from([("garden.state".to_string(), v.to_string())]);
+        assert!(c.list(&filter("created")).await.unwrap().contains(&h));
+        assert!(c.list(&filter("all")).await.unwrap().contains(&h));
+        assert!(!c.list(&filter("destroying")).await.unwrap().contains(&h));
+        c.set_grace_time(&h, Duration::from_secs(300)).await.unwrap();
+        let props = c.properties(&h).await.unwrap();
+        assert_eq!(props.get("garden.grace-time").map(String::as_str), Some("300000000000"), "{props:?}");
+        // Removing what is not there is no error.
+        c.remove_property(&h, "never-set").await.unwrap();
+        // Limits read back as Garden reads them: shares, and no bandwidth.
+        assert_eq!(c.current_cpu_limits(&h).await.unwrap(), CpuLimits { weight: 0, limit_in_shares: 512 });
+        assert_eq!(c.current_bandwidth_limits(&h).await.unwrap(), BandwidthLimits::default());
+        // Net-in to container port 0: the container port is the host port.
+        let m = c.net_in(&h, 0, 0).await.unwrap();
+        assert!(m.host_port > 0 && m.container_port == m.host_port, "{m:?}");
+
+        // A signal other than TERM (0) is a KILL: a TERM would end the shell
+        // with 143 (or not at all, once its trap is set).
+        let mut conn = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let body = r#"{"id":"sig5","path":"sh","args":["-c","trap '' TERM; sleep 1000"]}"#;
+        conn.write_all(post(&format!("/containers/{h}/processes"), body).as_bytes()).unwrap();
+        let mut lines = std::io::BufReader::new(conn.try_clone().unwrap()).lines();
+        let started = lines.by_ref().map(|l| l.unwrap()).find(|l| l.contains("stream_id")).unwrap();
+        assert!(started.contains("sig5"), "{started}");
+        conn.write_all(b"{\"process_id\":\"sig5\",\"signal\":5}\n").unwrap();
+        let exit = lines.map(|l| l.unwrap()).find(|l| l.contains("exit_status")).unwrap();
+        assert!(exit.contains(r#""exit_status":137"#), "{exit}");
+        c.destroy(&h).await.unwrap();
     });
     d.assert_no_leaks();
 }

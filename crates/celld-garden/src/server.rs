@@ -459,7 +459,8 @@ impl Server {
                     continue;
                 };
                 let frame = if let Some(sig) = msg.signal {
-                    let s = if sig == SIGNAL_KILL { libc::SIGKILL } else { libc::SIGTERM };
+                    // Garden sends KILL for anything but TERM.
+                    let s = if sig == SIGNAL_TERMINATE { libc::SIGTERM } else { libc::SIGKILL };
                     (proto::TAG_SIGNAL, vec![s as u8])
                 } else if let Some(tty) = msg.tty {
                     match tty.window_size {
@@ -651,8 +652,15 @@ impl Server {
                 let l = g.limits(h)?;
                 Ok(match *kind {
                     "memory" => json_response(200, &l.memory_limits),
-                    "cpu" => json_response(200, &l.cpu_limits),
-                    "bandwidth" => json_response(200, &l.bandwidth_limits),
+                    // Garden reads the shares back from the cgroup's settings:
+                    // the weight, if one was given, became the shares.
+                    "cpu" => {
+                        let c = &l.cpu_limits;
+                        let shares = if c.weight > 0 { c.weight } else { c.limit_in_shares };
+                        json_response(200, &CpuLimits { weight: 0, limit_in_shares: shares })
+                    }
+                    // Bandwidth limits are accepted and not applied, in Garden too.
+                    "bandwidth" => json_response(200, &BandwidthLimits::default()),
                     // As set at create (enforcing them is not this layer's).
                     "disk" => json_response(200, &l.disk_limits),
                     other => return Err(GardenError::BadRequest(format!("unknown limit kind: {other}"))),

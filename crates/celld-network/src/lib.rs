@@ -462,7 +462,9 @@ impl Networker {
     fn acquire_port(&self, n: &NetIn) -> Result<PortMapping, NetworkError> {
         check_container_port(n.container_port)?;
         let host_port = lock(&self.pools).ports.acquire(n.host_port, host_port_free)?;
-        Ok(PortMapping { host_port: host_port as u32, container_port: n.container_port })
+        // Container port 0 is the host port, as in Garden's NetIn.
+        let container_port = if n.container_port == 0 { host_port as u32 } else { n.container_port };
+        Ok(PortMapping { host_port: host_port as u32, container_port })
     }
 
     /// Removes a container's rules, map entries and interface from the
@@ -628,8 +630,9 @@ impl Networker {
     }
 }
 
+/// 0 is allowed: it stands for the host port.
 fn check_container_port(port: u32) -> Result<(), NetworkError> {
-    if port == 0 || port > u16::MAX as u32 {
+    if port > u16::MAX as u32 {
         return Err(NetworkError::BadRequest(format!("container port {port} is out of range (1-65535)")));
     }
     Ok(())
@@ -653,7 +656,7 @@ mod tests {
 
     #[test]
     fn container_ports_are_checked() {
-        assert!(check_container_port(0).is_err());
+        assert!(check_container_port(0).is_ok());
         assert!(check_container_port(65536).is_err());
         assert!(check_container_port(8080).is_ok());
     }

@@ -32,7 +32,10 @@ use garden_api::types::*;
 
 pub use self::error::GardenError;
 use self::report::RootfsSizes;
-pub use self::report::{CONTAINER_IP_KEY, EXTERNAL_IP_KEY, HOST_IP_KEY, MAPPED_PORTS_KEY};
+pub use self::report::{
+    CONTAINER_IP_KEY, EXTERNAL_IP_KEY, GRACE_TIME_KEY, HOST_IP_KEY, MAPPED_PORTS_KEY, STATE_ALL, STATE_CREATED,
+    STATE_KEY,
+};
 pub use self::rules::{DEFAULT_PATH, DEFAULT_ROOT_PATH, process_env, validate_env, validate_handle};
 use self::rules::{rlimit_pairs, validate_container, validate_process};
 
@@ -407,7 +410,10 @@ impl Gardener {
             .filter(|(h, _)| !t.destroying.contains(*h))
             .filter(|(_, e)| {
                 let props = self.all_properties(&lock(&e.rec));
-                filters.iter().all(|(k, v)| props.get(k) == Some(v))
+                filters
+                    .iter()
+                    .filter(|(k, v)| !(k.as_str() == report::STATE_KEY && v.as_str() == report::STATE_ALL))
+                    .all(|(k, v)| props.get(k) == Some(v))
             })
             .map(|(h, _)| h.clone())
             .collect();
@@ -538,7 +544,7 @@ impl Gardener {
     /// The record's properties with Garden's network properties.
     fn all_properties(&self, rec: &ContainerRecord) -> Properties {
         let external_ip = self.net.as_ref().map(|n| n.external_ip().to_string());
-        report::properties(&rec.properties, rec.network.as_ref(), external_ip)
+        report::properties(&rec.properties, rec.grace_time, rec.network.as_ref(), external_ip)
     }
 
     pub fn properties(&self, handle: &str) -> Result<Properties, GardenError> {
@@ -558,8 +564,10 @@ impl Gardener {
     }
 
     pub fn remove_property(&self, handle: &str, key: &str) -> Result<(), GardenError> {
-        let existed = self.update(handle, |r| r.properties.remove(key).is_some())?;
-        if existed { Ok(()) } else { Err(GardenError::BadRequest(format!("property does not exist: {key}"))) }
+        // Removing a property that is not there is no error in Garden.
+        self.update(handle, |r| {
+            r.properties.remove(key);
+        })
     }
 
     pub fn set_grace_time(&self, handle: &str, ns: u64) -> Result<(), GardenError> {
