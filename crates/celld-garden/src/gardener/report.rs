@@ -108,9 +108,13 @@ mod tests {
     }
 
     #[test]
-    fn network_properties_follow_the_state() {
+    fn gardens_properties_over_the_records() {
         let own: Properties = [("app".to_string(), "web".to_string())].into_iter().collect();
-        let none = properties(&own, None, Some("10.0.0.1".into()));
-        assert_eq!(none, own, "no network, no network properties");
+        let mut want = own.clone();
+        want.insert(STATE_KEY.into(), STATE_CREATED.into());
+        let none = properties(&own, 0, None, Some("10.0.0.1".into()));
+        assert_eq!(none, want, "no network, no network properties; no grace time, none shown");
+        want.insert(GRACE_TIME_KEY.into(), "5000000000".into());
+        assert_eq!(properties(&own, 5_000_000_000, None, None), want);
     }
 }
