@@ -14,6 +14,7 @@ mod peas;
 mod report;
 mod rules;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -390,11 +391,15 @@ impl Gardener {
         match result {
             Ok(()) => {
                 t.live.remove(handle);
-                let layers: Vec<_> = t.live.values().filter_map(|e| self.rt.rootfs_layer(&lock(&e.rec))).collect();
-                self.rootfs_sizes.retain(&layers);
                 if t.live.is_empty() && t.creating.is_empty() {
                     self.rt.tidy_cgroup_parent();
                 }
+                // The layers still in use are read from the depot outside the
+                // table's lock, which every other Garden call takes.
+                let others: Vec<_> = t.live.values().cloned().collect();
+                drop(t);
+                let layers: Vec<_> = others.iter().filter_map(|e| self.rt.rootfs_layer(&lock(&e.rec))).collect();
+                self.rootfs_sizes.retain(&layers);
                 tracing::info!(handle = %handle, "destroyed container");
                 Ok(())
             }
@@ -403,13 +408,17 @@ impl Gardener {
     }
 
     pub fn list(&self, filters: &BTreeMap<String, String>) -> Vec<String> {
+        let garden_filter = filters.keys().any(|k| k.starts_with(report::GARDEN_PREFIX));
         let t = lock(&self.table);
         let mut out: Vec<String> = t
             .live
             .iter()
             .filter(|(h, _)| !t.destroying.contains(*h))
             .filter(|(_, e)| {
-                let props = self.all_properties(&lock(&e.rec));
+                let rec = lock(&e.rec);
+                // Garden's own properties are made only when a filter names one.
+                let props =
+                    if garden_filter { Cow::Owned(self.all_properties(&rec)) } else { Cow::Borrowed(&rec.properties) };
                 filters
                     .iter()
                     .filter(|(k, v)| !(k.as_str() == report::STATE_KEY && v.as_str() == report::STATE_ALL))

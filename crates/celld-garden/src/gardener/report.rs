@@ -10,6 +10,8 @@ use celld_network::NetState;
 use celld_runtime::containerizer::tree_usage;
 use garden_api::types::Properties;
 
+/// Every property Garden sets itself starts with this.
+pub const GARDEN_PREFIX: &str = "garden.";
 pub const CONTAINER_IP_KEY: &str = "garden.network.container-ip";
 pub const HOST_IP_KEY: &str = "garden.network.host-ip";
 pub const EXTERNAL_IP_KEY: &str = "garden.network.external-ip";
