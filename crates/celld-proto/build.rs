@@ -1,7 +1,10 @@
-//! Generates the gRPC code for the repository's top-level proto/celld/v1.
+//! Generates the code for the repository's top-level proto/: celld's own
+//! gRPC services (proto/celld/v1) and Diego's messages (proto/diego), which
+//! celld's models reuse for the action tree.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
+    let diego = ["../../proto/diego/actions.proto"];
+    let celld = [
         "../../proto/celld/v1/models.proto",
         "../../proto/celld/v1/stager.proto",
         "../../proto/celld/v1/cell.proto",
@@ -10,9 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("diego_descriptor.bin"))
+        .compile_protos(&diego, &["../../proto"])?;
+    // celld.v1 refers to Diego's messages where they were generated above.
+    tonic_prost_build::configure()
+        .extern_path(".diego.bbs", "crate::diego::bbs")
         .file_descriptor_set_path(out.join("celld_descriptor.bin"))
-        .compile_protos(&protos, &["../../proto"])?;
-    for p in protos {
+        .compile_protos(&celld, &["../../proto"])?;
+    for p in diego.iter().chain(&celld) {
         println!("cargo:rerun-if-changed={p}");
     }
     Ok(())
