@@ -21,6 +21,7 @@ use crate::garden::server::Server;
 use crate::gardener::{Gardener, GardenerConfig};
 use crate::network::pool::Ipv4Net;
 use crate::network::{NetworkConfig, Networker};
+use crate::rep::scheduler::SchedulerPlane;
 use crate::rep::{Rep, RepConfig};
 use crate::runtime::{Containerizer, RuntimeConfig};
 use crate::staging::stager::{Stager, StagerConfig};
@@ -120,7 +121,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let rep = match &scheduler_addr {
         Some(addr) => Some(
             Rep::new(
-                addr,
+                Arc::new(SchedulerPlane::new(addr).context("--scheduler")?),
                 RepConfig {
                     cell_id: cfg.cell_id(),
                     advertise_address: cfg.advertise_address.clone().unwrap_or_else(|| cfg.grpc_listen.clone()),

@@ -1,25 +1,75 @@
-//! The rep: the cell's side of the scheduler protocol. It delivers the
-//! executor's reports in order (retrying while the scheduler is away),
-//! heartbeats the cell's presence, reconciles containers with the
-//! scheduler's records every 30 s, and evacuates on SIGTERM. The `Cell`
-//! gRPC service it serves is in [`service`].
+//! The rep: the cell's side of the control plane. It delivers the
+//! executor's reports in order (retrying while the control plane is away),
+//! heartbeats the cell's presence, reconciles containers with the control
+//! plane's records every 30 s, and evacuates on SIGTERM. What it talks to is a
+//! [`ControlPlane`]: celld's own scheduler ([`scheduler::SchedulerPlane`],
+//! gRPC) or Diego's BBS (`crate::diego`). The `Cell` gRPC service it serves is
+//! in [`service`].
 
+pub mod scheduler;
 pub mod service;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
-
 use crate::executor::{Executor, LrpPhase, Reporter, StopReason};
 use celld_proto as pb;
-use celld_proto::scheduler_client::SchedulerClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepError {
     #[error("scheduler address {addr:?}: {why}")]
     BadAddress { addr: String, why: String },
+}
+
+/// How a control plane call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// Away, slow or overloaded: the call is retried.
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
+    /// It answered no.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the rep needs of a control plane, in celld's own record types (a
+/// Diego control plane converts to and from BBS's).
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// Delivers one report of the executor.
+    async fn send(&self, report: &Report) -> Result<(), PlaneError>;
+    /// Tells the control plane the cell is here (a no-op where presence is
+    /// kept some other way, as Diego's is in Locket).
+    async fn heartbeat(&self, presence: pb::CellPresence) -> Result<(), PlaneError>;
+    /// The control plane's records of this cell's instances…
+    async fn actual_lrps(&self, cell_id: &str) -> Result<Vec<pb::ActualLrp>, PlaneError>;
+    /// …and of its tasks.
+    async fn tasks(&self, cell_id: &str) -> Result<Vec<pb::Task>, PlaneError>;
+    /// Whether the task may run here (it is started in the records).
+    async fn start_task(&self, task_guid: &str, cell_id: &str) -> Result<bool, PlaneError>;
+    /// Hands a running instance over during evacuation: whether to keep the
+    /// container until its replacement runs.
+    async fn evacuate_running(
+        &self,
+        key: pb::ActualLrpKey,
+        instance: pb::ActualLrpInstanceKey,
+        net: pb::ActualLrpNetInfo,
+    ) -> Result<bool, PlaneError>;
+    /// Gives back an instance that is not running yet during evacuation.
+    /// `false`: this control plane has no such call, the instance is stopped
+    /// (and its removal reported) instead.
+    async fn evacuate_claimed(
+        &self,
+        key: pb::ActualLrpKey,
+        instance: pb::ActualLrpInstanceKey,
+    ) -> Result<bool, PlaneError>;
+    /// Drops the evacuating copy of an instance whose container is going.
+    async fn remove_evacuating(
+        &self,
+        key: pb::ActualLrpKey,
+        instance: pb::ActualLrpInstanceKey,
+    ) -> Result<(), PlaneError>;
 }
 
 #[derive(Debug, Clone)]
@@ -32,8 +82,9 @@ pub struct RepConfig {
     pub evacuation_timeout: Duration,
 }
 
+/// One report of the executor, in the order it happened.
 #[derive(Debug, Clone)]
-enum Report {
+pub enum Report {
     Claim(pb::ClaimActualLrpRequest),
     Start(pb::StartActualLrpRequest),
     Crash(pb::CrashActualLrpRequest),
@@ -57,17 +108,9 @@ impl Report {
     }
 }
 
-/// Errors worth retrying: the scheduler is away or slow, not saying no.
-fn transient(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
-    )
-}
-
 pub struct Rep {
     cfg: RepConfig,
-    client: SchedulerClient<Channel>,
+    plane: Arc<dyn ControlPlane>,
     queue: Mutex<VecDeque<Report>>,
     /// Reports not yet delivered, by container: the reconcile leaves those alone.
     pending: Mutex<HashMap<String, usize>>,
@@ -79,20 +122,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn scheduler_channel(addr: &str) -> Result<Channel, RepError> {
-    Ok(celld_transport::grpc::endpoint(addr)
-        .map_err(|e| RepError::BadAddress { addr: addr.to_string(), why: e.to_string() })?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
 impl Rep {
-    pub fn new(scheduler: &str, cfg: RepConfig) -> Result<Arc<Self>, RepError> {
+    pub fn new(plane: Arc<dyn ControlPlane>, cfg: RepConfig) -> Result<Arc<Self>, RepError> {
         Ok(Arc::new(Self {
             cfg,
-            client: SchedulerClient::new(scheduler_channel(scheduler)?),
+            plane,
             queue: Mutex::new(VecDeque::new()),
             pending: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
@@ -122,19 +156,8 @@ impl Rep {
         lock(&self.pending).get(guid).is_some_and(|n| *n > 0)
     }
 
-    async fn send(&self, r: &Report) -> Result<(), tonic::Status> {
-        let mut c = self.client.clone();
-        match r.clone() {
-            Report::Claim(x) => c.claim_actual_lrp(x).await.map(drop),
-            Report::Start(x) => c.start_actual_lrp(x).await.map(drop),
-            Report::Crash(x) => c.crash_actual_lrp(x).await.map(drop),
-            Report::Remove(x) => c.remove_actual_lrp(x).await.map(drop),
-            Report::CompleteTask(x) => c.complete_task(x).await.map(drop),
-        }
-    }
-
     /// One report in flight at a time, in the order they happened; a report
-    /// the scheduler could not take (it is away) is retried until it can.
+    /// the control plane could not take (it is away) is retried until it can.
     async fn deliver_forever(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -143,17 +166,18 @@ impl Rep {
                 self.wake.notified().await;
                 continue;
             };
-            match self.send(&report).await {
-                Err(s) if transient(&s) => {
-                    tracing::debug!(error = %s.message(), "scheduler unreachable; will retry the report");
+            match self.plane.send(&report).await {
+                Err(PlaneError::Unreachable(e)) => {
+                    tracing::debug!(error = %e, "control plane unreachable; will retry the report");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
-                Err(s) => {
-                    tracing::warn!(guid = %report.guid(), code = ?s.code(), error = %s.message(), "the scheduler refused a report");
-                    // Diego's rep: an instance the scheduler won't let run here is stopped.
-                    if let (Report::Start(_), Some(ex)) = (&report, self.executor()) {
+                Err(PlaneError::Refused(e)) => {
+                    tracing::warn!(guid = %report.guid(), error = %e, "the control plane refused a report");
+                    // Diego's rep: an instance the control plane won't let
+                    // be claimed or run here is destroyed.
+                    if let (Report::Claim(_) | Report::Start(_), Some(ex)) = (&report, self.executor()) {
                         let _ = ex.stop_lrp(report.guid(), StopReason::Discard);
                     }
                 }
@@ -176,14 +200,14 @@ impl Rep {
         loop {
             if let Some(ex) = self.executor() {
                 let presence = ex.presence(&self.cfg.advertise_address);
-                match self.client.clone().heartbeat(presence).await {
+                match self.plane.heartbeat(presence).await {
                     Ok(_) if warned => {
-                        tracing::info!("the scheduler is reachable again");
+                        tracing::info!("the control plane is reachable again");
                         warned = false;
                     }
                     Ok(_) => {}
-                    Err(s) if !warned => {
-                        tracing::warn!(error = %s.message(), "heartbeat failed; instances keep running");
+                    Err(e) if !warned => {
+                        tracing::warn!(error = %e, "heartbeat failed; instances keep running");
                         warned = true;
                     }
                     Err(_) => {}
@@ -200,8 +224,8 @@ impl Rep {
                 _ => self.cfg.reconcile_interval,
             };
             tokio::time::sleep(interval).await;
-            if let Err(s) = self.reconcile().await {
-                tracing::debug!(error = %s.message(), "bulk reconcile skipped: the scheduler is unreachable");
+            if let Err(e) = self.reconcile().await {
+                tracing::debug!(error = %e, "bulk reconcile skipped");
             }
         }
     }
@@ -210,16 +234,14 @@ impl Rep {
     /// records. Containers nobody wants are destroyed; records without a
     /// container are removed (tasks: failed). Anything with a report still in
     /// flight, or taken after the scheduler answered, is left alone.
-    pub async fn reconcile(&self) -> Result<(), tonic::Status> {
+    pub async fn reconcile(&self) -> Result<(), PlaneError> {
         let Some(ex) = self.executor() else { return Ok(()) };
         let asked = Instant::now();
         let cell_id = self.cfg.cell_id.clone();
-        let mut c = self.client.clone();
-        let actuals =
-            c.actual_lr_ps_by_cell(pb::ActualLrPsByCellRequest { cell_id: cell_id.clone() }).await?.into_inner();
-        let tasks = c.tasks_by_cell(pb::TasksByCellRequest { cell_id: cell_id.clone() }).await?.into_inner();
+        let actuals = self.plane.actual_lrps(&cell_id).await?;
+        let tasks = self.plane.tasks(&cell_id).await?;
         let wanted: HashMap<&str, &pb::ActualLrp> =
-            actuals.actual_lrps.iter().map(|a| (a.instance_guid.as_str(), a)).collect();
+            actuals.iter().filter(|a| a.cell_id == cell_id).map(|a| (a.instance_guid.as_str(), a)).collect();
         let local = ex.instances();
         let here: HashSet<&str> = local.iter().map(|i| i.instance.instance_guid.as_str()).collect();
         for i in &local {
@@ -241,7 +263,7 @@ impl Rep {
                 Some(_) => {}
             }
         }
-        for a in &actuals.actual_lrps {
+        for a in &actuals {
             let mine = a.cell_id == cell_id && a.presence == pb::actual_lrp::Presence::Ordinary as i32;
             let active =
                 a.state == pb::actual_lrp::State::Claimed as i32 || a.state == pb::actual_lrp::State::Running as i32;
@@ -254,8 +276,8 @@ impl Rep {
             }
         }
         let local_tasks: HashMap<String, bool> = ex.tasks().into_iter().collect();
-        let wanted_tasks: HashSet<&str> = tasks.tasks.iter().map(|t| t.task_guid.as_str()).collect();
-        for t in &tasks.tasks {
+        let wanted_tasks: HashSet<&str> = tasks.iter().map(|t| t.task_guid.as_str()).collect();
+        for t in &tasks {
             if t.state == pb::task::State::Running as i32
                 && t.cell_id == cell_id
                 && !local_tasks.contains_key(&t.task_guid)
@@ -281,7 +303,7 @@ impl Rep {
         let Some(ex) = self.executor() else { return };
         ex.set_evacuating();
         tracing::info!(timeout_s = self.cfg.evacuation_timeout.as_secs(), "evacuating");
-        let _ = self.client.clone().heartbeat(ex.presence(&self.cfg.advertise_address)).await;
+        let _ = self.plane.heartbeat(ex.presence(&self.cfg.advertise_address)).await;
         let deadline = Instant::now() + self.cfg.evacuation_timeout;
         let mut given_back: HashSet<String> = HashSet::new();
         loop {
@@ -293,11 +315,7 @@ impl Rep {
             if Instant::now() >= deadline {
                 tracing::warn!(instances = local.len(), tasks = running_tasks, "evacuation timed out");
                 for i in &local {
-                    let req = pb::RemoveEvacuatingActualLrpRequest {
-                        key: Some(i.key.clone()),
-                        instance_key: Some(i.instance.clone()),
-                    };
-                    let _ = self.client.clone().remove_evacuating_actual_lrp(req).await;
+                    let _ = self.plane.remove_evacuating(i.key.clone(), i.instance.clone()).await;
                     let _ = ex.stop_lrp(&i.instance.instance_guid, StopReason::Discard);
                 }
                 break;
@@ -306,22 +324,24 @@ impl Rep {
                 let guid = &i.instance.instance_guid;
                 match (i.phase, &i.net) {
                     (LrpPhase::Running, Some(net)) => {
-                        let req = pb::EvacuateRunningActualLrpRequest {
-                            key: Some(i.key.clone()),
-                            instance_key: Some(i.instance.clone()),
-                            net_info: Some(net.clone()),
-                        };
-                        match self.client.clone().evacuate_running_actual_lrp(req).await {
-                            Ok(r) if !r.get_ref().keep_container => {
+                        match self.plane.evacuate_running(i.key.clone(), i.instance.clone(), net.clone()).await {
+                            Ok(false) => {
                                 tracing::info!(instance_guid = %guid, "replacement running elsewhere; destroying");
                                 let _ = ex.stop_lrp(guid, StopReason::Discard);
                             }
-                            Ok(_) => ex.mark_evacuating(guid),
-                            Err(s) => tracing::debug!(error = %s.message(), "evacuation report failed; retrying"),
+                            Ok(true) => ex.mark_evacuating(guid),
+                            Err(e) => tracing::debug!(error = %e, "evacuation report failed; retrying"),
                         }
                     }
                     (LrpPhase::Reserved | LrpPhase::Created, _) if given_back.insert(guid.clone()) => {
-                        let _ = ex.stop_lrp(guid, StopReason::Stop);
+                        match self.plane.evacuate_claimed(i.key.clone(), i.instance.clone()).await {
+                            Ok(true) => {
+                                let _ = ex.stop_lrp(guid, StopReason::Discard);
+                            }
+                            Ok(false) | Err(_) => {
+                                let _ = ex.stop_lrp(guid, StopReason::Stop);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -373,15 +393,14 @@ impl Reporter for Rep {
     async fn start_task(&self, task_guid: &str) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let req = pb::StartTaskRequest { task_guid: task_guid.to_string(), cell_id: self.cfg.cell_id.clone() };
-            match self.client.clone().start_task(req).await {
-                Ok(r) => return r.into_inner().should_start,
-                Err(s) if transient(&s) => {
+            match self.plane.start_task(task_guid, &self.cfg.cell_id).await {
+                Ok(should_start) => return should_start,
+                Err(PlaneError::Unreachable(_)) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Err(s) => {
-                    tracing::warn!(task_guid = %task_guid, error = %s.message(), "the scheduler refused to start the task");
+                Err(PlaneError::Refused(e)) => {
+                    tracing::warn!(task_guid = %task_guid, error = %e, "the control plane refused to start the task");
                     return false;
                 }
             }
