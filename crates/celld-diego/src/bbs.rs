@@ -59,9 +59,11 @@ impl BbsError {
     }
 }
 
-/// A response that carries BBS's `error` field.
-trait BbsResponse: Message + Default {
+/// A BBS response: every one but ping's carries BBS's `error` field (public
+/// so that a fake BBS answers with the same types).
+pub trait BbsResponse: Message + Default {
     fn error(&self) -> Option<&pb::Error>;
+    fn set_error(&mut self, error: pb::Error);
 }
 
 macro_rules! bbs_responses {
@@ -69,6 +71,9 @@ macro_rules! bbs_responses {
         $(impl BbsResponse for $t {
             fn error(&self) -> Option<&pb::Error> {
                 self.error.as_ref()
+            }
+            fn set_error(&mut self, error: pb::Error) {
+                self.error = Some(error);
             }
         })*
     };
