@@ -6,6 +6,7 @@
 
 pub use celld_base::{civil, guid};
 pub use celld_blobstore as blobstore;
+pub use celld_diego as diego_wire;
 pub use celld_garden::gardener;
 pub use celld_lifecycle as lifecycle;
 pub use celld_network as network;

@@ -509,5 +509,6 @@ pub async fn run(d: &Daemon, handle: &str, p: ProcessSpec) -> (i32, String, Stri
 pub fn garden_type(e: &ClientError) -> String {
     e.garden_type().unwrap_or_default().to_string()
 }
+pub mod diego;
 pub mod local;
 pub mod outside;
