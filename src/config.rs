@@ -109,9 +109,11 @@ pub struct Config {
     /// The cell's address as info's ExternalIP (default: the source address of the default route).
     #[arg(long)]
     pub external_ip: Option<std::net::Ipv4Addr>,
-    /// celld's gRPC listener (the Stager service, with server reflection).
-    #[arg(long, default_value = "127.0.0.1:1801")]
-    pub grpc_listen: String,
+    /// celld's gRPC listener (Stager and Cell, with server reflection).
+    /// Default 127.0.0.1:1801; a cell joined to Diego (--bbs-address) serves
+    /// none unless given one.
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
     /// Mutual TLS for gRPC: this cell's certificate chain (PEM), served on
     /// --grpc-listen (and local mode's --scheduler-listen) and presented when
     /// dialling the scheduler. It must allow both server and client use.
@@ -212,6 +214,69 @@ pub struct Config {
     /// unset refuses them.
     #[arg(long, env = "CELLD_SSH_DIEGO_CREDENTIALS", hide_env_values = true)]
     pub ssh_diego_credentials: Option<String>,
+    /// Join a Diego: BBS's URL (e.g. https://bbs.service.cf.internal:8889).
+    /// The cell then takes work from Diego's auctioneer on --rep-listen and
+    /// reports to BBS; celld's own scheduler is not used.
+    #[arg(long, help_heading = "Diego")]
+    pub bbs_address: Option<String>,
+    /// The CA that signed BBS's certificate (PEM).
+    #[arg(long, help_heading = "Diego")]
+    pub bbs_ca_cert: Option<PathBuf>,
+    /// This cell's client certificate for BBS (PEM).
+    #[arg(long, help_heading = "Diego")]
+    pub bbs_client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, help_heading = "Diego")]
+    pub bbs_client_key: Option<PathBuf>,
+    /// Locket's address (host:port), where the cell keeps its presence.
+    #[arg(long, help_heading = "Diego")]
+    pub locket_address: Option<String>,
+    /// The CA that signed Locket's certificate (default: --bbs-ca-cert).
+    #[arg(long, help_heading = "Diego")]
+    pub locket_ca_cert: Option<PathBuf>,
+    /// The client certificate for Locket (default: --bbs-client-cert).
+    #[arg(long, help_heading = "Diego")]
+    pub locket_client_cert: Option<PathBuf>,
+    /// Its private key (default: --bbs-client-key).
+    #[arg(long, help_heading = "Diego")]
+    pub locket_client_key: Option<PathBuf>,
+    /// Where the rep API (/state, /work…) listens, with mutual TLS.
+    #[arg(long, default_value = "0.0.0.0:1801", help_heading = "Diego")]
+    pub rep_listen: String,
+    /// Where the rep's admin API (/ping, /evacuate) listens, with mutual TLS.
+    #[arg(long, default_value = "127.0.0.1:1800", help_heading = "Diego")]
+    pub rep_admin_listen: String,
+    /// The rep API's server certificate (PEM; serverAuth, with a SAN for the rep URL's host).
+    #[arg(long, help_heading = "Diego")]
+    pub rep_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, help_heading = "Diego")]
+    pub rep_key: Option<PathBuf>,
+    /// The CA whose client certificates the rep API accepts (the auctioneer's, BBS's).
+    #[arg(long, help_heading = "Diego")]
+    pub rep_ca: Option<PathBuf>,
+    /// The rep URL is https://CELL-ID.DOMAIN:PORT (as Diego's rep makes it).
+    #[arg(long, default_value = "cell.service.cf.internal", help_heading = "Diego")]
+    pub advertise_domain: String,
+    /// The URL the auctioneer and BBS reach the rep API at, instead of the one
+    /// made from --advertise-domain.
+    #[arg(long, help_heading = "Diego")]
+    pub rep_url: Option<String>,
+    /// The cell's index in its deployment (the rep's cell_index).
+    #[arg(long, default_value_t = 0, help_heading = "Diego")]
+    pub cell_index: i32,
+    /// Placement tags this cell also accepts work for; repeatable.
+    #[arg(long = "optional-placement-tag", value_name = "TAG", help_heading = "Diego")]
+    pub optional_placement_tags: Vec<String>,
+    /// A stack this cell offers: NAME:PATH, PATH a root filesystem directory
+    /// (`preloaded:NAME` runs on it); repeatable. Stacks in --rootfs-dir are
+    /// offered too.
+    #[arg(long = "preloaded-rootfs", value_name = "NAME:PATH", help_heading = "Diego")]
+    pub preloaded_rootfs: Vec<String>,
+    /// The rep's own JSON configuration (what its BOSH job template writes):
+    /// its keys fill the flags above; keys celld does not use are listed once.
+    #[arg(long, help_heading = "Diego")]
+    pub rep_config: Option<PathBuf>,
     #[command(subcommand)]
     pub role: Option<Role>,
 }
@@ -257,6 +322,15 @@ impl Config {
             header_timeout: std::time::Duration::from_secs(self.garden_header_timeout.max(1)),
             idle_timeout: std::time::Duration::from_secs(self.garden_idle_timeout.max(1)),
             max_connections: self.garden_max_connections.max(1),
+        }
+    }
+
+    /// celld's own gRPC listener, if it serves one.
+    pub fn grpc_listen(&self) -> Option<String> {
+        match (&self.grpc_listen, &self.bbs_address) {
+            (Some(a), _) => Some(a.clone()),
+            (None, None) => Some("127.0.0.1:1801".to_string()),
+            (None, Some(_)) => None,
         }
     }
 

@@ -118,27 +118,32 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
         (None, true) => (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg, tls.grpc.clone()).await?)),
         (addr, _) => (addr.clone(), None),
     };
-    let rep = match &scheduler_addr {
-        Some(addr) => Some(
-            Rep::new(
-                Arc::new(SchedulerPlane::new(addr).context("--scheduler")?),
-                RepConfig {
-                    cell_id: cfg.cell_id(),
-                    advertise_address: cfg.advertise_address.clone().unwrap_or_else(|| cfg.grpc_listen.clone()),
-                    heartbeat_interval: Duration::from_secs(5),
-                    reconcile_interval: Duration::from_secs(cfg.reconcile_interval.max(1)),
-                    evacuation_timeout: Duration::from_secs(cfg.evacuation_timeout),
-                },
-            )
-            .context("--scheduler")?,
-        ),
+    // Joined to Diego: BBS is the control plane (the rep API below takes the
+    // auctioneer's work); else celld's own scheduler, if there is one.
+    let diego = match &cfg.bbs_address {
+        Some(addr) => Some(crate::diego::start::connect(&cfg, addr)?),
         None => None,
+    };
+    let rep_config = RepConfig {
+        cell_id: cfg.cell_id(),
+        advertise_address: cfg.advertise_address.clone().or_else(|| cfg.grpc_listen()).unwrap_or_default(),
+        heartbeat_interval: Duration::from_secs(5),
+        reconcile_interval: Duration::from_secs(cfg.reconcile_interval.max(1)),
+        evacuation_timeout: Duration::from_secs(cfg.evacuation_timeout),
+    };
+    let rep = match (&diego, &scheduler_addr) {
+        (Some(d), _) => Some(Rep::new(d.plane.clone(), rep_config).context("--bbs-address")?),
+        (None, Some(addr)) => Some(
+            Rep::new(Arc::new(SchedulerPlane::new(addr).context("--scheduler")?), rep_config).context("--scheduler")?,
+        ),
+        (None, None) => None,
     };
     let reporter: Arc<dyn Reporter> = match &rep {
         Some(r) => r.clone(),
         None => Arc::new(NoReporter),
     };
-    let executor = executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter, stager.lifecycle_dir())?;
+    let executor =
+        executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter.clone(), stager.lifecycle_dir())?;
     executor.restore().await;
     let apps = match (&scheduler_addr, cfg.local) {
         (Some(addr), true) => {
@@ -147,19 +152,27 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
         _ => None,
     };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc =
-        crate::grpc::serve(&cfg.grpc_listen, tls.grpc.as_deref(), stager, executor.clone(), apps.clone(), async {
-            let _ = grpc_stopped.await;
-        })
-        .await?;
-    tracing::info!(address = %cfg.grpc_listen, scheduler = ?scheduler_addr, apps = apps.is_some(), tls = tls.grpc.is_some(), "serving gRPC (Stager, Cell)");
-    let grpc = tokio::spawn(grpc);
+    let grpc = match cfg.grpc_listen() {
+        Some(addr) => {
+            let grpc = crate::grpc::serve(&addr, tls.grpc.as_deref(), stager, executor.clone(), apps.clone(), async {
+                let _ = grpc_stopped.await;
+            })
+            .await?;
+            tracing::info!(address = %addr, scheduler = ?scheduler_addr, apps = apps.is_some(), tls = tls.grpc.is_some(), "serving gRPC (Stager, Cell)");
+            Some(tokio::spawn(grpc))
+        }
+        None => None,
+    };
     // Only now that the Cell service listens: a rep that announced the cell
     // earlier drew work the scheduler could not deliver ("cell unreachable"),
     // which then waited for the next convergence pass.
     if let Some(rep) = &rep {
         rep.start(executor.clone());
     }
+    let joined = match diego {
+        Some(d) => Some(d.serve(&cfg, executor.clone(), gardener.clone(), reporter).await?),
+        None => None,
+    };
     let server = Server::new(gardener.clone());
     let limits = cfg.garden_limits();
     let conns = crate::garden::listener::Conns::new(crate::garden::listener::Limits {
@@ -200,8 +213,15 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
         print_local_banner(&cfg, apps);
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let evacuate_requested = async {
+        match &joined {
+            Some(j) => j.cell.evacuate_requested.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let evacuate = tokio::select! {
         _ = term.recv() => true,
+        _ = evacuate_requested => true,
         _ = tokio::signal::ctrl_c() => false,
     };
     // SIGTERM on a cell with a scheduler: Diego's evacuation, while Garden
@@ -216,8 +236,13 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     }
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
+    if let Some(j) = joined {
+        j.stop().await;
+    }
     let _ = stop_grpc.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    if let Some(grpc) = grpc {
+        let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    }
     gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
     drop(embedded);
@@ -321,7 +346,7 @@ async fn ssh_proxy(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Re
 /// What a person starting `celld --local` needs to know, on stdout.
 fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer) {
     println!("celld --local is up:");
-    println!("  apps API (cellctl --api)  {}", cfg.grpc_listen);
+    println!("  apps API (cellctl --api)  {}", cfg.grpc_listen().unwrap_or_default());
     println!("  router                    {}  (http://APP.{}:PORT/)", cfg.router_listen, apps.domain());
     println!("  scheduler                 {}", cfg.scheduler.as_deref().unwrap_or(&cfg.scheduler_listen));
     println!("  Garden API                {}", cfg.garden_socket.display());
@@ -345,7 +370,10 @@ fn executor(
     let total = crate::grpc::pb::Resources {
         memory_mb: cfg.memory_mb.unwrap_or(u32::try_from(machine.memory_in_bytes >> 20).unwrap_or(u32::MAX)),
         disk_mb: cfg.disk_mb.unwrap_or(u32::try_from(machine.disk_in_bytes >> 20).unwrap_or(u32::MAX)),
-        containers: u32::try_from(cfg.max_containers).unwrap_or(u32::MAX),
+        // Joined to Diego, one slot is kept for the cell's health-check
+        // container, as Diego's executor keeps one for Garden's.
+        containers: u32::try_from(cfg.max_containers.saturating_sub(usize::from(cfg.bbs_address.is_some())))
+            .unwrap_or(u32::MAX),
     };
     Executor::new(
         gardener,
@@ -359,7 +387,8 @@ fn executor(
             lifecycle_dir,
             rootfs_dir: cfg.rootfs_dir(),
             default_rootfs: cfg.default_rootfs.clone(),
-            placement_tags: cfg.placement_tags.clone(),
+            // Work for a cell's optional placement tags is welcome too.
+            placement_tags: cfg.placement_tags.iter().chain(&cfg.optional_placement_tags).cloned().collect(),
             total,
             log_rate_limit: cfg.log_rate_limit,
         },

@@ -19,6 +19,7 @@ pub use celld_transport::tls;
 pub mod apps;
 pub mod config;
 pub mod daemon;
+pub mod diego;
 pub mod executor;
 pub mod grpc;
 pub mod rep;

@@ -6,8 +6,23 @@ use celld::runtime::helper;
 use clap::Parser;
 
 fn main() {
-    let cfg = Config::parse();
+    let mut cfg = Config::parse();
+    // The rep's own JSON config stands in for the Diego flags (and may set
+    // the log level), so it is read before logging starts.
+    let ignored = match cfg.rep_config.clone() {
+        Some(path) => match celld::diego::repconfig::apply(&path, &mut cfg) {
+            Ok(ignored) => ignored,
+            Err(e) => {
+                eprintln!("celld: {e}");
+                std::process::exit(1);
+            }
+        },
+        None => Vec::new(),
+    };
     init_logging(&cfg.log_level);
+    if !ignored.is_empty() {
+        tracing::info!(keys = ?ignored, "--rep-config: keys celld does not use (ignored)");
+    }
     if let Some(Role::Helper { .. }) = &cfg.role {
         if let Err(e) = helper::run() {
             eprintln!("celld helper: {e}");

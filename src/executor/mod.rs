@@ -503,6 +503,8 @@ impl Executor {
                     domain: d.domain,
                     memory_mb: d.memory_mb,
                     disk_mb: d.disk_mb,
+                    rootfs: d.rootfs,
+                    max_pids: d.max_pids,
                     state: match l.phase {
                         LrpPhase::Reserved => "RESERVED",
                         LrpPhase::Created => "CLAIMED",
@@ -524,6 +526,8 @@ impl Executor {
                 domain: e.task.domain.clone(),
                 memory_mb: e.task.memory_mb,
                 disk_mb: e.task.disk_mb,
+                rootfs: e.task.rootfs.clone(),
+                max_pids: e.task.max_pids,
                 state: if e.completed.is_some() { "COMPLETED" } else { "RUNNING" }.to_string(),
                 failed: e.completed.as_ref().is_some_and(|c| c.0),
             })
