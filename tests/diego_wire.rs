@@ -15,9 +15,8 @@ use rustls::pki_types::pem::PemObject;
 const CELL: &str = "cell-z1-0";
 
 fn client(certs: &DiegoCerts, url: &str) -> BbsClient {
-    let tls = certs.cell_identity().client_config().unwrap();
     let timeouts = BbsTimeouts { connect: Duration::from_secs(2), request: Duration::from_secs(3) };
-    BbsClient::new(url, &tls, timeouts).unwrap()
+    BbsClient::from_pem(url, &certs.cell, timeouts).unwrap()
 }
 
 fn desired(pg: &str, instances: i32) -> pb::DesiredLrp {
@@ -107,6 +106,13 @@ async fn a_client_without_the_cas_certificate_is_refused() {
 
     // The cell's own identity gets in.
     assert!(client(&certs, &fake.url()).ping().await.unwrap());
+    // A bad file is named before anything is dialled; plain http is refused.
+    let mut broken = certs.cell.clone();
+    broken.key = certs.dir.join("missing-key.pem");
+    let e = BbsClient::from_pem(&fake.url(), &broken, BbsTimeouts::default()).unwrap_err();
+    assert!(e.to_string().contains("missing-key.pem"), "{e}");
+    let e = BbsClient::from_pem(&format!("http://{}", fake.addr), &certs.cell, BbsTimeouts::default()).unwrap_err();
+    assert!(matches!(e, BbsError::BadAddress { .. }), "{e}");
     assert_eq!(fake.calls(), ["/v1/ping"]);
 }
 

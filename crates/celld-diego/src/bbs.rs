@@ -183,6 +183,16 @@ impl BbsClient {
         Ok(Self { base, http, retired: Arc::default() })
     }
 
+    /// `new()` from the cell's PEM files (`bbs_ca_cert_file`,
+    /// `bbs_client_cert_file`, `bbs_client_key_file`), checked as a client
+    /// identity; a bad file's error names it.
+    pub fn from_pem(address: &str, files: &crate::tls::PemFiles, timeouts: BbsTimeouts) -> Result<Self, BbsError> {
+        let tls = crate::tls::TlsIdentity::load(files, crate::tls::Usage::Client)
+            .and_then(|id| id.client_config())
+            .map_err(|e| BbsError::Tls(e.to_string()))?;
+        Self::new(address, &tls, timeouts)
+    }
+
     async fn post<Req: Message>(&self, path: &'static str, req: &Req) -> Result<reqwest::Response, BbsError> {
         self.http
             .post(format!("{}{path}", self.base))

@@ -19,3 +19,6 @@ pub use tls::{PemFiles, TlsError, TlsIdentity, Usage};
 
 #[cfg(any(test, feature = "test-certs"))]
 pub mod test_certs;
+
+#[cfg(test)]
+mod wire_tests;
