@@ -511,3 +511,4 @@ pub fn garden_type(e: &ClientError) -> String {
 }
 pub mod local;
 pub mod outside;
+pub mod sched;

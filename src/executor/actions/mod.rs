@@ -70,31 +70,25 @@ fn aggregate(errs: Vec<StepError>) -> Result<(), StepError> {
     }
 }
 
-/// Does the leaves of a tree. `at` is the leaf's position in the tree,
-/// `source` its log source (its own, else its parent's).
+/// A leaf of a tree: what a [`StepRunner`] does.
+pub enum Leaf<'a> {
+    Run(&'a bbs::RunAction),
+    Download(&'a bbs::DownloadAction),
+    Upload(&'a bbs::UploadAction),
+}
+
+/// Where a leaf runs: its position in the tree, its log source (its own,
+/// else its parent's), what cancels it.
+pub struct At<'a> {
+    pub at: &'a str,
+    pub source: &'a str,
+    pub cancel: &'a CancellationToken,
+}
+
+/// Does the leaves of a tree.
 #[async_trait::async_trait]
 pub trait StepRunner: Send + Sync {
-    async fn run(
-        &self,
-        at: &str,
-        source: &str,
-        run: &bbs::RunAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError>;
-    async fn download(
-        &self,
-        at: &str,
-        source: &str,
-        download: &bbs::DownloadAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError>;
-    async fn upload(
-        &self,
-        at: &str,
-        source: &str,
-        upload: &bbs::UploadAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError>;
+    async fn step(&self, at: At<'_>, leaf: Leaf<'_>) -> Result<(), StepError>;
     /// A line to the app's log (EmitProgress).
     fn emit(&self, source: &str, msg: &str, stderr: bool);
 }
@@ -142,13 +136,7 @@ pub fn validate(a: &bbs::Action, at: &str) -> Result<(), StepError> {
     if let Some(t) = &a.emit_progress_action {
         inner(&t.action, "emit progress action")?;
     }
-    let children = a
-        .serial_action
-        .as_ref()
-        .map(|s| &s.actions)
-        .or(a.parallel_action.as_ref().map(|p| &p.actions))
-        .or(a.codependent_action.as_ref().map(|c| &c.actions));
-    for (i, c) in children.into_iter().flatten().enumerate() {
+    for (i, c) in children(a).iter().enumerate() {
         validate(c, &format!("{at}.{i}"))?;
     }
     Ok(())
@@ -167,14 +155,15 @@ pub fn perform<'a>(
         if cancel.is_cancelled() {
             return Err(StepError::Cancelled);
         }
+        let leaf = |own: &'a str| At { at: &at, source: pick(own, source), cancel: &cancel };
         if let Some(x) = &a.run_action {
-            return r.run(&at, pick(&x.log_source, source), x, &cancel).await;
+            return r.step(leaf(&x.log_source), Leaf::Run(x)).await;
         }
         if let Some(x) = &a.download_action {
-            return r.download(&at, pick(&x.log_source, source), x, &cancel).await;
+            return r.step(leaf(&x.log_source), Leaf::Download(x)).await;
         }
         if let Some(x) = &a.upload_action {
-            return r.upload(&at, pick(&x.log_source, source), x, &cancel).await;
+            return r.step(leaf(&x.log_source), Leaf::Upload(x)).await;
         }
         if let Some(x) = &a.serial_action {
             let source = pick(&x.log_source, source);
@@ -282,13 +271,17 @@ pub fn resumable(a: &bbs::Action) -> Result<(), String> {
         .and_then(|t| t.action.as_deref())
         .or(a.try_action.as_ref().and_then(|t| t.action.as_deref()))
         .or(a.emit_progress_action.as_ref().and_then(|t| t.action.as_deref()));
-    let children = a
-        .serial_action
+    inner.into_iter().chain(children(a)).try_for_each(resumable)
+}
+
+/// The actions of a Serial, Parallel or Codependent; none for the others.
+fn children(a: &bbs::Action) -> &[bbs::Action] {
+    a.serial_action
         .as_ref()
-        .map(|s| &s.actions)
-        .or(a.parallel_action.as_ref().map(|p| &p.actions))
-        .or(a.codependent_action.as_ref().map(|c| &c.actions));
-    inner.into_iter().chain(children.into_iter().flatten()).try_for_each(resumable)
+        .map(|s| s.actions.as_slice())
+        .or(a.parallel_action.as_ref().map(|p| p.actions.as_slice()))
+        .or(a.codependent_action.as_ref().map(|c| c.actions.as_slice()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

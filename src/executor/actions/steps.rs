@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use md5::Digest;
-use tokio_util::sync::CancellationToken;
 
-use super::{DownloadCache, StepError, StepRunner};
+use super::{At, DownloadCache, Leaf, StepError, StepRunner};
 use crate::executor::container;
 use crate::executor::logs::{LineWriter, LogHub, RateLimiter};
 use celld_garden::gardener::Gardener;
@@ -104,13 +103,24 @@ impl ContainerSteps {
 
 #[async_trait::async_trait]
 impl StepRunner for ContainerSteps {
-    async fn run(
-        &self,
-        at: &str,
-        source: &str,
-        run: &bbs::RunAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError> {
+    async fn step(&self, at: At<'_>, leaf: Leaf<'_>) -> Result<(), StepError> {
+        match leaf {
+            Leaf::Run(x) => self.run(at, x).await,
+            Leaf::Download(x) => self.download(at, x).await,
+            Leaf::Upload(x) => self.upload(at, x).await,
+        }
+    }
+
+    fn emit(&self, source: &str, msg: &str, stderr: bool) {
+        let mut w = self.writer(source, stderr);
+        w.push(msg.as_bytes());
+        w.push(b"\n");
+        w.flush();
+    }
+}
+
+impl ContainerSteps {
+    async fn run(&self, At { at, source, cancel }: At<'_>, run: &bbs::RunAction) -> Result<(), StepError> {
         let conn = tokio::select! {
             c = self.start(at, run) => c?,
             _ = cancel.cancelled() => return Err(StepError::Cancelled),
@@ -166,13 +176,7 @@ impl StepRunner for ContainerSteps {
         }
     }
 
-    async fn download(
-        &self,
-        at: &str,
-        source: &str,
-        d: &bbs::DownloadAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError> {
+    async fn download(&self, At { at, source, cancel }: At<'_>, d: &bbs::DownloadAction) -> Result<(), StepError> {
         let emit = |m: &str, err: bool| {
             if !d.artifact.is_empty() {
                 self.emit(source, m, err)
@@ -220,13 +224,7 @@ impl StepRunner for ContainerSteps {
         Ok(())
     }
 
-    async fn upload(
-        &self,
-        at: &str,
-        source: &str,
-        u: &bbs::UploadAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError> {
+    async fn upload(&self, At { at, source, cancel }: At<'_>, u: &bbs::UploadAction) -> Result<(), StepError> {
         let named = |m: &str| if u.artifact.is_empty() { m.to_string() } else { format!("{m} for {}", u.artifact) };
         if !(u.to.starts_with("http://") || u.to.starts_with("https://")) {
             let msg = named("Failed to parse URL");
@@ -276,12 +274,5 @@ impl StepRunner for ContainerSteps {
             self.emit(source, &format!("Uploaded {} ({})", u.artifact, celld_base::size::byte_size(size)), false);
         }
         Ok(())
-    }
-
-    fn emit(&self, source: &str, msg: &str, stderr: bool) {
-        let mut w = self.writer(source, stderr);
-        w.push(msg.as_bytes());
-        w.push(b"\n");
-        w.flush();
     }
 }

@@ -21,13 +21,14 @@ impl Fake {
 
 #[async_trait::async_trait]
 impl StepRunner for Fake {
-    async fn run(
-        &self,
-        at: &str,
-        source: &str,
-        run: &bbs::RunAction,
-        cancel: &CancellationToken,
-    ) -> Result<(), StepError> {
+    async fn step(&self, At { at, source, cancel }: At<'_>, leaf: Leaf<'_>) -> Result<(), StepError> {
+        let run = match leaf {
+            Leaf::Run(run) => run,
+            Leaf::Download(_) | Leaf::Upload(_) => {
+                self.push(format!("transfer {at}"));
+                return Ok(());
+            }
+        };
         self.push(format!("run {at} {}", run.path));
         if let Some(code) = run.path.strip_prefix("exit:") {
             return Err(StepError::Emittable(format!("{source}: Exited with status {code}")));
@@ -37,20 +38,6 @@ impl StepRunner for Fake {
             self.push(format!("cancelled {at}"));
             return Err(StepError::Cancelled);
         }
-        Ok(())
-    }
-    async fn download(
-        &self,
-        at: &str,
-        _: &str,
-        _: &bbs::DownloadAction,
-        _: &CancellationToken,
-    ) -> Result<(), StepError> {
-        self.push(format!("download {at}"));
-        Ok(())
-    }
-    async fn upload(&self, at: &str, _: &str, _: &bbs::UploadAction, _: &CancellationToken) -> Result<(), StepError> {
-        self.push(format!("upload {at}"));
         Ok(())
     }
     fn emit(&self, source: &str, msg: &str, stderr: bool) {
