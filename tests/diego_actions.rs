@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use celld::grpc::pb;
 use celld::grpc::pb::actual_lrp::State;
+use celld::grpc::pb::cell_client::CellClient;
 use celld::grpc::pb::scheduler_client::SchedulerClient;
 use celld_proto::diego::bbs;
 use common::rt;
@@ -171,6 +172,25 @@ async fn touch_then_crash(
         .expect("run touch");
     assert_eq!(p.wait().await.expect("touch"), 0);
     wait_for(s, guid, "the crash", within, |a| a.iter().any(|a| a.crash_count == 1), || c.log()).await
+}
+
+/// Waits until `line` is among the recent log lines of `log_guid`.
+async fn wait_log(c: &common::Daemon, log_guid: &str, line: &str) {
+    let mut cc = CellClient::new(Channel::from_shared(format!("http://{}", c.grpc)).expect("uri").connect_lazy());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = pb::StreamLogsRequest { log_guid: log_guid.into(), recent: 1000, ..Default::default() };
+        let mut logs = cc.stream_logs(req).await.expect("StreamLogs").into_inner();
+        let mut lines = Vec::new();
+        while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut logs).await {
+            lines.push(e.message);
+        }
+        if lines.iter().any(|l| l == line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {line:?} in the logs: {lines:#?}\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -334,6 +354,17 @@ fn tasks_run_their_action_trees() {
         let (md5, body) = files.seen.lock().unwrap().posts.get("/upload/out").cloned().expect("the upload arrived");
         assert_eq!(body, b"uploaded bytes\n");
         assert_eq!(md5, base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body)));
+
+        // A cancelled task's Run gets TERM (and may end cleanly on it).
+        let trap = sh("trap 'echo got TERM; exit 0' TERM; echo trapping; while true; do sleep 0.1; done", "TASK");
+        s.desire_task(pb::Task { log_guid: "tree-trap-log".into(), ..task("tree-trap", trap) })
+            .await
+            .expect("DesireTask");
+        wait_log(&c, "tree-trap-log", "trapping").await;
+        s.cancel_task(pb::CancelTaskRequest { task_guid: "tree-trap".into() }).await.expect("CancelTask");
+        let t = wait_task(&mut s, "tree-trap", done, || c.log()).await;
+        assert_eq!((t.failed, t.failure_reason.as_str()), (true, "task was cancelled"));
+        wait_log(&c, "tree-trap-log", "got TERM").await;
     });
 }
 
