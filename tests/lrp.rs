@@ -6,114 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use celld::blobstore::Blobstore;
 use celld::grpc::pb;
 use celld::grpc::pb::actual_lrp::State;
 use celld::grpc::pb::cell_client::CellClient;
-use celld::grpc::pb::scheduler_client::SchedulerClient;
+use common::sched::{Scheduler, actuals, all_running, append_files, cell, wait_for, wait_task, wait_until};
 use common::{Daemon, rt};
 use tonic::transport::Channel;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn lifecycle_built() -> bool {
-    let p = std::path::Path::new(env!("CARGO_BIN_EXE_celld")).with_file_name("celld-lifecycle");
-    p.is_file()
-}
-
-macro_rules! require_cell {
-    () => {
-        require_host!();
-        assert!(lifecycle_built(), "the static lifecycle binary is missing: run `make lifecycle` (make test does)");
-    };
-}
-
-/// `celld scheduler` on its own port and database, with the test clock.
-struct Scheduler {
-    dir: PathBuf,
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Scheduler {
-    fn start() -> Self {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/tmp/celld-sched-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scheduler dir");
-        let slot = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 500;
-        let mut s = Scheduler { dir, addr: format!("127.0.0.1:{}", 13000 + slot), child: None };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("scheduler.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_celld"))
-            .arg("--depot")
-            .arg(self.dir.join("depot"))
-            .arg("scheduler")
-            .arg("--listen")
-            .arg(&self.addr)
-            .arg("--db")
-            .arg(self.dir.join("scheduler.db"))
-            .arg("--test-clock")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start celld scheduler");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(Instant::now() < deadline, "the scheduler did not start:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("scheduler.log")).unwrap_or_default()
-    }
-
-    async fn client(&self) -> SchedulerClient<Channel> {
-        let ch = Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect_lazy();
-        SchedulerClient::new(ch)
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        self.kill();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// A cell reporting to `s`, with a fast bulk reconcile.
-fn cell(s: &Scheduler, name: &str) -> Daemon {
-    Daemon::start_with(&["--scheduler", &s.addr, "--cell-id", name, "--reconcile-interval", "3"])
-}
 
 /// A droplet as the stager makes them: `./app/...`, `./staging_info.yml`.
 fn droplet(files: &[(&str, u32, &str)], start_command: &str) -> Vec<u8> {
@@ -128,13 +29,8 @@ fn droplet(files: &[(&str, u32, &str)], start_command: &str) -> Vec<u8> {
         h.set_size(0);
         b.append_data(&mut h, dir, std::io::empty()).expect("dir");
     }
-    for (path, mode, body) in &all {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(*mode);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, body.as_bytes()).expect("tar entry");
-    }
+    let refs: Vec<(&str, u32, &str)> = all.iter().map(|(p, m, b)| (p.as_str(), *m, b.as_str())).collect();
+    append_files(&mut b, &refs);
     b.into_inner().expect("tar").finish().expect("gzip")
 }
 
@@ -185,41 +81,6 @@ fn desired(guid: &str, instances: i32, droplet_key: &str, command: &str, checks:
         log_guid: format!("{guid}-log"),
         ..Default::default()
     }
-}
-
-async fn actuals(s: &mut SchedulerClient<Channel>, guid: &str) -> Vec<pb::ActualLrp> {
-    let mut a = s
-        .actual_lr_ps(pb::ActualLrPsRequest { process_guid: guid.into(), ..Default::default() })
-        .await
-        .expect("ActualLRPs")
-        .into_inner()
-        .actual_lrps;
-    a.sort_by_key(|a| (a.index, a.presence));
-    a
-}
-
-/// Waits until `ok` holds for the process's ActualLRPs; returns them.
-async fn wait_for(
-    s: &mut SchedulerClient<Channel>,
-    guid: &str,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&[pb::ActualLrp]) -> bool,
-    logs: impl Fn() -> String,
-) -> Vec<pb::ActualLrp> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let a = actuals(s, guid).await;
-        if ok(&a) {
-            return a;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; actual LRPs: {a:#?}\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn all_running(n: usize) -> impl Fn(&[pb::ActualLrp]) -> bool {
-    move |a| a.len() == n && a.iter().all(|a| a.state == State::Running as i32)
 }
 
 /// GET `path` from `addr` (ip:port) with a plain HTTP/1.0 request.
@@ -334,14 +195,6 @@ fn two_instances_run_with_cloud_foundrys_environment() {
         wait_until(Duration::from_secs(10), || c.client_list_len() == 0).await;
         c.assert_no_leaks_after_destroy();
     });
-}
-
-async fn wait_until(timeout: Duration, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 trait DaemonExt {
@@ -528,23 +381,6 @@ fn scale_down_removes_the_highest_indexes_and_stop_replaces_an_instance() {
         assert_eq!(unknown.code(), tonic::Code::NotFound);
         s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "web-scale".into() }).await.expect("remove");
     });
-}
-
-async fn wait_task(
-    s: &mut SchedulerClient<Channel>,
-    guid: &str,
-    ok: impl Fn(&pb::Task) -> bool,
-    logs: impl Fn() -> String,
-) -> pb::Task {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let t = s.get_task(pb::GetTaskRequest { task_guid: guid.into() }).await.expect("GetTask").into_inner();
-        if ok(&t) {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for task {guid}: {t:#?}\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use celld::grpc::pb;
 use celld::grpc::pb::stager_client::StagerClient;
+use common::sched::tgz;
 use common::{Daemon, rt};
 use tonic::transport::Channel;
 
@@ -42,19 +43,6 @@ async fn client(d: &Daemon) -> StagerClient<Channel> {
             }
         }
     }
-}
-
-/// A tgz in memory: (path, mode, contents).
-fn tgz(files: &[(&str, u32, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, mode, body) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(*mode);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, body.as_bytes()).expect("tar entry");
-    }
-    b.into_inner().expect("tar").finish().expect("gzip")
 }
 
 /// A zip in memory (stored, no compression needed).

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -36,6 +36,7 @@ pub struct Recipe<'a> {
     pub egress: &'a [pb::EgressRule],
     pub properties: Properties,
     pub lifecycle_dir: &'a Path,
+    pub privileged: bool,
 }
 
 impl Recipe<'_> {
@@ -66,6 +67,7 @@ impl Recipe<'_> {
             },
             netin: self.ports.iter().map(|&p| NetIn { host_port: 0, container_port: p }).collect(),
             netout_rules,
+            privileged: self.privileged,
             ..Default::default()
         })
     }
@@ -142,19 +144,36 @@ pub async fn stream_droplet(
     droplet: &Path,
     limit: u64,
 ) -> Result<(), ExecutorError> {
+    let file =
+        std::fs::File::open(droplet).map_err(|e| ExecutorError::Internal(format!("streaming the droplet in: {e}")))?;
+    let tar = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    stream_tar_in(gardener, handle, "vcap", "/home/vcap", Box::new(tar), limit, "the droplet").await
+}
+
+/// Streams a tar (`tar`, read on a blocking thread) into `destination` as
+/// `user`; init unpacks it, so its entries are never interpreted on the host.
+/// At most `limit` bytes of tar; `what` names it in errors.
+pub async fn stream_tar_in(
+    gardener: &Gardener,
+    handle: &str,
+    user: &str,
+    destination: &str,
+    tar: Box<dyn Read + Send>,
+    limit: u64,
+    what: &str,
+) -> Result<(), ExecutorError> {
     let conn =
-        gardener.stream(handle, Request::StreamIn { user: "vcap".into(), destination: "/home/vcap".into() }).await?;
+        gardener.stream(handle, Request::StreamIn { user: user.into(), destination: destination.into() }).await?;
     let std = conn.into_std().map_err(|e| ExecutorError::Internal(e.to_string()))?;
-    let droplet: PathBuf = droplet.to_path_buf();
+    let label = what.to_string();
     let std = tokio::task::spawn_blocking(move || -> Result<std::os::unix::net::UnixStream, ExecutorError> {
-        let io = |e: std::io::Error| ExecutorError::Internal(format!("streaming the droplet in: {e}"));
+        let io = |e: std::io::Error| ExecutorError::Internal(format!("streaming {label} in: {e}"));
         std.set_nonblocking(false).map_err(io)?;
-        let file = std::fs::File::open(&droplet).map_err(io)?;
-        let mut tar = flate2::read::GzDecoder::new(std::io::BufReader::new(file)).take(limit.saturating_add(1));
+        let mut tar = tar.take(limit.saturating_add(1));
         let copied = std::io::copy(&mut tar, &mut &std).map_err(io)?;
         if copied > limit {
             return Err(ExecutorError::Invalid(format!(
-                "the droplet unpacks to more than the disk limit ({} MB)",
+                "{label} unpacks to more than the disk limit ({} MB)",
                 limit >> 20
             )));
         }
@@ -167,9 +186,9 @@ pub async fn stream_droplet(
     let mut conn = UnixStream::from_std(std).map_err(|e| ExecutorError::Internal(e.to_string()))?;
     let reply = proto::client::read_reply(&mut conn)
         .await
-        .map_err(|e| ExecutorError::Internal(format!("streaming the droplet in: {e}")))?;
+        .map_err(|e| ExecutorError::Internal(format!("streaming {what} in: {e}")))?;
     match reply.error {
-        Some((_, msg)) => Err(ExecutorError::Internal(format!("unpacking the droplet: {msg}"))),
+        Some((_, msg)) => Err(ExecutorError::Internal(format!("unpacking {what}: {msg}"))),
         None => Ok(()),
     }
 }
@@ -178,7 +197,18 @@ pub async fn stream_droplet(
 /// vcap. The tar comes from the container, so only its first entry is read,
 /// and only if it is a regular file.
 pub async fn read_file(gardener: &Gardener, handle: &str, path: &str, max: u64) -> Result<Vec<u8>, ExecutorError> {
-    let conn = gardener.stream(handle, Request::StreamOut { user: "vcap".into(), source: path.into() }).await?;
+    read_file_as(gardener, handle, "vcap", path, max).await
+}
+
+/// [`read_file`] as `user`.
+pub async fn read_file_as(
+    gardener: &Gardener,
+    handle: &str,
+    user: &str,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, ExecutorError> {
+    let conn = gardener.stream(handle, Request::StreamOut { user: user.into(), source: path.into() }).await?;
     let mut buf = Vec::new();
     // A tar header, the file (bounded), padding and whatever else: enough.
     conn.take(max + 64 * 1024)
@@ -202,32 +232,73 @@ pub async fn read_file(gardener: &Gardener, handle: &str, path: &str, max: u64) 
 /// Passes a process's output to its log writers until it exits; returns its
 /// exit status. `None` when the init connection broke first.
 pub async fn follow(conn: UnixStream, mut out: LineWriter, mut err: LineWriter) -> Option<i32> {
+    let never = tokio_util::sync::CancellationToken::new();
+    let ended =
+        follow_signalled(conn, &never, |is_err, data| if is_err { err.push(data) } else { out.push(data) }).await;
+    out.flush();
+    err.flush();
+    ended.code
+}
+
+/// How a followed process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Followed {
+    /// Its exit status; `None` when the init connection broke first, or when
+    /// it outlived its KILL.
+    pub code: Option<i32>,
+    /// It was sent TERM (the cancel came).
+    pub terminated: bool,
+    /// It outlived the TERM's grace and was sent KILL.
+    pub killed: bool,
+}
+
+/// Diego's graceful shutdown interval: TERM, then KILL this much later.
+pub const GRACEFUL_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a KILLed process may take to be reported gone.
+const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Follows a process, passing its output to `output(is_stderr, bytes)`; once
+/// `cancel` fires it is sent TERM, then KILL after [`GRACEFUL_SHUTDOWN`].
+pub async fn follow_signalled(
+    conn: UnixStream,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut output: impl FnMut(bool, &[u8]),
+) -> Followed {
     let (mut r, mut w) = conn.into_split();
     // Nobody types into an app: reading stdin gets EOF.
     let _ = proto::client::write_frame(&mut w, proto::TAG_STDIN_EOF, &[]).await;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut ended = Followed { code: None, terminated: false, killed: false };
+    let mut deadline = tokio::time::Instant::now();
     loop {
         loop {
             match proto::decode(&mut buf) {
-                Ok(Some((proto::TAG_STDOUT, data))) => out.push(&data),
-                Ok(Some((proto::TAG_STDERR, data))) => err.push(&data),
+                Ok(Some((proto::TAG_STDOUT, data))) => output(false, &data),
+                Ok(Some((proto::TAG_STDERR, data))) => output(true, &data),
                 Ok(Some((proto::TAG_EXIT, data))) => {
-                    out.flush();
-                    err.flush();
-                    return proto::parse_exit(&data);
+                    ended.code = proto::parse_exit(&data);
+                    return ended;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => return None,
+                Err(_) => return ended,
             }
         }
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
-                out.flush();
-                err.flush();
-                return None;
+        tokio::select! {
+            n = r.read_buf(&mut buf) => if matches!(n, Ok(0) | Err(_)) { return ended },
+            _ = cancel.cancelled(), if !ended.terminated => {
+                ended.terminated = true;
+                deadline = tokio::time::Instant::now() + GRACEFUL_SHUTDOWN;
+                let _ = proto::client::write_frame(&mut w, proto::TAG_SIGNAL, &[libc::SIGTERM as u8]).await;
             }
-            Ok(_) => {}
+            _ = tokio::time::sleep_until(deadline), if ended.terminated => {
+                if ended.killed {
+                    return ended;
+                }
+                ended.killed = true;
+                deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+                let _ = proto::client::write_frame(&mut w, proto::TAG_SIGNAL, &[libc::SIGKILL as u8]).await;
+            }
         }
     }
 }

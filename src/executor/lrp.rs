@@ -9,9 +9,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
+use super::actions::{self, StepError};
 use super::container::{self, Addresses, LIFECYCLE_MOUNT, Recipe};
 use super::health::{self, Probe};
 use super::logs::LineWriter;
+use super::tree::TreeSpec;
 use super::{Executor, ExecutorError, LrpPhase, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
 use celld_proto as pb;
 use garden_api::types::{ProcessSpec, Properties};
@@ -28,9 +30,15 @@ const SSHD_PROCESS_PROPERTY: &str = "executor:sshd-process-id";
 /// Where the instance's sshd listens (Diego's port).
 const SSHD_ADDRESS: &str = "0.0.0.0:2222";
 
-/// The first of the instance's processes to exit (the app, or its sshd:
-/// they are codependent, as in Diego): its log source and exit code.
-type Exit = oneshot::Receiver<(String, Option<i32>)>;
+/// How the instance's work ended: the first of its processes to exit (the
+/// app, or its sshd: they are codependent, as in Diego), with its log source
+/// and exit code; or its action tree, with its result.
+enum Ended {
+    Process(String, Option<i32>),
+    Tree(Result<(), StepError>),
+}
+
+type Exit = oneshot::Receiver<Ended>;
 
 /// How an instance ended.
 enum End {
@@ -57,6 +65,10 @@ impl Executor {
             }
             let end = self.lrp_lifecycle(&guid, &start, &d, restored, stop).await;
             self.set_phase(&guid, LrpPhase::Completed);
+            let tree = lock(&self.table).lrps.get_mut(&guid).and_then(|l| l.tree.take());
+            if let Some(mut tree) = tree {
+                tree.stop().await;
+            }
             match end {
                 End::Crashed(reason) => {
                     tracing::info!(reason = %reason, "instance crashed");
@@ -152,27 +164,44 @@ impl Executor {
         let probes: Vec<Probe> = checks.checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
         let readiness: Vec<Probe> = checks.readiness_checks.iter().filter_map(|c| Probe::from_check(c).ok()).collect();
         let mut exit = exit;
-        let exited = |ended: Option<(String, Option<i32>)>| async move {
+        let exited = |ended: Option<Ended>| async move {
             match ended {
-                Some((source, Some(code))) => {
+                Some(Ended::Process(source, Some(code))) => {
                     let oom = container::out_of_memory(&self.gardener, guid).await;
                     self.cell_line(d, index, &format!("Exit status {code}"));
                     End::Crashed(container::exit_reason(&source, code, oom))
                 }
+                // Diego's reason is the tree's error; empty when it succeeded.
+                Some(Ended::Tree(res)) => End::Crashed(res.err().map(|e| e.to_string()).unwrap_or_default()),
                 _ => End::Crashed(format!("{}: the container's init went away", Self::app_source(d))),
             }
+        };
+        // Diego runs the monitor action when there is no check definition.
+        let monitor = d.monitor.as_ref().filter(|_| probes.is_empty() && d.action.is_some()).map(|m| {
+            let spec = self.lrp_tree_spec(guid, d, index, &addrs, restored);
+            (m, self.container_steps(&spec, true))
+        });
+        let timeout = match d.start_timeout_ms {
+            0 => DEFAULT_START_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
         };
 
         // Startup: healthy, or never healthy within start_timeout_ms.
         if !probes.is_empty() {
-            let timeout = match d.start_timeout_ms {
-                0 => DEFAULT_START_TIMEOUT,
-                ms => Duration::from_millis(u64::from(ms)),
-            };
             self.health_line(d, index, "Starting health monitoring of container");
             tokio::select! {
                 r = health::until_healthy(&probes, target.clone(), timeout) => if let Err(reason) = r {
                     self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
+                    return End::Crashed(reason);
+                },
+                ended = &mut exit => return exited(ended.ok()).await,
+                r = super::stopped(&mut stop) => return End::Stopped(r),
+            }
+            self.health_line(d, index, "Container became healthy");
+        } else if let Some((m, steps)) = &monitor {
+            self.health_line(d, index, "Starting health monitoring of container");
+            tokio::select! {
+                r = actions::until_healthy(steps, m, timeout, actions::UNHEALTHY_INTERVAL) => if let Err(reason) = r {
                     return End::Crashed(reason);
                 },
                 ended = &mut exit => return exited(ended.ok()).await,
@@ -204,6 +233,15 @@ impl Executor {
         // Liveness: until the process exits, a check fails, or it is stopped.
         let end = tokio::select! {
             reason = health::until_unhealthy(&probes, target.clone()), if !probes.is_empty() => {
+                self.health_line(d, index, "Container became unhealthy");
+                End::Crashed(reason)
+            },
+            reason = async {
+                match &monitor {
+                    Some((m, steps)) => actions::until_unhealthy(steps, m, actions::HEALTHY_INTERVAL).await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 self.health_line(d, index, "Container became unhealthy");
                 End::Crashed(reason)
             },
@@ -287,6 +325,7 @@ impl Executor {
             egress: &d.egress_rules,
             properties,
             lifecycle_dir: &self.cfg.lifecycle_dir,
+            privileged: d.privileged,
         };
         let fail = |e: ExecutorError| {
             self.cell_line(d, index, &format!("Cell {cell} failed to create container for instance {guid}: {e}"));
@@ -295,6 +334,11 @@ impl Executor {
         let spec = recipe.spec().map_err(fail)?;
         self.gardener.create(spec).await.map_err(|e| fail(e.into()))?;
         self.cell_line(d, index, &format!("Cell {cell} successfully created container for instance {guid}"));
+        if let Some(action) = &d.action {
+            let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
+            let exit = self.run_tree(guid, d, index, &addrs, action, false).await?;
+            return Ok((addrs, exit));
+        }
         let path = self.put_droplet(guid, &d.droplet_key, d.disk_mb, &d.log_guid, "CELL", index).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports);
@@ -322,7 +366,7 @@ impl Executor {
             tokio::spawn(async move {
                 let code = container::follow(conn, out, err).await;
                 if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    let _ = tx.send((source, code));
+                    let _ = tx.send(Ended::Process(source, code));
                 }
             });
         }
@@ -367,6 +411,12 @@ impl Executor {
         index: i32,
     ) -> Result<(Addresses, Exit), ExecutorError> {
         let addrs = container::addresses(&self.gardener, guid).await?;
+        if let Some(action) = &d.action {
+            let exit =
+                self.run_tree(guid, d, index, &addrs, action, true).await.map_err(ExecutorError::Precondition)?;
+            tracing::info!("picked the instance's action tree up again");
+            return Ok((addrs, exit));
+        }
         let pid = self
             .gardener
             .property(guid, PROCESS_PROPERTY)
@@ -377,6 +427,58 @@ impl Executor {
         }
         tracing::info!("re-attached to the instance's processes");
         Ok((addrs, self.follow_all(d, index, guid, followed)))
+    }
+
+    fn lrp_tree_spec<'a>(
+        &self,
+        guid: &'a str,
+        d: &'a pb::DesiredLrp,
+        index: i32,
+        addrs: &Addresses,
+        resuming: bool,
+    ) -> TreeSpec<'a> {
+        let has_checks = d.check_definition.as_ref().is_some_and(|c| !c.checks.is_empty());
+        TreeSpec {
+            guid,
+            log_guid: &d.log_guid,
+            index,
+            env: super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports),
+            legacy_download_user: &d.legacy_download_user,
+            disk_mb: d.disk_mb,
+            source: Self::app_source(d),
+            cached_dependencies: &d.cached_dependencies,
+            setup: d.setup.as_ref(),
+            action: d.action.as_ref().unwrap_or(&EMPTY_ACTION),
+            resuming,
+            wait_on_success: has_checks || d.monitor.is_some(),
+        }
+    }
+
+    /// Starts (or, after a restart, picks up) the instance's action tree;
+    /// its end is the instance's exit.
+    async fn run_tree(
+        self: &Arc<Self>,
+        guid: &str,
+        d: &pb::DesiredLrp,
+        index: i32,
+        addrs: &Addresses,
+        action: &celld_proto::diego::bbs::Action,
+        resuming: bool,
+    ) -> Result<Exit, String> {
+        let mut spec = self.lrp_tree_spec(guid, d, index, addrs, resuming);
+        spec.action = action;
+        let tree = self.start_tree(spec).await?;
+        if let Some(l) = lock(&self.table).lrps.get_mut(guid) {
+            l.tree = Some(tree.stop);
+        }
+        let (tx, rx) = oneshot::channel();
+        let ended = tree.ended;
+        tokio::spawn(async move {
+            if let Ok(res) = ended.await {
+                let _ = tx.send(Ended::Tree(res));
+            }
+        });
+        Ok(rx)
     }
 
     async fn destroy_container(&self, guid: &str, d: &pb::DesiredLrp, index: i32) {
@@ -391,6 +493,19 @@ impl Executor {
         }
     }
 }
+
+/// Stands in for a missing action (never run: callers check `action` first).
+static EMPTY_ACTION: celld_proto::diego::bbs::Action = celld_proto::diego::bbs::Action {
+    download_action: None,
+    upload_action: None,
+    run_action: None,
+    timeout_action: None,
+    emit_progress_action: None,
+    try_action: None,
+    parallel_action: None,
+    serial_action: None,
+    codependent_action: None,
+};
 
 /// The instance's sshd (`/tmp/lifecycle/sshd`, as CC's ssh action runs
 /// diego-sshd): the app's environment for its sessions, and its keys in the

@@ -8,12 +8,14 @@
 //! task guid) and its process id (a container property) that is all a
 //! restarted cell needs to pick an instance up again.
 
+pub mod actions;
 pub mod container;
 pub mod env;
 pub mod health;
 pub mod logs;
-mod lrp;
+pub(crate) mod lrp;
 mod task;
+mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -142,6 +144,8 @@ struct LrpEntry {
     stop: watch::Sender<Option<StopReason>>,
     since: Instant,
     limiter: Option<Arc<RateLimiter>>,
+    /// Its action tree, when it runs one.
+    tree: Option<tree::TreeStop>,
 }
 
 struct TaskEntry {
@@ -149,6 +153,8 @@ struct TaskEntry {
     running: bool,
     completed: Option<(bool, String)>,
     stop: watch::Sender<Option<StopReason>>,
+    /// Its action tree, when it runs one.
+    tree: Option<tree::TreeStop>,
 }
 
 #[derive(Default)]
@@ -169,7 +175,12 @@ pub struct Executor {
     /// One download per droplet at a time.
     downloads: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     evacuating: std::sync::atomic::AtomicBool,
+    /// What Download actions and cached dependencies fetch.
+    pub(crate) artifacts: Arc<actions::DownloadCache>,
 }
+
+/// Bytes the download cache (DEPOT/executor/downloads) keeps.
+pub const DOWNLOAD_CACHE_BYTES: u64 = 2 << 30;
 
 /// Resolves once the cell ends the instance or task, with why.
 async fn stopped(stop: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
@@ -204,7 +215,10 @@ impl Executor {
             std::fs::create_dir_all(&p)
                 .map_err(|e| ExecutorError::Internal(format!("creating {}: {e}", p.display())))?;
         }
+        let artifacts = actions::DownloadCache::new(cfg.work_dir.join("downloads"), DOWNLOAD_CACHE_BYTES)
+            .map_err(|e| ExecutorError::Internal(format!("download cache: {e}")))?;
         Ok(Arc::new(Self {
+            artifacts: Arc::new(artifacts),
             gardener,
             blobs,
             logs,
@@ -431,13 +445,14 @@ impl Executor {
             stop: watch::channel(None).0,
             since: Instant::now(),
             limiter: (rate > 0).then(|| Arc::new(RateLimiter::new(rate))),
+            tree: None,
         }
     }
 
     fn reserve_task(&self, task: &pb::Task, left: &mut pb::Resources) -> Result<bool, String> {
         guid_ok("task_guid", &task.task_guid)?;
-        if task.command.is_empty() {
-            return Err("the task has no command".into());
+        if task.command.is_empty() && task.action.is_none() {
+            return Err("the task has no command and no action".into());
         }
         let mut t = lock(&self.table);
         if t.tasks.contains_key(&task.task_guid) {
@@ -454,7 +469,7 @@ impl Executor {
         left.containers -= 1;
         t.tasks.insert(
             task.task_guid.clone(),
-            TaskEntry { task: task.clone(), running: false, completed: None, stop: watch::channel(None).0 },
+            TaskEntry { task: task.clone(), running: false, completed: None, stop: watch::channel(None).0, tree: None },
         );
         Ok(true)
     }
@@ -717,7 +732,7 @@ impl Executor {
             }
             lock(&self.table).tasks.insert(
                 guid.to_string(),
-                TaskEntry { task, running: true, completed: None, stop: watch::channel(None).0 },
+                TaskEntry { task, running: true, completed: None, stop: watch::channel(None).0, tree: None },
             );
             let me = self.clone();
             let guid = guid.to_string();

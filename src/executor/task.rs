@@ -9,6 +9,7 @@ use tracing::Instrument;
 use super::container::{self, Recipe};
 use super::logs::LineWriter;
 use super::lrp::{MAX_LOG_LINE, app_process};
+use super::tree::TreeSpec;
 use super::{Executor, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
 use celld_proto as pb;
 use garden_api::types::Properties;
@@ -40,7 +41,15 @@ impl Executor {
             if let Some(e) = lock(&self.table).tasks.get_mut(&guid) {
                 e.running = true;
             }
-            let end = self.task_lifecycle(&guid, &task, restored, stop).await;
+            let end = if let Some(action) = &task.action {
+                self.task_tree_lifecycle(&guid, &task, action, restored, stop).await
+            } else {
+                self.task_lifecycle(&guid, &task, restored, stop).await
+            };
+            let tree = lock(&self.table).tasks.get_mut(&guid).and_then(|e| e.tree.take());
+            if let Some(mut tree) = tree {
+                tree.stop().await;
+            }
             let source = task_source(&task);
             match end {
                 End::Exited { failed, reason, result } => {
@@ -119,6 +128,11 @@ impl Executor {
                 result: String::new(),
             };
         }
+        self.task_result(guid, task).await
+    }
+
+    /// A task that ended well: the first 10 KB of its result file.
+    async fn task_result(&self, guid: &str, task: &pb::Task) -> End {
         if task.result_file.is_empty() {
             return End::Exited { failed: false, reason: String::new(), result: String::new() };
         }
@@ -133,6 +147,60 @@ impl Executor {
                 reason: format!("failed to read the result file {}: {e}", task.result_file),
                 result: String::new(),
             },
+        }
+    }
+
+    /// A task with an action tree: container, cached dependencies, action;
+    /// the action's error is the failure reason.
+    async fn task_tree_lifecycle(
+        self: &Arc<Self>,
+        guid: &str,
+        task: &pb::Task,
+        action: &celld_proto::diego::bbs::Action,
+        restored: bool,
+        mut stop: watch::Receiver<Option<StopReason>>,
+    ) -> End {
+        let fail = |reason: String| End::Exited { failed: true, reason, result: String::new() };
+        let started = async {
+            if !restored {
+                self.create_task_container(guid, task).await?;
+            }
+            let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
+            let spec = TreeSpec {
+                guid,
+                log_guid: &task.log_guid,
+                index: 0,
+                env: super::env::task_env(task, &addrs.host_ip, &addrs.container_ip),
+                legacy_download_user: &task.legacy_download_user,
+                disk_mb: task.disk_mb,
+                source: task_source(task),
+                cached_dependencies: &task.cached_dependencies,
+                setup: None,
+                action,
+                resuming: restored,
+                wait_on_success: false,
+            };
+            self.start_tree(spec).await
+        };
+        let tree = tokio::select! {
+            r = started => r,
+            r = super::stopped(&mut stop) => return End::Stopped(r),
+        };
+        let tree = match tree {
+            Ok(t) => t,
+            Err(reason) => return fail(reason),
+        };
+        if let Some(e) = lock(&self.table).tasks.get_mut(guid) {
+            e.tree = Some(tree.stop);
+        }
+        let res = tokio::select! {
+            r = tree.ended => r,
+            r = super::stopped(&mut stop) => return End::Stopped(r),
+        };
+        match res {
+            Ok(Ok(())) => self.task_result(guid, task).await,
+            Ok(Err(e)) => fail(e.to_string()),
+            Err(_) => fail(format!("{}: the action tree went away", task_source(task))),
         }
     }
 
@@ -153,6 +221,17 @@ impl Executor {
         guid: &str,
         task: &pb::Task,
     ) -> Result<tokio::net::UnixStream, String> {
+        self.create_task_container(guid, task).await?;
+        let droplet = self.put_droplet(guid, &task.droplet_key, task.disk_mb, &task.log_guid, "CELL", 0).await?;
+        let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
+        let env = super::env::task_env(task, &addrs.host_ip, &addrs.container_ip);
+        let spec = app_process(droplet, &task.command, &task.execution_metadata, env);
+        let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the task: {e}"))?;
+        let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
+        Ok(conn)
+    }
+
+    async fn create_task_container(&self, guid: &str, task: &pb::Task) -> Result<(), String> {
         let cell = &self.cfg.cell_id;
         let line = |m: &str| super::logs::cell_line(&self.logs, &task.log_guid, "CELL", 0, m);
         line(&format!("Cell {cell} creating container for instance {guid}"));
@@ -173,17 +252,12 @@ impl Executor {
                 ("log-guid".to_string(), task.log_guid.clone()),
             ]),
             lifecycle_dir: &self.cfg.lifecycle_dir,
+            privileged: task.privileged,
         };
         let spec = recipe.spec().map_err(|e| format!("failed to create container: {e}"))?;
         self.gardener.create(spec).await.map_err(|e| format!("failed to create container: {e}"))?;
         line(&format!("Cell {cell} successfully created container for instance {guid}"));
-        let droplet = self.put_droplet(guid, &task.droplet_key, task.disk_mb, &task.log_guid, "CELL", 0).await?;
-        let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
-        let env = super::env::task_env(task, &addrs.host_ip, &addrs.container_ip);
-        let spec = app_process(droplet, &task.command, &task.execution_metadata, env);
-        let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the task: {e}"))?;
-        let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
-        Ok(conn)
+        Ok(())
     }
 }
 

@@ -512,3 +512,4 @@ pub fn garden_type(e: &ClientError) -> String {
 pub mod diego;
 pub mod local;
 pub mod outside;
+pub mod sched;
