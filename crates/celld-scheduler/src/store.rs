@@ -29,13 +29,16 @@ pub struct TaskFilter {
 }
 
 /// One write; `apply` runs a list of them in one transaction.
+/// DesiredLRPs and tasks are boxed (with their action trees they are
+/// kilobytes); an ActualLRP's few hundred bytes are not worth a box.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
-    PutDesired(pb::DesiredLrp),
+    PutDesired(Box<pb::DesiredLrp>),
     DeleteDesired(String),
     PutActual(pb::ActualLrp),
     DeleteActual { process_guid: String, index: i32, presence: i32 },
-    PutTask(pb::Task),
+    PutTask(Box<pb::Task>),
     DeleteTask(String),
 }
 
@@ -354,7 +357,7 @@ impl Records {
         for ch in changes {
             match ch {
                 Change::PutDesired(d) => {
-                    self.desired.insert(d.process_guid.clone(), d);
+                    self.desired.insert(d.process_guid.clone(), *d);
                 }
                 Change::DeleteDesired(g) => {
                     self.desired.remove(&g);
@@ -363,7 +366,7 @@ impl Records {
                 Change::DeleteActual { process_guid, index, presence } => {
                     self.delete_actual(&(process_guid, index, presence))
                 }
-                Change::PutTask(t) => self.put_task(t),
+                Change::PutTask(t) => self.put_task(*t),
                 Change::DeleteTask(g) => self.delete_task(&g),
             }
         }
@@ -531,11 +534,11 @@ mod tests {
             };
             let t = pb::Task { task_guid: "t1".into(), domain: "cf-tasks".into(), state: 1, ..Default::default() };
             s.apply(vec![
-                Change::PutDesired(d),
+                Change::PutDesired(Box::new(d)),
                 Change::PutActual(a(0, Presence::Ordinary, "c1")),
                 Change::PutActual(a(0, Presence::Evacuating, "c2")),
                 Change::PutActual(a(1, Presence::Ordinary, "c2")),
-                Change::PutTask(t),
+                Change::PutTask(Box::new(t)),
             ])
             .await
             .unwrap();
@@ -596,17 +599,17 @@ mod tests {
         // Some records before the cache loads, some after.
         sqlite
             .apply(vec![
-                Change::PutDesired(d("pg-b", "other")),
+                Change::PutDesired(Box::new(d("pg-b", "other"))),
                 Change::PutActual(a("pg-b", 1, Presence::Ordinary, "c1")),
                 Change::PutActual(a("pg-a", 0, Presence::Ordinary, "c2")),
-                Change::PutTask(t("t2", "c1")),
+                Change::PutTask(Box::new(t("t2", "c1"))),
             ])
             .await
             .unwrap();
         let cached = CachedStore::load(sqlite.clone()).await.unwrap();
         cached
             .apply(vec![
-                Change::PutDesired(d("pg-a", "cf-apps")),
+                Change::PutDesired(Box::new(d("pg-a", "cf-apps"))),
                 Change::PutActual(a("pg-a", 0, Presence::Evacuating, "c1")),
                 Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c1")),
                 Change::PutActual(pb::ActualLrp {
@@ -614,7 +617,7 @@ mod tests {
                     ..a("pg-a", 2, Presence::Ordinary, "c1")
                 }),
                 Change::PutActual(a("pg-b", 0, Presence::Suspect, "c3")),
-                Change::PutTask(t("t1", "c2")),
+                Change::PutTask(Box::new(t("t1", "c2"))),
             ])
             .await
             .unwrap();
@@ -623,7 +626,7 @@ mod tests {
             .apply(vec![
                 Change::PutActual(a("pg-a", 1, Presence::Ordinary, "c3")),
                 Change::DeleteActual { process_guid: "pg-b".into(), index: 1, presence: Presence::Ordinary as i32 },
-                Change::PutTask(t("t2", "c3")),
+                Change::PutTask(Box::new(t("t2", "c3"))),
             ])
             .await
             .unwrap();

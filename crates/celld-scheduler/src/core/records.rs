@@ -50,14 +50,14 @@ impl Batch {
         let mut e = event(if created { "desired_lrp_created" } else { "desired_lrp_changed" });
         e.desired_lrp = Some(d.clone());
         self.events.push(e);
-        self.changes.push(Change::PutDesired(d));
+        self.changes.push(Change::PutDesired(Box::new(d)));
     }
 
     pub(super) fn put_task(&mut self, created: bool, t: pb::Task) {
         let mut e = event(if created { "task_created" } else { "task_changed" });
         e.task = Some(t.clone());
         self.events.push(e);
-        self.changes.push(Change::PutTask(t));
+        self.changes.push(Change::PutTask(Box::new(t)));
     }
 
     pub(super) fn delete_task(&mut self, t: &pb::Task) {
