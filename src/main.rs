@@ -3,14 +3,21 @@
 use celld::config::{Config, Role};
 use celld::daemon::{init_logging, run_daemon};
 use celld::runtime::helper;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
-    let mut cfg = Config::parse();
+    let matches = Config::command().get_matches();
+    let mut cfg = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The rep's own JSON config stands in for the Diego flags (and may set
     // the log level), so it is read before logging starts.
     let ignored = match cfg.rep_config.clone() {
-        Some(path) => match celld::diego::repconfig::apply(&path, &mut cfg) {
+        Some(path) => match celld::diego::repconfig::apply(&path, &mut cfg, &|field| {
+            // Flags given on the command line (or in the environment) win.
+            matches!(
+                matches.value_source(field),
+                Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+            )
+        }) {
             Ok(ignored) => ignored,
             Err(e) => {
                 eprintln!("celld: {e}");

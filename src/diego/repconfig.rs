@@ -1,7 +1,7 @@
 //! The rep's own JSON configuration (`--rep-config`), as its BOSH job
 //! template writes it: so a deployment can swap the rep's binary for celld
-//! without new templates. Its values take the place of the matching flags;
-//! keys celld does not use are listed once at start.
+//! without new templates. Its values fill the matching flags that were not
+//! given on the command line; keys celld does not use are listed once at start.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,8 +80,17 @@ const USED: &[&str] = &[
     "log_level",
 ];
 
-/// Reads `path` into `cfg`. Returns the keys it ignored, sorted.
-pub fn apply(path: &Path, cfg: &mut Config) -> Result<Vec<String>, RepConfigError> {
+/// Reads `path` into `cfg`, leaving alone the flags `given` names (by field
+/// name: the command line wins). Returns the keys it ignored, sorted.
+pub fn apply(path: &Path, cfg: &mut Config, given: &dyn Fn(&str) -> bool) -> Result<Vec<String>, RepConfigError> {
+    // Sets a flag's field from the file unless the command line gave it.
+    macro_rules! set {
+        ($field:ident, $value:expr) => {
+            if !given(stringify!($field)) {
+                cfg.$field = $value;
+            }
+        };
+    }
     let text = std::fs::read_to_string(path).map_err(|source| RepConfigError::Read { path: path.into(), source })?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| RepConfigError::Json { path: path.into(), why: e.to_string() })?;
@@ -119,12 +128,12 @@ pub fn apply(path: &Path, cfg: &mut Config) -> Result<Vec<String>, RepConfigErro
     };
 
     if let Some(x) = string("bbs_address")? {
-        cfg.bbs_address = Some(x);
+        set!(bbs_address, Some(x));
     }
     macro_rules! set_file {
         ($field:ident, $key:literal) => {
             if let Some(x) = file($key)? {
-                cfg.$field = Some(x);
+                set!($field, Some(x));
             }
         };
     }
@@ -141,78 +150,80 @@ pub fn apply(path: &Path, cfg: &mut Config) -> Result<Vec<String>, RepConfigErro
     set_file!(rep_cert, "cert_file");
     set_file!(rep_key, "key_file");
     if cfg.bbs_ca_cert.is_none() {
-        cfg.bbs_ca_cert = cfg.rep_ca.clone();
+        set!(bbs_ca_cert, cfg.rep_ca.clone());
     }
     if cfg.bbs_client_cert.is_none() {
-        cfg.bbs_client_cert = cfg.rep_cert.clone();
+        set!(bbs_client_cert, cfg.rep_cert.clone());
     }
     if cfg.bbs_client_key.is_none() {
-        cfg.bbs_client_key = cfg.rep_key.clone();
+        set!(bbs_client_key, cfg.rep_key.clone());
     }
     if let Some(x) = string("locket_address")? {
-        cfg.locket_address = Some(x);
+        set!(locket_address, Some(x));
     }
     if let Some(x) = string("listen_addr_securable")? {
-        cfg.rep_listen = x;
+        set!(rep_listen, x);
     }
     if let Some(x) = string("listen_addr")? {
-        cfg.rep_admin_listen = x;
+        set!(rep_admin_listen, x);
     }
     if let Some(x) = string("advertise_domain")? {
-        cfg.advertise_domain = x;
+        set!(advertise_domain, x);
     }
     if let Some(x) = string("cell_id")? {
-        cfg.cell_id = Some(x);
+        set!(cell_id, Some(x));
     }
     match map.get("cell_index") {
         None | Some(Value::Null) => {}
         Some(v) => {
-            cfg.cell_index = v
+            let n = v
                 .as_i64()
                 .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| bad("cell_index", "expected an integer"))?
+                .ok_or_else(|| bad("cell_index", "expected an integer"))?;
+            set!(cell_index, n);
         }
     }
     if let Some(x) = string("zone")? {
-        cfg.zone = x;
+        set!(zone, x);
     }
     if let Some(x) = strings("placement_tags")? {
-        cfg.placement_tags = x;
+        set!(placement_tags, x);
     }
     if let Some(x) = strings("optional_placement_tags")? {
-        cfg.optional_placement_tags = x;
+        set!(optional_placement_tags, x);
     }
     if let Some(x) = strings("preloaded_root_fs")? {
-        cfg.preloaded_rootfs = x;
+        set!(preloaded_rootfs, x);
     }
     if let Some(x) = string("evacuation_timeout")? {
-        cfg.evacuation_timeout =
-            go_duration(&x).ok_or_else(|| bad("evacuation_timeout", "expected a duration such as \"600s\""))?.as_secs();
+        let d = go_duration(&x).ok_or_else(|| bad("evacuation_timeout", "expected a duration such as \"600s\""))?;
+        set!(evacuation_timeout, d.as_secs());
     }
     if let Some(x) = size("memory_mb")? {
-        cfg.memory_mb = Some(x);
+        set!(memory_mb, Some(x));
     }
     if let Some(x) = size("disk_mb")? {
-        cfg.disk_mb = Some(x);
+        set!(disk_mb, Some(x));
     }
     match map.get("max_log_lines_per_second") {
         None | Some(Value::Null) => {}
         Some(v) => {
-            cfg.log_rate_limit = v
+            let n = v
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad("max_log_lines_per_second", "expected a number"))?
+                .ok_or_else(|| bad("max_log_lines_per_second", "expected a number"))?;
+            set!(log_rate_limit, n);
         }
     }
     if let Some(x) = string("log_level")? {
         // lager's levels; "fatal" has no tracing equivalent closer than error.
-        cfg.log_level = match x.as_str() {
+        let level = match x.as_str() {
             "debug" => "debug",
             "info" => "info,libcgroups=error",
             "error" | "fatal" => "error",
             _ => return Err(bad("log_level", "expected debug, info, error or fatal")),
-        }
-        .to_string();
+        };
+        set!(log_level, level.to_string());
     }
     let mut ignored: Vec<String> = map.keys().filter(|k| !USED.contains(&k.as_str())).cloned().collect();
     ignored.sort();
@@ -242,13 +253,13 @@ mod tests {
         std::fs::write(
             &p,
             r#"{"bbs_address":"https://127.0.0.1:8889","bbs_ca_cert_file":"/c/ca.crt","cell_id":"cell_z1-0",
-               "zone":"z1","listen_addr_securable":"0.0.0.0:1801","preloaded_root_fs":["cflinuxfs4:/var/rootfs"],
+               "zone":"z9","listen_addr_securable":"0.0.0.0:1801","preloaded_root_fs":["cflinuxfs4:/var/rootfs"],
                "placement_tags":["a"],"evacuation_timeout":"10m","memory_mb":"auto","disk_mb":"20000",
                "cache_path":"/var/cache","garden_network":"tcp","cell_index":3}"#,
         )
         .unwrap();
         let mut cfg = Config::parse_from(["celld"]);
-        let ignored = apply(&p, &mut cfg).unwrap();
+        let ignored = apply(&p, &mut cfg, &|f| f == "zone").unwrap();
         assert_eq!(ignored, vec!["cache_path".to_string(), "garden_network".to_string()]);
         assert_eq!(cfg.bbs_address.as_deref(), Some("https://127.0.0.1:8889"));
         assert_eq!(cfg.cell_id.as_deref(), Some("cell_z1-0"));
@@ -257,11 +268,13 @@ mod tests {
         assert_eq!(cfg.memory_mb, None);
         assert_eq!(cfg.disk_mb, Some(20000));
         assert_eq!(cfg.cell_index, 3);
+        // The command line's --zone (still its default here) was left alone.
+        assert_eq!(cfg.zone, "z1");
         std::fs::write(&p, r#"{"evacuation_timeout":"soon"}"#).unwrap();
-        let e = apply(&p, &mut cfg).unwrap_err().to_string();
+        let e = apply(&p, &mut cfg, &|_| false).unwrap_err().to_string();
         assert!(e.contains("evacuation_timeout") && e.contains("600s"), "{e}");
         std::fs::write(&p, "[1]").unwrap();
-        assert!(apply(&p, &mut cfg).unwrap_err().to_string().contains("not an object"));
+        assert!(apply(&p, &mut cfg, &|_| false).unwrap_err().to_string().contains("not an object"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
