@@ -440,7 +440,7 @@ fn bbs_away_keeps_apps_running_and_gets_the_reports_after() {
         f.bbs.set_down(true);
         // One instance crashes while BBS is away; the other keeps serving.
         touch(&f, &instance_guid(&a0), "/home/vcap/die").await;
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
             assert!(http_get(&host_addr(&a1), "/").contains("hello from diego"), "instance 1 stopped serving");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -530,4 +530,46 @@ fn a_restart_collides_with_its_own_lock_and_evacuation_hands_instances_over() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+}
+
+#[test]
+fn a_bad_certificate_stops_start_up_naming_the_file_and_the_problem() {
+    require_host!();
+    use celld::diego_wire::test_certs::{LeafSpec, TestCa};
+    let certs = DiegoCerts::new("badcert");
+    let ca = TestCa::new("bad cert CA").expect("CA");
+    let expired = ca
+        .leaf(&LeafSpec { not_before: Some((2020, 1, 1)), not_after: Some((2021, 1, 1)), ..Default::default() })
+        .expect("leaf");
+    let expired = ca.write(&certs.dir, "expired", &expired).expect("write");
+    let client_only = ca.leaf(&LeafSpec { server_auth: false, ..Default::default() }).expect("leaf");
+    let client_only = ca.write(&certs.dir, "client-only", &client_only).expect("write");
+    let p = |p: &std::path::Path| p.display().to_string();
+    for (files, problem) in [(&expired, "expired"), (&client_only, "serverAuth")] {
+        let args = [
+            "--bbs-address",
+            "https://127.0.0.1:1",
+            "--locket-address",
+            "127.0.0.1:1",
+            "--bbs-ca-cert",
+            &p(&certs.cell.ca),
+            "--bbs-client-cert",
+            &p(&certs.cell.cert),
+            "--bbs-client-key",
+            &p(&certs.cell.key),
+            "--rep-ca",
+            &p(&files.ca),
+            "--rep-cert",
+            &p(&files.cert),
+            "--rep-key",
+            &p(&files.key),
+            "--rootfs-dir",
+            &common::rootfs_dir().display().to_string(),
+            "--no-network",
+        ];
+        let (status, log) =
+            common::celld_exit(&certs.dir.join(problem), &args, Duration::from_secs(20)).expect("celld kept running");
+        assert!(!status.success());
+        assert!(log.contains(&p(&files.cert)) && log.contains(problem), "{problem}: {log}");
+    }
 }
