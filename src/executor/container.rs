@@ -35,7 +35,10 @@ pub struct Recipe<'a> {
     pub ports: &'a [u32],
     pub egress: &'a [pb::EgressRule],
     pub properties: Properties,
-    pub lifecycle_dir: &'a Path,
+    /// celld's lifecycle, bound read-only at /tmp/lifecycle; none for a
+    /// Diego action tree, which brings its own (Cloud Controller downloads
+    /// the app lifecycle there as a cached dependency).
+    pub lifecycle_dir: Option<&'a Path>,
     pub privileged: bool,
 }
 
@@ -46,12 +49,16 @@ impl Recipe<'_> {
             handle: self.handle.to_string(),
             rootfs: self.rootfs.to_string(),
             properties: self.properties.clone(),
-            bind_mounts: vec![BindMount {
-                src_path: self.lifecycle_dir.to_string_lossy().into_owned(),
-                dst_path: LIFECYCLE_MOUNT.to_string(),
-                mode: 0,
-                origin: 0,
-            }],
+            bind_mounts: self
+                .lifecycle_dir
+                .map(|dir| BindMount {
+                    src_path: dir.to_string_lossy().into_owned(),
+                    dst_path: LIFECYCLE_MOUNT.to_string(),
+                    mode: 0,
+                    origin: 0,
+                })
+                .into_iter()
+                .collect(),
             limits: Limits {
                 memory_limits: MemoryLimits { limit_in_bytes: u64::from(self.memory_mb) << 20 },
                 pid_limits: PidLimits {

@@ -324,7 +324,7 @@ impl Executor {
             ports: &d.ports,
             egress: &d.egress_rules,
             properties,
-            lifecycle_dir: &self.cfg.lifecycle_dir,
+            lifecycle_dir: d.action.is_none().then_some(self.cfg.lifecycle_dir.as_path()),
             privileged: d.privileged,
         };
         let fail = |e: ExecutorError| {

@@ -251,7 +251,7 @@ impl Executor {
                 ("domain".to_string(), task.domain.clone()),
                 ("log-guid".to_string(), task.log_guid.clone()),
             ]),
-            lifecycle_dir: &self.cfg.lifecycle_dir,
+            lifecycle_dir: task.action.is_none().then_some(self.cfg.lifecycle_dir.as_path()),
             privileged: task.privileged,
         };
         let spec = recipe.spec().map_err(|e| format!("failed to create container: {e}"))?;
