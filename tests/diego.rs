@@ -8,6 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use celld::diego_wire::fakes::sh;
 use celld_proto::diego::bbs as pb;
 use common::Daemon;
 use common::diego::{DiegoCerts, FakeBbs, FakeBbsOptions, FakeLocket};
@@ -169,19 +170,6 @@ impl Foundation {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-fn sh(script: &str, source: &str) -> pb::Action {
-    pb::Action {
-        run_action: Some(pb::RunAction {
-            path: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            user: "vcap".into(),
-            log_source: source.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 

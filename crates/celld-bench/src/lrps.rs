@@ -85,14 +85,44 @@ fn desired(guid: &str, instances: i32) -> pb::DesiredLrp {
     }
 }
 
-async fn scheduler_client() -> Result<SchedulerClient<Channel>> {
+/// The scheduler's client, once it answers and a cell has registered with it
+/// (nothing can be placed before).
+pub async fn scheduler_client() -> Result<SchedulerClient<Channel>> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let mut s = loop {
         match Channel::from_shared(format!("http://{SCHEDULER}"))?.connect().await {
-            Ok(ch) => return Ok(SchedulerClient::new(ch)),
+            Ok(ch) => break SchedulerClient::new(ch),
             Err(e) if Instant::now() > deadline => bail!("the scheduler never answered: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.cells(pb::CellsRequest {}).await?.into_inner().cells.is_empty() {
+        ensure!(Instant::now() < deadline, "the cell never registered with the scheduler");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(s)
+}
+
+/// Desires `d` and waits on `events` until its instance 0 is RUNNING: how long that took.
+pub async fn until_running(
+    s: &mut SchedulerClient<Channel>,
+    events: &mut tonic::Streaming<pb::Event>,
+    d: pb::DesiredLrp,
+) -> Result<Duration> {
+    let guid = d.process_guid.clone();
+    let t0 = Instant::now();
+    s.desire_lrp(d).await.context("DesireLRP")?;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.message())
+            .await
+            .with_context(|| format!("{guid} did not reach RUNNING within 30 s"))??
+            .context("the event stream ended")?;
+        let Some(a) = ev.actual_lrp else { continue };
+        if a.process_guid == guid && a.state == pb::actual_lrp::State::Running as i32 {
+            return Ok(t0.elapsed());
+        }
+        ensure!(!(a.process_guid == guid && a.crash_count > 0), "{guid} crashed: {}", a.crash_reason);
     }
 }
 
@@ -123,33 +153,14 @@ pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<
     let store = celld_blobstore::Blobstore::open(&blobs.to_string_lossy()).context("the cell's blobstore")?;
     store.put_bytes(DROPLET_KEY, droplet()?.into()).await.context("storing the droplet")?;
     let mut s = scheduler_client().await?;
-    // The cell must have heartbeated before anything can be placed on it.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while s.cells(pb::CellsRequest {}).await?.into_inner().cells.is_empty() {
-        ensure!(Instant::now() < deadline, "the cell never registered with the scheduler");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // 1. Desired → RUNNING, one LRP at a time (after 3 warm-ups).
     let mut events = s.subscribe_events(pb::SubscribeEventsRequest {}).await?.into_inner();
     let mut samples = Vec::with_capacity(lrps);
     for i in 0..3 + lrps {
-        let guid = format!("bench-start-{i}");
-        let t0 = Instant::now();
-        s.desire_lrp(desired(&guid, 1)).await.context("DesireLRP")?;
-        loop {
-            let ev = tokio::time::timeout(Duration::from_secs(30), events.message())
-                .await
-                .with_context(|| format!("{guid} did not reach RUNNING within 30 s"))??
-                .context("the event stream ended")?;
-            let Some(a) = ev.actual_lrp else { continue };
-            if a.process_guid == guid && a.state == pb::actual_lrp::State::Running as i32 {
-                break;
-            }
-            ensure!(!(a.process_guid == guid && a.crash_count > 0), "{guid} crashed: {}", a.crash_reason);
-        }
+        let took = until_running(&mut s, &mut events, desired(&format!("bench-start-{i}"), 1)).await?;
         if i >= 3 {
-            samples.push(t0.elapsed());
+            samples.push(took);
         }
     }
     drop(events);

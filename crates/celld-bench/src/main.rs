@@ -1,10 +1,12 @@
 //! `make bench`: times celld's create / run `true` / destroy cycle against
 //! Debian's `runc run`, creates with networking and a net-in, the cost of a
 //! net-out rule change at 10 and at 250 containers, and what an idle container
-//! costs in memory.
+//! costs in memory; then staging, app instances, `cf ssh`, the scheduler under
+//! load and a cell joined to Diego (`diego.rs`).
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
+mod diego;
 mod lrps;
 mod scheduler_load;
 mod ssh;
@@ -55,6 +57,13 @@ struct Args {
     /// Only issue 2's create/run/destroy cycle and its runc baseline.
     #[arg(long)]
     cycle_only: bool,
+    /// Only the Diego phase (a cell joined to a fake BBS and Locket).
+    #[arg(long)]
+    diego_only: bool,
+    /// LRPs timed from desired to RUNNING through BBS and through celld's
+    /// own scheduler in the Diego phase (after 3 warm-ups each).
+    #[arg(long, default_value_t = 30)]
+    diego_lrps: usize,
     #[command(flatten)]
     sim: scheduler_load::SimArgs,
 }
@@ -77,6 +86,13 @@ fn main() -> Result<()> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if args.ssh_only {
         let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await);
+        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
+    if args.diego_only {
+        let r = diego::run(&celld, &dir, &args);
         let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
         let removed = remove_dir(&dir);
         r?;
@@ -119,6 +135,7 @@ fn main() -> Result<()> {
         run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await)
     });
     let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
+    let networked = networked.and_then(|()| diego::run(&celld, &dir, &args));
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
     let removed = remove_dir(&dir);
     networked?;

@@ -20,5 +20,8 @@ pub use tls::{PemFiles, TlsError, TlsIdentity, Usage};
 #[cfg(any(test, feature = "test-certs"))]
 pub mod test_certs;
 
+#[cfg(feature = "fakes")]
+pub mod fakes;
+
 #[cfg(test)]
 mod wire_tests;

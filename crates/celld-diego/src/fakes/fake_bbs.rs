@@ -14,8 +14,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use prost::Message;
 
+use super::FakeError;
 use super::bbs_state::{BbsState, err};
-use celld::diego_wire::bbs::BbsResponse;
+use crate::bbs::BbsResponse;
 use pb::error::Type as E;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,9 +51,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl FakeBbs {
     /// Listens on 127.0.0.1 (a free port) with `tls` (client certs required).
-    pub async fn start(tls: Arc<rustls::ServerConfig>, options: FakeBbsOptions) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub async fn start(tls: Arc<rustls::ServerConfig>, options: FakeBbsOptions) -> Result<Self, FakeError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(FakeError::Listen)?;
+        let addr = listener.local_addr().map_err(FakeError::Listen)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(BbsState::default()),
             down: AtomicBool::new(false),
@@ -84,7 +85,7 @@ impl FakeBbs {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Self { addr, shared, accept }
+        Ok(Self { addr, shared, accept })
     }
 
     pub fn url(&self) -> String {

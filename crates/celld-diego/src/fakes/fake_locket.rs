@@ -11,6 +11,8 @@ use celld_proto::locket as pb;
 use celld_proto::locket::locket_server::{Locket, LocketServer};
 use tonic::{Request, Response, Status};
 
+use super::FakeError;
+
 #[derive(Default)]
 struct Table {
     locks: HashMap<String, (pb::Resource, Instant)>,
@@ -112,19 +114,19 @@ impl Drop for FakeLocket {
 
 impl FakeLocket {
     /// Serves on 127.0.0.1 (a free port), requiring client certificates.
-    pub async fn start(tls: tonic::transport::ServerTlsConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub async fn start(tls: tonic::transport::ServerTlsConfig) -> Result<Self, FakeError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(FakeError::Listen)?;
+        let addr = listener.local_addr().map_err(FakeError::Listen)?;
         let service = Service::default();
         let router = tonic::transport::Server::builder()
             .tls_config(tls)
-            .unwrap()
+            .map_err(|e| FakeError::Tls(e.to_string()))?
             .add_service(LocketServer::new(service.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
-        Self { addr, service, task }
+        Ok(Self { addr, service, task })
     }
 
     pub fn address(&self) -> String {
