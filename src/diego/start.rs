@@ -40,28 +40,28 @@ fn need(flag: &str, v: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub fn connect(cfg: &Config, bbs_address: &str) -> anyhow::Result<Connected> {
     // Like the rep, the cell may use its one identity (--rep-*) for BBS too.
-    let bbs_files = PemFiles {
-        ca: need("--bbs-ca-cert", &cfg.bbs_ca_cert.clone().or(cfg.rep_ca.clone()))?,
-        cert: need("--bbs-client-cert", &cfg.bbs_client_cert.clone().or(cfg.rep_cert.clone()))?,
-        key: need("--bbs-client-key", &cfg.bbs_client_key.clone().or(cfg.rep_key.clone()))?,
-    };
+    let bbs_files = PemFiles::new(
+        need("--bbs-ca-cert", &cfg.bbs_ca_cert.clone().or(cfg.rep_ca.clone()))?,
+        need("--bbs-client-cert", &cfg.bbs_client_cert.clone().or(cfg.rep_cert.clone()))?,
+        need("--bbs-client-key", &cfg.bbs_client_key.clone().or(cfg.rep_key.clone()))?,
+    );
     let bbs_tls = TlsIdentity::load(&bbs_files, Usage::Client).context("BBS client identity")?;
     let bbs = BbsClient::new(bbs_address, &*bbs_tls.client_config()?, Default::default())?;
-    let locket_files = PemFiles {
-        ca: cfg.locket_ca_cert.clone().unwrap_or(bbs_files.ca.clone()),
-        cert: cfg.locket_client_cert.clone().unwrap_or(bbs_files.cert.clone()),
-        key: cfg.locket_client_key.clone().unwrap_or(bbs_files.key.clone()),
-    };
+    let locket_files = PemFiles::new(
+        cfg.locket_ca_cert.clone().unwrap_or(bbs_files.ca.clone()),
+        cfg.locket_client_cert.clone().unwrap_or(bbs_files.cert.clone()),
+        cfg.locket_client_key.clone().unwrap_or(bbs_files.key.clone()),
+    );
     let locket_tls = TlsIdentity::load(&locket_files, Usage::Client).context("Locket client identity")?;
     let locket_address = cfg
         .locket_address
         .clone()
         .context("--locket-address is required with --bbs-address: the cell's presence is kept in Locket")?;
-    let rep_files = PemFiles {
-        ca: need("--rep-ca", &cfg.rep_ca)?,
-        cert: need("--rep-cert", &cfg.rep_cert)?,
-        key: need("--rep-key", &cfg.rep_key)?,
-    };
+    let rep_files = PemFiles::new(
+        need("--rep-ca", &cfg.rep_ca)?,
+        need("--rep-cert", &cfg.rep_cert)?,
+        need("--rep-key", &cfg.rep_key)?,
+    );
     let rep_tls = TlsIdentity::load(&rep_files, Usage::Server).context("rep API server identity")?.server_config()?;
     let cell_id = cfg.cell_id();
     let settings = DiegoSettings {

@@ -94,11 +94,11 @@ impl TestCa {
     /// Writes the CA and a leaf as `NAME-ca.pem`, `NAME-cert.pem`,
     /// `NAME-key.pem` in `dir`.
     pub fn write(&self, dir: &Path, name: &str, leaf: &Leaf) -> std::io::Result<PemFiles> {
-        let files = PemFiles {
-            ca: dir.join(format!("{name}-ca.pem")),
-            cert: dir.join(format!("{name}-cert.pem")),
-            key: dir.join(format!("{name}-key.pem")),
-        };
+        let files = PemFiles::new(
+            dir.join(format!("{name}-ca.pem")),
+            dir.join(format!("{name}-cert.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
         std::fs::write(&files.ca, &self.cert_pem)?;
         std::fs::write(&files.cert, &leaf.cert_pem)?;
         std::fs::write(&files.key, &leaf.key_pem)?;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::test_certs::{LeafSpec, TestCa};
+use std::path::PathBuf;
 
 struct Dir(PathBuf);
 
@@ -24,7 +25,7 @@ fn files_for(dir: &Dir, spec: &LeafSpec) -> PemFiles {
 
 fn problem(err: TlsError) -> (PathBuf, String) {
     match err {
-        TlsError::Invalid { path, problem } => (path, problem),
+        TlsError::Invalid { path, problem, .. } => (path, problem),
         other => panic!("expected Invalid, got {other}"),
     }
 }
