@@ -32,6 +32,8 @@ mod tests {
         let g = new_guid();
         assert_eq!(g.len(), 36);
         assert_eq!(&g[14..15], "4");
+        // RFC 4122's variant, as Locket owners and CF guids carry it.
+        assert!(matches!(&g[19..20], "8" | "9" | "a" | "b"), "{g}");
         assert_ne!(new_guid(), g);
     }
 }

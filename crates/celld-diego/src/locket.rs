@@ -23,8 +23,6 @@ pub const LOCK_COLLISION: &str = "lock-collision";
 pub enum LocketError {
     #[error("Locket address {addr:?}: {why}")]
     BadAddress { addr: String, why: String },
-    #[error("cannot make the presence's owner id from /dev/urandom: {0}")]
-    Owner(std::io::Error),
     #[error("Locket {call}: {}: {}", status.code(), status.message())]
     Rpc { call: &'static str, status: tonic::Status },
     #[error("Locket {call}: no answer within {0:?}", timeout)]
@@ -52,17 +50,6 @@ pub fn channel(address: &str, tls: &TlsIdentity) -> Result<Channel, LocketError>
         .map_err(|e| bad(format!("TLS: {e}")))?
         .connect_timeout(Duration::from_secs(5));
     Ok(ep.connect_lazy())
-}
-
-/// A random (version 4) UUID, as Locket owners are.
-pub fn new_owner() -> Result<String, LocketError> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(LocketError::Owner)?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +125,8 @@ impl Presence {
         tls: &TlsIdentity,
         value: impl Fn() -> String + Send + Sync + 'static,
     ) -> Result<Self, LocketError> {
-        let owner = new_owner()?;
+        // A fresh version 4 UUID per start, as the rep makes its owner.
+        let owner = celld_base::guid::new_guid();
         let client = LocketClient::new(channel(&config.address, tls)?);
         let held = Arc::new(AtomicBool::new(false));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -231,16 +219,6 @@ impl Drop for Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owners_are_fresh_v4_uuids() {
-        let a = new_owner().unwrap();
-        let b = new_owner().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
-        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
-    }
 
     #[test]
     fn the_lock_request_is_a_presence() {
