@@ -44,11 +44,7 @@ pub fn sha256_file(path: &Path) -> Result<String, StagingError> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(celld_base::guid::hex(&h.finalize()))
 }
 
 /// Guids and app guids reach paths, handles and blob keys: keep them plain.

@@ -16,9 +16,14 @@ pub fn new_guid() -> String {
     guid_shaped(&b)
 }
 
+/// Bytes as lowercase hex (digests, checksums, guids).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The first 16 bytes of `bytes` (fewer if shorter), guid-shaped.
 pub fn guid_shaped(bytes: &[u8]) -> String {
-    let h: String = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let h = hex(&bytes[..bytes.len().min(16)]);
     let part = |r: std::ops::Range<usize>| h.get(r).unwrap_or_default();
     format!("{}-{}-{}-{}-{}", part(0..8), part(8..12), part(12..16), part(16..20), part(20..32))
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use celld_base::guid::hex;
 use sha2::Digest;
 
 use celld_lifecycle::archive::{self, Format};
@@ -84,10 +85,6 @@ impl Hasher {
         };
         Some(hex(&bytes))
     }
-}
-
-pub(super) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// An artifact ready to stream in: open (so eviction cannot take it away),
