@@ -12,6 +12,7 @@ pub mod actions;
 pub mod container;
 pub mod env;
 pub mod health;
+mod keyed;
 pub mod logs;
 pub(crate) mod lrp;
 mod task;
@@ -173,7 +174,7 @@ pub struct Executor {
     pub(crate) cfg: ExecutorConfig,
     table: Mutex<Table>,
     /// One download per droplet at a time.
-    downloads: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    downloads: keyed::OnePerKey,
     evacuating: std::sync::atomic::AtomicBool,
     /// What Download actions and cached dependencies fetch.
     pub(crate) artifacts: Arc<actions::DownloadCache>,
@@ -225,7 +226,7 @@ impl Executor {
             reporter,
             cfg,
             table: Mutex::new(Table::default()),
-            downloads: tokio::sync::Mutex::new(HashMap::new()),
+            downloads: keyed::OnePerKey::default(),
             evacuating: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -744,11 +745,7 @@ impl Executor {
     async fn droplet(&self, key: &str) -> Result<(PathBuf, u64), ExecutorError> {
         let info = self.blobs.head(key).await?;
         let path = self.cfg.work_dir.join("droplets").join(format!("{}.tgz", info.sha256));
-        let lock = {
-            let mut d = self.downloads.lock().await;
-            d.entry(info.sha256.clone()).or_default().clone()
-        };
-        let _one = lock.lock().await;
+        let _one = self.downloads.lock(&info.sha256).await;
         if !path.is_file() {
             self.blobs.get_to_file(key, &path).await?;
         }

@@ -5,10 +5,8 @@
 //! the lifecycle's safe extraction (no `..`, no absolute paths, no links
 //! out) and packed again as a tgz.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use celld_base::guid::hex;
@@ -126,7 +124,7 @@ pub struct DownloadCache {
     max_bytes: u64,
     client: reqwest::Client,
     /// One fetch per cache key at a time; the others wait and share it.
-    keys: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    keys: crate::executor::keyed::OnePerKey,
     seq: AtomicU64,
 }
 
@@ -149,7 +147,7 @@ impl DownloadCache {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| DownloadError::Http(e.to_string()))?;
-        Ok(Self { dir, max_bytes, client, keys: tokio::sync::Mutex::new(HashMap::new()), seq: AtomicU64::new(0) })
+        Ok(Self { dir, max_bytes, client, keys: Default::default(), seq: AtomicU64::new(0) })
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -185,8 +183,7 @@ impl DownloadCache {
             return opened;
         }
         let path = self.dir.join(format!("{}.art", hex(&sha2::Sha256::digest(cache_key.as_bytes()))));
-        let one = self.keys.lock().await.entry(cache_key.to_string()).or_default().clone();
-        let _one = one.lock().await;
+        let _one = self.keys.lock(cache_key).await;
         if let Ok(file) = std::fs::File::open(&path) {
             // Recently used: evicted last.
             let _ = file.set_modified(std::time::SystemTime::now());
