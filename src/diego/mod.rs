@@ -59,15 +59,15 @@ impl DiegoSettings {
 
     /// Every stack name this cell offers: `--preloaded-rootfs` and the
     /// rootfs directory's.
-    fn stack_names(&self, executor: &Executor) -> Vec<String> {
+    fn stack_names(&self, in_rootfs_dir: Vec<String>) -> Vec<String> {
         let mut names: BTreeSet<String> = self.stacks.0.keys().cloned().collect();
-        names.extend(executor.stacks());
+        names.extend(in_rootfs_dir);
         names.into_iter().collect()
     }
 
     /// The presence the cell keeps in Locket.
     pub fn presence(&self, executor: &Executor) -> celld_diego::CellPresence {
-        let total = executor.state().total.unwrap_or_default();
+        let total = executor.total();
         let capacity = celld_diego::CellCapacity {
             memory_mb: i32::try_from(total.memory_mb).unwrap_or(i32::MAX),
             disk_mb: i32::try_from(total.disk_mb).unwrap_or(i32::MAX),
@@ -79,7 +79,7 @@ impl DiegoSettings {
             &self.rep_url,
             &self.zone,
             capacity,
-            &self.stack_names(executor),
+            &self.stack_names(executor.stacks()),
             &[],
         );
         p.placement_tags = self.placement_tags.clone();
@@ -182,7 +182,7 @@ impl DiegoCell {
 impl RepApi for DiegoCell {
     async fn state(&self) -> CellState {
         let Some(ex) = self.executor.get() else { return CellState::default() };
-        let s = ex.state();
+        let mut s = ex.state();
         let res = |r: Option<pb::Resources>| {
             let r = r.unwrap_or_default();
             Resources {
@@ -192,7 +192,7 @@ impl RepApi for DiegoCell {
             }
         };
         let stacks: BTreeMap<String, json::Empty> =
-            self.settings.stack_names(ex).into_iter().map(|s| (s, json::Empty {})).collect();
+            self.settings.stack_names(std::mem::take(&mut s.stacks)).into_iter().map(|s| (s, json::Empty {})).collect();
         let i32_of = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
         CellState {
             rep_url: self.settings.rep_url.clone(),

@@ -282,6 +282,11 @@ impl Executor {
         }
     }
 
+    /// Memory, disk and containers this cell offers in all.
+    pub fn total(&self) -> pb::Resources {
+        self.cfg.total
+    }
+
     /// Preloaded rootfs names this cell has.
     pub fn stacks(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(&self.cfg.rootfs_dir)
