@@ -23,14 +23,19 @@ fn plane_error(e: BbsError) -> PlaneError {
     if e.is_transient() { PlaneError::Unreachable(e.to_string()) } else { PlaneError::Refused(e.to_string()) }
 }
 
-pub fn key(k: &Option<pb::ActualLrpKey>) -> bbs::ActualLrpKey {
-    let k = k.clone().unwrap_or_default();
-    bbs::ActualLrpKey { process_guid: k.process_guid, index: k.index, domain: k.domain }
+fn key(k: Option<&pb::ActualLrpKey>) -> bbs::ActualLrpKey {
+    k.map_or_else(Default::default, |k| bbs::ActualLrpKey {
+        process_guid: k.process_guid.clone(),
+        index: k.index,
+        domain: k.domain.clone(),
+    })
 }
 
-pub fn instance_key(k: &Option<pb::ActualLrpInstanceKey>) -> bbs::ActualLrpInstanceKey {
-    let k = k.clone().unwrap_or_default();
-    bbs::ActualLrpInstanceKey { instance_guid: k.instance_guid, cell_id: k.cell_id }
+fn instance_key(k: Option<&pb::ActualLrpInstanceKey>) -> bbs::ActualLrpInstanceKey {
+    k.map_or_else(Default::default, |k| bbs::ActualLrpInstanceKey {
+        instance_guid: k.instance_guid.clone(),
+        cell_id: k.cell_id.clone(),
+    })
 }
 
 /// The instance's addresses as BBS records them: the host's address with
@@ -101,11 +106,13 @@ fn task(t: bbs::Task) -> pb::Task {
 impl ControlPlane for DiegoPlane {
     async fn send(&self, r: &Report) -> Result<(), PlaneError> {
         let result = match r {
-            Report::Claim(x) => self.bbs.claim_actual_lrp(&key(&x.key), &instance_key(&x.instance_key)).await,
+            Report::Claim(x) => {
+                self.bbs.claim_actual_lrp(&key(x.key.as_ref()), &instance_key(x.instance_key.as_ref())).await
+            }
             Report::Start(x) => {
                 let req = bbs::StartActualLrpRequest {
-                    actual_lrp_key: Some(key(&x.key)),
-                    actual_lrp_instance_key: Some(instance_key(&x.instance_key)),
+                    actual_lrp_key: Some(key(x.key.as_ref())),
+                    actual_lrp_instance_key: Some(instance_key(x.instance_key.as_ref())),
                     actual_lrp_net_info: x.net_info.as_ref().map(net_info),
                     optional_routable: Some(bbs::start_actual_lrp_request::OptionalRoutable::Routable(x.routable)),
                     availability_zone: self.zone.clone(),
@@ -114,9 +121,13 @@ impl ControlPlane for DiegoPlane {
                 self.bbs.start_actual_lrp(&req).await
             }
             Report::Crash(x) => {
-                self.bbs.crash_actual_lrp(&key(&x.key), &instance_key(&x.instance_key), &x.error_message).await
+                self.bbs
+                    .crash_actual_lrp(&key(x.key.as_ref()), &instance_key(x.instance_key.as_ref()), &x.error_message)
+                    .await
             }
-            Report::Remove(x) => self.bbs.remove_actual_lrp(&key(&x.key), &instance_key(&x.instance_key)).await,
+            Report::Remove(x) => {
+                self.bbs.remove_actual_lrp(&key(x.key.as_ref()), &instance_key(x.instance_key.as_ref())).await
+            }
             Report::CompleteTask(x) => {
                 self.bbs.complete_task(&x.task_guid, &x.cell_id, x.failed, &x.failure_reason, &x.result).await
             }
@@ -167,8 +178,8 @@ impl ControlPlane for DiegoPlane {
         net: pb::ActualLrpNetInfo,
     ) -> Result<bool, PlaneError> {
         let req = bbs::EvacuateRunningActualLrpRequest {
-            actual_lrp_key: Some(key(&Some(k))),
-            actual_lrp_instance_key: Some(instance_key(&Some(ik))),
+            actual_lrp_key: Some(key(Some(&k))),
+            actual_lrp_instance_key: Some(instance_key(Some(&ik))),
             actual_lrp_net_info: Some(net_info(&net)),
             optional_routable: Some(bbs::evacuate_running_actual_lrp_request::OptionalRoutable::Routable(true)),
             availability_zone: self.zone.clone(),
@@ -178,12 +189,12 @@ impl ControlPlane for DiegoPlane {
     }
 
     async fn evacuate_claimed(&self, k: pb::ActualLrpKey, ik: pb::ActualLrpInstanceKey) -> Result<bool, PlaneError> {
-        self.bbs.evacuate_claimed_actual_lrp(&key(&Some(k)), &instance_key(&Some(ik))).await.map_err(plane_error)?;
+        self.bbs.evacuate_claimed_actual_lrp(&key(Some(&k)), &instance_key(Some(&ik))).await.map_err(plane_error)?;
         // BBS unclaimed it for another cell: the container goes.
         Ok(true)
     }
 
     async fn remove_evacuating(&self, k: pb::ActualLrpKey, ik: pb::ActualLrpInstanceKey) -> Result<(), PlaneError> {
-        self.bbs.remove_evacuating_actual_lrp(&key(&Some(k)), &instance_key(&Some(ik))).await.map_err(plane_error)
+        self.bbs.remove_evacuating_actual_lrp(&key(Some(&k)), &instance_key(Some(&ik))).await.map_err(plane_error)
     }
 }
