@@ -178,7 +178,7 @@ impl Executor {
         };
         // Diego runs the monitor action when there is no check definition.
         let monitor = d.monitor.as_ref().filter(|_| probes.is_empty() && d.action.is_some()).map(|m| {
-            let spec = self.lrp_tree_spec(guid, d, index, &addrs, restored);
+            let spec = self.lrp_tree_spec(guid, d, index, &addrs, m, restored);
             (m, self.container_steps(&spec, true))
         });
         let timeout = match d.start_timeout_ms {
@@ -435,6 +435,7 @@ impl Executor {
         d: &'a pb::DesiredLrp,
         index: i32,
         addrs: &Addresses,
+        action: &'a celld_proto::diego::bbs::Action,
         resuming: bool,
     ) -> TreeSpec<'a> {
         let has_checks = d.check_definition.as_ref().is_some_and(|c| !c.checks.is_empty());
@@ -448,7 +449,7 @@ impl Executor {
             source: Self::app_source(d),
             cached_dependencies: &d.cached_dependencies,
             setup: d.setup.as_ref(),
-            action: d.action.as_ref().unwrap_or(&EMPTY_ACTION),
+            action,
             resuming,
             wait_on_success: has_checks || d.monitor.is_some(),
         }
@@ -465,9 +466,7 @@ impl Executor {
         action: &celld_proto::diego::bbs::Action,
         resuming: bool,
     ) -> Result<Exit, String> {
-        let mut spec = self.lrp_tree_spec(guid, d, index, addrs, resuming);
-        spec.action = action;
-        let tree = self.start_tree(spec).await?;
+        let tree = self.start_tree(self.lrp_tree_spec(guid, d, index, addrs, action, resuming)).await?;
         if let Some(l) = lock(&self.table).lrps.get_mut(guid) {
             l.tree = Some(tree.stop);
         }
@@ -493,19 +492,6 @@ impl Executor {
         }
     }
 }
-
-/// Stands in for a missing action (never run: callers check `action` first).
-static EMPTY_ACTION: celld_proto::diego::bbs::Action = celld_proto::diego::bbs::Action {
-    download_action: None,
-    upload_action: None,
-    run_action: None,
-    timeout_action: None,
-    emit_progress_action: None,
-    try_action: None,
-    parallel_action: None,
-    serial_action: None,
-    codependent_action: None,
-};
 
 /// The instance's sshd (`/tmp/lifecycle/sshd`, as CC's ssh action runs
 /// diego-sshd): the app's environment for its sessions, and its keys in the

@@ -122,8 +122,6 @@ impl Executor {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-        }
-        if !spec.resuming {
             // A restarted cell picks the tree up only past this point.
             self.gardener.set_property(spec.guid, ACTION_STARTED_PROPERTY, "true").map_err(|e| e.to_string())?;
         }
