@@ -32,7 +32,8 @@ BENCH_ARGS ?=
 DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protobuf-compiler gcc libc6-dev \
                 iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps python3-venv libsqlite3-dev \
-                openssh-client openssh-server gcc libc6-dev openssl
+                openssh-client openssh-server gcc libc6-dev openssl \
+                btrfs-progs docker-registry skopeo umoci
 
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
