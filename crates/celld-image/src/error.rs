@@ -39,3 +39,15 @@ impl ImageError {
         move |source| ImageError::Io { context, path, source }
     }
 }
+
+/// An error and its causes on one line (reqwest's and tar's own are terse).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

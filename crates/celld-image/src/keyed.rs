@@ -35,14 +35,41 @@ impl Keyed {
         Held { _guard: self.slot(key).lock_owned().await }
     }
 
-    /// For blocking callers (not on an async runtime's worker).
-    pub fn blocking_lock(&self, key: &str) -> Held {
-        Held { _guard: self.slot(key).blocking_lock_owned() }
-    }
-
     #[cfg(test)]
     fn live(&self) -> usize {
         self.slots.lock().unwrap().values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+/// The same for blocking callers (which may be on any thread, an async
+/// worker too, where a tokio mutex's blocking lock would panic): a set of
+/// busy keys and a condition variable.
+#[derive(Default)]
+pub struct BusyKeys {
+    busy: Mutex<std::collections::HashSet<String>>,
+    freed: std::sync::Condvar,
+}
+
+pub struct Busy<'a> {
+    owner: &'a BusyKeys,
+    key: String,
+}
+
+impl BusyKeys {
+    pub fn lock(&self, key: &str) -> Busy<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(key) {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(key.to_string());
+        Busy { owner: self, key: key.to_string() }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.owner.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.owner.freed.notify_all();
     }
 }
 
@@ -66,5 +93,21 @@ mod tests {
         assert!(waiter.await.unwrap() >= Duration::from_millis(50));
         drop(other);
         assert_eq!(k.live(), 0);
+    }
+
+    #[test]
+    fn busy_keys_block_the_second_holder_only() {
+        let k = Arc::new(BusyKeys::default());
+        let held = k.lock("a");
+        let _other = k.lock("b");
+        let (k2, t) = (k.clone(), Instant::now());
+        let waiter = std::thread::spawn(move || {
+            let _h = k2.lock("a");
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+        assert!(waiter.join().unwrap() >= Duration::from_millis(50));
+        assert!(!k.busy.lock().unwrap().contains("a"));
     }
 }

@@ -139,7 +139,7 @@ impl Fetcher {
     ) -> Result<(String, ImageManifest, Reference), ImageError> {
         let uri = image.uri.as_str();
         let (raw, digest) =
-            c.pull_manifest_raw(reference, auth, ACCEPT).await.map_err(|e| map_err(uri, reference, e))?;
+            c.pull_manifest_raw(reference, auth, ACCEPT).await.map_err(|e| map_err(uri, reference, e, self.timeout))?;
         match parse_manifest(uri, &raw)? {
             Parsed::Manifest(m) => Ok((digest, m, reference.clone())),
             Parsed::Index(idx) => {
@@ -153,8 +153,10 @@ impl Fetcher {
                 if reference.resolve_registry() != reference.registry() && reference.registry() != "docker.io" {
                     by_digest.set_mirror_registry(reference.resolve_registry().to_string());
                 }
-                let (raw, digest) =
-                    c.pull_manifest_raw(&by_digest, auth, ACCEPT).await.map_err(|e| map_err(uri, &by_digest, e))?;
+                let (raw, digest) = c
+                    .pull_manifest_raw(&by_digest, auth, ACCEPT)
+                    .await
+                    .map_err(|e| map_err(uri, &by_digest, e, self.timeout))?;
                 match parse_manifest(uri, &raw)? {
                     Parsed::Manifest(m) => Ok((digest, m, by_digest)),
                     Parsed::Index(_) => Err(malformed(uri, "manifest", "an index inside an index".into())),
@@ -176,11 +178,13 @@ impl Fetcher {
             Origin::Remote { client, reference } => {
                 let file = tokio::fs::File::create(dest).await.map_err(ImageError::io("creating", dest))?;
                 let mut w = tokio::io::BufWriter::new(file);
-                client.pull_blob(reference, digest, &mut w).await.map_err(|e| match map_err(image, reference, e) {
-                    ImageError::Digest { image, detail, .. } => {
-                        ImageError::Digest { image, what, digest: digest.into(), detail }
+                client.pull_blob(reference, digest, &mut w).await.map_err(|e| {
+                    match map_err(image, reference, e, self.timeout) {
+                        ImageError::Digest { image, detail, .. } => {
+                            ImageError::Digest { image, what, digest: digest.into(), detail }
+                        }
+                        e => e,
                     }
-                    e => e,
                 })
             }
             Origin::Layout { dir } => copy_verified(image, what, &blob_path(dir, digest), digest, dest).await,
@@ -218,7 +222,11 @@ async fn copy_verified(
         w.write_all(&buf[..n]).await.map_err(ImageError::io("writing", dest))?;
     }
     w.flush().await.map_err(ImageError::io("writing", dest))?;
-    let actual = format!("sha256:{}", celld_base::guid::hex(&h.finalize()));
+    check_digest(image, what, digest, &h.finalize())
+}
+
+fn check_digest(image: &str, what: &'static str, digest: &str, sha256: &[u8]) -> Result<(), ImageError> {
+    let actual = format!("sha256:{}", celld_base::guid::hex(sha256));
     if actual != digest {
         return Err(ImageError::Digest {
             image: image.into(),
@@ -233,15 +241,7 @@ async fn copy_verified(
 fn read_verified(image: &str, what: &'static str, layout: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
     let p = blob_path(layout, digest);
     let data = std::fs::read(&p).map_err(|e| malformed(image, what, format!("{}: {e}", p.display())))?;
-    let actual = format!("sha256:{}", celld_base::guid::hex(&Sha256::digest(&data)));
-    if actual != digest {
-        return Err(ImageError::Digest {
-            image: image.into(),
-            what,
-            digest: digest.into(),
-            detail: format!("got {actual}"),
-        });
-    }
+    check_digest(image, what, digest, &Sha256::digest(&data))?;
     Ok(data)
 }
 
@@ -347,7 +347,7 @@ fn pick_platform(image: &str, idx: &ImageIndex) -> Result<String, ImageError> {
 }
 
 /// oci-client's errors as what a person can act on.
-fn map_err(image: &str, reference: &Reference, e: OciDistributionError) -> ImageError {
+fn map_err(image: &str, reference: &Reference, e: OciDistributionError, timeout: Duration) -> ImageError {
     let image = image.to_string();
     let registry = reference.resolve_registry().to_string();
     match e {
@@ -372,21 +372,12 @@ fn map_err(image: &str, reference: &Reference, e: OciDistributionError) -> Image
         OciDistributionError::DigestError(d) => {
             ImageError::Digest { image, what: "manifest", digest: String::new(), detail: d.to_string() }
         }
-        OciDistributionError::RequestError(r) if r.is_timeout() => ImageError::Timeout { image, registry, secs: 0 },
+        OciDistributionError::RequestError(r) if r.is_timeout() => {
+            ImageError::Timeout { image, registry, secs: timeout.as_secs() }
+        }
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_request() => {
-            ImageError::Unreachable { image, registry, detail: error_chain(&r) }
+            ImageError::Unreachable { image, registry, detail: crate::error::chain(&r) }
         }
         e => ImageError::Registry { image, cause: e.to_string() },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

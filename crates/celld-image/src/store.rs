@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::keyed::Keyed;
+use crate::keyed::{BusyKeys, Keyed};
 use crate::registry::{Fetcher, Resolved};
 use crate::unpack;
 use crate::{Credentials, ImageConfig, ImageError, ImageRef, StoreConfig};
@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub in_use: InUse,
     pub state: Mutex<State>,
     keys: Keyed,
+    /// Shifted copies and flattenings (blocking work).
+    busy: BusyKeys,
     seq: AtomicU64,
 }
 
@@ -174,6 +176,7 @@ impl ImageStore {
             in_use,
             state: Mutex::new(State::default()),
             keys: Keyed::default(),
+            busy: BusyKeys::default(),
             seq: AtomicU64::new(0),
         };
         let mut st = State::default();
@@ -254,8 +257,10 @@ impl ImageStore {
         })
     }
 
-    fn lease(&self, id: &str, config: ImageConfig, size_bytes: u64) -> LeasedImage {
-        *self.inner.lock().leases.entry(id.to_string()).or_default() += 1;
+    /// Call with the state locked, in the same critical section that found or
+    /// stored the image, so that no collection comes in between.
+    fn lease(&self, st: &mut State, id: &str, config: ImageConfig, size_bytes: u64) -> LeasedImage {
+        *st.leases.entry(id.to_string()).or_default() += 1;
         LeasedImage { id: id.to_string(), config, size_bytes, store: self.clone() }
     }
 
@@ -322,15 +327,16 @@ impl ImageStore {
     }
 
     fn existing(&self, id: &str) -> Option<LeasedImage> {
-        let (config, size) = {
+        let leased = {
             let mut st = self.inner.lock();
-            let layers = st.layers.clone();
             let rec = st.images.get_mut(id)?;
             rec.last_used = SystemTime::now();
-            (rec.config.clone(), rec.layers.iter().filter_map(|l| layers.get(l)).sum())
+            let (config, layers) = (rec.config.clone(), rec.layers.clone());
+            let size = unique(&layers).filter_map(|l| st.layers.get(l)).sum();
+            self.lease(&mut st, id, config, size)
         };
         touch(&self.inner.record_path(id));
-        Some(self.lease(id, config, size))
+        Some(leased)
     }
 
     fn pin(&self, layers: Vec<String>) -> Pin<'_> {
@@ -411,8 +417,7 @@ impl ImageStore {
         let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
         let size: u64 = {
             let st = self.inner.lock();
-            let unique: HashSet<&String> = digests.iter().collect();
-            unique.iter().filter_map(|l| st.layers.get(*l)).sum()
+            unique(&digests).filter_map(|l| st.layers.get(l)).sum()
         };
         let max = self.inner.cfg.max_bytes;
         if max > 0 && size > max {
@@ -427,10 +432,17 @@ impl ImageStore {
         std::fs::rename(&tmp, &path).map_err(ImageError::io("writing", &path))?;
         let rec =
             ImageRec { layers: digests, config: config.clone(), last_used: SystemTime::now(), flats: HashMap::new() };
-        self.inner.lock().images.insert(id.to_string(), rec);
         tracing::info!(image = %image.uri, id, bytes = size, "image stored");
-        Ok(self.lease(id, config, size))
+        let mut st = self.inner.lock();
+        st.images.insert(id.to_string(), rec);
+        Ok(self.lease(&mut st, id, config, size))
     }
+}
+
+/// An image may list a layer twice; it is stored once.
+fn unique(layers: &[String]) -> impl Iterator<Item = &String> {
+    let mut seen = HashSet::new();
+    layers.iter().filter(move |l| seen.insert(*l))
 }
 
 fn touch(p: &Path) {
@@ -470,7 +482,7 @@ impl LeasedImage {
     fn shifted_layer(&self, digest: &str) -> Result<PathBuf, ImageError> {
         let inner = &self.store.inner;
         let dest = inner.shifted_dir(digest);
-        let _one = inner.keys.blocking_lock(&format!("shift:{digest}"));
+        let _one = inner.busy.lock(&format!("shift:{digest}"));
         if inner.lock().shifted.contains_key(digest) {
             return Ok(dest);
         }
@@ -492,7 +504,7 @@ impl LeasedImage {
     fn flat(&self, bottom_first: &[PathBuf], shifted: bool) -> Result<PathBuf, ImageError> {
         let inner = &self.store.inner;
         let dest = inner.flat_dir(&self.id, shifted);
-        let _one = inner.keys.blocking_lock(&format!("flat:{}:{shifted}", self.id));
+        let _one = inner.busy.lock(&format!("flat:{}:{shifted}", self.id));
         if inner.lock().images.get(&self.id).is_some_and(|r| r.flats.contains_key(&shifted)) {
             return Ok(dest);
         }

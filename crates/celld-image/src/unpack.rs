@@ -89,7 +89,12 @@ pub fn unpack_layer(reader: impl Read, dest: &Path) -> Result<(), UnpackError> {
             }
             continue;
         }
-        entry.unpack_in(dest).map_err(|source| UnpackError::Entry { entry: name, source })?;
+        // tar's messages put the cause in the error's source.
+        let chained = |e: std::io::Error| UnpackError::Entry {
+            entry: name.clone(),
+            source: std::io::Error::new(e.kind(), crate::error::chain(&e)),
+        };
+        entry.unpack_in(dest).map_err(chained)?;
     }
     if entries_seen == 0 {
         // An empty tar is legal (two zero blocks); random bytes fail above.
@@ -235,4 +240,149 @@ fn apply(src: &Path, dst: &Path) -> Result<(), UnpackError> {
 fn copy_meta(m: &std::fs::Metadata, dst: &Path) -> Result<(), UnpackError> {
     std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid())).map_err(io(dst))?;
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(io(dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    /// Tar bytes with names written raw (tar's builder refuses `..`).
+    #[derive(Default)]
+    struct RawTar(Vec<u8>);
+
+    impl RawTar {
+        fn entry(mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) -> Self {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+            h.set_size(data.len() as u64);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1);
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_cksum();
+            self.0.extend_from_slice(h.as_bytes());
+            self.0.extend_from_slice(data);
+            self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+            self
+        }
+        fn file(self, name: &str, data: &[u8]) -> Self {
+            self.entry(tar::EntryType::Regular, name, "", data)
+        }
+        fn finish(mut self) -> Vec<u8> {
+            self.0.extend_from_slice(&[0; 1024]);
+            self.0
+        }
+    }
+
+    struct Case(PathBuf);
+    impl Case {
+        fn new() -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "celld-image-unpack-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(p.join("layer")).unwrap();
+            std::fs::write(p.join("canary"), "untouched").unwrap();
+            Case(p)
+        }
+        fn unpack(&self, tar: &[u8]) -> Result<(), UnpackError> {
+            unpack_layer(tar, &self.0.join("layer"))
+        }
+        fn contained(&self) {
+            assert_eq!(std::fs::read_to_string(self.0.join("canary")).unwrap(), "untouched");
+            let names: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names.len(), 2, "{names:?}");
+        }
+    }
+    impl Drop for Case {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_become_overlays() {
+        let c = Case::new();
+        let tar = RawTar::default()
+            .entry(tar::EntryType::Directory, "d/", "", b"")
+            .file("d/.wh..wh..opq", b"")
+            .file("d/.wh.gone", b"")
+            .file("/abs/.wh.x", b"")
+            .finish();
+        c.unpack(&tar).unwrap();
+        let l = c.0.join("layer");
+        assert!(is_opaque(&l.join("d")));
+        assert!(is_whiteout(&std::fs::symlink_metadata(l.join("d/gone")).unwrap()));
+        assert!(is_whiteout(&std::fs::symlink_metadata(l.join("abs/x")).unwrap()));
+        assert!(!l.join("d/.wh..wh..opq").exists());
+        c.contained();
+    }
+
+    #[test]
+    fn untrusted_entries_stay_inside() {
+        for (what, tar) in [
+            ("parent component", RawTar::default().file("../canary", b"pwned").finish()),
+            ("parent inside", RawTar::default().file("a/../../canary", b"pwned").finish()),
+            (
+                "symlink out then through it",
+                RawTar::default().entry(tar::EntryType::Symlink, "up", "..", b"").file("up/canary", b"pwned").finish(),
+            ),
+            (
+                "absolute symlink then through it",
+                RawTar::default()
+                    .entry(tar::EntryType::Symlink, "up", "/tmp", b"")
+                    .file("up/celld-image-probe", b"x")
+                    .finish(),
+            ),
+            (
+                "whiteout through a symlink",
+                RawTar::default().entry(tar::EntryType::Symlink, "up", "..", b"").file("up/.wh.canary", b"").finish(),
+            ),
+            ("hard link out", RawTar::default().entry(tar::EntryType::Link, "h", "../canary", b"").finish()),
+        ] {
+            let c = Case::new();
+            let err = c.unpack(&tar).unwrap_err();
+            eprintln!("{what}: {err}");
+            assert!(!err.to_string().contains("numeric field"), "{what}: {err}");
+            c.contained();
+            assert!(!Path::new("/tmp/celld-image-probe").exists());
+        }
+    }
+
+    #[test]
+    fn devices_are_skipped_and_non_tars_fail() {
+        let c = Case::new();
+        let tar = RawTar::default().entry(tar::EntryType::Char, "dev/null", "", b"").file("ok", b"1").finish();
+        c.unpack(&tar).unwrap();
+        assert!(!c.0.join("layer/dev/null").exists());
+        assert_eq!(std::fs::read(c.0.join("layer/ok")).unwrap(), b"1");
+        let c = Case::new();
+        let err = c.unpack(b"definitely not a tar archive, only some words that are not 512 bytes").unwrap_err();
+        assert!(matches!(err, UnpackError::NotTar(_)), "{err}");
+        c.contained();
+    }
+
+    #[test]
+    fn flatten_applies_whiteouts_and_opaque_dirs() {
+        let c = Case::new();
+        let (a, b, f) = (c.0.join("a"), c.0.join("b"), c.0.join("f"));
+        unpack_layer(&RawTar::default().file("x", b"x").file("d/old", b"o").file("keep", b"k").finish()[..], {
+            std::fs::create_dir(&a).unwrap();
+            &a
+        })
+        .unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let top = RawTar::default().file(".wh.x", b"").file("d/.wh..wh..opq", b"").file("d/new", b"n").finish();
+        unpack_layer(&top[..], &b).unwrap();
+        flatten(&[a, b], &f).unwrap();
+        assert!(!f.join("x").exists() && !f.join("d/old").exists());
+        assert_eq!(std::fs::read(f.join("d/new")).unwrap(), b"n");
+        assert_eq!(std::fs::read(f.join("keep")).unwrap(), b"k");
+        assert!(!std::fs::symlink_metadata(f.join("d/new")).unwrap().file_type().is_char_device());
+    }
 }

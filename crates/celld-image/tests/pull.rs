@@ -45,6 +45,28 @@ fn app_image() -> ImageBuilder {
         .config("ExposedPorts", json!({"8080/tcp": {}}))
 }
 
+/// A plain registry holding `app_image()` as `NAME:v1`, and a store that
+/// reaches it as an insecure registry.
+struct WithApp {
+    reg: TestRegistry,
+    store: ImageStore,
+    uri: String,
+    tmp: TestDir,
+}
+
+fn with_app(name: &str, cfg: impl FnOnce(&mut StoreConfig)) -> WithApp {
+    let tmp = TestDir::new("reg");
+    let reg = TestRegistry::start(None).unwrap();
+    app_image().write(&tmp.path().join("layout"), "v1").unwrap();
+    push(&tmp.path().join("layout"), "v1", &reg, name).unwrap();
+    let mut c = StoreConfig::new(tmp.path().join("store"));
+    c.insecure_registries = vec![reg.host()];
+    cfg(&mut c);
+    let store = ImageStore::open(c, Arc::new(HashSet::new)).unwrap();
+    let uri = format!("docker://{}/{name}:v1", reg.host());
+    WithApp { reg, store, uri, tmp }
+}
+
 /// The overlay of `lower` mounted on a temp dir, unmounted on drop.
 struct Mounted(TestDir);
 impl Mounted {
@@ -73,14 +95,7 @@ impl Drop for Mounted {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pulls_from_a_registry_and_overlay_sees_whiteouts_and_opaque_dirs() {
-    let tmp = TestDir::new("t1");
-    let reg = TestRegistry::start(None).unwrap();
-    app_image().write(&tmp.path().join("layout"), "v1").unwrap();
-    push(&tmp.path().join("layout"), "v1", &reg, "app").unwrap();
-    let mut cfg = StoreConfig::new(tmp.path().join("store"));
-    cfg.insecure_registries = vec![reg.host()];
-    let s = ImageStore::open(cfg, Arc::new(HashSet::new)).unwrap();
-    let uri = format!("docker://{}/app:v1", reg.host());
+    let WithApp { reg, store: s, uri, tmp: _tmp } = with_app("app", |_| {});
     let img = s.pull(&uri, None).await.unwrap();
     assert!(img.id.starts_with("sha256:"));
     assert_eq!(img.config.user, "vcap");
@@ -119,15 +134,8 @@ async fn pulls_from_a_registry_and_overlay_sees_whiteouts_and_opaque_dirs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_concurrent_pulls_download_each_blob_once() {
-    let tmp = TestDir::new("t2");
-    let reg = TestRegistry::start(None).unwrap();
-    app_image().write(&tmp.path().join("layout"), "v1").unwrap();
-    push(&tmp.path().join("layout"), "v1", &reg, "app").unwrap();
-    let mut cfg = StoreConfig::new(tmp.path().join("store"));
-    cfg.insecure_registries = vec![reg.host()];
-    let s = ImageStore::open(cfg, Arc::new(HashSet::new)).unwrap();
+    let WithApp { reg, store: s, uri, tmp: _tmp } = with_app("app", |_| {});
     let before = reg.blob_gets();
-    let uri = format!("docker://{}/app:v1", reg.host());
     let (a, b) = tokio::join!(s.pull(&uri, None), s.pull(&uri, None));
     assert_eq!(a.unwrap().id, b.unwrap().id);
     assert_eq!(reg.blob_gets() - before, 3, "two layers and a config, once each:\n{}", reg.log());
@@ -260,7 +268,7 @@ async fn bad_input_fails_clearly_and_leaves_nothing() {
     assert!(corrupted > 0);
     let uri = format!("docker://{}/corrupt:v1", reg.host());
     let e = s.pull(&uri, None).await.err().unwrap();
-    assert!(e.to_string().contains(&uri), "{e}");
+    assert!(matches!(e, ImageError::Digest { what: "layer", .. }) && e.to_string().contains(&uri), "{e}");
     empty(&s);
     // A registry that is down, and one that accepts and never answers.
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -276,6 +284,7 @@ async fn bad_input_fails_clearly_and_leaves_nothing() {
     let t = Instant::now();
     let e = s2.pull(&format!("docker://127.0.0.1:{hport}/x:y"), None).await.err().unwrap();
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(matches!(e, ImageError::Timeout { secs: 20, .. }), "{e}");
     assert!(e.to_string().contains("127.0.0.1") && e.to_string().contains("x:y"), "{e}");
     drop(hang);
     empty(&s);
@@ -298,6 +307,52 @@ async fn tls_registry_with_basic_auth_via_insecure_registries() {
     let img = s.pull(&uri, Some(&good)).await.unwrap();
     assert_eq!(img.config.user, "vcap");
     assert_eq!(s.config(&uri, Some(&good)).await.unwrap(), img.config);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_pins_and_the_docker_hub_mirror() {
+    let w = with_app("library/busybox", |_| {});
+    let img = w.store.pull(&w.uri, None).await.unwrap();
+    let pinned = format!("docker://{}/library/busybox@{}", w.reg.host(), img.id);
+    assert_eq!(w.store.pull(&pinned, None).await.unwrap().id, img.id);
+    let wrong = format!("docker://{}/library/busybox@sha256:{}", w.reg.host(), "0".repeat(64));
+    let e = w.store.pull(&wrong, None).await.err().unwrap();
+    assert!(e.to_string().contains(&wrong), "{e}");
+    // Docker Hub names go to the mirror (here: the local registry).
+    let mut cfg = StoreConfig::new(w.tmp.path().join("store-m"));
+    cfg.registry_mirror = Some(format!("http://{}", w.reg.host()));
+    let s = ImageStore::open(cfg, Arc::new(HashSet::new)).unwrap();
+    assert_eq!(s.pull("docker:///busybox#v1", None).await.unwrap().id, img.id);
+    assert_eq!(s.config("docker://busybox:v1", None).await.unwrap().user, "vcap");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_leased_and_in_use_images() {
+    let tmp = TestDir::new("t7");
+    let mut uris = Vec::new();
+    for i in 0..2u8 {
+        let l = tmp.path().join(format!("l{i}"));
+        ImageBuilder::new().layer(vec![Entry::file("own", &[i; 10_000])]).write(&l, "t").unwrap();
+        uris.push(format!("oci://{}:t", l.display()));
+    }
+    let s = store(tmp.path(), 0);
+    let in_use_id = s.pull(&uris[0], None).await.unwrap().id.clone();
+    drop(s.pull(&uris[1], None).await.unwrap());
+    drop(s);
+    // Over a 1-byte limit: only what is in use or leased stays.
+    let mut cfg = StoreConfig::new(tmp.path().join("store"));
+    cfg.max_bytes = 1;
+    let keep = in_use_id.clone();
+    let s = ImageStore::open(cfg, Arc::new(move || HashSet::from([keep.clone()]))).unwrap();
+    let leased = s.pull(&uris[1], None).await.unwrap();
+    let before = s.size_bytes();
+    assert_eq!(s.gc(), celld_image::GcReport::default(), "one in use, one leased");
+    assert_eq!(s.size_bytes(), before);
+    drop(leased);
+    let r = s.gc();
+    assert_eq!((r.images_removed, r.layers_removed), (1, 1));
+    assert!(r.bytes_freed > 0 && s.size_bytes() == before - r.bytes_freed);
+    assert_eq!(std::fs::read_dir(tmp.path().join("store/l")).unwrap().count(), 1);
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
