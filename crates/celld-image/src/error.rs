@@ -42,12 +42,6 @@ impl ImageError {
 
 /// An error and its causes on one line (reqwest's and tar's own are terse).
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    let causes = std::iter::successors(Some(e), |e| e.source());
+    causes.map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
 }

@@ -24,6 +24,9 @@ use crate::{Credentials, ImageConfig, ImageError, ImageRef, StoreConfig};
 
 pub(crate) type InUse = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
 
+/// Layers of one image fetched and unpacked at once.
+const LAYERS_AT_ONCE: usize = 3;
+
 /// Overlay takes at most this many lower layers.
 const MAX_LAYERS: usize = 128;
 
@@ -192,7 +195,7 @@ impl ImageStore {
                     for shifted in [false, true] {
                         let f = inner.flat_dir(&r.id, shifted);
                         if f.is_dir() {
-                            flats.insert(shifted, unpack::disk_usage(&f));
+                            flats.insert(shifted, unpack::flat_usage(&f));
                         }
                     }
                     st.images.insert(r.id, ImageRec { layers: r.layers, config: r.config, last_used, flats });
@@ -276,11 +279,10 @@ impl ImageStore {
 
     async fn fetch_config(&self, image: &ImageRef, resolved: &Resolved) -> Result<ImageConfig, ImageError> {
         let digest = resolved.manifest.config().digest().to_string();
-        let tmp = self.inner.tmp_path("config");
-        self.inner.fetcher.blob(resolved, &image.uri, "config", &digest, &tmp).await?;
-        let raw = tokio::fs::read(&tmp).await.map_err(ImageError::io("reading", &tmp));
-        let _ = tokio::fs::remove_file(&tmp).await;
-        ImageConfig::from_blob(&raw?).map_err(|cause| ImageError::Malformed {
+        let tmp = Tmp(self.inner.tmp_path("config"));
+        self.inner.fetcher.blob(resolved, &image.uri, "config", &digest, &tmp.0).await?;
+        let raw = tokio::fs::read(&tmp.0).await.map_err(ImageError::io("reading", &tmp.0))?;
+        ImageConfig::from_blob(&raw).map_err(|cause| ImageError::Malformed {
             image: image.uri.clone(),
             what: "image config",
             cause,
@@ -353,10 +355,16 @@ impl ImageStore {
         resolved: &Resolved,
         layers: &[(String, String)],
     ) -> Result<ImageConfig, ImageError> {
+        use futures_util::StreamExt;
         let config = self.fetch_config(image, resolved).await?;
-        for (digest, media_type) in layers {
-            self.ensure_layer(image, resolved, digest, media_type).await?;
-        }
+        // A few layers at a time (downloads overlap with unpacking), every one
+        // run to its end rather than cancelled half-way by another's failure.
+        let results: Vec<Result<(), ImageError>> = futures_util::stream::iter(layers)
+            .map(|(digest, media_type)| self.ensure_layer(image, resolved, digest, media_type))
+            .buffer_unordered(LAYERS_AT_ONCE)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>()?;
         Ok(config)
     }
 
@@ -374,35 +382,31 @@ impl ImageStore {
         if self.inner.lock().layers.contains_key(digest) {
             return Ok(());
         }
-        let blob = self.inner.tmp_path("blob");
-        self.inner.fetcher.blob(resolved, &image.uri, "layer", digest, &blob).await?;
-        let dir = self.inner.tmp_path("layer");
-        let (b, d) = (blob.clone(), dir.clone());
-        let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            std::fs::create_dir(&d).map_err(|e| e.to_string())?;
-            let f = std::fs::File::open(&b).map_err(|e| e.to_string())?;
+        let blob = Tmp(self.inner.tmp_path("blob"));
+        self.inner.fetcher.blob(resolved, &image.uri, "layer", digest, &blob.0).await?;
+        // The unpack stores the layer itself: a pull dropped meanwhile leaves
+        // a complete layer no image refers to (the next collection's), never
+        // a half one.
+        let (inner, key) = (self.inner.clone(), digest.to_string());
+        let stored = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let dir = Tmp(inner.tmp_path("layer"));
+            std::fs::create_dir(&dir.0).map_err(|e| e.to_string())?;
+            let f = std::fs::File::open(&blob.0).map_err(|e| e.to_string())?;
             let r = unpack::layer_reader(f).map_err(|e| e.to_string())?;
-            unpack::unpack_layer(r, &d).map_err(|e| e.to_string())?;
-            Ok(unpack::disk_usage(&d))
+            unpack::unpack_layer(r, &dir.0).map_err(|e| e.to_string())?;
+            drop(blob);
+            let size = unpack::disk_usage(&dir.0);
+            let dest = inner.layer_dir(&key);
+            std::fs::rename(&dir.0, &dest).map_err(|e| format!("storing it at {}: {e}", dest.display()))?;
+            let mut st = inner.lock();
+            st.layers.insert(key, size);
+            st.total += size;
+            Ok(size)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-        let _ = std::fs::remove_file(&blob);
-        let size = match unpacked {
-            Ok(s) => s,
-            Err(cause) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(ImageError::Layer { image: image.uri.clone(), digest: digest.into(), cause });
-            }
-        };
-        let dest = self.inner.layer_dir(digest);
-        if let Err(e) = std::fs::rename(&dir, &dest) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(ImageError::io("storing layer", dest)(e));
-        }
-        let mut st = self.inner.lock();
-        st.layers.insert(digest.to_string(), size);
-        st.total += size;
+        let size =
+            stored.map_err(|cause| ImageError::Layer { image: image.uri.clone(), digest: digest.into(), cause })?;
         tracing::info!(image = %image.uri, layer = %digest, bytes = size, "layer unpacked");
         Ok(())
     }
@@ -436,6 +440,16 @@ impl ImageStore {
         let mut st = self.inner.lock();
         st.images.insert(id.to_string(), rec);
         Ok(self.lease(&mut st, id, config, size))
+    }
+}
+
+/// A path under `tmp/`, removed when dropped (after a failure, or with the
+/// pull that made it).
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0).or_else(|_| std::fs::remove_file(&self.0));
     }
 }
 
@@ -518,7 +532,7 @@ impl LeasedImage {
                 "flatten failed",
             )));
         }
-        let size = unpack::disk_usage(&dest);
+        let size = unpack::flat_usage(&dest);
         let mut st = inner.lock();
         if let Some(r) = st.images.get_mut(&self.id) {
             r.flats.insert(shifted, size);

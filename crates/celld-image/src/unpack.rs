@@ -194,6 +194,25 @@ pub fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
+/// Bytes a flattened tree adds: its directories and links; its files are
+/// hard links to the layers' (counted there).
+pub fn flat_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() || m.nlink() <= 1 {
+            total += m.blocks() * 512;
+        }
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
 /// Applies `layers` (bottom first) into the new directory `dest`: files are
 /// hard links to the layers' (read-only, never written) files, whiteouts
 /// delete, an opaque directory drops what lower layers put there.

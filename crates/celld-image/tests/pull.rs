@@ -366,3 +366,100 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A registry that serves the manifest and config, then stalls half-way
+/// through the layer blob.
+struct Stalling {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stalling {
+    fn start(layout: &Path) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mdigest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+        let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+        let manifest = blob(&mdigest);
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let config_digest = m["config"]["digest"].as_str().unwrap().to_string();
+        let config = blob(&config_digest);
+        let layer = blob(m["layers"][0]["digest"].as_str().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_err() || !line.starts_with("GET ") {
+                    continue; // a TLS hello: hang up
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let (body, stall): (&[u8], bool) = if path.contains("/manifests/") {
+                    (&manifest, false)
+                } else if path.ends_with(&config_digest) {
+                    (&config, false)
+                } else if path.contains("/blobs/") {
+                    (&layer, true)
+                } else {
+                    (b"{}", false)
+                };
+                let ctype = if path.contains("/manifests/") {
+                    "application/vnd.oci.image.manifest.v1+json"
+                } else {
+                    "application/octet-stream"
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                if stall {
+                    let _ = s.write_all(&body[..body.len() / 2]);
+                    let _ = s.flush();
+                    while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                } else {
+                    let _ = s.write_all(body);
+                }
+            }
+        });
+        Stalling { port, stop }
+    }
+}
+
+impl Drop for Stalling {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_stalls_mid_blob_fails_the_pull_in_time() {
+    let tmp = TestDir::new("t8");
+    let layout = tmp.path().join("layout");
+    ImageBuilder::new().layer(vec![Entry::file("big", &vec![7u8; 300_000])]).write(&layout, "v1").unwrap();
+    let server = Stalling::start(&layout);
+    let mut cfg = StoreConfig::new(tmp.path().join("store"));
+    cfg.insecure_registries = vec![format!("127.0.0.1:{}", server.port)];
+    cfg.timeout = Duration::from_secs(3);
+    let s = ImageStore::open(cfg, Arc::new(HashSet::new)).unwrap();
+    let uri = format!("docker://127.0.0.1:{}/stall:v1", server.port);
+    let t = Instant::now();
+    let e = s.pull(&uri, None).await.err().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(matches!(e, ImageError::Timeout { secs: 3, .. }) && e.to_string().contains(&uri), "{e}");
+    assert_eq!(s.size_bytes(), 0);
+    for d in ["l", "tmp", "images"] {
+        assert_eq!(std::fs::read_dir(tmp.path().join("store").join(d)).unwrap().count(), 0, "{d}");
+    }
+}
