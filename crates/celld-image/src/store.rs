@@ -90,6 +90,21 @@ pub struct LeasedImage {
     store: ImageStore,
 }
 
+impl std::fmt::Debug for LeasedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedImage")
+            .field("id", &self.id)
+            .field("size_bytes", &self.size_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore").field("dir", &self.inner.cfg.dir).finish_non_exhaustive()
+    }
+}
+
 impl Drop for LeasedImage {
     fn drop(&mut self) {
         let mut st = self.store.inner.lock();
@@ -124,7 +139,8 @@ impl Drop for Pin<'_> {
 
 pub(crate) fn short(digest: &str) -> &str {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
-    &hex[..hex.len().min(16)]
+    // Digests are ASCII (oci-spec checks them); `get` never panics regardless.
+    hex.get(..16).unwrap_or(hex)
 }
 
 impl Inner {
