@@ -68,6 +68,18 @@ pub struct Config {
     /// pids.max for containers whose spec sets no pid limit (0 = none, as in Garden).
     #[arg(long, default_value_t = 0)]
     pub default_pids_limit: u64,
+    /// Most the image store (docker:// and oci:// layers under the depot) may
+    /// hold, e.g. 10G; past it, images no container uses go, least recently
+    /// used first. Default: keep the depot's file system 15 % free.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub image_store_size: Option<u64>,
+    /// A registry (HOST:PORT) reached over plain HTTP or TLS without
+    /// certificate checks, as Garden's flag of the same name; repeatable.
+    #[arg(long = "insecure-docker-registry", value_name = "HOST:PORT")]
+    pub insecure_docker_registries: Vec<String>,
+    /// Where Docker Hub pulls go instead (a mirror's URL, e.g. https://mirror.example:5000).
+    #[arg(long, value_name = "URL")]
+    pub docker_registry_mirror: Option<String>,
     /// Grace time, in seconds, for containers that ask for none (0 = never reaped).
     #[arg(long, default_value_t = 0)]
     pub default_grace_time: u64,
@@ -386,4 +398,21 @@ impl Config {
             _ => PathBuf::from("rootfs/out"),
         }
     }
+}
+
+/// A size as operators write it in flags: `512M`, `10G`, `1T` (binary units,
+/// with or without a trailing B) or plain bytes.
+fn parse_size_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size: use a number with K, M, G or T, e.g. 10G");
+    let upper = s.trim().to_ascii_uppercase();
+    let upper = upper.strip_suffix('B').filter(|u| u.ends_with(['K', 'M', 'G', 'T'])).unwrap_or(&upper);
+    let (digits, shift) = match upper.chars().last() {
+        Some('K') => (&upper[..upper.len() - 1], 10),
+        Some('M') => (&upper[..upper.len() - 1], 20),
+        Some('G') => (&upper[..upper.len() - 1], 30),
+        Some('T') => (&upper[..upper.len() - 1], 40),
+        _ => (upper, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }

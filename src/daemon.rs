@@ -23,7 +23,7 @@ use crate::network::pool::Ipv4Net;
 use crate::network::{NetworkConfig, Networker};
 use crate::rep::scheduler::SchedulerPlane;
 use crate::rep::{Rep, RepConfig};
-use crate::runtime::{Containerizer, RuntimeConfig};
+use crate::runtime::{Containerizer, ImageSettings, RuntimeConfig};
 use crate::staging::stager::{Stager, StagerConfig};
 
 pub fn init_logging(level: &str) {
@@ -67,6 +67,11 @@ pub fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
         exe,
         log_level: cfg.log_level.clone(),
         default_pids_limit: cfg.default_pids_limit,
+        images: ImageSettings {
+            max_bytes: cfg.image_store_size.unwrap_or(0),
+            insecure_registries: cfg.insecure_docker_registries.clone(),
+            registry_mirror: cfg.docker_registry_mirror.clone(),
+        },
     })?;
     let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
     let gardener = Arc::new(Gardener::new(

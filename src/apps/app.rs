@@ -46,6 +46,9 @@ impl AppLayer {
             package_state: "PENDING".into(),
             // CC's default_app_ssh_access.
             enable_ssh: true,
+            docker_image: r.docker_image.trim().to_string(),
+            docker_username: r.docker_username,
+            docker_password: r.docker_password,
             created_at: now,
             updated_at: now,
             ..Default::default()
@@ -115,6 +118,20 @@ impl AppLayer {
                 app.stack
             )));
         }
+        if !app.docker_image.is_empty() {
+            super::docker::docker_rootfs(&app.docker_image)?;
+            if !app.buildpacks.is_empty() || !app.stack.is_empty() {
+                return Err(AppsError::InvalidArgument(format!(
+                    "app '{}' runs the docker image {}: buildpacks and stacks are for apps pushed from source",
+                    app.name, app.docker_image
+                )));
+            }
+        }
+        if app.docker_username.is_empty() != app.docker_password.is_empty() {
+            return Err(AppsError::InvalidArgument(
+                "docker credentials need both a username and a password (CF_DOCKER_PASSWORD)".into(),
+            ));
+        }
         if app.command.contains('\0') {
             return Err(AppsError::InvalidArgument("the start command contains a NUL byte".into()));
         }
@@ -161,6 +178,15 @@ impl AppLayer {
         }
         if let Some(ssh) = r.enable_ssh {
             app.enable_ssh = ssh;
+        }
+        if let Some(image) = r.docker_image {
+            app.docker_image = image.trim().to_string();
+        }
+        if let Some(u) = r.docker_username {
+            app.docker_username = u;
+        }
+        if let Some(p) = r.docker_password {
+            app.docker_password = p;
         }
         self.validate_settings(&app)?;
         app.updated_at = now_ns();
@@ -215,7 +241,7 @@ impl AppLayer {
         }
         self.store.delete_app(&app.guid)?;
         // Droplets are the app's own; packages are shared by checksum.
-        for key in app.droplet.iter().map(|d| &d.key).chain(&app.old_droplets) {
+        for key in app.droplet.iter().map(|d| &d.key).chain(&app.old_droplets).filter(|k| !k.is_empty()) {
             let _ = self.blobs.delete(key).await;
         }
         let _ = self.blobs.delete(&crate::staging::stager::cache_key(&app.guid)).await;
@@ -272,6 +298,8 @@ impl AppLayer {
             created_at: a.created_at,
             updated_at: a.updated_at,
             package_key: a.package_key.clone(),
+            docker_image: a.docker_image.clone(),
+            docker_username: a.docker_username.clone(),
         }
     }
 }

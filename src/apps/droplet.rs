@@ -11,7 +11,7 @@ use super::AppsError;
 use super::layer::AppLayer;
 use super::store::Droplet;
 use crate::executor::logs::now_ns;
-use crate::staging::stager::{Event, Outcome, StageRequest};
+use crate::staging::stager::{Event, Outcome, StageRequest, StagingSuccess};
 use celld_proto as pb;
 
 impl AppLayer {
@@ -19,6 +19,9 @@ impl AppLayer {
     /// listens; the outcome is recorded whether it does or not.
     pub async fn stage(self: &Arc<Self>, r: &pb::AppRef, tx: mpsc::Sender<pb::StagingEvent>) -> Result<(), AppsError> {
         let app = self.find(r)?;
+        if !app.docker_image.is_empty() {
+            return self.stage_docker(app, tx).await;
+        }
         if app.package_key.is_empty() {
             return Err(AppsError::FailedPrecondition(format!(
                 "app '{}' has no package: upload one first (cellctl push DIR)",
@@ -61,7 +64,7 @@ impl AppLayer {
                     Ok(Event::Done(rec)) => {
                         let done = match &rec.outcome {
                             Outcome::Succeeded(s) => {
-                                this.staged(&app.guid, Ok(s)).await;
+                                this.staged(&app.guid, Ok(buildpack_droplet(s))).await;
                                 E::Result(proto_result(&guid, s))
                             }
                             Outcome::Failed(f) => {
@@ -85,33 +88,24 @@ impl AppLayer {
         Ok(())
     }
 
-    async fn staged(&self, app_guid: &str, outcome: Result<&crate::staging::stager::StagingSuccess, String>) {
+    /// Records a staging's outcome: the droplet becomes the app's current one
+    /// (the one it replaces is deleted once no process uses it), or the
+    /// failure its staging_failed_reason.
+    pub(super) async fn staged(&self, app_guid: &str, outcome: Result<Droplet, String>) {
         let _op = self.ops.lock().await;
         let Ok(Some(mut app)) = self.store.app(app_guid) else { return };
         match outcome {
-            Ok(s) => {
-                let old = app.droplet.take();
-                app.droplet = Some(Droplet {
-                    key: s.droplet.key.clone(),
-                    sha256: s.droplet.sha256.clone(),
-                    stack: s.stack.clone(),
-                    detected_buildpack: s.detected_buildpack.clone(),
-                    buildpacks: s.buildpacks.iter().map(|b| b.name.clone()).collect(),
-                    start_command: s.start_command.clone(),
-                    process_types: s.process_types.clone(),
-                    result_json: s.result_json.clone(),
-                    created_at: now_ns(),
-                });
+            Ok(droplet) => {
+                let what = if droplet.key.is_empty() { droplet.docker_rootfs.clone() } else { droplet.key.clone() };
+                let old = app.droplet.replace(droplet);
                 app.package_state = "STAGED".into();
                 app.staging_failed_reason.clear();
-                if let Some(old) = old.filter(|o| o.key != s.droplet.key) {
+                if let Some(old) =
+                    old.filter(|o| !o.key.is_empty() && Some(&o.key) != app.droplet.as_ref().map(|d| &d.key))
+                {
                     app.old_droplets.push(old.key);
                 }
-                self.event(
-                    &app,
-                    "audit.app.droplet.create",
-                    BTreeMap::from([("droplet".to_string(), s.droplet.key.clone())]),
-                );
+                self.event(&app, "audit.app.droplet.create", BTreeMap::from([("droplet".to_string(), what)]));
             }
             Err(reason) => {
                 app.package_state = "FAILED".into();
@@ -122,5 +116,21 @@ impl AppLayer {
         if let Err(e) = self.store.put_app(&app) {
             tracing::warn!(app_guid = %app.guid, error = %e, "could not record the staging outcome");
         }
+    }
+}
+
+/// The droplet a buildpack staging made.
+fn buildpack_droplet(s: &StagingSuccess) -> Droplet {
+    Droplet {
+        key: s.droplet.key.clone(),
+        sha256: s.droplet.sha256.clone(),
+        stack: s.stack.clone(),
+        detected_buildpack: s.detected_buildpack.clone(),
+        buildpacks: s.buildpacks.iter().map(|b| b.name.clone()).collect(),
+        start_command: s.start_command.clone(),
+        process_types: s.process_types.clone(),
+        result_json: s.result_json.clone(),
+        created_at: now_ns(),
+        ..Default::default()
     }
 }

@@ -13,6 +13,7 @@
 //! they share; `validate` the rules for names a user types.
 
 mod app;
+mod docker;
 mod droplet;
 mod environment;
 mod events;

@@ -116,10 +116,11 @@ impl AppLayer {
             )));
         }
         let env = self.app_env(app, Some(process_guid))?;
+        let app_port = droplet.app_port();
         let checks = match app.health_check_type.as_str() {
             "http" => vec![pb::Check {
                 check: Some(pb::check::Check::Http(pb::HttpCheck {
-                    port: APP_PORT,
+                    port: app_port,
                     path: if app.health_check_endpoint.is_empty() {
                         "/".into()
                     } else {
@@ -130,14 +131,14 @@ impl AppLayer {
             }],
             "process" => vec![],
             _ => vec![pb::Check {
-                check: Some(pb::check::Check::Tcp(pb::TcpCheck { port: APP_PORT, ..Default::default() })),
+                check: Some(pb::check::Check::Tcp(pb::TcpCheck { port: app_port, ..Default::default() })),
             }],
         };
         let timeout =
             if app.health_check_timeout == 0 { DEFAULT_HEALTH_CHECK_TIMEOUT } else { app.health_check_timeout };
-        let routes = json!([{ "hostnames": app.routes, "port": APP_PORT }]).to_string();
+        let routes = json!([{ "hostnames": app.routes, "port": app_port }]).to_string();
         let ssh = self.ssh_settings(app)?;
-        let mut ports = vec![APP_PORT];
+        let mut ports = vec![app_port];
         if ssh.is_some() {
             ports.push(ssh::SSHD_PORT);
         }
@@ -145,7 +146,13 @@ impl AppLayer {
             process_guid: process_guid.to_string(),
             domain: DOMAIN.into(),
             instances: i32::try_from(app.instances).unwrap_or(i32::MAX),
-            rootfs: format!("preloaded:{}", droplet.stack),
+            rootfs: if droplet.docker_rootfs.is_empty() {
+                format!("preloaded:{}", droplet.stack)
+            } else {
+                droplet.docker_rootfs.clone()
+            },
+            image_username: app.docker_username.clone(),
+            image_password: app.docker_password.clone(),
             droplet_key: droplet.key.clone(),
             start_command: command,
             env: env.into_iter().map(|(name, value)| pb::EnvironmentVariable { name, value }).collect(),

@@ -66,7 +66,8 @@ impl AppLayer {
                 let routable = a.state() == pb::actual_lrp::State::Running
                     && a.routable
                     && a.presence() != pb::actual_lrp::Presence::Suspect;
-                let Some(port) = a.ports.iter().find(|p| p.container_port == APP_PORT) else { continue };
+                let app_port = app.droplet.as_ref().map_or(APP_PORT, |d| d.app_port());
+                let Some(port) = a.ports.iter().find(|p| p.container_port == app_port) else { continue };
                 // The router runs on the host, as health checks do: it
                 // reaches the container's own address.
                 let Ok(ip) = a.instance_address.parse::<std::net::IpAddr>() else { continue };

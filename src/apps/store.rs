@@ -24,6 +24,20 @@ pub struct Droplet {
     pub process_types: BTreeMap<String, String>,
     pub result_json: String,
     pub created_at: i64,
+    /// A Docker-image app's "droplet" (CF's docker lifecycle): the image's
+    /// rootfs URI and the port it exposes; `key` is then empty.
+    #[serde(default)]
+    pub docker_rootfs: String,
+    #[serde(default)]
+    pub port: u32,
+}
+
+impl Droplet {
+    /// The container port the app listens on: the image's exposed port for a
+    /// Docker app, CF's 8080 otherwise.
+    pub fn app_port(&self) -> u32 {
+        if self.port == 0 { super::APP_PORT } else { self.port }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,6 +68,14 @@ pub struct AppRecord {
     /// uses them (a crashed instance restarts from its process's droplet).
     #[serde(default)]
     pub old_droplets: Vec<String>,
+    /// A Docker-image app: the image (as the user gave it) and its registry
+    /// credentials; empty for a buildpack app.
+    #[serde(default)]
+    pub docker_image: String,
+    #[serde(default)]
+    pub docker_username: String,
+    #[serde(default)]
+    pub docker_password: String,
     pub process_guid: String,
     pub enable_ssh: bool,
     pub created_at: i64,

@@ -88,9 +88,17 @@ impl Stacks {
         if url.is_empty() {
             return Err(unsupported("it names no rootfs".into()));
         }
+        // Docker images (Diego's `docker:///NAME#TAG`): the cell pulls them.
+        if url.starts_with("docker:") {
+            return match celld_image::ImageRef::parse(url) {
+                Ok(Some(_)) => Ok((url.to_string(), None)),
+                Ok(None) => Err(unsupported(format!("rootfs {url:?} is not an image"))),
+                Err(e) => Err(unsupported(format!("rootfs {url:?}: {e}"))),
+            };
+        }
         let scheme = url.split(':').next().unwrap_or(url);
         Err(unsupported(format!(
-            "rootfs {url:?}: celld runs preloaded stacks only (preloaded:NAME, preloaded+layer:NAME?…); {scheme}: root filesystems are not supported yet"
+            "rootfs {url:?}: celld runs preloaded stacks (preloaded:NAME, preloaded+layer:NAME?…) and docker images (docker://…); {scheme}: root filesystems are not supported yet"
         )))
     }
 }
@@ -238,6 +246,8 @@ pub fn desired_lrp(d: &bbs::DesiredLrp, stacks: &Stacks) -> Result<pb::DesiredLr
         domain: d.domain.clone(),
         instances: d.instances,
         rootfs,
+        image_username: d.image_username.clone(),
+        image_password: d.image_password.clone(),
         env: env(&d.environment_variables),
         memory_mb: u32::try_from(d.memory_mb.saturating_add(sidecar_memory)).unwrap_or(0),
         disk_mb: u32::try_from(d.disk_mb).unwrap_or(0),
@@ -287,6 +297,8 @@ pub fn task(t: &bbs::Task, stacks: &Stacks) -> Result<pb::Task, Unsupported> {
         task_guid: t.task_guid.clone(),
         domain: t.domain.clone(),
         rootfs,
+        image_username: def.image_username.clone(),
+        image_password: def.image_password.clone(),
         env: env(&def.environment_variables),
         memory_mb: u32::try_from(def.memory_mb).unwrap_or(0),
         disk_mb: u32::try_from(def.disk_mb).unwrap_or(0),
@@ -378,8 +390,10 @@ mod tests {
 
     #[test]
     fn what_celld_cannot_run_says_so() {
-        let e = desired_lrp(&desired("docker:///cloudfoundry/grace"), &Stacks::default()).unwrap_err();
-        assert!(e.to_string().contains("docker: root filesystems are not supported"), "{e}");
+        let e = desired_lrp(&desired("ftp://host/rootfs.tgz"), &Stacks::default()).unwrap_err();
+        assert!(e.to_string().contains("ftp: root filesystems are not supported"), "{e}");
+        let d = desired_lrp(&desired("docker:///cloudfoundry/grace#v1"), &Stacks::default()).unwrap();
+        assert_eq!(d.rootfs, "docker:///cloudfoundry/grace#v1");
         let mut d = desired("preloaded:x");
         d.volume_mounts.push(Default::default());
         assert!(desired_lrp(&d, &Stacks::default()).unwrap_err().to_string().contains("volume"));

@@ -80,7 +80,7 @@ impl DiegoSettings {
             &self.zone,
             capacity,
             &self.stack_names(executor.stacks()),
-            &[],
+            &[celld_diego::cell_presence::DOCKER.to_string()],
         );
         p.placement_tags = self.placement_tags.clone();
         p.optional_placement_tags = self.optional_placement_tags.clone();
@@ -201,6 +201,7 @@ impl RepApi for DiegoCell {
             rootfs_providers: BTreeMap::from([
                 ("preloaded".to_string(), RootFsProvider::FixedSet { set: stacks.clone() }),
                 ("preloaded+layer".to_string(), RootFsProvider::FixedSet { set: stacks }),
+                ("docker".to_string(), RootFsProvider::Arbitrary),
             ]),
             available: res(s.available),
             total: res(s.total),

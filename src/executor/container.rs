@@ -15,8 +15,8 @@ use celld_garden::gardener::Gardener;
 use celld_proto as pb;
 use celld_runtime::initproto::{self as proto, Request};
 use garden_api::types::{
-    BindMount, ContainerSpec, CpuLimits, DiskLimits, IcmpControl, IpRange, Limits, MemoryLimits, NetIn, NetOutRule,
-    PidLimits, PortRange, Properties,
+    BindMount, ContainerSpec, CpuLimits, DiskLimits, IcmpControl, ImageRef, IpRange, Limits, MemoryLimits, NetIn,
+    NetOutRule, PidLimits, PortRange, Properties,
 };
 
 /// Where the lifecycle binaries are mounted in every container, as in CF.
@@ -40,6 +40,9 @@ pub struct Recipe<'a> {
     /// the app lifecycle there as a cached dependency).
     pub lifecycle_dir: Option<&'a Path>,
     pub privileged: bool,
+    /// Registry credentials of a `docker://` rootfs (both empty: anonymous).
+    pub image_username: &'a str,
+    pub image_password: &'a str,
 }
 
 impl Recipe<'_> {
@@ -48,6 +51,11 @@ impl Recipe<'_> {
         Ok(ContainerSpec {
             handle: self.handle.to_string(),
             rootfs: self.rootfs.to_string(),
+            image: ImageRef {
+                uri: String::new(),
+                username: self.image_username.to_string(),
+                password: self.image_password.to_string(),
+            },
             properties: self.properties.clone(),
             bind_mounts: self
                 .lifecycle_dir

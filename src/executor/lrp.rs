@@ -326,6 +326,8 @@ impl Executor {
             properties,
             lifecycle_dir: d.action.is_none().then_some(self.cfg.lifecycle_dir.as_path()),
             privileged: d.privileged,
+            image_username: &d.image_username,
+            image_password: &d.image_password,
         };
         let fail = |e: ExecutorError| {
             self.cell_line(d, index, &format!("Cell {cell} failed to create container for instance {guid}: {e}"));
@@ -342,8 +344,9 @@ impl Executor {
         let path = self.put_droplet(guid, &d.droplet_key, d.disk_mb, &d.log_guid, "CELL", index).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports);
-        let sshd = d.ssh.as_ref().filter(|s| s.enabled).map(|s| sshd_process(s, env.clone()));
-        let spec = app_process(path, &d.start_command, &d.execution_metadata, env);
+        let user = AppUser::of_rootfs(&rootfs);
+        let sshd = d.ssh.as_ref().filter(|s| s.enabled).map(|s| sshd_process(s, env.clone(), user));
+        let spec = app_process(path, &d.start_command, &d.execution_metadata, env, user);
         let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the app: {e}"))?;
         let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
         let mut followed = vec![(Self::app_source(d), conn)];
@@ -496,10 +499,13 @@ impl Executor {
 /// The instance's sshd (`/tmp/lifecycle/sshd`, as CC's ssh action runs
 /// diego-sshd): the app's environment for its sessions, and its keys in the
 /// environment, so they never show in `ps`.
-fn sshd_process(ssh: &pb::SshSettings, mut env: Vec<String>) -> ProcessSpec {
-    for (k, v) in [("HOME", "/home/vcap/app"), ("USER", "vcap"), ("PATH", "/usr/local/bin:/usr/bin:/bin")] {
-        if !env.iter().any(|e| e.starts_with(&format!("{k}="))) {
-            env.push(format!("{k}={v}"));
+fn sshd_process(ssh: &pb::SshSettings, mut env: Vec<String>, user: AppUser) -> ProcessSpec {
+    // A Docker image's user is the image's: its HOME and PATH are its own.
+    if user.name == "vcap" {
+        for (k, v) in [("HOME", "/home/vcap/app"), ("USER", "vcap"), ("PATH", "/usr/local/bin:/usr/bin:/bin")] {
+            if !env.iter().any(|e| e.starts_with(&format!("{k}="))) {
+                env.push(format!("{k}={v}"));
+            }
         }
     }
     env.push(format!("SSHD_HOSTKEY={}", ssh.host_key_pem));
@@ -508,19 +514,44 @@ fn sshd_process(ssh: &pb::SshSettings, mut env: Vec<String>) -> ProcessSpec {
         path: format!("{LIFECYCLE_MOUNT}/sshd"),
         args: vec![format!("--address={SSHD_ADDRESS}")],
         env,
-        user: "vcap".into(),
-        dir: "/home/vcap".into(),
+        user: user.name.into(),
+        dir: user.dir.into(),
         ..Default::default()
+    }
+}
+
+/// Who an app's processes run as: vcap in its home on a stack, as CF does;
+/// on a Docker image, the image's user in its working directory (Garden's
+/// defaults for a process that names neither).
+#[derive(Clone, Copy)]
+pub(super) struct AppUser {
+    name: &'static str,
+    dir: &'static str,
+}
+
+impl AppUser {
+    pub(super) fn of_rootfs(rootfs: &str) -> Self {
+        if celld_image::ImageStore::is_image_uri(rootfs) {
+            Self { name: "", dir: "" }
+        } else {
+            Self { name: "vcap", dir: "/home/vcap" }
+        }
     }
 }
 
 /// The app's process: through the launcher when there is a droplet (as CF
 /// runs `/tmp/lifecycle/launcher app CMD METADATA`), else `sh -c CMD`.
-pub(super) fn app_process(droplet: bool, command: &str, metadata: &str, env: Vec<String>) -> ProcessSpec {
+pub(super) fn app_process(
+    droplet: bool,
+    command: &str,
+    metadata: &str,
+    env: Vec<String>,
+    user: AppUser,
+) -> ProcessSpec {
     let (path, args) = if droplet {
         (format!("{LIFECYCLE_MOUNT}/launcher"), vec!["app".to_string(), command.to_string(), metadata.to_string()])
     } else {
         ("/bin/sh".to_string(), vec!["-c".to_string(), command.to_string()])
     };
-    ProcessSpec { path, args, env, user: "vcap".into(), dir: "/home/vcap".into(), ..Default::default() }
+    ProcessSpec { path, args, env, user: user.name.into(), dir: user.dir.into(), ..Default::default() }
 }

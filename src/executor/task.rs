@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::container::{self, Recipe};
 use super::logs::LineWriter;
-use super::lrp::{MAX_LOG_LINE, app_process};
+use super::lrp::{AppUser, MAX_LOG_LINE, app_process};
 use super::tree::TreeSpec;
 use super::{Executor, PROCESS_PROPERTY, ROLE_PROPERTY, StopReason, lock};
 use celld_proto as pb;
@@ -225,7 +225,8 @@ impl Executor {
         let droplet = self.put_droplet(guid, &task.droplet_key, task.disk_mb, &task.log_guid, "CELL", 0).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::task_env(task, &addrs.host_ip, &addrs.container_ip);
-        let spec = app_process(droplet, &task.command, &task.execution_metadata, env);
+        let user = AppUser::of_rootfs(&self.rootfs(&task.rootfs));
+        let spec = app_process(droplet, &task.command, &task.execution_metadata, env, user);
         let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the task: {e}"))?;
         let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);
         Ok(conn)
@@ -253,6 +254,8 @@ impl Executor {
             ]),
             lifecycle_dir: task.action.is_none().then_some(self.cfg.lifecycle_dir.as_path()),
             privileged: task.privileged,
+            image_username: &task.image_username,
+            image_password: &task.image_password,
         };
         let spec = recipe.spec().map_err(|e| format!("failed to create container: {e}"))?;
         self.gardener.create(spec).await.map_err(|e| format!("failed to create container: {e}"))?;

@@ -137,6 +137,8 @@ enum Cmd {
 enum GardenCmd {
     /// Checks that the server answers.
     Ping,
+    /// Removes the images and layers no container uses from the image store.
+    Gc,
     /// Lists container handles, optionally filtered by properties.
     Containers {
         /// Only containers with this property (repeatable).
@@ -434,6 +436,16 @@ async fn garden(garden: &str, tls: Option<celld_transport::tls::TlsFiles>, cmd: 
     }
     match cmd {
         GardenCmd::Ping => c.ping().await?,
+        GardenCmd::Gc => {
+            let r = c.gc_images().await?;
+            println!(
+                "removed {} images and {} layers, freed {}; the image store holds {}",
+                r.images_removed,
+                r.layers_removed,
+                celld_base::size::byte_size(r.bytes_freed),
+                celld_base::size::byte_size(r.store_bytes)
+            );
+        }
         GardenCmd::Containers { properties } => {
             for h in c.list(&pairs(&properties)?).await? {
                 println!("{h}");

@@ -587,6 +587,7 @@ impl Server {
         match (&method, s.as_slice()) {
             (&Method::GET, ["ping"]) => Ok(empty_ok()),
             (&Method::GET, ["capacity"]) => Ok(json_response(200, &g.capacity())),
+            (&Method::POST, ["images", "gc"]) => Ok(json_response(200, &g.collect_images().await)),
             (&Method::GET, ["containers"]) => Ok(json_response(200, &HandlesReply { handles: g.list(&query) })),
             (&Method::POST, ["containers"]) => {
                 let spec: ContainerSpec = read_json(req).await?;

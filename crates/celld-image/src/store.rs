@@ -375,11 +375,13 @@ impl ImageStore {
         let config = self.fetch_config(image, resolved).await?;
         // A few layers at a time (downloads overlap with unpacking), every one
         // run to its end rather than cancelled half-way by another's failure.
-        let results: Vec<Result<(), ImageError>> = futures_util::stream::iter(layers)
-            .map(|(digest, media_type)| self.ensure_layer(image, resolved, digest, media_type))
-            .buffer_unordered(LAYERS_AT_ONCE)
-            .collect()
-            .await;
+        // The futures made first: a closure inside the stream's type makes
+        // the pull's future not `Send` for every lifetime (rustc #110338),
+        // which Garden's create, spawned on the runtime, needs.
+        let fetches: Vec<_> =
+            layers.iter().map(|(digest, media_type)| self.ensure_layer(image, resolved, digest, media_type)).collect();
+        let results: Vec<Result<(), ImageError>> =
+            futures_util::stream::iter(fetches).buffer_unordered(LAYERS_AT_ONCE).collect().await;
         results.into_iter().collect::<Result<(), _>>()?;
         Ok(config)
     }

@@ -1,8 +1,10 @@
 //! Creates, connects to and destroys containers. Owns the runtime helper and the
 //! depot; knows nothing of Garden's HTTP side.
 
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -16,6 +18,7 @@ use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
 use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
+use celld_image::{Credentials, ImageStore, LeasedImage, StoreConfig};
 use celld_network::NameFiles;
 use garden_api::types::ContainerSpec;
 
@@ -31,6 +34,18 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// pids.max for containers whose spec asks for none (0 = no limit).
     pub default_pids_limit: u64,
+    /// The image store's limits and registries (its directory is the depot's).
+    pub images: ImageSettings,
+}
+
+/// How images are pulled and how much of them is kept (`--image-store-size`,
+/// `--insecure-docker-registry`, `--docker-registry-mirror`).
+#[derive(Debug, Clone, Default)]
+pub struct ImageSettings {
+    /// 0: keep the depot's file system 15 % free.
+    pub max_bytes: u64,
+    pub insecure_registries: Vec<String>,
+    pub registry_mirror: Option<String>,
 }
 
 struct HelperConn {
@@ -45,6 +60,7 @@ pub struct Containerizer {
     /// several daemons can run side by side.
     cgroup_parent: String,
     helper: Mutex<Option<HelperConn>>,
+    images: ImageStore,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -83,11 +99,18 @@ impl Containerizer {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
+        let containers = depot.containers_dir();
+        let mut store = StoreConfig::new(depot.root().join("images"));
+        store.max_bytes = cfg.images.max_bytes;
+        store.insecure_registries = cfg.images.insecure_registries.clone();
+        store.registry_mirror = cfg.images.registry_mirror.clone();
+        let images = ImageStore::open(store, Arc::new(move || images_in_use(&containers)))?;
         Ok(Self {
             cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
             depot,
             cfg,
             helper: Mutex::new(None),
+            images,
         })
     }
 
@@ -97,6 +120,11 @@ impl Containerizer {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
+    }
+
+    /// The store of pulled images (`docker://`, `oci://`).
+    pub fn images(&self) -> &ImageStore {
+        &self.images
     }
 
     fn cgroup_path(&self, handle: &str) -> String {
@@ -167,7 +195,20 @@ impl Containerizer {
     ) -> Result<ContainerRecord, RuntimeError> {
         let handle = spec.handle.clone();
         let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
-        let source = rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?;
+        let mut spec = spec.clone();
+        // An image is pulled (or found in the store) before anything of the
+        // container exists: a pull that fails leaves nothing to undo.
+        let (source, image) = if ImageStore::is_image_uri(&uri) {
+            let creds = (!spec.image.username.is_empty() || !spec.image.password.is_empty())
+                .then(|| Credentials { username: spec.image.username.clone(), password: spec.image.password.clone() });
+            let image = self.images.pull(&uri, creds.as_ref()).await.map_err(RuntimeError::Image)?;
+            // The image's environment first: the spec's own variables win.
+            spec.env = image_env(&image.config.env, &spec.env);
+            (PathBuf::from(&uri), Some(image))
+        } else {
+            (rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?, None)
+        };
+        let spec = &spec;
         let mut bind_mounts = Vec::new();
         for m in &spec.bind_mounts {
             if m.origin != 0 {
@@ -202,8 +243,14 @@ impl Containerizer {
             privileged: spec.privileged,
             state: "active".into(),
             network: None,
+            image_user: image.as_ref().map(|i| i.config.user.clone()).unwrap_or_default(),
+            image_working_dir: image.as_ref().map(|i| i.config.working_dir.clone()).unwrap_or_default(),
         };
-        match self.create_in(&rec, &dir, &source, &bind_mounts, names).await {
+        let lower = match image {
+            Some(image) => Lower::Image(image),
+            None => Lower::Rootfs(source),
+        };
+        match self.create_in(&rec, &dir, lower, &bind_mounts, names).await {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "create failed; cleaning up");
@@ -217,7 +264,7 @@ impl Containerizer {
         &self,
         rec: &ContainerRecord,
         dir: &Path,
-        source: &Path,
+        lower: Lower,
         bind_mounts: &[(String, String, bool)],
         names: Option<NameFiles>,
     ) -> Result<ContainerRecord, RuntimeError> {
@@ -225,7 +272,7 @@ impl Containerizer {
         let cpu_shares =
             if limits.cpu_limits.weight > 0 { limits.cpu_limits.weight } else { limits.cpu_limits.limit_in_shares };
         let privileged = rec.privileged;
-        let (source, cache, dir2) = (source.to_path_buf(), self.depot.rootfs_cache(), dir.to_path_buf());
+        let (cache, dir2) = (self.depot.rootfs_cache(), dir.to_path_buf());
         let containers = self.depot.containers_dir();
         let spec = spec::build(&SpecInput {
             handle: &rec.handle,
@@ -242,13 +289,29 @@ impl Containerizer {
         let etc_files: Vec<(String, String)> =
             names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]).unwrap_or_default();
         let merged = Overlay::in_dir(dir).merged;
-        let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
-            let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
+        let (options, lease) = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
+            let (lowers, lease) = match lower {
+                Lower::Rootfs(source) => {
+                    (vec![rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?], None)
+                }
+                Lower::Image(image) => {
+                    // Marks the image used (for the store's collection) before
+                    // the lease that kept it goes.
+                    let file = image_file(&dir2);
+                    std::fs::write(&file, &image.id).map_err(|e| RuntimeError::io(&file, e))?;
+                    let lowers = image.lower_dirs(!privileged).map_err(RuntimeError::Image)?;
+                    let link = rootfs::lower_link(&dir2);
+                    let top =
+                        lowers.first().ok_or_else(|| RuntimeError::BadRootfs("the image has no layers".into()))?;
+                    std::os::unix::fs::symlink(top, &link).map_err(|e| RuntimeError::io(&link, e))?;
+                    (lowers, Some(image))
+                }
+            };
             let overlay = Overlay::in_dir(&dir2);
-            let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
-            overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
+            let options = overlay.prepare(&lowers, (!privileged).then_some(ROOT_HOST_ID))?;
+            overlay.write_etc(&lowers, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
             super::depot::write_bundle_config(&dir2, &spec)?;
-            Ok(options)
+            Ok((options, lease))
         })
         .await
         .map_err(|e| RuntimeError::Helper(e.to_string()))??;
@@ -269,6 +332,7 @@ impl Containerizer {
             }
             HelperReply::PeaStarted { .. } => return Err(RuntimeError::Helper("unexpected reply to a create".into())),
         };
+        drop(lease);
         let mut rec = rec.clone();
         rec.init_pid = pid;
         rec.init_start_time = process_start_time(pid).ok_or(RuntimeError::InitGone)?;
@@ -304,6 +368,8 @@ impl Containerizer {
             privileged: false,
             state: String::new(),
             network: None,
+            image_user: String::new(),
+            image_working_dir: String::new(),
         };
         self.destroy(&rec).await
     }
@@ -460,6 +526,36 @@ impl Containerizer {
     pub fn rootfs_layer(&self, rec: &ContainerRecord) -> Option<PathBuf> {
         std::fs::read_link(rootfs::lower_link(&self.depot.container_dir(&rec.handle))).ok()
     }
+}
+
+/// What a container's overlay is made on: a preloaded rootfs (or directory),
+/// or a pulled image, leased until the container's `image` file marks it used.
+enum Lower {
+    Rootfs(PathBuf),
+    Image(LeasedImage),
+}
+
+/// The file in a container's depot directory naming the image it was made from.
+fn image_file(container_dir: &Path) -> PathBuf {
+    container_dir.join("image")
+}
+
+/// The images the depot's containers were made from (the store keeps them).
+fn images_in_use(containers_dir: &Path) -> HashSet<String> {
+    std::fs::read_dir(containers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(image_file(&e.path())).ok())
+        .collect()
+}
+
+/// An image's environment with a spec's on top: a variable both set is the
+/// spec's, in the image's place.
+fn image_env(image: &[String], spec: &[String]) -> Vec<String> {
+    let name = |e: &String| e.split('=').next().unwrap_or_default().to_string();
+    let overridden: HashSet<String> = spec.iter().map(name).collect();
+    image.iter().filter(|e| !overridden.contains(&name(e))).chain(spec).cloned().collect()
 }
 
 /// Bytes allocated (as `du` counts them, each hard-linked file once) and

@@ -30,6 +30,13 @@ pub struct ContainerRecord {
     /// Address, interfaces, port mappings and net-out rules.
     #[serde(default)]
     pub network: Option<celld_network::NetState>,
+    /// A container made from an image: the image's `User` and `WorkingDir`,
+    /// its processes' defaults when they name none (its `Env` is in the
+    /// spec's env already).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_working_dir: String,
 }
 
 const RECORD: &str = "record.json";
@@ -140,6 +147,8 @@ mod tests {
                     log_prefix: Some("h1 ".into()),
                 }],
             }),
+            image_user: "vcap".into(),
+            image_working_dir: "/app".into(),
         };
         std::fs::create_dir_all(depot.container_dir("h1")).unwrap();
         std::fs::create_dir_all(depot.container_dir("broken")).unwrap();

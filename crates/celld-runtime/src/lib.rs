@@ -17,12 +17,15 @@ pub mod users;
 
 use std::path::Path;
 
-pub use containerizer::{Containerizer, RuntimeConfig};
+pub use containerizer::{Containerizer, ImageSettings, RuntimeConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{0}")]
     BadRootfs(String),
+    /// Pulling or unpacking an image (`docker://`, `oci://`) failed.
+    #[error(transparent)]
+    Image(#[from] celld_image::ImageError),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{0}: no space left on device: free space on its filesystem (or point --depot elsewhere) and try again")]

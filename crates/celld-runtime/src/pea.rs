@@ -155,7 +155,7 @@ impl Containerizer {
             std::fs::create_dir_all(&dir2).map_err(|e| RuntimeError::io(&dir2, e))?;
             let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
             let overlay = Overlay::in_dir(&dir2);
-            let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
+            let options = overlay.prepare(std::slice::from_ref(&lower), (!privileged).then_some(ROOT_HOST_ID))?;
             let spec = spec::build(&SpecInput {
                 handle: &handle,
                 rootfs: &overlay.merged,

@@ -323,18 +323,21 @@ impl Overlay {
     }
 
     /// Makes the upper and work layers (upper owned by container root) and
-    /// returns the overlay's mount options; `lower` is never written.
-    pub fn prepare(&self, lower: &Path, root_owner: Option<u32>) -> Result<String, RuntimeError> {
+    /// returns the overlay's mount options; `lowers` (topmost first) are
+    /// never written.
+    pub fn prepare(&self, lowers: &[PathBuf], root_owner: Option<u32>) -> Result<String, RuntimeError> {
+        let Some(top) = lowers.first() else { return Err(RuntimeError::BadRootfs("no lower layer".into())) };
         for d in [&self.upper, &self.work, &self.merged] {
             std::fs::create_dir_all(d).map_err(|e| RuntimeError::io(d, e))?;
         }
-        let lower_meta = std::fs::metadata(lower).map_err(|e| RuntimeError::io(lower, e))?;
+        let lower_meta = std::fs::metadata(top).map_err(|e| RuntimeError::io(top, e))?;
         let _ = std::fs::set_permissions(&self.upper, std::fs::Permissions::from_mode(lower_meta.mode() & 0o7777));
         if let Some(owner) = root_owner {
             std::os::unix::fs::chown(&self.upper, Some(owner), Some(owner))
                 .map_err(|e| RuntimeError::io(&self.upper, e))?;
         }
-        Ok(format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display()))
+        let lowerdir = lowers.iter().map(|l| l.display().to_string()).collect::<Vec<_>>().join(":");
+        Ok(format!("lowerdir={lowerdir},upperdir={},workdir={}", self.upper.display(), self.work.display()))
     }
 
     /// Mounts the overlay prepared with `options` on `merged`.
@@ -357,17 +360,18 @@ impl Overlay {
     /// upper layer before the overlay is mounted: they shadow the image's
     /// files of the same name, with no copy-up or whiteout. Owned by container
     /// root, mode 0644 (root inside may change them, others may not). The
-    /// image's `/etc` is only looked at, never followed, for the directory's
-    /// mode and owner.
-    pub fn write_etc(&self, lower: &Path, files: &[(String, String)], owner: u32) -> Result<(), RuntimeError> {
+    /// image's `/etc` (in the topmost of `lowers` that has one) is only
+    /// looked at, never followed, for the directory's mode and owner.
+    pub fn write_etc(&self, lowers: &[PathBuf], files: &[(String, String)], owner: u32) -> Result<(), RuntimeError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         if files.is_empty() {
             return Ok(());
         }
         let etc = self.upper.join("etc");
-        let (mode, uid, gid) = match std::fs::symlink_metadata(lower.join("etc")) {
-            Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+        let image_etc = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join("etc")).ok());
+        let (mode, uid, gid) = match image_etc {
+            Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
             _ => (0o755, owner, owner),
         };
         std::fs::create_dir(&etc).map_err(|e| RuntimeError::io(&etc, e))?;
@@ -406,7 +410,7 @@ mod tests {
         std::fs::set_permissions(lower.join("etc"), std::fs::Permissions::from_mode(0o751)).unwrap();
         let o = Overlay::in_dir(&dir.join("c1"));
         std::fs::create_dir_all(&o.upper).unwrap();
-        o.write_etc(&lower, &files, me).unwrap();
+        o.write_etc(std::slice::from_ref(&lower), &files, me).unwrap();
         assert_eq!(std::fs::read_to_string(o.upper.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
         assert_eq!(std::fs::metadata(o.upper.join("etc/hosts")).unwrap().mode() & 0o777, 0o644);
         assert_eq!(std::fs::metadata(o.upper.join("etc")).unwrap().mode() & 0o777, 0o751);
@@ -417,7 +421,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("outside"), evil.join("etc")).unwrap();
         let o2 = Overlay::in_dir(&dir.join("c2"));
         std::fs::create_dir_all(&o2.upper).unwrap();
-        o2.write_etc(&evil, &files, me).unwrap();
+        o2.write_etc(std::slice::from_ref(&evil), &files, me).unwrap();
         assert!(!dir.join("outside/hosts").exists());
         assert_eq!(std::fs::metadata(o2.upper.join("etc")).unwrap().mode() & 0o777, 0o755);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -256,6 +256,19 @@ pub struct Capacity {
     pub disk_in_bytes: u64,
     pub schedulable_disk_in_bytes: u64,
     pub max_containers: u64,
+    /// celld's: what the image store holds (Garden's clients ignore it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub image_store_in_bytes: u64,
+}
+
+/// celld's `POST /images/gc`: what a collection of the image store removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageGcReply {
+    pub images_removed: u64,
+    pub layers_removed: u64,
+    pub bytes_freed: u64,
+    /// The store's size after it.
+    pub store_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

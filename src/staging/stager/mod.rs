@@ -83,6 +83,15 @@ pub(super) fn now_ns() -> i64 {
 }
 
 impl Stager {
+    /// A Docker image's config (no layers): a Docker app's staging.
+    pub async fn image_config(
+        &self,
+        uri: &str,
+        creds: Option<(String, String)>,
+    ) -> Result<celld_image::ImageConfig, celld_garden::gardener::GardenError> {
+        self.gardener.image_config(uri, creds).await
+    }
+
     /// Opens the stager's directory, puts the lifecycle binary where staging
     /// containers mount it, and settles stagings a previous run left unfinished.
     pub async fn new(

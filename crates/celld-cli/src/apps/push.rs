@@ -19,8 +19,8 @@ const CHUNK: usize = 64 * 1024;
 
 #[derive(Args, Debug, Default)]
 pub struct PushArgs {
-    /// The app's directory, or a .zip of its files.
-    #[arg(value_name = "DIR|ZIP")]
+    /// The app's directory, or a .zip of its files; with --docker-image, the app's name.
+    #[arg(value_name = "DIR|ZIP|NAME")]
     pub path: PathBuf,
     /// The app's name (default: the directory's name, or the zip's, made a valid host name).
     #[arg(short = 'n', long)]
@@ -61,6 +61,12 @@ pub struct PushArgs {
     /// Host name of the app's route (default: the app's name; only when the app is created).
     #[arg(long, value_name = "HOST")]
     pub hostname: Option<String>,
+    /// Run this Docker image instead of staging files (REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST).
+    #[arg(short = 'o', long, value_name = "IMAGE", conflicts_with_all = ["buildpacks", "stack"])]
+    pub docker_image: Option<String>,
+    /// The image registry's username; the password is read from CF_DOCKER_PASSWORD.
+    #[arg(long, value_name = "USER", requires = "docker_image")]
+    pub docker_username: Option<String>,
 }
 
 /// `push`'s flags, checked: nothing reaches the server unless all are valid.
@@ -72,6 +78,8 @@ pub struct PushPlan {
     pub endpoint: Option<String>,
     /// Some(list) replaces the buildpacks; an empty list means detect.
     pub buildpacks: Option<Vec<String>>,
+    /// The registry password of --docker-username (from CF_DOCKER_PASSWORD).
+    pub docker_password: Option<String>,
 }
 
 impl PushPlan {
@@ -100,12 +108,25 @@ impl PushPlan {
             [one] if one == "default" || one == "null" => Some(Vec::new()),
             list => Some(list.to_vec()),
         };
+        let docker_password = match &a.docker_username {
+            Some(_) => match std::env::var("CF_DOCKER_PASSWORD") {
+                Ok(p) if !p.is_empty() => Some(p),
+                _ => {
+                    return Err(Fail::Usage(
+                        "Environment variable CF_DOCKER_PASSWORD not set: it holds the password of --docker-username"
+                            .into(),
+                    ));
+                }
+            },
+            None => None,
+        };
         Ok(Self {
             memory_mb,
             disk_mb,
             health_check_type: a.health_check_type.clone(),
             endpoint: a.endpoint.clone(),
             buildpacks,
+            docker_password,
         })
     }
 
@@ -122,6 +143,9 @@ impl PushPlan {
             set_buildpacks: self.buildpacks.is_some(),
             buildpacks: self.buildpacks.clone().unwrap_or_default(),
             stack: a.stack.clone(),
+            docker_image: a.docker_image.clone(),
+            docker_username: a.docker_username.clone(),
+            docker_password: self.docker_password.clone(),
             ..Default::default()
         };
         // Nothing given: no update (and no audit event).
@@ -144,6 +168,9 @@ impl PushPlan {
             stack: a.stack.clone().unwrap_or_default(),
             hostname: a.hostname.clone().unwrap_or_default(),
             no_route: a.no_route,
+            docker_image: a.docker_image.clone().unwrap_or_default(),
+            docker_username: a.docker_username.clone().unwrap_or_default(),
+            docker_password: self.docker_password.clone().unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -228,15 +255,23 @@ fn upload_stream(file: PathBuf, app: pb::AppRef) -> Result<ReceiverStream<pb::Up
 
 pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
     let plan = PushPlan::check(&a)?;
-    let source = package::inspect(&a.path).map_err(Fail::Usage)?;
-    let name = match &a.name {
-        Some(n) => n.trim().to_string(),
-        None => package::default_name(&source).ok_or_else(|| {
+    // A Docker app has no files: the positional argument is its name.
+    let source = match &a.docker_image {
+        Some(_) => None,
+        None => Some(package::inspect(&a.path).map_err(Fail::Usage)?),
+    };
+    let name = match (&a.name, &source) {
+        (Some(n), _) => n.trim().to_string(),
+        (None, Some(source)) => package::default_name(source).ok_or_else(|| {
             Fail::Usage(format!("push: cannot make an app name from {}; pass -n NAME", a.path.display()))
         })?,
+        (None, None) => a.path.to_string_lossy().trim().to_string(),
     };
     println!("Pushing app {name} to space {}...", ctx.space);
-    let (file, _tmp) = package(&source).await?;
+    let packaged = match &source {
+        Some(source) => Some(package(source).await?),
+        None => None,
+    };
     let mut c = ctx.connect().await?;
     let app_ref = ctx.app_ref(&name);
     let mut created = false;
@@ -267,17 +302,19 @@ pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
         }
         Err(s) => return Err(ctx.fail(s)),
     };
-    println!("Uploading files...");
-    let uploaded = match upload_stream(file, app_ref.clone()) {
-        Ok(stream) => c.upload_package(stream).await.map(|_| ()).map_err(|s| ctx.fail(s)),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = uploaded {
-        // A push that created the app and could not give it files leaves nothing behind.
-        if created {
-            let _ = c.delete_app(app_ref.clone()).await;
+    if let Some((file, _tmp)) = packaged {
+        println!("Uploading files...");
+        let uploaded = match upload_stream(file, app_ref.clone()) {
+            Ok(stream) => c.upload_package(stream).await.map(|_| ()).map_err(|s| ctx.fail(s)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = uploaded {
+            // A push that created the app and could not give it files leaves nothing behind.
+            if created {
+                let _ = c.delete_app(app_ref.clone()).await;
+            }
+            return Err(e);
         }
-        return Err(e);
     }
     if a.no_start {
         println!("OK\n\nApp {name} was not started (--no-start): use 'cellctl start {name}'");

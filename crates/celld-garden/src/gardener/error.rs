@@ -28,6 +28,9 @@ pub enum GardenError {
     Runtime(String, RuntimeError),
     #[error("{1}")]
     Network(String, NetworkError),
+    /// An image's config could not be fetched (no container involved).
+    #[error(transparent)]
+    Image(#[from] celld_image::ImageError),
 }
 
 impl GardenError {
@@ -47,7 +50,7 @@ impl GardenError {
             Self::ExecutableNotFound(h, _) => ("ExecutableNotFoundError", h.as_str(), ""),
             Self::HandleInUse(h) | Self::BeingDestroyed(h) => ("", h.as_str(), ""),
             Self::Runtime(h, _) | Self::Network(h, _) | Self::StreamIn(h, _) => ("", h.as_str(), ""),
-            Self::MaxContainers | Self::BadRequest(_) => ("", "", ""),
+            Self::MaxContainers | Self::BadRequest(_) | Self::Image(_) => ("", "", ""),
         };
         ErrorBody {
             kind: kind.into(),

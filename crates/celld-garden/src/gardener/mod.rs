@@ -116,6 +116,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A process that names no user or directory runs as the image's `User` in
+/// its `WorkingDir` (a container made from an image; others keep Garden's
+/// root and home).
+fn with_image_defaults(rec: &ContainerRecord, spec: &ProcessSpec) -> ProcessSpec {
+    let mut spec = spec.clone();
+    if spec.user.is_empty() {
+        spec.user = rec.image_user.clone();
+    }
+    if spec.dir.is_empty() {
+        spec.dir = rec.image_working_dir.clone();
+    }
+    spec
+}
+
 fn no_network(handle: &str) -> GardenError {
     GardenError::BadRequest(format!("container {handle}: this cell runs without container networking (--no-network)"))
 }
@@ -209,6 +223,29 @@ impl Gardener {
         self.rt.depot().containers_dir()
     }
 
+    /// An image's config, fetched without its layers (the docker app
+    /// lifecycle's staging): its entrypoint, command, user and ports.
+    pub async fn image_config(
+        &self,
+        uri: &str,
+        creds: Option<(String, String)>,
+    ) -> Result<celld_image::ImageConfig, GardenError> {
+        let creds = creds.map(|(username, password)| celld_image::Credentials { username, password });
+        self.rt.images().config(uri, creds.as_ref()).await.map_err(GardenError::Image)
+    }
+
+    /// Removes the images and layers no container uses (`cellctl garden gc`).
+    pub async fn collect_images(&self) -> ImageGcReply {
+        let images = self.rt.images().clone();
+        let r = tokio::task::spawn_blocking(move || images.gc()).await.unwrap_or_default();
+        ImageGcReply {
+            images_removed: r.images_removed as u64,
+            layers_removed: r.layers_removed as u64,
+            bytes_freed: r.bytes_freed,
+            store_bytes: self.rt.images().size_bytes(),
+        }
+    }
+
     pub fn capacity(&self) -> Capacity {
         let mem = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -226,6 +263,7 @@ impl Gardener {
             disk_in_bytes: disk,
             schedulable_disk_in_bytes: disk,
             max_containers: self.max_containers() as u64,
+            image_store_in_bytes: self.rt.images().size_bytes(),
         }
     }
 
@@ -599,6 +637,7 @@ impl Gardener {
     /// Starts a process; returns its id and the init connection that streams it.
     pub async fn run(&self, handle: &str, spec: &ProcessSpec) -> Result<(String, UnixStream), GardenError> {
         let rec = self.record(handle)?;
+        let spec = &with_image_defaults(&rec, spec);
         validate_process(&rec.spec.env, spec)?;
         let req = SpawnRequest {
             id: spec.id.clone(),

@@ -21,6 +21,11 @@ impl Client {
         self.get("/capacity").await
     }
 
+    /// celld's: removes the images and layers no container uses.
+    pub async fn gc_images(&self) -> Result<ImageGcReply, ClientError> {
+        self.request("POST", "/images/gc", None::<&()>).await
+    }
+
     pub async fn create(&self, spec: &ContainerSpec) -> Result<String, ClientError> {
         let r: HandleReply = self.request("POST", "/containers", Some(spec)).await?;
         Ok(r.handle)
