@@ -184,17 +184,19 @@ fn buildpacks_of(a: &pb::App) -> String {
 pub fn app_detail(d: &pb::AppDetail, style: Style) -> String {
     let default = pb::App::default();
     let a = d.app.as_ref().unwrap_or(&default);
-    let mut out = key_values(
-        &[
-            ("name", a.name.clone()),
-            ("requested state", a.state.to_lowercase()),
-            ("routes", a.routes.join(", ")),
-            ("last uploaded", rfc3339(a.updated_at)),
-            ("stack", a.stack.clone()),
-            ("buildpacks", buildpacks_of(a)),
-        ],
-        style,
-    );
+    let mut header = vec![
+        ("name", a.name.clone()),
+        ("requested state", a.state.to_lowercase()),
+        ("routes", a.routes.join(", ")),
+        ("last uploaded", rfc3339(a.updated_at)),
+    ];
+    // cf shows a Docker app's image where a buildpack app has its stack and buildpacks.
+    if a.docker_image.is_empty() {
+        header.extend([("stack", a.stack.clone()), ("buildpacks", buildpacks_of(a))]);
+    } else {
+        header.push(("docker image", a.docker_image.clone()));
+    }
+    let mut out = key_values(&header, style);
     out.push('\n');
     let mut instances: Vec<&pb::AppInstance> = d.instances.iter().collect();
     instances.sort_by_key(|i| i.index);
@@ -411,7 +413,7 @@ pub fn app_json(a: &pb::App) -> Value {
         "droplet_key": a.droplet_key, "detected_buildpack": a.detected_buildpack,
         "detected_start_command": a.detected_start_command, "process_guid": a.process_guid,
         "enable_ssh": a.enable_ssh, "created_at": a.created_at, "updated_at": a.updated_at,
-        "package_key": a.package_key,
+        "package_key": a.package_key, "docker_image": a.docker_image, "docker_username": a.docker_username,
     })
 }
 
