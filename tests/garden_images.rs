@@ -112,6 +112,28 @@ fn containers_run_on_registry_images_with_their_config() {
 }
 
 #[test]
+fn peas_run_on_registry_images() {
+    require_host!();
+    let registry = Registry::with_app();
+    let d = registry.daemon();
+    rt().block_on(async {
+        let h = d.handle("with-pea");
+        d.client.create(&spec(&h)).await.unwrap();
+        let pea = ProcessSpec {
+            image: ImageRef { uri: registry.uri(), ..Default::default() },
+            ..sh("test -x /app/run.sh && /app/run.sh; id -u")
+        };
+        let (code, out, err) = run(&d, &h, pea).await;
+        assert_eq!((code, out.as_str()), (0, "app\n0\n"), "{err}");
+        // The container's own rootfs has no such file.
+        let (_, out, _) = run(&d, &h, sh("test -e /app/run.sh || echo absent")).await;
+        assert_eq!(out, "absent\n");
+        d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}
+
+#[test]
 fn oci_layouts_on_disk_are_rootfses_too() {
     require_host!();
     let tmp = TestDir::new("garden-oci");

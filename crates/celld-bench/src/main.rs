@@ -7,6 +7,7 @@
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
 mod diego;
+mod images;
 mod lrps;
 mod scheduler_load;
 mod ssh;
@@ -60,6 +61,9 @@ struct Args {
     /// Only the Diego phase (a cell joined to a fake BBS and Locket).
     #[arg(long)]
     diego_only: bool,
+    /// Only the images phase (pulls against skopeo + umoci, creates from an image).
+    #[arg(long)]
+    images_only: bool,
     /// LRPs timed from desired to RUNNING through BBS and through celld's
     /// own scheduler in the Diego phase (after 3 warm-ups each).
     #[arg(long, default_value_t = 30)]
@@ -108,6 +112,12 @@ fn main() -> Result<()> {
         plain?;
         return removed;
     }
+    let plain = plain.and_then(|()| images_phase(&rt, &celld, &dir, &args, &tiny));
+    if args.images_only {
+        let removed = remove_dir(&dir);
+        plain?;
+        return removed;
+    }
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, _| {
@@ -140,6 +150,16 @@ fn main() -> Result<()> {
     let removed = remove_dir(&dir);
     networked?;
     removed
+}
+
+/// Issue 21's images, on a cell without networking that may pull from the
+/// bench's own registry.
+fn images_phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: &Args, tiny: &Path) -> Result<()> {
+    let reg = images::BenchRegistry::start(tiny)?;
+    rt.block_on(images::pull_vs_skopeo(&reg, dir))?;
+    let host = reg.host();
+    let extra = ["--no-network", "--grpc-listen", "127.0.0.1:11810", "--insecure-docker-registry", &host];
+    run_cell(rt, celld, &dir.join("images"), args, &extra, async |c, _, _| images::creates(c, &reg).await)
 }
 
 /// Starts a cell, runs `f` against it, and destroys whatever it left, even

@@ -20,7 +20,7 @@ use super::rootfs::{self, Overlay};
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
 use celld_image::{Credentials, ImageStore, LeasedImage, StoreConfig};
 use celld_network::NameFiles;
-use garden_api::types::ContainerSpec;
+use garden_api::types::{ContainerSpec, ImageRef};
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -127,6 +127,18 @@ impl Containerizer {
         &self.images
     }
 
+    /// What a rootfs URI names: an image, pulled (or found in the store) and
+    /// leased with `creds` (empty: anonymous), or a preloaded rootfs or
+    /// directory.
+    pub(crate) async fn lower_source(&self, uri: &str, creds: &ImageRef) -> Result<Lower, RuntimeError> {
+        if !ImageStore::is_image_uri(uri) {
+            return Ok(Lower::Rootfs(rootfs::resolve(uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?));
+        }
+        let creds = (!creds.username.is_empty() || !creds.password.is_empty())
+            .then(|| Credentials { username: creds.username.clone(), password: creds.password.clone() });
+        Ok(Lower::Image(self.images.pull(uri, creds.as_ref()).await?))
+    }
+
     fn cgroup_path(&self, handle: &str) -> String {
         format!("{}/{}", self.cgroup_parent, handle)
     }
@@ -198,15 +210,14 @@ impl Containerizer {
         let mut spec = spec.clone();
         // An image is pulled (or found in the store) before anything of the
         // container exists: a pull that fails leaves nothing to undo.
-        let (source, image) = if ImageStore::is_image_uri(&uri) {
-            let creds = (!spec.image.username.is_empty() || !spec.image.password.is_empty())
-                .then(|| Credentials { username: spec.image.username.clone(), password: spec.image.password.clone() });
-            let image = self.images.pull(&uri, creds.as_ref()).await.map_err(RuntimeError::Image)?;
-            // The image's environment first: the spec's own variables win.
-            spec.env = image_env(&image.config.env, &spec.env);
-            (PathBuf::from(&uri), Some(image))
-        } else {
-            (rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?, None)
+        let lower = self.lower_source(&uri, &spec.image).await?;
+        let (source, image_config) = match &lower {
+            Lower::Rootfs(source) => (source.clone(), None),
+            Lower::Image(image) => {
+                // The image's environment first: the spec's own variables win.
+                spec.env = image_env(&image.config.env, &spec.env);
+                (PathBuf::from(&uri), Some(image.config.clone()))
+            }
         };
         let spec = &spec;
         let mut bind_mounts = Vec::new();
@@ -243,12 +254,8 @@ impl Containerizer {
             privileged: spec.privileged,
             state: "active".into(),
             network: None,
-            image_user: image.as_ref().map(|i| i.config.user.clone()).unwrap_or_default(),
-            image_working_dir: image.as_ref().map(|i| i.config.working_dir.clone()).unwrap_or_default(),
-        };
-        let lower = match image {
-            Some(image) => Lower::Image(image),
-            None => Lower::Rootfs(source),
+            image_user: image_config.as_ref().map(|c| c.user.clone()).unwrap_or_default(),
+            image_working_dir: image_config.map(|c| c.working_dir).unwrap_or_default(),
         };
         match self.create_in(&rec, &dir, lower, &bind_mounts, names).await {
             Ok(rec) => Ok(rec),
@@ -290,23 +297,7 @@ impl Containerizer {
             names.map(|n| vec![("hosts".into(), n.hosts), ("resolv.conf".into(), n.resolv_conf)]).unwrap_or_default();
         let merged = Overlay::in_dir(dir).merged;
         let (options, lease) = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
-            let (lowers, lease) = match lower {
-                Lower::Rootfs(source) => {
-                    (vec![rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?], None)
-                }
-                Lower::Image(image) => {
-                    // Marks the image used (for the store's collection) before
-                    // the lease that kept it goes.
-                    let file = image_file(&dir2);
-                    std::fs::write(&file, &image.id).map_err(|e| RuntimeError::io(&file, e))?;
-                    let lowers = image.lower_dirs(!privileged).map_err(RuntimeError::Image)?;
-                    let link = rootfs::lower_link(&dir2);
-                    let top =
-                        lowers.first().ok_or_else(|| RuntimeError::BadRootfs("the image has no layers".into()))?;
-                    std::os::unix::fs::symlink(top, &link).map_err(|e| RuntimeError::io(&link, e))?;
-                    (lowers, Some(image))
-                }
-            };
+            let (lowers, lease) = lower.layers(&cache, &containers, &dir2, !privileged)?;
             let overlay = Overlay::in_dir(&dir2);
             let options = overlay.prepare(&lowers, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lowers, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
@@ -528,11 +519,40 @@ impl Containerizer {
     }
 }
 
-/// What a container's overlay is made on: a preloaded rootfs (or directory),
-/// or a pulled image, leased until the container's `image` file marks it used.
-enum Lower {
+/// What a container's (or a pea's) overlay is made on: a preloaded rootfs
+/// (or directory), or a pulled image, leased until the `image` file of the
+/// container's directory marks it used.
+pub(crate) enum Lower {
     Rootfs(PathBuf),
     Image(LeasedImage),
+}
+
+impl Lower {
+    /// The read-only lower layers (topmost first) for the overlay in `dir`,
+    /// recorded there as used (`lower` link, `image` file); and the image's
+    /// lease, to drop once the overlay is mounted. Blocking file work.
+    pub(crate) fn layers(
+        self,
+        cache: &Path,
+        containers: &Path,
+        dir: &Path,
+        shifted: bool,
+    ) -> Result<(Vec<PathBuf>, Option<LeasedImage>), RuntimeError> {
+        match self {
+            Lower::Rootfs(source) => Ok((vec![rootfs::lower_layer(&source, cache, containers, dir, shifted)?], None)),
+            Lower::Image(image) => {
+                // Marks the image used (for the store's collection) before
+                // the lease that kept it goes.
+                let file = image_file(dir);
+                std::fs::write(&file, &image.id).map_err(|e| RuntimeError::io(&file, e))?;
+                let lowers = image.lower_dirs(shifted)?;
+                let link = rootfs::lower_link(dir);
+                let top = lowers.first().ok_or_else(|| RuntimeError::BadRootfs("the image has no layers".into()))?;
+                std::os::unix::fs::symlink(top, &link).map_err(|e| RuntimeError::io(&link, e))?;
+                Ok((lowers, Some(image)))
+            }
+        }
+    }
 }
 
 /// The file in a container's depot directory naming the image it was made from.
@@ -540,14 +560,20 @@ fn image_file(container_dir: &Path) -> PathBuf {
     container_dir.join("image")
 }
 
-/// The images the depot's containers were made from (the store keeps them).
+/// The images the depot's containers and their peas were made from (the
+/// store keeps them).
 fn images_in_use(containers_dir: &Path) -> HashSet<String> {
-    std::fs::read_dir(containers_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(image_file(&e.path())).ok())
-        .collect()
+    let dirs =
+        |d: &Path| -> Vec<PathBuf> { std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).collect() };
+    let mut used = HashSet::new();
+    for container in dirs(containers_dir) {
+        for dir in std::iter::once(container.clone()).chain(dirs(&container.join("peas"))) {
+            if let Ok(id) = std::fs::read_to_string(image_file(&dir)) {
+                used.insert(id);
+            }
+        }
+    }
+    used
 }
 
 /// An image's environment with a spec's on top: a variable both set is the

@@ -23,12 +23,13 @@ use tokio::net::UnixStream;
 
 use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
-use super::containerizer::{Containerizer, now_ns};
+use super::containerizer::{Containerizer, Lower, now_ns};
 use super::depot::ContainerRecord;
 use super::helper::{HelperReply, HelperRequest, RootfsMount};
 use super::initproto::{self as proto, ErrorKind, Reply, Request, SpawnRequest};
-use super::rootfs::{self, Overlay};
+use super::rootfs::Overlay;
 use super::spec::{self, ROOT_HOST_ID, SpecInput};
+use garden_api::types::ImageRef;
 
 /// Prefix of a pea's own cgroup. It sits beside its container's, not under
 /// it, as Garden puts it (runc's cgroup path is the process id): so the
@@ -51,7 +52,9 @@ pub fn is_own_cgroup_of(name: &str, handles: &std::collections::HashSet<String>)
 #[derive(Debug, Clone, Default)]
 pub struct PeaRequest {
     pub process: SpawnRequest,
-    pub image_uri: String,
+    /// The pea's rootfs (a preloaded rootfs, a directory or an image) and
+    /// the image's registry credentials.
+    pub image: ImageRef,
     /// `None`: the pea shares the container's limits. `Some`: its own cgroup
     /// with these (zero: none).
     pub limits: Option<PeaLimits>,
@@ -89,8 +92,7 @@ impl Containerizer {
     /// connection that streams it, as a `Spawn` request does. On failure
     /// nothing of the pea is left.
     pub async fn run_pea(&self, rec: &ContainerRecord, pea: PeaRequest) -> Result<(Reply, UnixStream), RuntimeError> {
-        let cfg = self.config();
-        let source = rootfs::resolve(&pea.image_uri, &cfg.rootfs_dir, &cfg.default_rootfs)?;
+        let lower = self.lower_source(&pea.image.uri, &pea.image).await?;
         let mut conn = self.connect(rec).await?;
         let prepare = Request::PreparePea { id: pea.process.id.clone(), tty: pea.process.tty };
         let reply = exchange(&mut conn, &prepare).await?;
@@ -101,7 +103,7 @@ impl Containerizer {
             Some(_) => format!("{}/{}{name}", cgroup_parent(&rec.cgroup_path), own_cgroup_prefix(&rec.handle)),
             None => rec.cgroup_path.clone(),
         };
-        let result = self.start_pea(rec, &pea, &source, &dir, &cgroup, reply.fds).await;
+        let result = self.start_pea(rec, &pea, lower, &dir, &cgroup, reply.fds).await;
         let started = match result {
             Ok(started) => started,
             Err(e) => {
@@ -130,7 +132,7 @@ impl Containerizer {
         &self,
         rec: &ContainerRecord,
         pea: &PeaRequest,
-        source: &Path,
+        lower: Lower,
         dir: &Path,
         cgroup: &str,
         fds: Vec<i32>,
@@ -148,14 +150,13 @@ impl Containerizer {
         }
         let limits = pea.limits.unwrap_or_default();
         let (cache, containers) = (self.depot().rootfs_cache(), self.depot().containers_dir());
-        let (source, dir2, handle, env) =
-            (source.to_path_buf(), dir.to_path_buf(), rec.handle.clone(), pea.process.env.clone());
+        let (dir2, handle, env) = (dir.to_path_buf(), rec.handle.clone(), pea.process.env.clone());
         let cgroup_path = cgroup.to_string();
-        let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
+        let (options, lease) = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             std::fs::create_dir_all(&dir2).map_err(|e| RuntimeError::io(&dir2, e))?;
-            let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
+            let (lowers, lease) = lower.layers(&cache, &containers, &dir2, !privileged)?;
             let overlay = Overlay::in_dir(&dir2);
-            let options = overlay.prepare(std::slice::from_ref(&lower), (!privileged).then_some(ROOT_HOST_ID))?;
+            let options = overlay.prepare(&lowers, (!privileged).then_some(ROOT_HOST_ID))?;
             let spec = spec::build(&SpecInput {
                 handle: &handle,
                 rootfs: &overlay.merged,
@@ -168,7 +169,7 @@ impl Containerizer {
                 bind_mounts: &binds,
             })?;
             super::depot::write_bundle_config(&dir2, &spec)?;
-            Ok(options)
+            Ok((options, lease))
         })
         .await
         .map_err(|e| RuntimeError::Helper(e.to_string()))??;
@@ -183,7 +184,10 @@ impl Containerizer {
             own_cgroup: pea.limits.is_some(),
             process: pea.process.clone(),
         };
-        match self.helper_call(&HelperRequest::StartPea(start)).await? {
+        let started = self.helper_call(&HelperRequest::StartPea(start)).await;
+        // Mounted (or not): the pea's `image` file keeps its image from here.
+        drop(lease);
+        match started? {
             HelperReply::PeaStarted { pid } => Ok(pid),
             HelperReply::ProcessFailed { kind, message } => Err(RuntimeError::Process(kind, message)),
             HelperReply::Failed { message } => Err(RuntimeError::Helper(message)),

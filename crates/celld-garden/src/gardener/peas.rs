@@ -55,7 +55,7 @@ impl Gardener {
         let handle = rec.handle.as_str();
         let pea = PeaRequest {
             process,
-            image_uri: spec.image.uri.clone(),
+            image: spec.image.clone(),
             limits: pea_limits(&spec.limits)?,
             bind_mounts: pea_bind_mounts(&spec.bind_mounts)?,
         };
