@@ -2,7 +2,9 @@
 //! verified blob pulls) or from an OCI image layout on disk. Every blob is
 //! checked against its digest before use.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -29,6 +31,22 @@ pub(crate) struct Fetcher {
     insecure: Vec<String>,
     mirror: Option<(String, bool)>,
     timeout: Duration,
+    /// Clients kept per registry, way in and credentials: a client costs
+    /// ~10 ms to make (TLS roots) and keeps its connections and tokens, so a
+    /// create from a stored image costs one manifest request. Keyed by the
+    /// credentials too, since a client keeps the first it is given.
+    clients: Mutex<HashMap<ClientKey, Client>>,
+    /// Insecure registries that answered over plain HTTP: tried that way first.
+    plain_http: Mutex<HashSet<String>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    host: String,
+    plain: bool,
+    unverified: bool,
+    /// sha256 of the credentials, not the password itself.
+    creds: [u8; 32],
 }
 
 /// Where the rest of a pull's blobs come from once the manifest is found.
@@ -67,7 +85,32 @@ impl Fetcher {
             };
             Some((host, u.scheme() == "http"))
         });
-        Self { insecure: cfg.insecure_registries.clone(), mirror, timeout: cfg.timeout }
+        Self {
+            insecure: cfg.insecure_registries.clone(),
+            mirror,
+            timeout: cfg.timeout,
+            clients: Mutex::new(HashMap::new()),
+            plain_http: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn client(&self, host: &str, plain: bool, unverified: bool, creds: Option<&Credentials>) -> (ClientKey, Client) {
+        let mut h = Sha256::new();
+        if let Some(c) = creds {
+            h.update(c.username.as_bytes());
+            h.update([0]);
+            h.update(c.password.as_bytes());
+        }
+        let key = ClientKey { host: host.to_string(), plain, unverified, creds: h.finalize().into() };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let protocol = if plain { ClientProtocol::Http } else { ClientProtocol::Https };
+        let c = clients.entry(key.clone()).or_insert_with(|| client(protocol, unverified, self.timeout)).clone();
+        (key, c)
+    }
+
+    /// Forgets a client that failed (its connections or tokens may be stale).
+    fn forget(&self, key: &ClientKey) {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
     /// Finds the linux/amd64 image manifest `image` names.
@@ -93,23 +136,28 @@ impl Fetcher {
                     Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
                     None => RegistryAuth::Anonymous,
                 };
-                // Insecure registries: unverified TLS first, then plain HTTP.
-                // Clients per pull: oci-client keeps the first credentials it
-                // is given per registry, right or wrong.
-                let (t, plain) = (self.timeout, ClientProtocol::Http);
-                let clients: Vec<Client> = if plain_mirror {
-                    vec![client(plain, false, t)]
+                // Insecure registries: unverified TLS first, then plain HTTP
+                // (plain first once it is known to answer that way).
+                let clients: Vec<(ClientKey, Client)> = if plain_mirror {
+                    vec![self.client(&host, true, false, creds)]
                 } else if self.insecure.contains(&host) {
-                    vec![client(ClientProtocol::Https, true, t), client(plain, false, t)]
+                    let tls = self.client(&host, false, true, creds);
+                    let http = self.client(&host, true, false, creds);
+                    let known_plain = self.plain_http.lock().unwrap_or_else(|p| p.into_inner()).contains(&host);
+                    if known_plain { vec![http, tls] } else { vec![tls, http] }
                 } else {
-                    vec![client(ClientProtocol::Https, false, t)]
+                    vec![self.client(&host, false, false, creds)]
                 };
                 let uri = image.uri.as_str();
                 let started = tokio::time::Instant::now();
                 let mut last = None;
-                for c in clients {
+                for (key, c) in clients {
                     let left = self.timeout.saturating_sub(started.elapsed());
-                    match tokio::time::timeout(left, self.manifest_from(&c, &reference, &auth, image)).await {
+                    let found = tokio::time::timeout(left, self.manifest_from(&c, &reference, &auth, image)).await;
+                    if !matches!(found, Ok(Ok(_))) {
+                        self.forget(&key);
+                    }
+                    match found {
                         Err(_) => {
                             return Err(ImageError::Timeout {
                                 image: uri.into(),
@@ -118,6 +166,9 @@ impl Fetcher {
                             });
                         }
                         Ok(Ok((digest, manifest, reference))) => {
+                            if key.plain {
+                                self.plain_http.lock().unwrap_or_else(|p| p.into_inner()).insert(host);
+                            }
                             let origin = Origin::Remote { client: c, reference };
                             return Ok(Resolved { origin, digest, manifest });
                         }

@@ -11,6 +11,10 @@ use celld_image::testing::{Entry, ImageBuilder, TestDir, TestRegistry, push};
 use celld_image::{ImageError, ImageStore, StoreConfig};
 use serde_json::json;
 
+/// A limit no test image reaches: 0 would be "keep the filesystem 15 % free",
+/// which collects everything unused on a fuller disk than that.
+const NO_LIMIT: u64 = 1 << 50;
+
 fn store(dir: &Path, max: u64) -> ImageStore {
     let mut cfg = StoreConfig::new(dir.join("store"));
     cfg.max_bytes = max;
@@ -151,7 +155,7 @@ async fn pulls_an_oci_layout_and_flattens_many_layers() {
     }
     b = b.layer(vec![Entry::Whiteout("f3".into())]);
     b.write(&layout, "many").unwrap();
-    let s = store(tmp.path(), 0);
+    let s = store(tmp.path(), NO_LIMIT);
     let img = s.pull(&format!("oci://{}:many", layout.display()), None).await.unwrap();
     let img = Arc::new(img);
     let i2 = img.clone();
@@ -177,7 +181,7 @@ async fn gc_removes_unused_images_oldest_first_and_keeps_leased() {
             .unwrap();
         uris.push(format!("oci://{}:t", l.display()));
     }
-    let s = store(tmp.path(), 0);
+    let s = store(tmp.path(), NO_LIMIT);
     let a = s.pull(&uris[0], None).await.unwrap();
     let a_id = a.id.clone();
     drop(a);
@@ -335,7 +339,7 @@ async fn gc_keeps_leased_and_in_use_images() {
         ImageBuilder::new().layer(vec![Entry::file("own", &[i; 10_000])]).write(&l, "t").unwrap();
         uris.push(format!("oci://{}:t", l.display()));
     }
-    let s = store(tmp.path(), 0);
+    let s = store(tmp.path(), NO_LIMIT);
     let in_use_id = s.pull(&uris[0], None).await.unwrap().id.clone();
     drop(s.pull(&uris[1], None).await.unwrap());
     drop(s);
