@@ -67,6 +67,7 @@ pub fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
         exe,
         log_level: cfg.log_level.clone(),
         default_pids_limit: cfg.default_pids_limit,
+        disk: cfg.disk(),
     })?;
     let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
     let gardener = Arc::new(Gardener::new(

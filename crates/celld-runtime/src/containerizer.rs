@@ -12,6 +12,8 @@ use tokio::sync::Mutex;
 use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
 use super::depot::{ContainerRecord, Depot};
+use super::disk::sizes::RootfsSizes;
+use super::disk::{DiskConfig, DiskLimit, DiskQuota};
 use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
 use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
@@ -31,6 +33,8 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// pids.max for containers whose spec asks for none (0 = no limit).
     pub default_pids_limit: u64,
+    /// How disk limits are enforced.
+    pub disk: DiskConfig,
 }
 
 struct HelperConn {
@@ -45,6 +49,10 @@ pub struct Containerizer {
     /// several daemons can run side by side.
     cgroup_parent: String,
     helper: Mutex<Option<HelperConn>>,
+    /// Where containers write, and the limits on it.
+    disk: std::sync::Arc<DiskQuota>,
+    /// Rootfs layers' sizes: disk metrics and limits of scope total count them.
+    sizes: std::sync::Arc<RootfsSizes>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -83,11 +91,21 @@ impl Containerizer {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
+        // Before the helper starts: its mount namespace copies the host's,
+        // which must hold the store's mount.
+        let disk = DiskQuota::open(&cfg.depot, &cfg.disk)?;
+        tracing::info!("disk limits: {}", disk.describe());
+        // Subvolumes of containers whose depot directory is gone (a container
+        // with a directory is removed, subvolume and all, by the restore).
+        let containers = depot.containers_dir();
+        disk.sweep(&|handle| containers.join(handle).is_dir());
         Ok(Self {
             cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
             depot,
             cfg,
             helper: Mutex::new(None),
+            disk: std::sync::Arc::new(disk),
+            sizes: Default::default(),
         })
     }
 
@@ -97,6 +115,21 @@ impl Containerizer {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
+    }
+
+    pub fn disk(&self) -> &DiskQuota {
+        &self.disk
+    }
+
+    pub fn rootfs_sizes(&self) -> &RootfsSizes {
+        &self.sizes
+    }
+
+    /// The overlay of container `handle`: its writes in the disk backend's
+    /// place, its mount point in the depot.
+    fn overlay(&self, handle: &str) -> Overlay {
+        let dir = self.depot.container_dir(handle);
+        Overlay::with_layers(&self.disk.layers_dir(handle, &dir), &dir)
     }
 
     fn cgroup_path(&self, handle: &str) -> String {
@@ -168,6 +201,11 @@ impl Containerizer {
         let handle = spec.handle.clone();
         let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
         let source = rootfs::resolve(&uri, &self.cfg.rootfs_dir, &self.cfg.default_rootfs)?;
+        if spec.limits.disk_limits.byte_hard > 0 {
+            if let Some(why) = self.disk.refuses_limits() {
+                return Err(RuntimeError::DiskLimit(why));
+            }
+        }
         let mut bind_mounts = Vec::new();
         for m in &spec.bind_mounts {
             if m.origin != 0 {
@@ -227,6 +265,8 @@ impl Containerizer {
         let privileged = rec.privileged;
         let (source, cache, dir2) = (source.to_path_buf(), self.depot.rootfs_cache(), dir.to_path_buf());
         let containers = self.depot.containers_dir();
+        let (disk, sizes, overlay) = (self.disk.clone(), self.sizes.clone(), self.overlay(&rec.handle));
+        let (handle, disk_limits) = (rec.handle.clone(), limits.disk_limits.clone());
         let spec = spec::build(&SpecInput {
             handle: &rec.handle,
             rootfs: &Overlay::in_dir(dir).merged,
@@ -244,7 +284,12 @@ impl Containerizer {
         let merged = Overlay::in_dir(dir).merged;
         let options = tokio::task::spawn_blocking(move || -> Result<String, RuntimeError> {
             let lower = rootfs::lower_layer(&source, &cache, &containers, &dir2, !privileged)?;
-            let overlay = Overlay::in_dir(&dir2);
+            // The rootfs is measured only for a limit it counts against.
+            let rootfs_bytes =
+                if disk_limits.byte_hard > 0 && disk_limits.scope != 1 { sizes.usage(&lower).0 } else { 0 };
+            let limit = DiskLimit::for_garden(disk_limits.byte_hard, disk_limits.scope, rootfs_bytes)
+                .map_err(|e| RuntimeError::DiskLimit(format!("container {handle}: {e}")))?;
+            disk.prepare(&handle, limit)?;
             let options = overlay.prepare(&lower, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lower, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
             super::depot::write_bundle_config(&dir2, &spec)?;
@@ -314,6 +359,7 @@ impl Containerizer {
         let dir = self.depot.container_dir(&rec.handle);
         let trash = self.depot.trash_dir();
         let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
+        let disk = self.disk.clone();
         tokio::task::spawn_blocking(move || {
             let mut first_err = None;
             let t0 = std::time::Instant::now();
@@ -332,6 +378,10 @@ impl Containerizer {
             let cgroup_removed = t0.elapsed();
             if let Err(e) = Overlay::in_dir(&dir).unmount() {
                 first_err.get_or_insert(e);
+            }
+            // After init is gone: nothing writes to the subvolume any more.
+            if let Err(e) = disk.remove(&rec.handle) {
+                first_err.get_or_insert(e.into());
             }
             let _ = std::fs::remove_file(&rec.socket);
             let lower = std::fs::read_link(rootfs::lower_link(&dir)).ok();
@@ -452,14 +502,38 @@ impl Containerizer {
     }
 
     /// Bytes and inodes the container wrote (its overlay upper layer).
+    /// The bytes come from the disk backend's accounting where it has one
+    /// (btrfs: the subvolume's qgroup, no walk); the inodes from counting the
+    /// upper layer's entries, without a stat per entry.
     pub fn disk_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
-        tree_usage(&Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper)
+        let upper = self.overlay(&rec.handle).upper;
+        match self.disk.exclusive_bytes(&rec.handle) {
+            Some(bytes) => (bytes, count_entries(&upper)),
+            None => tree_usage(&upper),
+        }
     }
 
     /// The read-only lower layer a container's overlay is made of, if any.
     pub fn rootfs_layer(&self, rec: &ContainerRecord) -> Option<PathBuf> {
         std::fs::read_link(rootfs::lower_link(&self.depot.container_dir(&rec.handle))).ok()
     }
+}
+
+/// Entries below `root`, `root` included; directories are told by the
+/// entry's type, so nothing is stat'ed.
+fn count_entries(root: &Path) -> u64 {
+    let mut stack = vec![root.to_path_buf()];
+    let mut n = 0;
+    while let Some(dir) = stack.pop() {
+        n += 1;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                _ => n += 1,
+            }
+        }
+    }
+    n
 }
 
 /// Bytes allocated (as `du` counts them, each hard-linked file once) and
