@@ -1,12 +1,13 @@
 //! `make bench`: times celld's create / run `true` / destroy cycle against
 //! Debian's `runc run`, creates with networking and a net-in, the cost of a
 //! net-out rule change at 10 and at 250 containers, and what an idle container
-//! costs in memory; then staging, app instances, `cf ssh`, the scheduler under
+//! costs in memory; creates with a disk limit against without (`disk.rs`); then staging, app instances, `cf ssh`, the scheduler under
 //! load and a cell joined to Diego (`diego.rs`).
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
 mod diego;
+mod disk;
 mod lrps;
 mod scheduler_load;
 mod ssh;
@@ -57,6 +58,9 @@ struct Args {
     /// Only issue 2's create/run/destroy cycle and its runc baseline.
     #[arg(long)]
     cycle_only: bool,
+    /// Only the disk-limit phase (creates with and without a disk limit).
+    #[arg(long)]
+    disk_only: bool,
     /// Only the Diego phase (a cell joined to a fake BBS and Locket).
     #[arg(long)]
     diego_only: bool,
@@ -101,6 +105,15 @@ fn main() -> Result<()> {
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
     let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
+    let disk_phase = || {
+        run_cell(&rt, &celld, &dir.join("disk"), &args, &plain_args, async |c, _, _| disk::run(args.cycles, c).await)
+    };
+    if args.disk_only {
+        let r = disk_phase();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
     let plain =
         run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
     if args.cycle_only {
@@ -108,6 +121,7 @@ fn main() -> Result<()> {
         plain?;
         return removed;
     }
+    let plain = plain.and_then(|()| disk_phase());
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, _| {
@@ -566,6 +580,8 @@ async fn destroy_all(client: &Client) -> Result<()> {
 struct Daemon {
     child: Option<Child>,
     pid: u32,
+    /// The btrfs store celld mounts for disk limits; unmounted after it stops.
+    store: PathBuf,
 }
 
 impl Daemon {
@@ -590,7 +606,7 @@ impl Daemon {
                 return Err(e).with_context(|| format!("starting {}", celld.display()));
             }
         };
-        Ok(Daemon { pid: child.id(), child: Some(child) })
+        Ok(Daemon { pid: child.id(), child: Some(child), store: dir.join("depot/store") })
     }
 
     async fn wait_ready(&mut self, client: &Client) -> Result<()> {
@@ -626,6 +642,9 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // A daemon keeps its store mounted (its containers outlive it); the
+        // bench's go with it. The loop device is freed with the mount.
+        let _ = nix::mount::umount2(&self.store, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
