@@ -87,13 +87,22 @@ fn limits_and_usage_are_reported_and_survive_a_restart() {
         let cap = d.client.capacity().await.unwrap();
         let store = nix::sys::statvfs::statvfs(&d.store()).unwrap();
         assert_eq!(cap.disk_in_bytes, store.blocks() * store.fragment_size(), "capacity is the store's");
+        assert_eq!(d.qgroups().len(), 1, "{:?}", d.qgroups());
         d.client.destroy(&h).await.unwrap();
+        assert!(d.subvolumes().is_empty(), "{:?}", d.subvolumes());
+        // The daemon's own commit lets btrfs drop the qgroup within seconds
+        // (without it, at the next periodic commit, 30 s on).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !d.qgroups().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(d.qgroups().is_empty(), "stale qgroups: {:?}", d.qgroups());
     });
     d.assert_no_leaks();
 }
 
 #[test]
-fn a_total_limit_below_the_rootfs_fails_clearly_and_leaves_nothing() {
+fn failed_creates_leave_no_subvolume() {
     require_host!();
     let d = Daemon::start();
     let h = d.handle("disk-too-small");
@@ -102,6 +111,16 @@ fn a_total_limit_below_the_rootfs_fails_clearly_and_leaves_nothing() {
         let msg = err.to_string();
         assert!(msg.contains(&h) && msg.contains("smaller than the rootfs"), "{msg}");
         assert!(d.client.list(&Default::default()).await.unwrap().is_empty());
+
+        // A create that fails after its subvolume is made (here: binding a
+        // file over a directory fails as the container starts) removes it.
+        let h = d.handle("disk-late-failure");
+        let mut s = limited(&h, 100 * MIB, 1, false);
+        s.bind_mounts =
+            vec![BindMount { src_path: "/etc/hostname".into(), dst_path: "/bin".into(), mode: 0, origin: 0 }];
+        let err = d.client.create(&s).await.unwrap_err();
+        assert!(err.to_string().contains("/bin"), "{err}");
+        assert!(d.subvolumes().is_empty(), "{:?}", d.subvolumes());
     });
     d.assert_no_leaks();
 }

@@ -328,6 +328,8 @@ impl Daemon {
         // A deleted subvolume's qgroup goes once the kernel has freed its extents.
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.qgroups().is_empty() && Instant::now() < deadline {
+            // A commit wakes the cleaner (else it waits for the 30 s one).
+            let _ = Command::new("btrfs").args(["filesystem", "sync"]).arg(self.store()).stdout(Stdio::null()).status();
             let _ = Command::new("btrfs").args(["subvolume", "sync"]).arg(self.store()).stdout(Stdio::null()).status();
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -380,6 +382,8 @@ pub fn celld_exit(dir: &Path, args: &[&str], timeout: Duration) -> Option<(std::
         .arg(dir.join("run"))
         .arg("--garden-socket")
         .arg(dir.join("garden.sock"))
+        // A daemon that stops at start keeps no disk store mounted behind it.
+        .args(if args.contains(&"--disk-limits") { &[][..] } else { &["--disk-limits", "none"][..] })
         .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

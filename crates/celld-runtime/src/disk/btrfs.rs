@@ -122,6 +122,8 @@ impl BtrfsStore {
         // Refused while the kernel still frees the extents: it removes the
         // qgroup itself once done.
         let _ = ioctl::destroy_qgroup(&parent, id);
+        let qgroup = self.qgroups.join(format!("0_{id}"));
+        std::thread::spawn(move || commit_until_gone(&parent, &qgroup));
         Ok(())
     }
 
@@ -162,6 +164,23 @@ impl BtrfsStore {
                 }
             }
         }
+    }
+}
+
+/// Commits the store until `qgroup` is gone (for a few seconds at most):
+/// the cleaner frees a deleted subvolume, and then its qgroup, after a commit
+/// once the subvolume's last user (the dead container's overlay, unmounted
+/// lazily) has let go; without these commits that waits for the periodic one,
+/// 30 s on. Off the caller's path: a commit writes back what the store holds dirty.
+fn commit_until_gone(store: &File, qgroup: &Path) {
+    let mut pause = std::time::Duration::from_millis(50);
+    for _ in 0..8 {
+        let _ = ioctl::sync(store);
+        if !qgroup.exists() {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
     }
 }
 

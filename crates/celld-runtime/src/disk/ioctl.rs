@@ -64,6 +64,7 @@ struct FsInfoArgs {
     rest: [u8; 1024 - 32],
 }
 
+nix::ioctl_none!(fs_sync, MAGIC, 8);
 nix::ioctl_write_ptr!(subvol_create, MAGIC, 14, VolArgs);
 nix::ioctl_write_ptr!(snap_destroy, MAGIC, 15, VolArgs);
 nix::ioctl_readwrite!(ino_lookup, MAGIC, 18, InoLookupArgs);
@@ -109,6 +110,13 @@ pub fn fsid(fd: &impl AsRawFd) -> Result<String, nix::Error> {
     unsafe { fs_info(fd.as_raw_fd(), &mut *args) }?;
     let h: String = args.fsid.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+/// Commits the filesystem and wakes its transaction thread, which pokes the
+/// cleaner that frees deleted subvolumes (a plain syncfs with nothing dirty
+/// commits nothing and wakes nobody).
+pub fn sync(fd: &impl AsRawFd) -> Result<(), nix::Error> {
+    unsafe { fs_sync(fd.as_raw_fd()) }.map(drop)
 }
 
 pub fn enable_quota(fd: &impl AsRawFd) -> Result<(), nix::Error> {
