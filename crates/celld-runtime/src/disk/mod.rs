@@ -150,10 +150,12 @@ impl DiskQuota {
 
     /// Where container `handle`'s overlay upper and work directories go
     /// (`container_dir` when the backend has no place of its own).
+    /// A container made without the backend (by a celld before it, or with
+    /// `--disk-limits none`) keeps its layers in its own directory.
     pub fn layers_dir(&self, handle: &str, container_dir: &Path) -> PathBuf {
         match self {
-            Self::Btrfs(s) => s.layers_dir(handle),
-            Self::None { .. } => container_dir.to_path_buf(),
+            Self::Btrfs(s) if !container_dir.join("upper").exists() => s.layers_dir(handle),
+            _ => container_dir.to_path_buf(),
         }
     }
 
