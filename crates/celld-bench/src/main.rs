@@ -106,7 +106,11 @@ fn main() -> Result<()> {
     // rest on a cell with its network.
     let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
     let disk_phase = || {
-        run_cell(&rt, &celld, &dir.join("disk"), &args, &plain_args, async |c, _, _| disk::run(args.cycles, c).await)
+        run_cell(&rt, &celld, &dir.join("disk"), &args, &plain_args, async |c, _, _| disk::run(args.cycles, c).await)?;
+        let none_args = [&plain_args[..], &["--disk-limits", "none"]].concat();
+        run_cell(&rt, &celld, &dir.join("disk-none"), &args, &none_args, async |c, _, _| {
+            disk::run_without_store(args.cycles, c).await
+        })
     };
     if args.disk_only {
         let r = disk_phase();

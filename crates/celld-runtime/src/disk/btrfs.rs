@@ -23,6 +23,9 @@ pub struct BtrfsStore {
     qgroups: PathBuf,
     /// The loop-mounted file and its size, when the depot is not btrfs.
     loop_file: Option<(PathBuf, u64)>,
+    /// Qgroups of deleted subvolumes, for the thread that commits until
+    /// they are gone.
+    reaper: std::sync::Mutex<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 fn is_btrfs(path: &Path) -> bool {
@@ -68,7 +71,17 @@ impl BtrfsStore {
         // Container root (an unprivileged host uid) never looks in here; the
         // helper, which mounts the overlays, is host root.
         let _ = std::fs::set_permissions(&containers, std::fs::Permissions::from_mode(0o700));
-        Ok(Self { containers, qgroups: PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups")), loop_file })
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("btrfs-reaper".into())
+            .spawn(move || reap(&fd, &rx))
+            .map_err(|e| DiskError::io(&root, e))?;
+        Ok(Self {
+            containers,
+            qgroups: PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups")),
+            loop_file,
+            reaper: std::sync::Mutex::new(tx),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -122,8 +135,8 @@ impl BtrfsStore {
         // Refused while the kernel still frees the extents: it removes the
         // qgroup itself once done.
         let _ = ioctl::destroy_qgroup(&parent, id);
-        let qgroup = self.qgroups.join(format!("0_{id}"));
-        std::thread::spawn(move || commit_until_gone(&parent, &qgroup));
+        let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = reaper.send(self.qgroups.join(format!("0_{id}")));
         Ok(())
     }
 
@@ -167,20 +180,31 @@ impl BtrfsStore {
     }
 }
 
-/// Commits the store until `qgroup` is gone (for a few seconds at most):
-/// the cleaner frees a deleted subvolume, and then its qgroup, after a commit
-/// once the subvolume's last user (the dead container's overlay, unmounted
-/// lazily) has let go; without these commits that waits for the periodic one,
-/// 30 s on. Off the caller's path: a commit writes back what the store holds dirty.
-fn commit_until_gone(store: &File, qgroup: &Path) {
-    let mut pause = std::time::Duration::from_millis(50);
-    for _ in 0..8 {
-        let _ = ioctl::sync(store);
-        if !qgroup.exists() {
-            return;
+/// Commits the store until the qgroups sent are gone, a few seconds at most
+/// each: the cleaner frees a deleted subvolume, and then its qgroup, after a
+/// commit once the subvolume's last user (the dead container's overlay,
+/// unmounted lazily) has let go; without these commits that waits for the
+/// periodic one, 30 s on. One thread, and destroys close together share a
+/// commit: a commit writes back what the store holds dirty, and creates wait
+/// behind it.
+fn reap(store: &File, rx: &std::sync::mpsc::Receiver<PathBuf>) {
+    use std::time::{Duration, Instant};
+    let mut pending: Vec<(PathBuf, Instant)> = Vec::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let next = if pending.is_empty() { rx.recv().ok() } else { rx.recv_timeout(pause).ok() };
+        if let Some(q) = next {
+            pending.push((q, Instant::now()));
+            pause = Duration::from_millis(100);
+            // Destroys close together: one commit for them all.
+            std::thread::sleep(Duration::from_millis(50));
+            pending.extend(rx.try_iter().map(|q| (q, Instant::now())));
+        } else if pending.is_empty() {
+            return; // the store is gone
         }
-        std::thread::sleep(pause);
-        pause *= 2;
+        let _ = ioctl::sync(store);
+        pending.retain(|(q, since)| q.exists() && since.elapsed() < Duration::from_secs(15));
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
