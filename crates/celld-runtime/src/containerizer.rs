@@ -127,7 +127,7 @@ impl Containerizer {
 
     /// The overlay of container `handle`: its writes in the disk backend's
     /// place, its mount point in the depot.
-    fn overlay(&self, handle: &str) -> Overlay {
+    pub(crate) fn overlay(&self, handle: &str) -> Overlay {
         let dir = self.depot.container_dir(handle);
         Overlay::with_layers(&self.disk.layers_dir(handle, &dir), &dir)
     }

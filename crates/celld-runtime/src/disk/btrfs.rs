@@ -68,9 +68,11 @@ impl BtrfsStore {
         let fsid = ioctl::fsid(&fd).map_err(|e| DiskError::Quota(root.display().to_string(), e))?;
         let containers = root.join("containers");
         std::fs::create_dir_all(&containers).map_err(|e| DiskError::io(&containers, e))?;
-        // Container root (an unprivileged host uid) never looks in here; the
-        // helper, which mounts the overlays, is host root.
-        let _ = std::fs::set_permissions(&containers, std::fs::Permissions::from_mode(0o700));
+        // As the depot's: host users may not list it; container root (an
+        // unprivileged host uid) must traverse it, to bind its container's
+        // /etc files into its peas.
+        std::fs::set_permissions(&containers, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| DiskError::io(&containers, e))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("btrfs-reaper".into())
