@@ -52,6 +52,21 @@ pub struct Config {
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,
+    /// How container disk limits (Garden's `limits.disk`, an app's disk
+    /// quota) are enforced: `btrfs` (qgroups on a btrfs store: the depot if it
+    /// is btrfs, else a loop-mounted file at <depot>/store.img), `none`, or
+    /// `auto` (btrfs if it works here, else none with a warning).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "btrfs", "none"])]
+    pub disk_limits: String,
+    /// Size of the loop-mounted btrfs store made when the depot is not on
+    /// btrfs, e.g. 20G (K, M, G, T). Only read when the store is made; the
+    /// default is half the depot's filesystem, at most its free space.
+    #[arg(long, value_parser = parse_store_size)]
+    pub store_size: Option<u64>,
+    /// Accept disk limits this cell cannot enforce (`--disk-limits none`, or
+    /// no btrfs): without it such creates fail.
+    #[arg(long)]
+    pub allow_unenforced_disk_limits: bool,
     /// Runtime state: the sockets of container inits.
     #[arg(long, default_value = "/run/celld")]
     pub run_dir: PathBuf,
@@ -71,7 +86,7 @@ pub struct Config {
     /// Most the image store (docker:// and oci:// layers under the depot) may
     /// hold, e.g. 10G; past it, images no container uses go, least recently
     /// used first. Default: keep the depot's file system 15 % free.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub image_store_size: Option<u64>,
     /// A registry (HOST:PORT) reached over plain HTTP or TLS without
     /// certificate checks, as Garden's flag of the same name; repeatable.
@@ -307,7 +322,49 @@ pub enum Role {
     Scheduler(SchedulerArgs),
 }
 
+/// A size as CF writes byte sizes: a number with K, M, G or T (an optional B
+/// after it), or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size: use a number with K, M, G or T, e.g. 20G");
+    let upper = s.trim().to_ascii_uppercase();
+    let upper = upper.strip_suffix('B').unwrap_or(&upper);
+    let (digits, shift) = match upper.as_bytes().last() {
+        Some(b'K') => (&upper[..upper.len() - 1], 10),
+        Some(b'M') => (&upper[..upper.len() - 1], 20),
+        Some(b'G') => (&upper[..upper.len() - 1], 30),
+        Some(b'T') => (&upper[..upper.len() - 1], 40),
+        _ => (upper, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// The btrfs store's size (`--store-size`).
+fn parse_store_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    // mkfs.btrfs needs more than 100 MiB for its default layout.
+    if bytes < 256 << 20 {
+        return Err(format!("{s:?} is too small for a btrfs store: at least 256M"));
+    }
+    Ok(bytes)
+}
+
 impl Config {
+    /// The disk-limit backend's settings.
+    pub fn disk(&self) -> celld_runtime::disk::DiskConfig {
+        use celld_runtime::disk::DiskMode;
+        let mode = match self.disk_limits.as_str() {
+            "btrfs" => DiskMode::Btrfs,
+            "none" => DiskMode::None,
+            _ => DiskMode::Auto,
+        };
+        celld_runtime::disk::DiskConfig {
+            mode,
+            store_size: self.store_size,
+            allow_unenforced: self.allow_unenforced_disk_limits,
+        }
+    }
+
     /// Mutual TLS on --garden-tcp, if configured (all three flags or none).
     pub fn garden_tls(&self) -> Result<Option<celld_transport::tls::TlsFiles>, celld_transport::tls::TlsError> {
         celld_transport::tls::TlsFiles::from_flags(
@@ -400,19 +457,18 @@ impl Config {
     }
 }
 
-/// A size as operators write it in flags: `512M`, `10G`, `1T` (binary units,
-/// with or without a trailing B) or plain bytes.
-fn parse_size_bytes(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a size: use a number with K, M, G or T, e.g. 10G");
-    let upper = s.trim().to_ascii_uppercase();
-    let upper = upper.strip_suffix('B').filter(|u| u.ends_with(['K', 'M', 'G', 'T'])).unwrap_or(&upper);
-    let (digits, shift) = match upper.chars().last() {
-        Some('K') => (&upper[..upper.len() - 1], 10),
-        Some('M') => (&upper[..upper.len() - 1], 20),
-        Some('G') => (&upper[..upper.len() - 1], 30),
-        Some('T') => (&upper[..upper.len() - 1], 40),
-        _ => (upper, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_sizes_read_like_cf() {
+        assert_eq!(parse_store_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_store_size("512mb"), Ok(512 << 20));
+        assert_eq!(parse_store_size("1T"), Ok(1 << 40));
+        assert!(parse_store_size("10M").unwrap_err().contains("at least 256M"));
+        for bad in ["", "G", "twenty", "-1G", "99999999999T"] {
+            assert!(parse_store_size(bad).unwrap_err().contains("is not a size"), "{bad}");
+        }
+    }
 }

@@ -72,6 +72,7 @@ pub fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
             insecure_registries: cfg.insecure_docker_registries.clone(),
             registry_mirror: cfg.docker_registry_mirror.clone(),
         },
+        disk: cfg.disk(),
     })?;
     let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
     let gardener = Arc::new(Gardener::new(

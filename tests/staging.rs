@@ -712,3 +712,25 @@ fn grpc_reflection_lists_the_stager() {
         assert!(names.contains(&"celld.v1.Stager".to_string()), "{names:?}");
     });
 }
+
+#[test]
+fn a_build_that_fills_its_disk_fails_with_cfs_message() {
+    require_staging!();
+    let d = Daemon::start();
+    rt().block_on(async {
+        let mut c = client(&d).await;
+        // The kernel stops the write at the limit (no watchdog): dd fails.
+        let compile = "dd if=/dev/zero of=$1/fill bs=1M count=200 && echo filled";
+        create_buildpack(&mut c, "filler", 1, buildpack(&[("detect", "echo filler"), ("compile", compile)])).await;
+        let pkg = upload(&mut c, zip(&[("README", 0o644, "x")])).await.expect("upload");
+        let mut req = request("filler", &pkg, &["filler"]);
+        req.disk_mb = 64;
+        let s = stage(&mut c, req).await;
+        let f = s.failure();
+        assert_eq!(f.reason, "StagingError", "{}", s.tail());
+        assert!(f.message.contains("staging used more disk than its limit of 64M"), "{}\n{}", f.message, s.tail());
+        assert!(!s.logged("filled"), "the write went past the limit: {}", s.tail());
+        assert_clean(&d, &[&s.guid]).await;
+    });
+    d.assert_no_leaks();
+}

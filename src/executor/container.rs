@@ -24,6 +24,23 @@ pub const LIFECYCLE_MOUNT: &str = "/tmp/lifecycle";
 /// Diego's default when a desired LRP or task sets no pid limit.
 pub const DEFAULT_MAX_PIDS: u64 = 1024;
 
+/// Diego's executor's inode limit for every container (its
+/// `container_inode_limit`): recorded and reported; btrfs cannot enforce it.
+pub const DEFAULT_INODE_LIMIT: u64 = 200_000;
+
+/// Diego's disk limit for a container of `disk_mb` (0: none) on `rootfs`: a
+/// preloaded rootfs is the platform's and only the container's writes count
+/// (scope exclusive); any other image counts with them (scope total).
+pub fn disk_limits(disk_mb: u32, rootfs: &str) -> DiskLimits {
+    let preloaded = rootfs.starts_with("preloaded:") || rootfs.starts_with("preloaded+layer:");
+    DiskLimits {
+        byte_hard: u64::from(disk_mb) << 20,
+        inode_hard: DEFAULT_INODE_LIMIT,
+        scope: if preloaded { 1 } else { 0 },
+        ..Default::default()
+    }
+}
+
 /// Resources and wiring of one container, from a DesiredLRP or a Task.
 pub struct Recipe<'a> {
     pub handle: &'a str,
@@ -77,7 +94,7 @@ impl Recipe<'_> {
                     weight: u64::from(if self.cpu_weight == 0 { self.memory_mb } else { self.cpu_weight }).max(2),
                     ..Default::default()
                 },
-                disk_limits: DiskLimits { byte_hard: u64::from(self.disk_mb) << 20, ..Default::default() },
+                disk_limits: disk_limits(self.disk_mb, self.rootfs),
                 ..Default::default()
             },
             netin: self.ports.iter().map(|&p| NetIn { host_port: 0, container_port: p }).collect(),
@@ -353,6 +370,15 @@ pub fn exit_reason(log_source: &str, code: i32, oom: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_limits_are_diegos() {
+        let l = disk_limits(1024, "preloaded:cflinuxfs4");
+        assert_eq!((l.byte_hard, l.scope, l.inode_hard), (1 << 30, 1, 200_000));
+        let l = disk_limits(64, "docker:///busybox");
+        assert_eq!((l.byte_hard, l.scope), (64 << 20, 0), "an image counts against the limit");
+        assert_eq!(disk_limits(0, "preloaded:tiny").byte_hard, 0, "0 is no limit");
+    }
 
     #[test]
     fn egress_rules_become_net_out_rules() {

@@ -198,7 +198,14 @@ impl Daemon {
         format!("{}{name}", self.handle_prefix())
     }
 
+    /// Mounts of this daemon's containers: under its directory, but for its
+    /// disk store, which lives as long as the daemon.
     pub fn mounts(&self) -> Vec<String> {
+        let store = self.store().display().to_string();
+        self.all_mounts().into_iter().filter(|l| l.split_whitespace().nth(4) != Some(store.as_str())).collect()
+    }
+
+    fn all_mounts(&self) -> Vec<String> {
         let dir = self.dir.display().to_string();
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
@@ -206,6 +213,37 @@ impl Daemon {
             .filter(|l| l.contains(&dir))
             .map(String::from)
             .collect()
+    }
+
+    /// The disk store's mount point (the btrfs that holds containers' writes).
+    pub fn store(&self) -> PathBuf {
+        self.depot().join("store")
+    }
+
+    /// The containers' subvolumes in the disk store.
+    pub fn subvolumes(&self) -> Vec<String> {
+        std::fs::read_dir(self.store().join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The store's level-0 qgroups but the top level's (`btrfs qgroup show`).
+    pub fn qgroups(&self) -> Vec<String> {
+        let out = Command::new("btrfs").args(["qgroup", "show"]).arg(self.store()).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|q| q.starts_with("0/") && *q != "0/5")
+            .map(String::from)
+            .collect()
+    }
+
+    /// Loop devices backing this daemon's store file.
+    pub fn loop_devices(&self) -> Vec<String> {
+        let img = self.depot().join("store.img");
+        let out = Command::new("losetup").arg("-j").arg(&img).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        text.lines().filter_map(|l| l.split(':').next()).map(String::from).collect()
     }
 
     fn pool_base(&self) -> u32 {
@@ -286,6 +324,16 @@ impl Daemon {
         let containers = containers();
         assert!(containers.is_empty(), "depot dirs left: {containers:?}");
         assert!(self.mounts().is_empty(), "mounts left: {:?}", self.mounts());
+        assert!(self.subvolumes().is_empty(), "subvolumes left: {:?}", self.subvolumes());
+        // A deleted subvolume's qgroup goes once the kernel has freed its extents.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.qgroups().is_empty() && Instant::now() < deadline {
+            // A commit wakes the cleaner (else it waits for the 30 s one).
+            let _ = Command::new("btrfs").args(["filesystem", "sync"]).arg(self.store()).stdout(Stdio::null()).status();
+            let _ = Command::new("btrfs").args(["subvolume", "sync"]).arg(self.store()).stdout(Stdio::null()).status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(self.qgroups().is_empty(), "qgroups left: {:?}", self.qgroups());
         assert!(self.cgroup_children().is_empty(), "cgroups left: {:?}", self.cgroup_children());
         assert!(self.stray_processes().is_empty(), "processes left: {:?}", self.stray_processes());
     }
@@ -334,6 +382,8 @@ pub fn celld_exit(dir: &Path, args: &[&str], timeout: Duration) -> Option<(std::
         .arg(dir.join("run"))
         .arg("--garden-socket")
         .arg(dir.join("garden.sock"))
+        // A daemon that stops at start keeps no disk store mounted behind it.
+        .args(if args.contains(&"--disk-limits") { &[][..] } else { &["--disk-limits", "none"][..] })
         .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -378,7 +428,9 @@ impl Drop for Daemon {
             }
         }
         self.kill();
-        for m in self.mounts().iter().rev() {
+        // The store too (last: it is mounted first); unmounting it frees its
+        // loop device (autoclear).
+        for m in self.all_mounts().iter().rev() {
             if let Some(target) = m.split_whitespace().nth(4) {
                 let _ = Command::new("umount").arg("-l").arg(target).status();
             }

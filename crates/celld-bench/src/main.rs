@@ -1,12 +1,13 @@
 //! `make bench`: times celld's create / run `true` / destroy cycle against
 //! Debian's `runc run`, creates with networking and a net-in, the cost of a
 //! net-out rule change at 10 and at 250 containers, and what an idle container
-//! costs in memory; then staging, app instances, `cf ssh`, the scheduler under
+//! costs in memory; creates with a disk limit against without (`disk.rs`); then staging, app instances, `cf ssh`, the scheduler under
 //! load and a cell joined to Diego (`diego.rs`).
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
 mod diego;
+mod disk;
 mod images;
 mod lrps;
 mod scheduler_load;
@@ -58,6 +59,9 @@ struct Args {
     /// Only issue 2's create/run/destroy cycle and its runc baseline.
     #[arg(long)]
     cycle_only: bool,
+    /// Only the disk-limit phase (creates with and without a disk limit).
+    #[arg(long)]
+    disk_only: bool,
     /// Only the Diego phase (a cell joined to a fake BBS and Locket).
     #[arg(long)]
     diego_only: bool,
@@ -105,6 +109,25 @@ fn main() -> Result<()> {
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
     let plain_args = ["--no-network", "--grpc-listen", "127.0.0.1:11801"];
+    let disk_phase = || {
+        run_cell(&rt, &celld, &dir.join("disk"), &args, &plain_args, async |c, _, _| disk::run(args.cycles, c).await)?;
+        let none_args = [&plain_args[..], &["--disk-limits", "none"]].concat();
+        run_cell(&rt, &celld, &dir.join("disk-none"), &args, &none_args, async |c, _, _| {
+            disk::run_without_store(args.cycles, c).await
+        })
+    };
+    if args.images_only {
+        let r = images_phase(&rt, &celld, &dir, &args, &tiny);
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
+    if args.disk_only {
+        let r = disk_phase();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
     let plain =
         run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
     if args.cycle_only {
@@ -112,12 +135,8 @@ fn main() -> Result<()> {
         plain?;
         return removed;
     }
+    let plain = plain.and_then(|()| disk_phase());
     let plain = plain.and_then(|()| images_phase(&rt, &celld, &dir, &args, &tiny));
-    if args.images_only {
-        let removed = remove_dir(&dir);
-        plain?;
-        return removed;
-    }
     let pool = ["--network-pool", BENCH_POOL, "--port-pool-start", "51001", "--grpc-listen", "127.0.0.1:11802"];
     let networked = plain.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("net"), &args, &pool, async |c, pid, _| {
@@ -586,6 +605,8 @@ async fn destroy_all(client: &Client) -> Result<()> {
 struct Daemon {
     child: Option<Child>,
     pid: u32,
+    /// The btrfs store celld mounts for disk limits; unmounted after it stops.
+    store: PathBuf,
 }
 
 impl Daemon {
@@ -610,7 +631,7 @@ impl Daemon {
                 return Err(e).with_context(|| format!("starting {}", celld.display()));
             }
         };
-        Ok(Daemon { pid: child.id(), child: Some(child) })
+        Ok(Daemon { pid: child.id(), child: Some(child), store: dir.join("depot/store") })
     }
 
     async fn wait_ready(&mut self, client: &Client) -> Result<()> {
@@ -646,6 +667,9 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // A daemon keeps its store mounted (its containers outlive it); the
+        // bench's go with it. The loop device is freed with the mount.
+        let _ = nix::mount::umount2(&self.store, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

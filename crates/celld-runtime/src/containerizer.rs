@@ -14,6 +14,8 @@ use tokio::sync::Mutex;
 use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
 use super::depot::{ContainerRecord, Depot};
+use super::disk::sizes::RootfsSizes;
+use super::disk::{DiskConfig, DiskLimit, DiskQuota};
 use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
 use super::initproto::{self as proto, Reply, Request};
 use super::rootfs::{self, Overlay};
@@ -36,6 +38,8 @@ pub struct RuntimeConfig {
     pub default_pids_limit: u64,
     /// The image store's limits and registries (its directory is the depot's).
     pub images: ImageSettings,
+    /// How disk limits are enforced.
+    pub disk: DiskConfig,
 }
 
 /// How images are pulled and how much of them is kept (`--image-store-size`,
@@ -61,6 +65,10 @@ pub struct Containerizer {
     cgroup_parent: String,
     helper: Mutex<Option<HelperConn>>,
     images: ImageStore,
+    /// Where containers write, and the limits on it.
+    disk: Arc<DiskQuota>,
+    /// Rootfs layers' sizes: disk metrics and limits of scope total count them.
+    sizes: Arc<RootfsSizes>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -99,7 +107,14 @@ impl Containerizer {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
+        // Before the helper starts: its mount namespace copies the host's,
+        // which must hold the store's mount.
+        let disk = DiskQuota::open(&cfg.depot, &cfg.disk)?;
+        tracing::info!("disk limits: {}", disk.describe());
+        // Subvolumes of containers whose depot directory is gone (a container
+        // with a directory is removed, subvolume and all, by the restore).
         let containers = depot.containers_dir();
+        disk.sweep(&|handle| containers.join(handle).is_dir());
         let mut store = StoreConfig::new(depot.root().join("images"));
         store.max_bytes = cfg.images.max_bytes;
         store.insecure_registries = cfg.images.insecure_registries.clone();
@@ -111,6 +126,8 @@ impl Containerizer {
             cfg,
             helper: Mutex::new(None),
             images,
+            disk: Arc::new(disk),
+            sizes: Default::default(),
         })
     }
 
@@ -137,6 +154,21 @@ impl Containerizer {
         let creds = (!creds.username.is_empty() || !creds.password.is_empty())
             .then(|| Credentials { username: creds.username.clone(), password: creds.password.clone() });
         Ok(Lower::Image(self.images.pull(uri, creds.as_ref()).await?))
+    }
+
+    pub fn disk(&self) -> &DiskQuota {
+        &self.disk
+    }
+
+    pub fn rootfs_sizes(&self) -> &RootfsSizes {
+        &self.sizes
+    }
+
+    /// The overlay of container `handle`: its writes in the disk backend's
+    /// place, its mount point in the depot.
+    pub(crate) fn overlay(&self, handle: &str) -> Overlay {
+        let dir = self.depot.container_dir(handle);
+        Overlay::with_layers(&self.disk.layers_dir(handle, &dir), &dir)
     }
 
     fn cgroup_path(&self, handle: &str) -> String {
@@ -219,6 +251,11 @@ impl Containerizer {
                 (PathBuf::from(&uri), Some(image.config.clone()))
             }
         };
+        if spec.limits.disk_limits.byte_hard > 0 {
+            if let Some(why) = self.disk.refuses_limits() {
+                return Err(RuntimeError::DiskLimit(why));
+            }
+        }
         let spec = &spec;
         let mut bind_mounts = Vec::new();
         for m in &spec.bind_mounts {
@@ -281,6 +318,8 @@ impl Containerizer {
         let privileged = rec.privileged;
         let (cache, dir2) = (self.depot.rootfs_cache(), dir.to_path_buf());
         let containers = self.depot.containers_dir();
+        let (disk, sizes, overlay) = (self.disk.clone(), self.sizes.clone(), self.overlay(&rec.handle));
+        let (handle, disk_limits) = (rec.handle.clone(), limits.disk_limits.clone());
         let spec = spec::build(&SpecInput {
             handle: &rec.handle,
             rootfs: &Overlay::in_dir(dir).merged,
@@ -298,7 +337,16 @@ impl Containerizer {
         let merged = Overlay::in_dir(dir).merged;
         let (options, lease) = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let (lowers, lease) = lower.layers(&cache, &containers, &dir2, !privileged)?;
-            let overlay = Overlay::in_dir(&dir2);
+            // The rootfs (every layer of an image) is measured only for a
+            // limit it counts against.
+            let rootfs_bytes = if disk_limits.byte_hard > 0 && disk_limits.scope != 1 {
+                lowers.iter().map(|l| sizes.usage(l).0).sum()
+            } else {
+                0
+            };
+            let limit = DiskLimit::for_garden(disk_limits.byte_hard, disk_limits.scope, rootfs_bytes)
+                .map_err(|e| RuntimeError::DiskLimit(format!("container {handle}: {e}")))?;
+            disk.prepare(&handle, limit)?;
             let options = overlay.prepare(&lowers, (!privileged).then_some(ROOT_HOST_ID))?;
             overlay.write_etc(&lowers, &etc_files, if privileged { 0 } else { ROOT_HOST_ID })?;
             super::depot::write_bundle_config(&dir2, &spec)?;
@@ -371,6 +419,7 @@ impl Containerizer {
         let dir = self.depot.container_dir(&rec.handle);
         let trash = self.depot.trash_dir();
         let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
+        let disk = self.disk.clone();
         tokio::task::spawn_blocking(move || {
             let mut first_err = None;
             let t0 = std::time::Instant::now();
@@ -389,6 +438,10 @@ impl Containerizer {
             let cgroup_removed = t0.elapsed();
             if let Err(e) = Overlay::in_dir(&dir).unmount() {
                 first_err.get_or_insert(e);
+            }
+            // After init is gone: nothing writes to the subvolume any more.
+            if let Err(e) = disk.remove(&rec.handle) {
+                first_err.get_or_insert(e.into());
             }
             let _ = std::fs::remove_file(&rec.socket);
             let lower = std::fs::read_link(rootfs::lower_link(&dir)).ok();
@@ -509,13 +562,25 @@ impl Containerizer {
     }
 
     /// Bytes and inodes the container wrote (its overlay upper layer).
+    /// The bytes come from the disk backend's accounting where it has one
+    /// (btrfs: the subvolume's qgroup, no walk); the inodes from counting the
+    /// upper layer's entries, without a stat per entry.
     pub fn disk_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
-        tree_usage(&Overlay::in_dir(&self.depot.container_dir(&rec.handle)).upper)
+        let upper = self.overlay(&rec.handle).upper;
+        match self.disk.exclusive_bytes(&rec.handle) {
+            Some(bytes) => (bytes, count_entries(&upper)),
+            None => tree_usage(&upper),
+        }
     }
 
-    /// The read-only lower layer a container's overlay is made of, if any.
-    pub fn rootfs_layer(&self, rec: &ContainerRecord) -> Option<PathBuf> {
-        std::fs::read_link(rootfs::lower_link(&self.depot.container_dir(&rec.handle))).ok()
+    /// The read-only lower layers a container's overlay is made of (an
+    /// image's every layer, a preloaded rootfs's copy), if any.
+    pub fn rootfs_layers(&self, rec: &ContainerRecord) -> Vec<PathBuf> {
+        let dir = self.depot.container_dir(&rec.handle);
+        match std::fs::read_to_string(lowers_file(&dir)) {
+            Ok(list) => list.lines().map(PathBuf::from).collect(),
+            Err(_) => std::fs::read_link(rootfs::lower_link(&dir)).into_iter().collect(),
+        }
     }
 }
 
@@ -546,6 +611,10 @@ impl Lower {
                 let file = image_file(dir);
                 std::fs::write(&file, &image.id).map_err(|e| RuntimeError::io(&file, e))?;
                 let lowers = image.lower_dirs(shifted)?;
+                // Every layer, for the rootfs's size in disk limits and metrics.
+                let list = lowers_file(dir);
+                let text: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+                std::fs::write(&list, text.join("\n")).map_err(|e| RuntimeError::io(&list, e))?;
                 let link = rootfs::lower_link(dir);
                 let top = lowers.first().ok_or_else(|| RuntimeError::BadRootfs("the image has no layers".into()))?;
                 std::os::unix::fs::symlink(top, &link).map_err(|e| RuntimeError::io(&link, e))?;
@@ -553,6 +622,11 @@ impl Lower {
             }
         }
     }
+}
+
+/// The file in a container's depot directory listing its image's layers.
+fn lowers_file(container_dir: &Path) -> PathBuf {
+    container_dir.join("lowers")
 }
 
 /// The file in a container's depot directory naming the image it was made from.
@@ -582,6 +656,23 @@ fn image_env(image: &[String], spec: &[String]) -> Vec<String> {
     let name = |e: &String| e.split('=').next().unwrap_or_default().to_string();
     let overridden: HashSet<String> = spec.iter().map(name).collect();
     image.iter().filter(|e| !overridden.contains(&name(e))).chain(spec).cloned().collect()
+}
+
+/// Entries below `root`, `root` included; directories are told by the
+/// entry's type, so nothing is stat'ed.
+fn count_entries(root: &Path) -> u64 {
+    let mut stack = vec![root.to_path_buf()];
+    let mut n = 0;
+    while let Some(dir) = stack.pop() {
+        n += 1;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                _ => n += 1,
+            }
+        }
+    }
+    n
 }
 
 /// Bytes allocated (as `du` counts them, each hard-linked file once) and

@@ -5,6 +5,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod containerizer;
 pub mod depot;
+pub mod disk;
 pub mod helper;
 pub mod init;
 pub mod initproto;
@@ -34,6 +35,11 @@ pub enum RuntimeError {
     BadDepot(String),
     #[error("mount: {0}")]
     Mount(String),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    /// A disk limit this cell cannot apply (below the rootfs, or no mechanism).
+    #[error("{0}")]
+    DiskLimit(String),
     #[error("cgroup: {0}")]
     Cgroup(String),
     #[error("depot: {0}")]

@@ -138,7 +138,7 @@ impl Containerizer {
         fds: Vec<i32>,
     ) -> Result<i32, RuntimeError> {
         let privileged = rec.privileged;
-        let container_upper = Overlay::in_dir(&self.depot().container_dir(&rec.handle)).upper;
+        let container_upper = self.overlay(&rec.handle).upper;
         let mut binds = pea.bind_mounts.clone();
         // The container's names, shared rather than copied: a change inside
         // the container reaches its peas.

@@ -319,7 +319,13 @@ pub struct Overlay {
 
 impl Overlay {
     pub fn in_dir(dir: &Path) -> Self {
-        Self { upper: dir.join("upper"), work: dir.join("work"), merged: dir.join("rootfs") }
+        Self::with_layers(dir, dir)
+    }
+
+    /// Upper and work layers in `layers` (where the disk backend puts a
+    /// container's writes), the mount point in `dir`.
+    pub fn with_layers(layers: &Path, dir: &Path) -> Self {
+        Self { upper: layers.join("upper"), work: layers.join("work"), merged: dir.join("rootfs") }
     }
 
     /// Makes the upper and work layers (upper owned by container root) and

@@ -4,7 +4,6 @@
 //! status or its result.json into the staging's outcome.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -25,14 +24,12 @@ pub(super) const OUTPUT_CACHE: &str = "/tmp/output-cache";
 pub(super) const RESULT: &str = "/tmp/result.json";
 
 impl Stager {
-    /// Passes the builder's output on as log lines until it exits; stops it if
-    /// it writes more than the disk limit into the container.
+    /// Passes the builder's output on as log lines until it exits. (Its disk
+    /// limit is the kernel's: a write past it fails in the container.)
     pub(super) async fn follow(
         &self,
-        guid: &str,
         conn: UnixStream,
         log: &Logger,
-        disk_limit: u64,
         mut stop: watch::Receiver<bool>,
     ) -> Result<i32, StagingFailure> {
         let (mut r, mut w) = conn.into_split();
@@ -40,10 +37,8 @@ impl Stager {
         let _ = proto::client::write_frame(&mut w, proto::TAG_STDIN_EOF, &[]).await;
         let mut out = LineSplitter::default();
         let mut err = LineSplitter::default();
-        let mut disk_check = tokio::time::interval(Duration::from_secs(1));
-        disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames are cut from a buffer filled by `read_buf`, which is safe to
-        // interrupt in `select!`: a timer tick never loses half a frame.
+        // interrupt in `select!`: a stop never loses half a frame.
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             loop {
@@ -75,23 +70,27 @@ impl Stager {
                 // The builder goes with its container, destroyed by the caller.
                 // (The guard `wait_for` returns is not Send: drop it inside.)
                 () = async { drop(stop.wait_for(|s| *s).await) } => return Err(StagingFailure::error("stopped")),
-                _ = disk_check.tick() => {
-                    // Walking the writable layer is file-system work: off the async threads.
-                    let (g, h) = (self.gardener.clone(), guid.to_string());
-                    if let Ok(Ok(m)) = tokio::task::spawn_blocking(move || g.metrics(&h)).await {
-                        if m.disk_stat.exclusive_bytes_used > disk_limit {
-                            return Err(StagingFailure::new("StagingError", format!(
-                                "staging used more disk than its limit of {}", byte_size(disk_limit))));
-                        }
-                    }
-                }
             }
         }
     }
 
-    pub(super) async fn builder_failure(&self, guid: &str, code: i32, log: &Logger) -> StagingFailure {
+    /// Why the builder failed; a full disk first, whatever the buildpack made
+    /// of its ENOSPC/EDQUOT.
+    pub(super) async fn builder_failure(&self, guid: &str, code: i32, log: &Logger, disk_limit: u64) -> StagingFailure {
         let oom = self.gardener.info(guid).await.is_ok_and(|i| i.events.iter().any(|e| e.contains("ut of memory")));
+        let disk_full = lock(&log.stderr_tail).iter().any(|l| is_disk_full(l)) || {
+            // The usage is as of the store's last commit: a sync first.
+            let (g, h) = (self.gardener.clone(), guid.to_string());
+            let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
+            tokio::task::spawn_blocking(move || g.metrics(&h))
+                .await
+                .is_ok_and(|m| m.is_ok_and(|m| m.disk_stat.exclusive_bytes_used + (1 << 20) >= disk_limit))
+        };
         let mut f = match code {
+            _ if disk_full => StagingFailure::new(
+                "StagingError",
+                format!("staging used more disk than its limit of {}", byte_size(disk_limit)),
+            ),
             222..=226 => {
                 let (reason, message) = celld_lifecycle::failure_reason(code);
                 StagingFailure::new(reason, message)
@@ -108,6 +107,11 @@ impl Stager {
         f.exit_code = code;
         f
     }
+}
+
+/// Whether a line of the builder's errors says a write failed for want of disk.
+fn is_disk_full(line: &str) -> bool {
+    line.contains("No space left on device") || line.contains("Disk quota exceeded")
 }
 
 /// The environment Cloud Controller gives a staging task.
@@ -187,6 +191,7 @@ pub(super) fn parse_result(json: &str, stack: &str) -> Result<StagingSuccess, St
 mod tests {
     use super::super::log::human_duration;
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn result_json_in_cf_shape() {

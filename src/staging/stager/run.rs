@@ -161,10 +161,8 @@ impl Stager {
                 pid_limits: garden_api::types::PidLimits { max: 1024 },
                 // CPU shares in proportion to memory, as Diego weighs containers.
                 cpu_limits: garden_api::types::CpuLimits { weight: u64::from(memory_mb).max(2), ..Default::default() },
-                disk_limits: garden_api::types::DiskLimits {
-                    byte_hard: u64::from(disk_mb) << 20,
-                    ..Default::default()
-                },
+                // Enforced by the kernel: a build that fills it gets ENOSPC/EDQUOT.
+                disk_limits: crate::executor::container::disk_limits(disk_mb, &format!("preloaded:{}", req.stack)),
                 ..Default::default()
             },
             ..Default::default()
@@ -208,10 +206,10 @@ impl Stager {
             ..Default::default()
         };
         let (_, conn) = self.gardener.run(guid, &spec).await.map_err(|e| StagingFailure::error(e.to_string()))?;
-        let code = self.follow(guid, conn, log, u64::from(disk_mb) << 20, stop.clone()).await?;
+        let code = self.follow(conn, log, stop.clone()).await?;
         log.line(&format!("Exit status {code}"), false);
         if code != 0 {
-            return Err(self.builder_failure(guid, code, log).await);
+            return Err(self.builder_failure(guid, code, log, u64::from(disk_mb) << 20).await);
         }
 
         let result_json = self.stream_out_bytes(guid, RESULT, 1 << 20).await.map_err(fail)?;

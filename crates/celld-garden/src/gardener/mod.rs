@@ -7,7 +7,7 @@
 //!   anything is made) and what a process spec becomes (environment, rlimits).
 //! - `error`: `GardenError` and its HTTP status and Garden error body.
 //! - `peas`: processes with their own rootfs (`ProcessSpec.Image`).
-//! - `report`: Garden's network properties and the rootfs sizes of disk metrics.
+//! - `report`: Garden's network properties.
 
 pub mod error;
 mod peas;
@@ -32,7 +32,6 @@ use celld_runtime::spec;
 use garden_api::types::*;
 
 pub use self::error::GardenError;
-use self::report::RootfsSizes;
 pub use self::report::{
     CONTAINER_IP_KEY, EXTERNAL_IP_KEY, GRACE_TIME_KEY, HOST_IP_KEY, MAPPED_PORTS_KEY, STATE_ALL, STATE_CREATED,
     STATE_KEY,
@@ -96,7 +95,6 @@ pub struct Gardener {
     /// Containers whose init died, as their pidfds report it; handled by `reap_forever`.
     init_exits: tokio::sync::mpsc::UnboundedSender<InitExit>,
     init_exits_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitExit>>>,
-    rootfs_sizes: RootfsSizes,
 }
 
 /// Keeps a container's grace timer paused while a process stream is open.
@@ -145,7 +143,6 @@ impl Gardener {
             handle_seq: AtomicU64::new(0),
             init_exits,
             init_exits_rx: Mutex::new(Some(rx)),
-            rootfs_sizes: RootfsSizes::default(),
         }
     }
 
@@ -256,8 +253,10 @@ impl Gardener {
             })
             .unwrap_or(0)
             * 1024;
-        let disk =
-            nix::sys::statvfs::statvfs(self.rt.depot().root()).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
+        // The store's size where the disk backend has one: containers write there.
+        let disk = self.rt.disk().capacity().unwrap_or_else(|| {
+            nix::sys::statvfs::statvfs(self.rt.depot().root()).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0)
+        });
         Capacity {
             memory_in_bytes: mem,
             disk_in_bytes: disk,
@@ -436,8 +435,8 @@ impl Gardener {
                 // table's lock, which every other Garden call takes.
                 let others: Vec<_> = t.live.values().cloned().collect();
                 drop(t);
-                let layers: Vec<_> = others.iter().filter_map(|e| self.rt.rootfs_layer(&lock(&e.rec))).collect();
-                self.rootfs_sizes.retain(&layers);
+                let layers: Vec<_> = others.iter().flat_map(|e| self.rt.rootfs_layers(&lock(&e.rec))).collect();
+                self.rt.rootfs_sizes().retain(&layers);
                 tracing::info!(handle = %handle, "destroyed container");
                 Ok(())
             }
@@ -495,8 +494,12 @@ impl Gardener {
         let u = Containerizer::cgroup(&rec).usage().map_err(|e| GardenError::runtime(handle, e))?;
         let stat = |k: &str| u.memory_stat.get(k).copied().unwrap_or(0);
         let (bytes, inodes) = self.rt.disk_usage(&rec);
-        let (rootfs_bytes, rootfs_inodes) =
-            self.rt.rootfs_layer(&rec).map_or((0, 0), |layer| self.rootfs_sizes.usage(&layer));
+        let (rootfs_bytes, rootfs_inodes) = self
+            .rt
+            .rootfs_layers(&rec)
+            .iter()
+            .map(|layer| self.rt.rootfs_sizes().usage(layer))
+            .fold((0, 0), |(b, i), (lb, li)| (b + lb, i + li));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Ok(Metrics {
             memory_stat: MemoryStat {
