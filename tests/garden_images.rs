@@ -112,6 +112,35 @@ fn containers_run_on_registry_images_with_their_config() {
 }
 
 #[test]
+fn disk_limits_of_scope_total_count_the_image() {
+    require_host!();
+    let registry = Registry::with_app();
+    let d = registry.daemon();
+    rt().block_on(async {
+        let limited = |name: &str, bytes: u64| ContainerSpec {
+            limits: Limits {
+                disk_limits: DiskLimits { byte_hard: bytes, scope: 0, ..Default::default() },
+                ..Default::default()
+            },
+            ..image_spec(&d.handle(name), &registry.uri())
+        };
+        // Smaller than the image's layers: refused, naming the rootfs.
+        let e = d.client.create(&limited("tiny-limit", 1 << 20)).await.unwrap_err().to_string();
+        assert!(e.contains("smaller than the rootfs"), "{e}");
+        // 40 MiB in all: the writes stop short of it by the image's size.
+        let h = d.client.create(&limited("limited", 40 << 20)).await.unwrap();
+        let (_, out, _) =
+            run(&d, &h, sh("dd if=/dev/zero of=/app/big bs=1M count=100 2>/dev/null; wc -c < /app/big")).await;
+        let written: u64 = out.trim().parse().unwrap();
+        assert!(written > (10 << 20) && written < (40 << 20), "wrote {written} bytes");
+        let stat = d.client.metrics(&h).await.unwrap().disk_stat;
+        assert!(stat.total_bytes_used > stat.exclusive_bytes_used, "{stat:?}");
+        d.client.destroy(&h).await.unwrap();
+    });
+    d.assert_no_leaks();
+}
+
+#[test]
 fn peas_run_on_registry_images() {
     require_host!();
     let registry = Registry::with_app();
