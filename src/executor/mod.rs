@@ -12,7 +12,6 @@ pub mod actions;
 pub mod container;
 pub mod env;
 pub mod health;
-mod keyed;
 pub mod logs;
 pub(crate) mod lrp;
 mod task;
@@ -174,7 +173,7 @@ pub struct Executor {
     pub(crate) cfg: ExecutorConfig,
     table: Mutex<Table>,
     /// One download per droplet at a time.
-    downloads: keyed::OnePerKey,
+    downloads: celld_image::keyed::Keyed,
     evacuating: std::sync::atomic::AtomicBool,
     /// What Download actions and cached dependencies fetch.
     pub(crate) artifacts: Arc<actions::DownloadCache>,
@@ -226,7 +225,7 @@ impl Executor {
             reporter,
             cfg,
             table: Mutex::new(Table::default()),
-            downloads: keyed::OnePerKey::default(),
+            downloads: celld_image::keyed::Keyed::default(),
             evacuating: std::sync::atomic::AtomicBool::new(false),
         }))
     }

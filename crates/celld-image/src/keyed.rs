@@ -1,6 +1,6 @@
-//! Single flight per key: a pull of an image, a download of a layer, a
-//! shifted copy runs once at a time per key; the others wait, then find the
-//! work done. Entries are weak, so the table holds no key nobody holds.
+//! Single flight per key (an image's pull, a layer's download, a shifted copy;
+//! the executor's droplet fetches and downloads): the work for a key runs
+//! once at a time; the others wait, then find the work done. Entries are weak, so the table holds no key nobody holds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

@@ -13,7 +13,7 @@
 mod config;
 mod error;
 mod gc;
-mod keyed;
+pub mod keyed;
 pub mod reference;
 mod registry;
 pub mod shift;

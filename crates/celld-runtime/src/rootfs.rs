@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::RuntimeError;
-use super::spec::ROOT_HOST_ID;
 
 /// Resolves what a container spec names as its rootfs to a directory.
 pub fn resolve(uri: &str, rootfs_dir: &Path, default: &str) -> Result<PathBuf, RuntimeError> {
@@ -126,7 +125,7 @@ fn key(cache: &mut Cache, src: &Path) -> Result<String, RuntimeError> {
 }
 
 /// The read-only lower layer for an unprivileged container: a copy of `src` in
-/// which files owned by root belong to [`ROOT_HOST_ID`], so they appear as root
+/// which files owned by root belong to container root (`ROOT_HOST_ID`), so they appear as root
 /// inside the user namespace. Made once per rootfs content and shared; a
 /// change to `src` makes a new copy, and the copies it supersedes go once no
 /// container uses them. The container in `container_dir` is recorded as a
@@ -178,9 +177,10 @@ fn shifted_copy(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(RuntimeError::BadRootfs(format!("copying rootfs {} failed", src.display())));
     }
-    if let Err(e) = shift_root_owner(&tmp) {
+    // The same shift as an image layer's (celld-image's).
+    if let Err(e) = celld_image::shift::shift_root_owner(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        return Err(RuntimeError::BadRootfs(format!("rootfs {}: {e}", src.display())));
     }
     // Which source a copy is of, for the clean-up at start (the key only has a hash).
     let source_file = cache_dir.join(format!("{key}{SOURCE_SUFFIX}"));
@@ -286,28 +286,6 @@ pub fn remove_partial_copies(cache_dir: &Path) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-}
-
-fn shift_root_owner(dir: &Path) -> Result<(), RuntimeError> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).map_err(|e| RuntimeError::io(&p, e))?;
-        let uid = (m.uid() == 0).then_some(ROOT_HOST_ID);
-        let gid = (m.gid() == 0).then_some(ROOT_HOST_ID);
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&p, uid, gid).map_err(|e| RuntimeError::io(&p, e))?;
-            // chown clears setuid/setgid bits; put them back.
-            if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m.mode() & 0o7777));
-            }
-        }
-        if m.is_dir() {
-            for e in std::fs::read_dir(&p).map_err(|e| RuntimeError::io(&p, e))? {
-                stack.push(e.map_err(|e| RuntimeError::io(&p, e))?.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Paths of a container's copy-on-write layer inside its depot directory.

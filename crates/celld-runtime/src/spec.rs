@@ -9,7 +9,7 @@ use super::RuntimeError;
 
 /// Container root as the host sees it in an unprivileged container, as Garden
 /// maps it: the highest usable uid. Every other id maps to itself.
-pub const ROOT_HOST_ID: u32 = 4_294_967_294;
+pub use celld_image::shift::ROOT_HOST_ID;
 
 /// Garden's capability set for unprivileged containers (mask a80425fb).
 pub const UNPRIVILEGED_CAPS: &[&str] = &[

@@ -124,7 +124,7 @@ pub struct DownloadCache {
     max_bytes: u64,
     client: reqwest::Client,
     /// One fetch per cache key at a time; the others wait and share it.
-    keys: crate::executor::keyed::OnePerKey,
+    keys: celld_image::keyed::Keyed,
     seq: AtomicU64,
 }
 
