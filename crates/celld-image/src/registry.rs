@@ -61,6 +61,17 @@ pub(crate) struct Resolved {
     pub manifest: ImageManifest,
 }
 
+/// Credentials as a key (their sha256, never the password itself).
+pub(crate) fn creds_key(creds: Option<&Credentials>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    if let Some(c) = creds {
+        h.update(c.username.as_bytes());
+        h.update([0]);
+        h.update(c.password.as_bytes());
+    }
+    h.finalize().into()
+}
+
 fn client(protocol: ClientProtocol, unverified: bool, timeout: Duration) -> Client {
     Client::new(ClientConfig {
         protocol,
@@ -95,13 +106,7 @@ impl Fetcher {
     }
 
     fn client(&self, host: &str, plain: bool, unverified: bool, creds: Option<&Credentials>) -> (ClientKey, Client) {
-        let mut h = Sha256::new();
-        if let Some(c) = creds {
-            h.update(c.username.as_bytes());
-            h.update([0]);
-            h.update(c.password.as_bytes());
-        }
-        let key = ClientKey { host: host.to_string(), plain, unverified, creds: h.finalize().into() };
+        let key = ClientKey { host: host.to_string(), plain, unverified, creds: creds_key(creds) };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let protocol = if plain { ClientProtocol::Http } else { ClientProtocol::Https };
         let c = clients.entry(key.clone()).or_insert_with(|| client(protocol, unverified, self.timeout)).clone();

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::keyed::{BusyKeys, Keyed};
 use crate::registry::{Fetcher, Resolved};
@@ -73,7 +73,18 @@ pub(crate) struct Inner {
     /// Shifted copies and flattenings (blocking work).
     busy: BusyKeys,
     seq: AtomicU64,
+    /// What a reference resolved to lately, per credentials: the creates of
+    /// one image that come together (an app's instances) ask the registry
+    /// once per [`RECHECK`], as a preloaded rootfs is walked once per
+    /// two seconds.
+    recent: Mutex<HashMap<RecentKey, (String, Instant)>>,
 }
+
+/// A reference (as given) and its credentials' key.
+type RecentKey = (String, [u8; 32]);
+
+/// How long a reference's resolution to a manifest digest is trusted.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// The image store; clones share it.
 #[derive(Clone)]
@@ -197,6 +208,7 @@ impl ImageStore {
             keys: Keyed::default(),
             busy: BusyKeys::default(),
             seq: AtomicU64::new(0),
+            recent: Mutex::new(HashMap::new()),
         };
         let mut st = State::default();
         let images_dir = inner.cfg.dir.join("images");
@@ -310,8 +322,18 @@ impl ImageStore {
     #[tracing::instrument(skip(self, creds), fields(image = %uri))]
     pub async fn pull(&self, uri: &str, creds: Option<&Credentials>) -> Result<LeasedImage, ImageError> {
         let image = Self::parse(uri)?;
+        let recent_key = (image.uri.clone(), crate::registry::creds_key(creds));
+        let recent = {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.retain(|_, (_, at)| at.elapsed() < RECHECK);
+            recent.get(&recent_key).map(|(id, _)| id.clone())
+        };
+        if let Some(leased) = recent.and_then(|id| self.existing(&id)) {
+            return Ok(leased);
+        }
         let resolved = self.inner.fetcher.resolve(&image, creds).await?;
         let id = resolved.digest.clone();
+        self.inner.recent.lock().unwrap_or_else(|p| p.into_inner()).insert(recent_key, (id.clone(), Instant::now()));
         let _one_pull = self.inner.keys.lock(&format!("image:{id}")).await;
         if let Some(leased) = self.existing(&id) {
             return Ok(leased);
