@@ -239,6 +239,11 @@ impl Containerizer {
     ) -> Result<ContainerRecord, RuntimeError> {
         let handle = spec.handle.clone();
         let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
+        if spec.limits.disk_limits.byte_hard > 0 {
+            if let Some(why) = self.disk.refuses_limits() {
+                return Err(RuntimeError::DiskLimit(why));
+            }
+        }
         let mut spec = spec.clone();
         // An image is pulled (or found in the store) before anything of the
         // container exists: a pull that fails leaves nothing to undo.
@@ -251,11 +256,6 @@ impl Containerizer {
                 (PathBuf::from(&uri), Some(image.config.clone()))
             }
         };
-        if spec.limits.disk_limits.byte_hard > 0 {
-            if let Some(why) = self.disk.refuses_limits() {
-                return Err(RuntimeError::DiskLimit(why));
-            }
-        }
         let spec = &spec;
         let mut bind_mounts = Vec::new();
         for m in &spec.bind_mounts {
