@@ -13,6 +13,7 @@ use common::local::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
 
 /// The tiny rootfs and a web server script, listening on the image's exposed port.
 fn web_image() -> ImageBuilder {
@@ -49,7 +50,13 @@ fn docker_images_run_as_apps() {
     assert_eq!(app["app"]["docker_image"], json!(image), "{app}");
     assert_eq!(app["app"]["detected_start_command"], json!("/app/web.sh"), "{app}");
 
-    // A start command of one's own, and buildpacks refused for an image.
+    // An image as a stack: a buildpack app staged and run on it.
+    let stack = format!("docker://{image}");
+    l.ok(&["push", HELLO, "-n", "onimage", "-s", &stack]);
+    l.wait_instances("onimage", "dev", "1 instance running", T, all_running(1));
+    l.wait_status("onimage.apps.localhost", "/", 200, "Hello from celld!", T);
+
+    // Buildpacks refused for a Docker app.
     let out = l.fails(&["push", "dapp", "--docker-image", &image, "-b", "shell_buildpack"]);
     assert!(out.contains("cannot be used with"), "{out}");
     // A password comes from CF_DOCKER_PASSWORD, or the push stops at once.

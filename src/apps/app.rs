@@ -114,7 +114,7 @@ impl AppLayer {
         }
         if !app.stack.is_empty() && !self.stager.stack_exists(&app.stack) {
             return Err(AppsError::InvalidArgument(format!(
-                "stack {:?} not found: a stack is a preloaded rootfs of the cell (e.g. tiny)",
+                "stack {:?} not found: a stack is a preloaded rootfs of the cell (e.g. tiny) or an image (docker://…)",
                 app.stack
             )));
         }

@@ -147,7 +147,7 @@ impl AppLayer {
             domain: DOMAIN.into(),
             instances: i32::try_from(app.instances).unwrap_or(i32::MAX),
             rootfs: if droplet.docker_rootfs.is_empty() {
-                format!("preloaded:{}", droplet.stack)
+                crate::staging::stager::stack_rootfs(&droplet.stack)
             } else {
                 droplet.docker_rootfs.clone()
             },

@@ -344,7 +344,7 @@ impl Executor {
         let path = self.put_droplet(guid, &d.droplet_key, d.disk_mb, &d.log_guid, "CELL", index).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::lrp_env(d, index, guid, &addrs.host_ip, &addrs.container_ip, &addrs.ports);
-        let user = AppUser::of_rootfs(&rootfs);
+        let user = AppUser::of_app(path, &rootfs);
         let sshd = d.ssh.as_ref().filter(|s| s.enabled).map(|s| sshd_process(s, env.clone(), user));
         let spec = app_process(path, &d.start_command, &d.execution_metadata, env, user);
         let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the app: {e}"))?;
@@ -520,9 +520,10 @@ fn sshd_process(ssh: &pb::SshSettings, mut env: Vec<String>, user: AppUser) -> P
     }
 }
 
-/// Who an app's processes run as: vcap in its home on a stack, as CF does;
-/// on a Docker image, the image's user in its working directory (Garden's
-/// defaults for a process that names neither).
+/// Who an app's processes run as: vcap in its home for a droplet or on a
+/// stack, as CF does; a Docker app (an image, no droplet) as the image's user
+/// in its working directory (Garden's defaults for a process that names
+/// neither).
 #[derive(Clone, Copy)]
 pub(super) struct AppUser {
     name: &'static str,
@@ -530,8 +531,8 @@ pub(super) struct AppUser {
 }
 
 impl AppUser {
-    pub(super) fn of_rootfs(rootfs: &str) -> Self {
-        if celld_image::ImageStore::is_image_uri(rootfs) {
+    pub(super) fn of_app(droplet: bool, rootfs: &str) -> Self {
+        if !droplet && celld_image::ImageStore::is_image_uri(rootfs) {
             Self { name: "", dir: "" }
         } else {
             Self { name: "vcap", dir: "/home/vcap" }

@@ -225,7 +225,7 @@ impl Executor {
         let droplet = self.put_droplet(guid, &task.droplet_key, task.disk_mb, &task.log_guid, "CELL", 0).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::task_env(task, &addrs.host_ip, &addrs.container_ip);
-        let user = AppUser::of_rootfs(&self.rootfs(&task.rootfs));
+        let user = AppUser::of_app(droplet, &self.rootfs(&task.rootfs));
         let spec = app_process(droplet, &task.command, &task.execution_metadata, env, user);
         let (pid, conn) = self.gardener.run(guid, &spec).await.map_err(|e| format!("failed to start the task: {e}"))?;
         let _ = self.gardener.set_property(guid, PROCESS_PROPERTY, &pid);

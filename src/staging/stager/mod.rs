@@ -82,6 +82,11 @@ pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// The rootfs a stack names: `preloaded:NAME`, or the image itself.
+pub fn stack_rootfs(stack: &str) -> String {
+    if celld_image::ImageStore::is_image_uri(stack) { stack.to_string() } else { format!("preloaded:{stack}") }
+}
+
 impl Stager {
     /// A Docker image's config (no layers): a Docker app's staging.
     pub async fn image_config(
@@ -170,8 +175,12 @@ impl Stager {
         }
     }
 
-    /// Stacks this cell can stage on: its preloaded rootfses.
+    /// Stacks this cell can stage on: its preloaded rootfses, and images
+    /// (`docker://…`, `oci:///…`: pulled when the staging container is made).
     pub fn stack_exists(&self, stack: &str) -> bool {
+        if celld_image::ImageStore::is_image_uri(stack) {
+            return matches!(celld_image::ImageRef::parse(stack), Ok(Some(_)));
+        }
         super::registry::validate_name(stack).is_ok() && self.cfg.rootfs_dir.join(stack).is_dir()
     }
 
@@ -214,7 +223,7 @@ impl Stager {
         }
         if !self.stack_exists(&req.stack) {
             return Err(StagingError::Invalid(format!(
-                "stack {:?} is not available on this cell (a stack NAME is the rootfs preloaded:NAME)",
+                "stack {:?} is not available on this cell (a stack NAME is the rootfs preloaded:NAME, or an image docker://… or oci:///…)",
                 req.stack
             )));
         }

@@ -145,7 +145,7 @@ impl Stager {
         log.line(&format!("Cell {cell} creating container for instance {guid}"), false);
         let spec = ContainerSpec {
             handle: guid.to_string(),
-            rootfs: format!("preloaded:{}", req.stack),
+            rootfs: super::stack_rootfs(&req.stack),
             properties: BTreeMap::from([
                 ("celld.role".to_string(), "staging".to_string()),
                 ("celld.app_guid".to_string(), req.app_guid.clone()),
@@ -162,7 +162,7 @@ impl Stager {
                 // CPU shares in proportion to memory, as Diego weighs containers.
                 cpu_limits: garden_api::types::CpuLimits { weight: u64::from(memory_mb).max(2), ..Default::default() },
                 // Enforced by the kernel: a build that fills it gets ENOSPC/EDQUOT.
-                disk_limits: crate::executor::container::disk_limits(disk_mb, &format!("preloaded:{}", req.stack)),
+                disk_limits: crate::executor::container::disk_limits(disk_mb, &super::stack_rootfs(&req.stack)),
                 ..Default::default()
             },
             ..Default::default()
