@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use celld::diego_wire::fakes::sh;
+use celld_image::testing::{Entry, ImageBuilder, TestDir, TestRegistry, push};
 use celld_proto::diego::bbs as pb;
 use common::Daemon;
 use common::diego::{DiegoCerts, FakeBbs, FakeBbsOptions, FakeLocket};
@@ -79,12 +80,17 @@ fn cell_args(
 
 impl Foundation {
     fn start(rt: &tokio::runtime::Runtime, name: &str) -> Self {
+        Self::start_with(rt, name, &[])
+    }
+
+    fn start_with(rt: &tokio::runtime::Runtime, name: &str, extra: &[&str]) -> Self {
         let certs = DiegoCerts::new(name);
         let (bbs, locket) =
             rt.block_on(async { (certs.fake_bbs(FakeBbsOptions::default()).await, certs.fake_locket().await) });
         let cell_id = format!("{name}_z1-0");
         let (rep, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-        let args = cell_args(&certs, &bbs, &locket, &cell_id, &rep, &admin);
+        let mut args = cell_args(&certs, &bbs, &locket, &cell_id, &rep, &admin);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let cell = Daemon::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
         // The auctioneer presents the control plane's certificate.
         let tls = certs.server_identity().client_config().expect("client config");
@@ -255,7 +261,16 @@ async fn touch(f: &Foundation, handle: &str, path: &str) {
 fn an_lrp_is_claimed_started_crashed_and_removed_through_bbs() {
     require_host!();
     let rt = runtime();
-    let f = Foundation::start(&rt, "lrp");
+    // A registry of the cell's own (no traffic leaves the machine) with an
+    // image of the tiny rootfs, for an LRP whose rootfs is a docker image.
+    let tmp = TestDir::new("diego-image");
+    let registry = TestRegistry::start(None).expect("registry");
+    ImageBuilder::new()
+        .layer(vec![Entry::HostDir(common::rootfs_dir().join("tiny"))])
+        .write(&tmp.path().join("layout"), "v1")
+        .expect("image");
+    push(&tmp.path().join("layout"), "v1", &registry, "cf/tiny").expect("push");
+    let f = Foundation::start_with(&rt, "lrp", &["--insecure-docker-registry", &registry.host()]);
     rt.block_on(async {
         f.wait_ready().await;
         // The presence: in Locket under the cell id, with the rep URL and capacity.
@@ -344,17 +359,20 @@ fn an_lrp_is_claimed_started_crashed_and_removed_through_bbs() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        // What celld cannot run fails with a reason that says so.
+        // A docker image as the rootfs (Diego's `docker:///NAME#TAG` form).
         let mut docker = web_app("docker-app", 1);
-        docker.root_fs = "docker:///cloudfoundry/grace".into();
+        docker.root_fs = format!("docker://{}/cf/tiny#v1", registry.host());
         f.bbs.state().desire_lrp(Some(&docker)).expect("desire");
         f.work(lrp_work(&f.cell_id, "docker-app", &[0])).await;
-        let refused = f.wait_actual("docker-app", 0, "crashed", |a| a.crash_count == 1).await;
-        assert!(
-            refused.crash_reason.contains("docker: root filesystems are not supported"),
-            "{}",
-            refused.crash_reason
-        );
+        f.wait_actual("docker-app", 0, "RUNNING", |a| a.state == "RUNNING").await;
+
+        // What celld cannot run fails with a reason that says so.
+        let mut other = web_app("ftp-app", 1);
+        other.root_fs = "ftp://host/rootfs.tgz".into();
+        f.bbs.state().desire_lrp(Some(&other)).expect("desire");
+        f.work(lrp_work(&f.cell_id, "ftp-app", &[0])).await;
+        let refused = f.wait_actual("ftp-app", 0, "crashed", |a| a.crash_count == 1).await;
+        assert!(refused.crash_reason.contains("ftp: root filesystems are not supported"), "{}", refused.crash_reason);
     });
 }
 
