@@ -175,23 +175,32 @@ pub(crate) fn is_opaque(p: &Path) -> bool {
     r == 1 && buf[0] == b'y'
 }
 
-/// Bytes a tree takes on disk (allocated blocks; a hard-linked inode once).
-pub fn disk_usage(dir: &Path) -> u64 {
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
+/// Bytes allocated (as `du` counts them, each hard-linked file once) and
+/// inodes used below `root`, `root` included: a layer's size in the store,
+/// and a rootfs's or a container's writes in disk metrics.
+pub fn tree_usage(root: &Path) -> (u64, u64) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut linked = HashSet::new();
+    let (mut bytes, mut inodes) = (0, 0);
     while let Some(p) = stack.pop() {
         let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if m.nlink() <= 1 || m.is_dir() || seen.insert((m.dev(), m.ino())) {
-            total += m.blocks() * 512;
+        if !m.is_dir() && m.nlink() > 1 && !linked.insert((m.dev(), m.ino())) {
+            continue;
         }
+        inodes += 1;
+        bytes += m.blocks() * 512;
         if m.is_dir() {
             if let Ok(rd) = std::fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
         }
     }
-    total
+    (bytes, inodes)
+}
+
+/// Bytes of `dir` (see [`tree_usage`]).
+pub fn disk_usage(dir: &Path) -> u64 {
+    tree_usage(dir).0
 }
 
 /// Bytes a flattened tree adds: its directories and links; its files are

@@ -569,7 +569,7 @@ impl Containerizer {
         let upper = self.overlay(&rec.handle).upper;
         match self.disk.exclusive_bytes(&rec.handle) {
             Some(bytes) => (bytes, count_entries(&upper)),
-            None => tree_usage(&upper),
+            None => celld_image::unpack::tree_usage(&upper),
         }
     }
 
@@ -673,29 +673,6 @@ fn count_entries(root: &Path) -> u64 {
         }
     }
     n
-}
-
-/// Bytes allocated (as `du` counts them, each hard-linked file once) and
-/// inodes used below `root`, `root` included.
-pub fn tree_usage(root: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![root.to_path_buf()];
-    let mut linked = std::collections::HashSet::new();
-    let (mut bytes, mut inodes) = (0, 0);
-    while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if !m.is_dir() && m.nlink() > 1 && !linked.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        inodes += 1;
-        bytes += m.blocks() * 512;
-        if m.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-            }
-        }
-    }
-    (bytes, inodes)
 }
 
 /// Container root is an unprivileged host uid: every directory above the depot
