@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::store::{GcReport, ImageStore, State};
+use crate::store::{GcReport, ImageStore, State, Tmp};
 
 /// With `max_bytes` 0, the store's filesystem keeps this share free.
 const AUTO_FREE_PERCENT: u64 = 15;
@@ -14,6 +14,9 @@ impl ImageStore {
     pub fn gc(&self) -> GcReport {
         let in_use = (self.inner.in_use)();
         let inner = &self.inner;
+        // What goes is moved aside under the lock and deleted after it:
+        // deleting a layer's tree takes long enough to hold up every create.
+        let mut doomed = Vec::new();
         let mut st = inner.lock();
         let to_free = match inner.cfg.max_bytes {
             0 => auto_excess(&inner.cfg.dir),
@@ -32,40 +35,46 @@ impl ImageStore {
                 break;
             }
             let Some(rec) = st.images.remove(&id) else { continue };
-            inner.remove(&inner.record_path(&id));
+            doomed.extend(inner.move_aside(&inner.record_path(&id)));
             for (shifted, size) in &rec.flats {
-                inner.remove(&inner.flat_dir(&id, *shifted));
+                doomed.extend(inner.move_aside(&inner.flat_dir(&id, *shifted)));
                 st.total -= size;
                 report.bytes_freed += size;
             }
             report.images_removed += 1;
             tracing::info!(id, "image collected");
-            let (n, b) = sweep(inner, &mut st);
+            let (n, b) = sweep(inner, &mut st, &mut doomed);
             report.layers_removed += n;
             report.bytes_freed += b;
         }
-        let (n, b) = sweep(inner, &mut st);
+        let (n, b) = sweep(inner, &mut st, &mut doomed);
         report.layers_removed += n;
         report.bytes_freed += b;
+        drop(st);
+        drop(doomed);
         report
     }
 
     /// Removes layers no image refers to (left by a failed pull).
     pub(crate) fn sweep_orphans(&self) {
+        let mut doomed = Vec::new();
         let mut st = self.inner.lock();
-        sweep(&self.inner, &mut st);
+        sweep(&self.inner, &mut st, &mut doomed);
+        drop(st);
+        drop(doomed);
     }
 }
 
-fn sweep(inner: &crate::store::Inner, st: &mut State) -> (usize, u64) {
+/// Drops layers no image refers to from `st`; their directories go to `doomed`.
+fn sweep(inner: &crate::store::Inner, st: &mut State, doomed_dirs: &mut Vec<Tmp>) -> (usize, u64) {
     let wanted: HashSet<String> = st.images.values().flat_map(|i| i.layers.iter().cloned()).collect();
     let doomed: Vec<String> =
         st.layers.keys().filter(|l| !wanted.contains(*l) && !st.pinned.contains_key(*l)).cloned().collect();
     let mut freed = 0;
     for l in &doomed {
-        inner.remove(&inner.layer_dir(l));
+        doomed_dirs.extend(inner.move_aside(&inner.layer_dir(l)));
         freed += st.layers.remove(l).unwrap_or(0);
-        inner.remove(&inner.shifted_dir(l));
+        doomed_dirs.extend(inner.move_aside(&inner.shifted_dir(l)));
         freed += st.shifted.remove(l).unwrap_or(0);
     }
     st.total -= freed;

@@ -119,11 +119,16 @@ impl std::fmt::Debug for ImageStore {
 impl Drop for LeasedImage {
     fn drop(&mut self) {
         let mut st = self.store.inner.lock();
-        if let Some(n) = st.leases.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                st.leases.remove(&self.id);
-            }
+        release(&mut st.leases, &self.id);
+    }
+}
+
+/// One holder of `key` fewer; a key nobody holds leaves the map.
+fn release(holders: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = holders.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            holders.remove(key);
         }
     }
 }
@@ -138,12 +143,7 @@ impl Drop for Pin<'_> {
     fn drop(&mut self) {
         let mut st = self.inner.lock();
         for l in &self.layers {
-            if let Some(n) = st.pinned.get_mut(l) {
-                *n -= 1;
-                if *n == 0 {
-                    st.pinned.remove(l);
-                }
-            }
+            release(&mut st.pinned, l);
         }
     }
 }
@@ -176,13 +176,20 @@ impl Inner {
     }
     /// Moves `p` out of sight, then deletes it: a crash mid-way leaves only `tmp/`.
     pub fn remove(&self, p: &Path) {
+        drop(self.move_aside(p));
+    }
+
+    /// Moves `p` into `tmp/` at once (a rename: cheap under the state's lock);
+    /// the returned [`Tmp`] deletes it when dropped, off the lock.
+    pub fn move_aside(&self, p: &Path) -> Option<Tmp> {
         let t = self.tmp_path("rm");
         match std::fs::rename(p, &t) {
-            Ok(()) => {
-                let _ = std::fs::remove_dir_all(&t).or_else(|_| std::fs::remove_file(&t));
+            Ok(()) => Some(Tmp(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(path = %p.display(), "removing from the image store: {e}");
+                None
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %p.display(), "removing from the image store: {e}"),
         }
     }
 }
@@ -483,9 +490,9 @@ impl ImageStore {
     }
 }
 
-/// A path under `tmp/`, removed when dropped (after a failure, or with the
-/// pull that made it).
-struct Tmp(PathBuf);
+/// A path under `tmp/`, removed when dropped (after a failure, with the
+/// pull that made it, or after a collection let go of the store's lock).
+pub(crate) struct Tmp(PathBuf);
 
 impl Drop for Tmp {
     fn drop(&mut self) {
@@ -510,17 +517,13 @@ impl LeasedImage {
     /// containers. Blocking file work: call it off the async workers.
     pub fn lower_dirs(&self, shifted: bool) -> Result<Vec<PathBuf>, ImageError> {
         let inner = &self.store.inner;
-        let layers = {
-            let mut st = inner.lock();
-            let Some(rec) = st.images.get_mut(&self.id) else {
-                return Err(ImageError::io("finding image", inner.record_path(&self.id))(
-                    std::io::ErrorKind::NotFound.into(),
-                ));
-            };
-            rec.last_used = SystemTime::now();
-            rec.layers.clone()
+        // (Its use was recorded when it was leased.)
+        let layers = inner.lock().images.get(&self.id).map(|rec| rec.layers.clone());
+        let Some(layers) = layers else {
+            return Err(ImageError::io("finding image", inner.record_path(&self.id))(
+                std::io::ErrorKind::NotFound.into(),
+            ));
         };
-        touch(&inner.record_path(&self.id));
         let mut dirs = Vec::with_capacity(layers.len());
         for l in &layers {
             dirs.push(if shifted { self.shifted_layer(l)? } else { inner.layer_dir(l) });
