@@ -337,12 +337,13 @@ impl Containerizer {
         let merged = Overlay::in_dir(dir).merged;
         let (options, lease) = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let (lowers, lease) = lower.layers(&cache, &containers, &dir2, !privileged)?;
-            // The rootfs (every layer of an image) is measured only for a
-            // limit it counts against.
-            let rootfs_bytes = if disk_limits.byte_hard > 0 && disk_limits.scope != 1 {
-                lowers.iter().map(|l| sizes.usage(l).0).sum()
-            } else {
-                0
+            // The rootfs counts only against a limit of scope total: an
+            // image's size is the store's; a preloaded rootfs is measured
+            // (once).
+            let rootfs_bytes = match &lease {
+                _ if disk_limits.byte_hard == 0 || disk_limits.scope == 1 => 0,
+                Some(image) => image.size_bytes,
+                None => lowers.iter().map(|l| sizes.usage(l).0).sum(),
             };
             let limit = DiskLimit::for_garden(disk_limits.byte_hard, disk_limits.scope, rootfs_bytes)
                 .map_err(|e| RuntimeError::DiskLimit(format!("container {handle}: {e}")))?;
