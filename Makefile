@@ -61,6 +61,12 @@ deps:
 	  $(SUDO) /usr/bin/python3 -m venv /opt/celld-venv && \
 	  $(SUDO) /opt/celld-venv/bin/pip install -q 'moto[server]>=5,<6'; \
 	fi
+	@# cloudfoundry-client: a real third-party CC v3 client for the CF API's
+	@# tests (tests/cf_api/cf_client.py).
+	@if ! /opt/celld-venv/bin/python -c 'import cloudfoundry_client' 2>/dev/null; then \
+	  echo "deps: installing cloudfoundry-client (CC v3 client for tests) into /opt/celld-venv"; \
+	  $(SUDO) /opt/celld-venv/bin/pip install -q 'cloudfoundry-client==1.40.4'; \
+	fi
 
 rootfs: deps $(TINY_STAMP)
 

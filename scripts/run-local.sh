@@ -25,9 +25,18 @@ if ! "$CELLCTL" --api "$API" app hello --guid >/dev/null 2>&1; then
   echo "make run: pushing examples/hello"
   "$CELLCTL" --api "$API" push examples/hello -m 64M || echo "make run: the push failed; celld keeps running"
 fi
+# The CF API's admin password: --cf-admin-password, else the one celld made
+# once and kept in its depot (RUN_ARGS may name another depot).
+DEPOT=/var/lib/celld
+prev=
+for a in "$@"; do [ "$prev" = --depot ] && DEPOT=$a; prev=$a; done
+PASSWORD=${CELLD_CF_ADMIN_PASSWORD:-$(cat "$DEPOT/cf-api/admin-password" 2>/dev/null)}
 cat <<MSG
 
   examples/hello runs at  http://hello.apps.localhost:8080/
+  with the cf CLI:
+    cf api http://127.0.0.1:9000 && cf auth admin $PASSWORD && cf target -o local -s dev
+    cf apps; cf app hello; cf logs hello --recent; cf ssh hello
   try:
     curl http://hello.apps.localhost:8080/
     target/release/cellctl apps

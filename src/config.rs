@@ -230,6 +230,18 @@ pub struct Config {
     /// Local mode: where the ssh proxy (`cf ssh`) listens; "off" runs none.
     #[arg(long, default_value = "127.0.0.1:2222")]
     pub ssh_proxy_listen: String,
+    /// Local mode: where the Cloud Foundry API (v3, its UAA token endpoint and
+    /// log-cache, for the `cf` CLI) listens; "off" runs none.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub cf_api_listen: String,
+    /// Serve the CF API over HTTPS with a self-signed certificate (kept in the
+    /// depot; `cf api --skip-ssl-validation`).
+    #[arg(long)]
+    pub cf_api_tls: bool,
+    /// The CF API's `admin` password; unset, one is generated once, kept in
+    /// the depot and printed at start.
+    #[arg(long, env = "CELLD_CF_ADMIN_PASSWORD", hide_env_values = true)]
+    pub cf_admin_password: Option<String>,
     /// Idle ssh sessions are closed after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub ssh_idle_timeout: u64,

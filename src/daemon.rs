@@ -151,11 +151,13 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let executor =
         executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter.clone(), stager.lifecycle_dir())?;
     executor.restore().await;
-    let apps = match (&scheduler_addr, cfg.local) {
+    let (apps, cf_api_hint) = match (&scheduler_addr, cfg.local) {
         (Some(addr), true) => {
-            Some(local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone()).await?)
+            let (apps, cf) =
+                local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone()).await?;
+            (Some(apps), cf)
         }
-        _ => None,
+        _ => (None, None),
     };
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match cfg.grpc_listen() {
@@ -216,7 +218,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     }
     tokio::spawn(gardener.clone().reap_forever());
     if let Some(apps) = &apps {
-        print_local_banner(&cfg, apps);
+        print_local_banner(&cfg, apps, cf_api_hint.as_deref());
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let evacuate_requested = async {
@@ -287,7 +289,7 @@ async fn local_apps(
     blobs: Arc<Blobstore>,
     logs: Arc<LogHub>,
     executor: Arc<Executor>,
-) -> anyhow::Result<Arc<crate::apps::AppLayer>> {
+) -> anyhow::Result<(Arc<crate::apps::AppLayer>, Option<String>)> {
     use crate::router::{RouteTable, Router, RouterConfig};
     let listener = tokio::net::TcpListener::bind(&cfg.router_listen)
         .await
@@ -318,7 +320,11 @@ async fn local_apps(
     if cfg.ssh_proxy_listen != "off" {
         ssh_proxy(cfg, apps.clone()).await?;
     }
-    Ok(apps)
+    let cf = match cfg.cf_api_listen.as_str() {
+        "off" => None,
+        _ => Some(cf_api(cfg, apps.clone()).await?),
+    };
+    Ok((apps, cf))
 }
 
 /// Local mode's ssh proxy, deciding logins through the app layer.
@@ -349,8 +355,30 @@ async fn ssh_proxy(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Re
     Ok(())
 }
 
+/// Local mode's Cloud Foundry API, for the `cf` CLI; what to type to use it.
+async fn cf_api(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(&cfg.cf_api_listen)
+        .await
+        .with_context(|| format!("--cf-api-listen {}", cfg.cf_api_listen))?;
+    let addr = listener.local_addr().context("--cf-api-listen")?;
+    let password = crate::cfapi::serve(
+        apps,
+        crate::cfapi::CfApiConfig {
+            dir: cfg.depot.join("cf-api"),
+            admin_password: cfg.cf_admin_password.clone(),
+            tls: cfg.cf_api_tls,
+        },
+        listener,
+    )
+    .await
+    .context("starting the CF API")?;
+    let (scheme, skip) = if cfg.cf_api_tls { ("https", " --skip-ssl-validation") } else { ("http", "") };
+    tracing::info!(address = %addr, "serving the CF API");
+    Ok(format!("cf api {scheme}://{addr}{skip} && cf auth admin {password}"))
+}
+
 /// What a person starting `celld --local` needs to know, on stdout.
-fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer) {
+fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer, cf: Option<&str>) {
     println!("celld --local is up:");
     println!("  apps API (cellctl --api)  {}", cfg.grpc_listen().unwrap_or_default());
     println!("  router                    {}  (http://APP.{}:PORT/)", cfg.router_listen, apps.domain());
@@ -362,6 +390,9 @@ fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer) {
         println!("  ssh proxy (cellctl ssh)   {}  ({})", ssh.endpoint, ssh.host_key_fingerprint);
     }
     println!("  default space             {}", cfg.default_space);
+    if let Some(cf) = cf {
+        println!("  cf CLI                    {cf} && cf target -o local -s {}", cfg.default_space);
+    }
 }
 
 fn executor(

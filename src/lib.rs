@@ -17,6 +17,7 @@ pub use celld_sshproxy as sshproxy;
 pub use celld_transport::tls;
 
 pub mod apps;
+pub mod cfapi;
 pub mod config;
 pub mod daemon;
 pub mod diego;

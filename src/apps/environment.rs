@@ -81,7 +81,7 @@ impl AppLayer {
 }
 
 /// A stable guid for a space name (spaces exist by name only here).
-fn space_guid(name: &str) -> String {
+pub fn space_guid(name: &str) -> String {
     let h = xxhash_rust::xxh64::xxh64(name.as_bytes(), 0x5ace);
     let l = xxhash_rust::xxh64::xxh64(name.as_bytes(), 0xc0de);
     format!(

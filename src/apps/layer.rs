@@ -118,6 +118,11 @@ impl AppLayer {
         Ok(s)
     }
 
+    /// An app by guid, in any space.
+    pub fn app_by_guid(&self, guid: &str) -> Result<Option<AppRecord>, AppsError> {
+        self.store.app(guid)
+    }
+
     /// An app by name (or guid) in a space.
     pub fn find(&self, r: &pb::AppRef) -> Result<AppRecord, AppsError> {
         let space = self.space(&r.space)?;

@@ -32,6 +32,7 @@ use crate::staging::StagingError;
 use celld_blobstore::BlobstoreError;
 
 pub use self::app::{DEFAULT_DISK_MB, DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_MEMORY_MB};
+pub use self::environment::space_guid;
 pub use self::layer::{AppLayer, AppsConfig};
 pub use self::process::{APP_PORT, default_security_groups};
 pub use self::routes::RouterLog;

@@ -3,7 +3,7 @@
 //! process's instances withdrawn before the scheduler is told; and the
 //! router's access log lines in the app's logs (`RTR`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,29 @@ impl AppLayer {
     pub(super) fn unwithdraw(&self, process_guid: &str) {
         lock_set(&self.withdrawn).remove(process_guid);
         self.routes_changed.notify_one();
+    }
+
+    /// `cf map-route`: the host (under the shared domain) goes to the app.
+    pub async fn map_route(&self, r: &pb::AppRef, host: &str) -> Result<AppRecord, AppsError> {
+        let _op = self.ops.lock().await;
+        let app = self.find(r)?;
+        if app.routes.iter().any(|h| h == host) {
+            return Ok(app);
+        }
+        let app = self.store.set_route(&app, host, true)?;
+        self.event(&app, "audit.app.map-route", BTreeMap::from([("route".to_string(), host.to_string())]));
+        self.routes_changed.notify_one();
+        Ok(app)
+    }
+
+    /// `cf unmap-route`: the router stops sending the host to the app.
+    pub async fn unmap_route(&self, r: &pb::AppRef, host: &str) -> Result<AppRecord, AppsError> {
+        let _op = self.ops.lock().await;
+        let app = self.find(r)?;
+        let app = self.store.set_route(&app, host, false)?;
+        self.event(&app, "audit.app.unmap-route", BTreeMap::from([("route".to_string(), host.to_string())]));
+        self.routes_changed.notify_one();
+        Ok(app)
     }
 
     pub async fn sync_routes(&self) -> Result<(), AppsError> {

@@ -302,6 +302,32 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
     }
 
+    /// Maps `host` to the app, or (`map` false) takes it from the app: the
+    /// routes table and the app's record change in one transaction.
+    pub fn set_route(&self, app: &AppRecord, host: &str, map: bool) -> Result<AppRecord, AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        let mut app = app.clone();
+        if map {
+            match tx.execute("INSERT INTO routes (host, app_guid) VALUES (?1, ?2)", params![host, app.guid]) {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(AppsError::AlreadyExists(format!("the route {host} is already in use by another app")));
+                }
+                Err(e) => return Err(store_err(e)),
+            }
+            app.routes.push(host.to_string());
+        } else {
+            tx.execute("DELETE FROM routes WHERE host = ?1 AND app_guid = ?2", params![host, app.guid])
+                .map_err(store_err)?;
+            app.routes.retain(|h| h != host);
+        }
+        tx.execute("UPDATE apps SET record = ?2 WHERE guid = ?1", params![app.guid, encode(&app)?])
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(app)
+    }
+
     pub fn create_service(&self, s: &ServiceRecord) -> Result<(), AppsError> {
         match self.db().execute(
             "INSERT INTO services (guid, space, name, record) VALUES (?1, ?2, ?3, ?4)",

@@ -91,7 +91,30 @@ impl AppLayer {
     }
 }
 
-fn proto_task(t: &TaskRecord, state: &str, reason: &str) -> pb::AppTask {
+impl AppLayer {
+    /// `cf terminate-task`: the scheduler cancels it (the task fails with
+    /// "task was cancelled"); a task that already ended is refused.
+    pub async fn cancel_task(&self, r: &pb::AppRef, task_guid: &str) -> Result<pb::AppTask, AppsError> {
+        let app = self.find(r)?;
+        let t = self
+            .store
+            .tasks(&app.guid)?
+            .into_iter()
+            .find(|t| t.guid == task_guid || t.sequence_id.to_string() == task_guid)
+            .ok_or_else(|| AppsError::NotFound(format!("Task '{task_guid}' not found for app '{}'.", app.name)))?;
+        if !t.state.is_empty() {
+            return Err(AppsError::FailedPrecondition(format!(
+                "Task state is {} and therefore cannot be canceled",
+                t.state
+            )));
+        }
+        self.sched().cancel_task(pb::CancelTaskRequest { task_guid: t.guid.clone() }).await?;
+        self.event(&app, "audit.app.task.cancel", BTreeMap::from([("task_guid".to_string(), t.guid.clone())]));
+        Ok(proto_task(&t, "CANCELING", ""))
+    }
+}
+
+pub(super) fn proto_task(t: &TaskRecord, state: &str, reason: &str) -> pb::AppTask {
     pb::AppTask {
         guid: t.guid.clone(),
         sequence_id: t.sequence_id,

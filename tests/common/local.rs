@@ -30,6 +30,8 @@ pub struct Local {
     pub router: String,
     /// The ssh proxy's address.
     pub ssh: String,
+    /// The CF API's address (`cf api http://ADDR`).
+    pub cf_api: String,
     pub home: PathBuf,
     pub apps_dir: PathBuf,
 }
@@ -41,25 +43,45 @@ impl Local {
         let scheduler = format!("127.0.0.1:{}", 14000 + slot);
         let router = format!("127.0.0.1:{}", 15000 + slot);
         let ssh = format!("127.0.0.1:{}", 16000 + slot);
-        let mut args =
-            vec!["--local", "--scheduler-listen", &scheduler, "--router-listen", &router, "--ssh-proxy-listen", &ssh];
+        let cf_api = format!("127.0.0.1:{}", 17000 + slot);
+        let mut args = vec![
+            "--local",
+            "--scheduler-listen",
+            &scheduler,
+            "--router-listen",
+            &router,
+            "--ssh-proxy-listen",
+            &ssh,
+            "--cf-api-listen",
+            &cf_api,
+        ];
         args.extend_from_slice(extra);
         let d = Daemon::start_with(&args);
         let home = d.dir.join("cellctl-home");
         let apps_dir = d.dir.join("apps");
         std::fs::create_dir_all(&apps_dir).expect("apps dir");
-        let l = Local { d, router, ssh, home, apps_dir };
-        // The Apps service answers once the daemon is up.
+        let l = Local { d, router, ssh, cf_api, home, apps_dir };
+        l.wait_up();
+        l
+    }
+
+    /// The Apps service answers once the daemon is up.
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (code, _, err) = l.cellctl(&["apps"]);
+            let (code, _, err) = self.cellctl(&["apps"]);
             if code == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "celld --local did not come up: {err}\n{}", l.d.log());
+            assert!(Instant::now() < deadline, "celld --local did not come up: {err}\n{}", self.d.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        l
+    }
+
+    /// Kills the daemon (as a crash would) and starts it again on the same depot.
+    pub fn restart(&mut self) {
+        self.d.restart();
+        self.wait_up();
     }
 
     /// Runs cellctl against this daemon; (exit code, stdout, stderr).

@@ -561,6 +561,7 @@ pub async fn run(d: &Daemon, handle: &str, p: ProcessSpec) -> (i32, String, Stri
 pub fn garden_type(e: &ClientError) -> String {
     e.garden_type().unwrap_or_default().to_string()
 }
+pub mod cfapi;
 pub mod diego;
 pub mod local;
 pub mod outside;

@@ -10,6 +10,7 @@ mod diego;
 mod disk;
 mod images;
 mod lrps;
+mod push;
 mod scheduler_load;
 mod ssh;
 
@@ -59,6 +60,9 @@ struct Args {
     /// Only issue 2's create/run/destroy cycle and its runc baseline.
     #[arg(long)]
     cycle_only: bool,
+    /// Only the push phase (`cf push` through the CF API against `cellctl push`).
+    #[arg(long)]
+    push_only: bool,
     /// Only the disk-limit phase (creates with and without a disk limit).
     #[arg(long)]
     disk_only: bool,
@@ -94,6 +98,13 @@ fn main() -> Result<()> {
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if args.ssh_only {
         let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await);
+        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
+    if args.push_only {
+        let r = push_phase(&rt, &celld, &dir, &args);
         let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
         let removed = remove_dir(&dir);
         r?;
@@ -163,12 +174,20 @@ fn main() -> Result<()> {
     let networked = networked.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await)
     });
+    let networked = networked.and_then(|()| push_phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
     let networked = networked.and_then(|()| diego::run(&celld, &dir, &args));
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
     let removed = remove_dir(&dir);
     networked?;
     removed
+}
+
+/// Issue 22's push: the CF API's v3 sequence against cellctl push, on a
+/// local-mode cell.
+fn push_phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: &Args) -> Result<()> {
+    let hello = ssh::hello_dir()?;
+    run_cell(rt, celld, &dir.join("push"), args, &ssh::local_args(), async |_, _, d| push::run(d, &hello).await)
 }
 
 /// Issue 21's images, on a cell without networking that may pull from the

@@ -17,6 +17,8 @@ pub const SCHEDULER: &str = "127.0.0.1:11891";
 pub const ROUTER: &str = "127.0.0.1:11892";
 pub const PROXY: &str = "127.0.0.1:11893";
 pub const API: &str = "127.0.0.1:11805";
+/// The CF API (the push phase).
+pub const CF_API: &str = "127.0.0.1:11896";
 /// OpenSSH's sshd for the baseline.
 const BASELINE_PORT: u16 = 11894;
 /// The sink the forwarded bytes go to, inside the instance.
@@ -41,6 +43,8 @@ pub fn local_args() -> Vec<&'static str> {
         super::BENCH_POOL,
         "--port-pool-start",
         "52001",
+        "--cf-api-listen",
+        CF_API,
     ]
 }
 
@@ -53,21 +57,7 @@ struct Ctx {
 
 impl Ctx {
     fn cellctl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.cellctl)
-            .args(["--api", API])
-            .args(args)
-            .env("CELLCTL_HOME", &self.home)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .context("running cellctl")?;
-        ensure!(
-            out.status.success(),
-            "cellctl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cellctl_with(&self.cellctl, &self.home, args)
     }
 
     fn code(&self) -> Result<String> {
@@ -90,13 +80,40 @@ impl Ctx {
     }
 }
 
+/// cellctl (the one beside this executable) against the local cell's API.
+pub fn cellctl_at(home: &Path, args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    cellctl_with(&exe.with_file_name("cellctl"), home, args)
+}
+
+fn cellctl_with(cellctl: &Path, home: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(cellctl)
+        .args(["--api", API])
+        .args(args)
+        .env("CELLCTL_HOME", home)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .context("running cellctl")?;
+    ensure!(
+        out.status.success(),
+        "cellctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// examples/hello of this checkout.
+pub fn hello_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    exe.parent().and_then(|p| p.parent()?.parent().map(|r| r.join("examples/hello"))).context("locating examples/hello")
+}
+
 /// Runs in a `celld --local` started by the caller.
 pub async fn run(dir: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating this executable")?;
-    let hello = exe
-        .parent()
-        .and_then(|p| p.parent()?.parent().map(|r| r.join("examples/hello")))
-        .context("locating examples/hello")?;
+    let hello = hello_dir()?;
     let askpass = dir.join("askpass.sh");
     std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$CELLD_BENCH_CODE\"\n")?;
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755))?;
