@@ -118,6 +118,12 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let url = cfg.blobstore_url();
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
     let logs = Arc::new(LogHub::default());
+    // Local mode keeps apps' lines across restarts; read back before anything
+    // emits, so the disk and the hub agree on their order.
+    if cfg.local {
+        let dir = cfg.depot.join("apps").join("logs");
+        crate::apps::log_disk::DiskLog::attach(&dir, Default::default(), &logs).context("opening the app log store")?;
+    }
     let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
     // Local mode embeds the scheduler (unless told to use another one).
     let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
@@ -308,6 +314,7 @@ async fn local_apps(
         table.clone(),
     )
     .context("starting the app layer")?;
+    apps.prune_logs().context("pruning the logs of deleted apps")?;
     apps.start();
     let router = Router::new(
         table,
