@@ -120,10 +120,13 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let logs = Arc::new(LogHub::default());
     // Local mode keeps apps' lines across restarts; read back before anything
     // emits, so the disk and the hub agree on their order.
-    if cfg.local {
+    let disk_log = if cfg.local {
         let dir = cfg.depot.join("apps").join("logs");
-        crate::apps::log_disk::DiskLog::attach(&dir, Default::default(), &logs).context("opening the app log store")?;
-    }
+        let attached = crate::apps::log_disk::DiskLog::attach(&dir, Default::default(), &logs);
+        Some(attached.context("opening the app log store")?)
+    } else {
+        None
+    };
     let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
     // Local mode embeds the scheduler (unless told to use another one).
     let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
@@ -258,6 +261,10 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
     drop(embedded);
+    // The lines still queued for the disk (a crash loses only those).
+    if let Some(disk_log) = disk_log {
+        let _ = tokio::task::spawn_blocking(move || disk_log.flush()).await;
+    }
     Ok(())
 }
 

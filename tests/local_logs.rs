@@ -1,5 +1,6 @@
-//! An app's log lines outlive celld: `celld --local` keeps them on disk under
-//! the depot, reads them back on start, and deletes them with the app.
+//! An app's log lines outlive celld (a crash, a torn last record, a clean
+//! stop): `celld --local` keeps them on disk under the depot, reads them back
+//! on start, and deletes them with the app.
 
 mod common;
 
@@ -43,7 +44,12 @@ fn local_logs_survive_a_crash_of_celld_and_go_with_the_app() {
         contains(&file, b"serving instance 0") && contains(&file, b"RTR")
     });
 
-    // A crash: SIGKILL, nothing flushed at exit. The history comes back.
+    // A crash: SIGKILL, nothing flushed at exit, and a record torn half-way
+    // at the end of the file. The history comes back.
+    l.d.kill();
+    let mut data = std::fs::read(&file).unwrap_or_default();
+    data.extend_from_slice(&[64, 0, 0, 0, 1, 2, 3, 4, 5]);
+    std::fs::write(&file, &data).expect("tearing the log file");
     l.d.restart();
     wait_for("the Apps service after the restart", Duration::from_secs(30), || l.cellctl(&["apps"]).0 == 0);
     let after = l.ok(&["logs", "hello", "--recent"]);
@@ -59,6 +65,15 @@ fn local_logs_survive_a_crash_of_celld_and_go_with_the_app() {
     l.wait_status("hello.apps.localhost", "/", 200, "Hello from celld!", T);
     let routed = l.ok(&["logs", "hello", "--recent"]);
     assert!(routed.matches("[RTR/").count() > after.matches("[RTR/").count(), "a new router line: {routed}");
+
+    // A clean stop, and the lines written after the torn record (cut off on
+    // the start before) are read back too.
+    assert!(l.d.terminate(Duration::from_secs(30)), "celld did not stop on SIGTERM");
+    l.d.restart();
+    wait_for("the Apps service after the second restart", Duration::from_secs(30), || l.cellctl(&["apps"]).0 == 0);
+    let again = l.ok(&["logs", "hello", "--recent"]);
+    let rtr = |s: &str| s.matches("[RTR/").count();
+    assert!(rtr(&again) >= rtr(&routed), "the router lines after the first restart are kept: {again}");
 
     // Deleting the app deletes its logs.
     l.ok(&["delete", "hello", "-f"]);
