@@ -118,6 +118,15 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let url = cfg.blobstore_url();
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
     let logs = Arc::new(LogHub::default());
+    // Local mode keeps apps' lines across restarts; read back before anything
+    // emits, so the disk and the hub agree on their order.
+    let disk_log = if cfg.local {
+        let dir = cfg.depot.join("apps").join("logs");
+        let attached = crate::apps::log_disk::DiskLog::attach(&dir, Default::default(), &logs);
+        Some(attached.context("opening the app log store")?)
+    } else {
+        None
+    };
     let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
     // Local mode embeds the scheduler (unless told to use another one).
     let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
@@ -254,6 +263,10 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     gardener.shutdown().await;
     let _ = std::fs::remove_file(&cfg.garden_socket);
     drop(embedded);
+    // The lines still queued for the disk (a crash loses only those).
+    if let Some(disk_log) = disk_log {
+        let _ = tokio::task::spawn_blocking(move || disk_log.flush()).await;
+    }
     Ok(())
 }
 
@@ -310,6 +323,7 @@ async fn local_apps(
         table.clone(),
     )
     .context("starting the app layer")?;
+    apps.prune_logs().context("pruning the logs of deleted apps")?;
     apps.start();
     let router = Router::new(
         table,

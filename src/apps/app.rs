@@ -240,6 +240,7 @@ impl AppLayer {
             }
         }
         self.store.delete_app(&app.guid)?;
+        self.logs.forget(&app.guid);
         // Droplets are the app's own; packages are shared by checksum.
         for key in app.droplet.iter().map(|d| &d.key).chain(&app.old_droplets).filter(|k| !k.is_empty()) {
             let _ = self.blobs.delete(key).await;

@@ -45,6 +45,14 @@ impl AppLayer {
         Ok((history, r.follow.then_some(live)))
     }
 
+    /// Forgets the log lines of every log guid that is no app's (apps deleted
+    /// while celld was down, or before their lines were written).
+    pub fn prune_logs(&self) -> Result<(), AppsError> {
+        let keep: std::collections::HashSet<String> = self.store.apps(None)?.into_iter().map(|a| a.guid).collect();
+        self.logs.retain(&keep);
+        Ok(())
+    }
+
     /// Follows the scheduler's events: records `app.crash`, and re-reads
     /// routes when an instance changes. Reconnects when the scheduler goes away.
     pub(super) async fn follow_events(self: Arc<Self>) {

@@ -9,7 +9,8 @@
 //! The calls are split by what they act on: the app record (`app`), its
 //! staging into a droplet (`droplet`), its process on the scheduler
 //! (`process`), the environment it gets (`environment`), its instances
-//! (`instances`), services, tasks, events and routes. `layer` holds the state
+//! (`instances`), services, tasks, events and routes; its log lines are kept
+//! on disk (`log_disk`) and read as log-cache does (`logcache`). `layer` holds the state
 //! they share; `validate` the rules for names a user types.
 
 mod app;
@@ -19,6 +20,8 @@ mod environment;
 mod events;
 mod instances;
 mod layer;
+pub mod log_disk;
+pub mod logcache;
 mod process;
 mod routes;
 pub mod service;
@@ -34,6 +37,7 @@ use celld_blobstore::BlobstoreError;
 pub use self::app::{DEFAULT_DISK_MB, DEFAULT_HEALTH_CHECK_TIMEOUT, DEFAULT_MEMORY_MB};
 pub use self::environment::space_guid;
 pub use self::layer::{AppLayer, AppsConfig};
+pub use self::logcache::{LogCacheError, LogCacheQuery, log_cache_info, parse_query};
 pub use self::process::{APP_PORT, default_security_groups};
 pub use self::routes::RouterLog;
 pub use self::service_instances::proto_service;

@@ -10,9 +10,13 @@
 //! `\n` and `\r` end a line, empty lines are not sent, an overlong line is cut
 //! at a UTF-8 boundary, and an instance over its lines/sec limit has its lines
 //! dropped for a second with one report line.
+//!
+//! A hub keeps its history in memory only. Local mode plugs a [`LogSink`] in
+//! (the app layer's disk log) and preloads the history it kept, so lines
+//! survive a restart; a plain cell has no sink.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
@@ -39,12 +43,23 @@ pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Where lines go besides the hub's memory. Called under the hub's lock (so
+/// it sees lines in the hub's order): it must never block.
+pub trait LogSink: Send + Sync {
+    fn record(&self, env: &pb::LogEnvelope);
+    /// Every line of `log_guid` goes (its app was deleted).
+    fn forget(&self, log_guid: &str);
+    /// Every log guid but these goes.
+    fn retain(&self, keep: &HashSet<String>);
+}
+
 /// Recent history and followers of every log guid on the cell. Share it as
 /// `Arc<LogHub>`.
 pub struct LogHub {
     inner: Mutex<Inner>,
     history: usize,
     max_guids: usize,
+    sink: OnceLock<Arc<dyn LogSink>>,
 }
 
 struct Inner {
@@ -78,6 +93,59 @@ impl LogHub {
             inner: Mutex::new(Inner { streams: HashMap::new(), clock: 0 }),
             history: history.max(1),
             max_guids: max_guids.max(1),
+            sink: OnceLock::new(),
+        }
+    }
+
+    /// Lines kept per log guid.
+    pub fn history(&self) -> usize {
+        self.history
+    }
+
+    /// Sends every line emitted from now on to `sink` as well. Only the first
+    /// sink set is kept (false if one was already there).
+    pub fn set_sink(&self, sink: Arc<dyn LogSink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    /// Puts `lines` (oldest first, e.g. read back from disk) before the
+    /// history of `log_guid`, keeping the newest `history` lines.
+    pub fn preload(&self, log_guid: &str, lines: Vec<pb::LogEnvelope>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let stream = inner.stream(log_guid, self.max_guids);
+        let mut merged: VecDeque<pb::LogEnvelope> = lines.into();
+        merged.append(&mut stream.recent);
+        while merged.len() > self.history {
+            merged.pop_front();
+        }
+        stream.recent = merged;
+    }
+
+    /// The history of `log_guid`, oldest first, without making it a stream
+    /// (a read of an unknown guid leaves nothing behind).
+    pub fn recent(&self, log_guid: &str) -> Vec<pb::LogEnvelope> {
+        self.lock().streams.get(log_guid).map(|s| s.recent.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Drops the history of `log_guid`, in memory and in the sink; its
+    /// followers' streams end.
+    pub fn forget(&self, log_guid: &str) {
+        let mut inner = self.lock();
+        inner.streams.remove(log_guid);
+        if let Some(sink) = self.sink.get() {
+            sink.forget(log_guid);
+        }
+    }
+
+    /// Drops every log guid not in `keep`, in memory and in the sink.
+    pub fn retain(&self, keep: &HashSet<String>) {
+        let mut inner = self.lock();
+        inner.streams.retain(|guid, _| keep.contains(guid));
+        if let Some(sink) = self.sink.get() {
+            sink.retain(keep);
         }
     }
 
@@ -96,6 +164,9 @@ impl LogHub {
             stream.recent.pop_front();
         }
         stream.recent.push_back(env.clone());
+        if let Some(sink) = self.sink.get() {
+            sink.record(&env);
+        }
         // No follower is not an error.
         let _ = stream.followers.send(env);
     }
@@ -449,6 +520,47 @@ mod tests {
         // "b" was newer than "a", but "a" has a follower.
         assert_eq!(hub.subscribe("a", None, 10).0.len(), 1);
         assert_eq!(hub.subscribe("c", None, 10).0.len(), 1);
+    }
+
+    #[test]
+    fn preload_goes_before_new_lines_and_recent_reads_without_making_a_stream() {
+        let hub = LogHub::new(4, 10);
+        hub.emit(line("g", 0, "new"));
+        hub.preload("g", ["a", "b", "c", "d"].iter().map(|m| line("g", 0, m)).collect());
+        assert_eq!(messages(&hub.recent("g")), ["b", "c", "d", "new"]);
+        assert!(hub.recent("unknown").is_empty());
+        assert_eq!(hub.guids(), 1);
+        let (_, mut rx) = hub.subscribe("g", None, 0);
+        hub.forget("g");
+        assert!(hub.recent("g").is_empty());
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Closed)));
+    }
+
+    #[test]
+    fn a_sink_sees_every_line_in_order() {
+        #[derive(Default)]
+        struct Seen(Mutex<Vec<String>>);
+        impl LogSink for Seen {
+            fn record(&self, env: &pb::LogEnvelope) {
+                self.0.lock().unwrap().push(env.message.clone());
+            }
+            fn forget(&self, log_guid: &str) {
+                self.0.lock().unwrap().push(format!("forget {log_guid}"));
+            }
+            fn retain(&self, keep: &HashSet<String>) {
+                self.0.lock().unwrap().push(format!("retain {}", keep.len()));
+            }
+        }
+        let hub = LogHub::default();
+        let seen = Arc::new(Seen::default());
+        assert!(hub.set_sink(seen.clone()));
+        assert!(!hub.set_sink(seen.clone()));
+        hub.emit(line("g", 0, "one"));
+        cell_line(&hub, "h", "CELL", 0, "two");
+        hub.forget("g");
+        hub.retain(&HashSet::from(["h".to_string()]));
+        assert_eq!(*seen.0.lock().unwrap(), ["one", "two", "forget g", "retain 1"]);
+        assert_eq!(hub.guids(), 1);
     }
 
     #[test]
