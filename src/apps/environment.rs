@@ -26,7 +26,7 @@ impl AppLayer {
     fn vcap_application(&self, app: &AppRecord, process_guid: Option<&str>) -> serde_json::Value {
         let version = process_guid.and_then(|p| p.get(app.guid.len() + 1..)).unwrap_or("");
         let mut v = json!({
-            "cf_api": "",
+            "cf_api": self.cf_api.get().map(String::as_str).unwrap_or_default(),
             "limits": { "fds": 16384, "mem": app.memory_mb, "disk": app.disk_mb },
             "application_name": app.name,
             "application_uris": app.routes,

@@ -51,6 +51,8 @@ pub struct AppLayer {
     /// a withdrawal must not put the instances back after it).
     pub(super) route_sync: tokio::sync::Mutex<()>,
     pub(super) ssh: SshState,
+    /// The CF API's URL, VCAP_APPLICATION's `cf_api` (set when it serves).
+    pub(super) cf_api: std::sync::OnceLock<String>,
 }
 
 /// Where the ssh proxy is and who may use it as `diego:`. Kept here, beside
@@ -87,6 +89,7 @@ impl AppLayer {
             withdrawn: Mutex::default(),
             route_sync: tokio::sync::Mutex::new(()),
             ssh: SshState::default(),
+            cf_api: std::sync::OnceLock::new(),
         }))
     }
 
@@ -94,6 +97,11 @@ impl AppLayer {
     pub fn start(self: &Arc<Self>) {
         tokio::spawn(self.clone().follow_events());
         tokio::spawn(self.clone().sync_routes_forever());
+    }
+
+    /// Where the CF API listens, for apps' VCAP_APPLICATION.
+    pub fn set_cf_api(&self, url: String) {
+        let _ = self.cf_api.set(url);
     }
 
     pub fn domain(&self) -> &str {

@@ -36,6 +36,9 @@ pub enum CfError {
     Server(String),
     #[error("{0}")]
     Unavailable(String),
+    /// log-cache's own errors, answered in its gateway's shape.
+    #[error(transparent)]
+    LogCache(crate::apps::LogCacheError),
 }
 
 impl CfError {
@@ -53,6 +56,7 @@ impl CfError {
             NotStaged(_) => (StatusCode::UNPROCESSABLE_ENTITY, 170002, "CF-NotStaged"),
             Server(_) => (StatusCode::INTERNAL_SERVER_ERROR, 10001, "UnknownError"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 10015, "CF-ServiceUnavailable"),
+            LogCache(e) => (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), 0, ""),
         }
     }
 
@@ -70,6 +74,9 @@ impl CfError {
 impl IntoResponse for CfError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
+        if let CfError::LogCache(e) = &self {
+            return (status, axum::Json(e.body())).into_response();
+        }
         if status.is_server_error() {
             tracing::warn!(error = %self, "CF API request failed");
         }

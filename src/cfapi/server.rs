@@ -124,6 +124,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(io(&cfg.dir))?;
     let scheme = if cfg.tls { "https" } else { "http" };
     let (uaa, password) = Uaa::open(&cfg.dir, cfg.admin_password.as_deref(), format!("{scheme}://{addr}"))?;
+    apps.set_cf_api(format!("{scheme}://{addr}"));
     let store = CfStore::open(&cfg.dir.join("cfapi.db"))?;
     let resources = cfg.dir.join("resources");
     std::fs::create_dir_all(&resources).map_err(io(&resources))?;
