@@ -230,3 +230,67 @@ fn local_names_routes_and_bad_input() {
     assert!(err.contains("no-such-app") && err.contains("not found"), "{err}");
     l.finish();
 }
+
+/// cf's `create-buildpack` (output, positions, an existing name refused),
+/// `update-buildpack -i`, and `push NAME -p PATH` with a zip.
+#[test]
+fn local_buildpack_positions_and_push_name_dash_p() {
+    require_local!();
+    let l = Local::start(&[]);
+    let bp = l.apps_dir.join("never-bp");
+    std::fs::create_dir_all(bp.join("bin")).expect("buildpack dir");
+    for (script, body) in [("detect", "#!/bin/sh\nexit 1\n"), ("compile", "#!/bin/sh\n")] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(bp.join("bin").join(script), body).expect("script");
+        std::fs::set_permissions(bp.join("bin").join(script), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let bp = bp.to_str().unwrap();
+    let order = || -> Vec<String> {
+        let out = l.ok(&["buildpacks", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("buildpacks json");
+        v.as_array().expect("list").iter().map(|b| b["name"].as_str().unwrap_or("").to_string()).collect()
+    };
+    let builtin = order();
+    assert_eq!(builtin.len(), 3, "{builtin:?}");
+
+    let out = l.ok(&["create-buildpack", "first", bp, "1"]);
+    assert_eq!(
+        out,
+        "Creating buildpack first as admin...\nOK\n\nUploading buildpack first as admin...\nDone uploading\nOK\n\n\
+         Processing uploaded buildpack first...\nOK\n"
+    );
+    assert_eq!(order()[..2], ["first".to_string(), builtin[0].clone()]);
+    // Past the end: last.
+    l.ok(&["create-buildpack", "tail", bp, "99"]);
+    assert_eq!(order().last().map(String::as_str), Some("tail"));
+
+    // An existing name is refused (position and all), as Cloud Controller does.
+    let (code, out, err) = l.cellctl(&["create-buildpack", "first", bp, "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("Creating buildpack first as admin...\n"), "{out}");
+    assert!(err.contains("Buildpack with name 'first' and an unassigned stack already exists"), "{err}");
+    assert_eq!(order()[0], "first");
+    let err = l.fails(&["create-buildpack", "zero", bp, "0"]);
+    assert!(err.contains("Position must be greater than or equal to 1"), "{err}");
+    assert!(!order().contains(&"zero".to_string()));
+
+    // update-buildpack -i moves it; the others shift.
+    l.ok(&["update-buildpack", "first", "-i", "3"]);
+    let now = order();
+    assert_eq!(now[..3], [builtin[0].clone(), builtin[1].clone(), "first".to_string()], "{now:?}");
+    let err = l.fails(&["update-buildpack", "nope", "-i", "1"]);
+    assert!(err.contains("nope"), "{err}");
+
+    // cf's `push NAME -p PATH`: PATH a zip; NAME the app.
+    let zip_path = l.apps_dir.join("site.zip");
+    {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
+        w.start_file("index.html", zip::write::SimpleFileOptions::default()).expect("entry");
+        w.write_all(b"<h1>dash p</h1>\n").expect("write");
+        w.finish().expect("finish zip");
+    }
+    let out = l.ok(&["push", "dashp", "-p", zip_path.to_str().unwrap(), "-m", "32M"]);
+    assert!(out.contains("Pushing app dashp"), "{out}");
+    l.wait_status("dashp.apps.localhost", "/", 200, "<h1>dash p</h1>", T);
+    l.finish();
+}

@@ -388,3 +388,156 @@ async fn access_log_lines() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!h.log.0.lock().unwrap().iter().any(|(_, _, l)| l.contains("nope.apps")));
 }
+
+/// A raw backend: each connection gets its request head read, then `answer`
+/// (given the connection's number, from 0) decides what happens to it.
+async fn raw_backend(answer: fn(usize) -> RawAnswer) -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let n = {
+                let mut c = count.lock().unwrap();
+                *c += 1;
+                *c - 1
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                match answer(n) {
+                    RawAnswer::Reply(text) => {
+                        let _ = s.write_all(text.as_bytes()).await;
+                        let _ = s.shutdown().await;
+                    }
+                    // SO_LINGER 0: closing sends RST, not FIN.
+                    RawAnswer::Reset => {
+                        let _ = s.set_zero_linger();
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+enum RawAnswer {
+    Reply(&'static str),
+    Reset,
+}
+
+#[tokio::test]
+async fn backends_that_close_every_connection_always_answer() {
+    // An HTTP/1.0 server, and an `nc`-style one that claims HTTP/1.1 (so the
+    // connection looks reusable) but closes after each answer.
+    let (http10, _) = raw_backend(|_| RawAnswer::Reply("HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhttp10")).await;
+    let (nc, _) = raw_backend(|_| RawAnswer::Reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nnc")).await;
+    let (eof, _) = raw_backend(|_| RawAnswer::Reply("HTTP/1.0 200 OK\r\n\r\nto-eof")).await;
+    let h = router(&[
+        ("http10.apps.localhost", vec![be(http10, 0)]),
+        ("nc.apps.localhost", vec![be(nc, 0)]),
+        ("eof.apps.localhost", vec![be(eof, 0)]),
+    ])
+    .await;
+    let mut c = Client::new(h.addr).await;
+    for i in 0..60 {
+        for (host, want) in
+            [("http10.apps.localhost", "http10"), ("nc.apps.localhost", "nc"), ("eof.apps.localhost", "to-eof")]
+        {
+            let (status, headers, body) = c.get(host, &[]).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, want), "request {i} to {host}: {headers:?}");
+        }
+        // Now and then give the backend's close time to arrive while the connection is idle.
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reset_before_any_answer_is_retried_on_a_single_instance() {
+    let (flaky, accepted) = raw_backend(|n| {
+        if n == 0 { RawAnswer::Reset } else { RawAnswer::Reply("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsaved") }
+    })
+    .await;
+    let h = router(&[("flaky.apps.localhost", vec![be(flaky, 0)])]).await;
+    let (status, _, body) = get(h.addr, "flaky.apps.localhost").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "saved"));
+    assert_eq!(*accepted.lock().unwrap(), 2, "one reset, one answer");
+
+    // A request whose body reached the app is not sent twice.
+    let (always, accepted) = raw_backend(|_| RawAnswer::Reset).await;
+    h.table.replace(HashMap::from([("reset.apps.localhost".to_string(), vec![be(always, 0)])]));
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/").header("host", "reset.apps.localhost").body(Full::new(Bytes::from("x"))).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(*accepted.lock().unwrap(), 1);
+
+    // Always reset: three attempts in all, then the 502.
+    let (status, headers, _) = get(h.addr, "reset.apps.localhost").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(headers["x-cf-routererror"].to_str().unwrap().starts_with("endpoint_failure"));
+    assert_eq!(*accepted.lock().unwrap(), 1 + 3);
+}
+
+/// A backend that keeps its connections alive for one answer, then resets
+/// each when its second request arrives: the router's reused connection dies.
+async fn resets_reused_connections() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                for served in 0.. {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    if served > 0 {
+                        let _ = s.set_zero_linger();
+                        return;
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh").await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reused_connection_reset_by_the_app_is_replaced() {
+    let h = router(&[("reuse.apps.localhost", vec![be(resets_reused_connections().await, 0)])]).await;
+    let mut c = Client::new(h.addr).await;
+    for i in 0..20 {
+        let (status, _, body) = c.get("reuse.apps.localhost", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fresh"), "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_single_dead_instance_gives_502_after_the_retries() {
+    let h = router(&[("dead.apps.localhost", vec![be(dead().await, 0)])]).await;
+    let (status, headers, body) = get(h.addr, "dead.apps.localhost").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(headers["x-cf-routererror"].to_str().unwrap().starts_with("endpoint_failure (connect"), "{headers:?}");
+    assert_eq!(body, "502 Bad Gateway: Registered endpoint failed to handle the request.\n");
+    let lines = wait_for_line(&h.log, "dead.apps.localhost").await;
+    assert!(lines.contains("\" 502 "), "{lines}");
+}

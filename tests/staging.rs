@@ -734,3 +734,44 @@ fn a_build_that_fills_its_disk_fails_with_cfs_message() {
     });
     d.assert_no_leaks();
 }
+
+#[test]
+fn staging_sees_the_cells_ip_and_skips_a_detect_nobody_may_execute() {
+    require_staging!();
+    let d = Daemon::start();
+    rt().block_on(async {
+        // What an app instance gets as CF_INSTANCE_IP: the cell's IP, not the container's gateway.
+        let h = d.handle("ip-probe");
+        d.client.create(&common::spec(&h)).await.expect("create");
+        let info = d.client.info(&h).await.expect("info");
+        d.client.destroy(&h).await.expect("destroy");
+        let cell_ip = if info.external_ip.is_empty() { info.host_ip.clone() } else { info.external_ip.clone() };
+        assert_ne!(cell_ip, info.host_ip, "the test needs a cell IP other than the gateway");
+
+        let mut c = client(&d).await;
+        // Its detect would match if run through its shebang; CF skips it after a warning.
+        let noexec = tgz(&[
+            ("bin/detect", 0o644, "#!/bin/sh\necho noexec\n"),
+            ("bin/compile", 0o755, "#!/bin/sh\necho noexec compiled\n"),
+            ("bin/release", 0o755, "#!/bin/sh\necho '--- {}'\n"),
+        ]);
+        create_buildpack(&mut c, "noexec", 1, noexec).await;
+        let probe = "echo \"ip=$CF_INSTANCE_IP internal=$CF_INSTANCE_INTERNAL_IP\"";
+        create_buildpack(
+            &mut c,
+            "ipprobe",
+            2,
+            buildpack(&[("detect", "echo ipprobe"), ("compile", probe), ("release", "echo '--- {}'")]),
+        )
+        .await;
+
+        let s = stage_app(&mut c, "ip", &[("README", 0o644, "x")], &[]).await;
+        assert_eq!(s.ok().buildpack_key, "ipprobe", "{}", s.tail());
+        assert!(s.logged("WARNING: buildpack script '/bin/detect' is not executable"), "{}", s.tail());
+        assert!(!s.logged("noexec compiled"), "{}", s.tail());
+        let line = s.logs.iter().find(|l| l.contains("ip=")).unwrap_or_else(|| panic!("no ip line: {}", s.tail()));
+        assert!(line.contains(&format!("ip={cell_ip} ")), "{line} (cell {cell_ip}, gateway {})", info.host_ip);
+        assert!(!line.contains("internal= ") && !line.ends_with("internal="), "{line}");
+        assert_clean(&d, &[]).await;
+    });
+}

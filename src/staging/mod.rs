@@ -22,6 +22,9 @@ pub enum StagingError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The name is taken (the message is Cloud Controller's).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Legal request, wrong moment (e.g. staging without a lifecycle binary).
     #[error("{0}")]
     Precondition(String),

@@ -39,6 +39,9 @@ pub struct Registry {
     path: PathBuf,
     /// In detection order: position N is index N-1.
     list: Mutex<Vec<Buildpack>>,
+    /// Held while bits are stored: two writers of one name would overwrite
+    /// each other's blob under the same key.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// A buildpack name: what `-b NAME` and the list show.
@@ -64,7 +67,7 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(StagingError::Internal(format!("reading {}: {e}", path.display()))),
         };
-        Ok(Self { path, list: Mutex::new(list) })
+        Ok(Self { path, list: Mutex::new(list), writing: tokio::sync::Mutex::new(()) })
     }
 
     pub fn list(&self) -> Vec<Buildpack> {
@@ -80,9 +83,15 @@ impl Registry {
         lock(&self.list).iter().filter(|b| b.enabled && (b.stack.is_empty() || b.stack == stack)).cloned().collect()
     }
 
-    /// Stores `archive` and puts the buildpack at `position` (1-based; 0 or past
-    /// the end appends; an existing name keeps its place unless a position is
-    /// given). Returns the entry and its final position.
+    /// Cloud Controller's error if `name` is taken (checked again by [`Self::create`]).
+    pub fn ensure_new(&self, name: &str) -> Result<(), StagingError> {
+        self.get(name).map_or(Ok(()), |existing| Err(already_exists(&existing)))
+    }
+
+    /// A new buildpack from `archive`, at `position` (1-based; 0 or past the
+    /// end: last). Like Cloud Controller, an existing name is refused: moving
+    /// one is [`Self::update`], new bits are [`Self::upload`]. Returns the
+    /// entry and its position.
     pub async fn create(
         &self,
         blobs: &Blobstore,
@@ -96,18 +105,84 @@ impl Registry {
         if !stack.is_empty() {
             validate_name(stack).map_err(|_| StagingError::Invalid(format!("stack name {stack:?} is not valid")))?;
         }
-        if let Some(existing) = self.get(name) {
-            if existing.locked {
-                return Err(StagingError::Invalid(format!("buildpack {name} is locked")));
+        let _writing = self.writing.lock().await;
+        self.ensure_new(name)?;
+        let bp = self.store(blobs, name, stack, filename, archive).await?;
+        let pos = match self.insert(bp.clone(), Place::New(position)) {
+            Ok(pos) => pos,
+            Err(e) => {
+                let _ = blobs.delete(&bp.key).await;
+                return Err(e);
             }
+        };
+        tracing::info!(buildpack = %name, position = pos, sha256 = %bp.sha256, "buildpack created");
+        Ok((bp, pos))
+    }
+
+    /// New bits for an existing buildpack (`cf update-buildpack -p`); it keeps
+    /// its position, stack and flags.
+    pub async fn upload(
+        &self,
+        blobs: &Blobstore,
+        name: &str,
+        filename: &str,
+        archive: &Path,
+    ) -> Result<(Buildpack, u32), StagingError> {
+        let _writing = self.writing.lock().await;
+        let existing = self.get(name).ok_or_else(|| not_found(name))?;
+        if existing.locked {
+            return Err(StagingError::Invalid(format!("buildpack {name} is locked")));
         }
+        let bp = self.store(blobs, name, &existing.stack, filename, archive).await?;
+        let bp = Buildpack { enabled: existing.enabled, ..bp };
+        let pos = self.insert(bp.clone(), Place::Keep)?;
+        tracing::info!(buildpack = %name, position = pos, sha256 = %bp.sha256, "buildpack bits replaced");
+        Ok((bp, pos))
+    }
+
+    /// Moves a buildpack to `position` (1-based; past the end: last; the
+    /// others shift, as Cloud Controller's `update-buildpack -i`) and/or sets
+    /// its enabled and locked flags. Returns the entry and its position.
+    pub fn update(
+        &self,
+        name: &str,
+        position: Option<u32>,
+        enabled: Option<bool>,
+        locked: Option<bool>,
+    ) -> Result<(Buildpack, u32), StagingError> {
+        if position == Some(0) {
+            return Err(StagingError::Invalid(POSITION_MSG.into()));
+        }
+        let mut list = lock(&self.list);
+        let i = list.iter().position(|b| b.name == name).ok_or_else(|| not_found(name))?;
+        let mut next = list.clone();
+        let mut bp = next.remove(i);
+        bp.enabled = enabled.unwrap_or(bp.enabled);
+        bp.locked = locked.unwrap_or(bp.locked);
+        let at = position.map_or(i, |p| (p as usize - 1).min(next.len()));
+        next.insert(at, bp.clone());
+        self.save(&next)?;
+        *list = next;
+        tracing::info!(buildpack = %name, position = at + 1, enabled = bp.enabled, locked = bp.locked, "buildpack updated");
+        Ok((bp, at as u32 + 1))
+    }
+
+    /// Checks `archive` and puts it in the blobstore: the entry it makes.
+    async fn store(
+        &self,
+        blobs: &Blobstore,
+        name: &str,
+        stack: &str,
+        filename: &str,
+        archive: &Path,
+    ) -> Result<Buildpack, StagingError> {
         let path = archive.to_path_buf();
         let version = tokio::task::spawn_blocking(move || inspect(&path))
             .await
             .map_err(|e| StagingError::Internal(e.to_string()))??;
         let key = format!("buildpacks/{name}");
         let info = blobs.put_file(&key, archive).await?;
-        let bp = Buildpack {
+        Ok(Buildpack {
             name: name.to_string(),
             stack: stack.to_string(),
             filename: if filename.is_empty() { format!("{name}.zip") } else { filename.to_string() },
@@ -117,35 +192,33 @@ impl Registry {
             version,
             enabled: true,
             locked: false,
-        };
-        let pos = self.insert(bp.clone(), position)?;
-        tracing::info!(buildpack = %name, position = pos, sha256 = %bp.sha256, "buildpack registered");
-        Ok((bp, pos))
+        })
     }
 
-    fn insert(&self, bp: Buildpack, position: u32) -> Result<u32, StagingError> {
+    fn insert(&self, bp: Buildpack, place: Place) -> Result<u32, StagingError> {
         let mut list = lock(&self.list);
         let old = list.iter().position(|b| b.name == bp.name);
-        if let Some(i) = old {
-            list.remove(i);
-        }
-        let at = match (position, old) {
-            (0, Some(i)) => i,
-            (0, None) => list.len(),
-            (p, _) => (p as usize - 1).min(list.len()),
+        let mut next = list.clone();
+        let at = match (place, old) {
+            (Place::New(_), Some(i)) => return Err(already_exists(&list[i])),
+            (Place::New(0), None) | (Place::Keep, None) => next.len(),
+            (Place::New(p), None) => (p as usize - 1).min(next.len()),
+            (Place::Keep, Some(i)) => {
+                next.remove(i);
+                i
+            }
         };
-        list.insert(at, bp);
-        self.save(&list)?;
+        next.insert(at, bp);
+        self.save(&next)?;
+        *list = next;
         Ok(at as u32 + 1)
     }
 
     pub async fn delete(&self, blobs: &Blobstore, name: &str) -> Result<(), StagingError> {
+        let _writing = self.writing.lock().await;
         let bp = {
             let mut list = lock(&self.list);
-            let i = list
-                .iter()
-                .position(|b| b.name == name)
-                .ok_or_else(|| StagingError::NotFound(format!("buildpack {name} not found")))?;
+            let i = list.iter().position(|b| b.name == name).ok_or_else(|| not_found(name))?;
             let bp = list.remove(i);
             self.save(&list)?;
             bp
@@ -188,12 +261,42 @@ impl Registry {
             let unchanged = current.as_ref().is_some_and(|b| b.sha256 == sha)
                 && blobs.exists(&format!("buildpacks/{name}")).await?;
             if !unchanged {
-                self.create(blobs, &name, 0, "", &format!("{name}.tgz"), &tgz).await?;
+                let _writing = self.writing.lock().await;
+                // A changed built-in keeps its place (an operator may have moved it).
+                let bp = self.store(blobs, &name, "", &format!("{name}.tgz"), &tgz).await?;
+                let bp = Buildpack { enabled: current.as_ref().is_none_or(|c| c.enabled), ..bp };
+                self.insert(bp, Place::Keep)?;
             }
             let _ = std::fs::remove_file(&tgz);
         }
         Ok(())
     }
+}
+
+/// Cloud Controller's message for a position below 1.
+pub const POSITION_MSG: &str = "Position must be greater than or equal to 1";
+
+/// Where [`Registry::insert`] puts an entry.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// A name not yet listed, at this 1-based position (0: last).
+    New(u32),
+    /// Where the name already is (last if it is not listed).
+    Keep,
+}
+
+/// Cloud Controller's error for a name already taken.
+fn already_exists(existing: &Buildpack) -> StagingError {
+    let name = &existing.name;
+    StagingError::AlreadyExists(if existing.stack.is_empty() {
+        format!("Buildpack with name '{name}' and an unassigned stack already exists")
+    } else {
+        format!("Buildpack with name '{name}' and stack '{}' already exists", existing.stack)
+    })
+}
+
+fn not_found(name: &str) -> StagingError {
+    StagingError::NotFound(format!("buildpack {name} not found"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -299,15 +402,33 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("celld-registry-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let r = registry(&dir);
-        assert_eq!(r.insert(bp("a"), 0).ok(), Some(1));
-        assert_eq!(r.insert(bp("b"), 0).ok(), Some(2));
-        assert_eq!(r.insert(bp("c"), 1).ok(), Some(1));
-        assert_eq!(r.insert(bp("d"), 99).ok(), Some(4));
-        // Re-registering without a position keeps the place.
-        assert_eq!(r.insert(bp("a"), 0).ok(), Some(2));
+        assert_eq!(r.insert(bp("a"), Place::New(0)).ok(), Some(1));
+        assert_eq!(r.insert(bp("b"), Place::New(0)).ok(), Some(2));
+        assert_eq!(r.insert(bp("c"), Place::New(1)).ok(), Some(1));
+        assert_eq!(r.insert(bp("d"), Place::New(99)).ok(), Some(4));
+        // A name is created once, with CC's message.
+        let e = r.insert(bp("a"), Place::New(3)).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("Buildpack with name 'a' and an unassigned stack already exists"));
+        let stacked = Buildpack { stack: "tiny".into(), ..bp("a") };
+        *lock(&r.list) = vec![stacked.clone()];
+        let e = r.insert(stacked, Place::New(1)).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("Buildpack with name 'a' and stack 'tiny' already exists"));
+        *lock(&r.list) = registry(&dir).list();
+        // New bits keep the place.
+        assert_eq!(r.insert(bp("a"), Place::Keep).ok(), Some(2));
         let names = |r: &Registry| r.list().into_iter().map(|b| b.name).collect::<Vec<_>>();
         assert_eq!(names(&r), ["c", "a", "b", "d"]);
         assert_eq!(names(&registry(&dir)), ["c", "a", "b", "d"]);
+        // update -i: the others shift; past the end is last; 0 is refused with CC's message.
+        assert_eq!(r.update("d", Some(1), None, None).ok().map(|(_, p)| p), Some(1));
+        assert_eq!(names(&r), ["d", "c", "a", "b"]);
+        assert_eq!(r.update("d", Some(3), None, None).ok().map(|(_, p)| p), Some(3));
+        assert_eq!(names(&r), ["c", "a", "d", "b"]);
+        assert_eq!(r.update("c", Some(40), Some(false), None).ok().map(|(b, p)| (b.enabled, p)), Some((false, 4)));
+        assert_eq!(names(&registry(&dir)), ["a", "d", "b", "c"]);
+        assert_eq!(r.update("a", Some(0), None, None).err().map(|e| e.to_string()).as_deref(), Some(POSITION_MSG));
+        assert!(matches!(r.update("zz", Some(1), None, None), Err(StagingError::NotFound(_))));
+        assert_eq!(names(&r), ["a", "d", "b", "c"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -25,6 +25,7 @@ impl From<StagingError> for Status {
         match e {
             StagingError::Invalid(m) => Status::invalid_argument(m),
             StagingError::NotFound(m) => Status::not_found(m),
+            StagingError::AlreadyExists(m) => Status::already_exists(m),
             StagingError::Precondition(m) => Status::failed_precondition(m),
             StagingError::Blobstore(b) => blobstore_status(b),
             StagingError::Internal(m) => Status::internal(m),
@@ -384,6 +385,8 @@ impl pb::stager_server::Stager for StagerService {
             _ => return Err(Status::invalid_argument("the first message of CreateBuildpack must be the metadata")),
         };
         crate::staging::registry::validate_name(&meta.name)?;
+        // Before the bits travel: cf fails an existing name at once.
+        self.stager.registry.ensure_new(&meta.name)?;
         let tmp = Scratch(self.scratch_file("buildpack"));
         let size = receive(&mut stream, &tmp.0, MAX_BUILDPACK_BYTES, |m| match m.part {
             Some(Part::Data(d)) => Some(d),
@@ -398,6 +401,15 @@ impl pb::stager_server::Stager for StagerService {
             .registry
             .create(self.stager.blobs(), &meta.name, meta.position, &meta.stack, &meta.filename, &tmp.0)
             .await?;
+        Ok(Response::new(proto_buildpack(&bp, pos)))
+    }
+
+    async fn update_buildpack(
+        &self,
+        request: Request<pb::UpdateBuildpackRequest>,
+    ) -> Result<Response<pb::Buildpack>, Status> {
+        let r = request.into_inner();
+        let (bp, pos) = self.stager.registry.update(&r.name, r.position, r.enabled, None)?;
         Ok(Response::new(proto_buildpack(&bp, pos)))
     }
 

@@ -65,17 +65,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Adds (or replaces) a buildpack from a zip, a tgz or a directory.
+    /// Adds a buildpack from a zip, a tgz or a directory (an existing name fails: see update-buildpack).
     CreateBuildpack {
         /// The buildpack's name.
         name: String,
         /// A zip, a tgz or a directory.
         path: std::path::PathBuf,
-        /// 1-based place in the detection order (0: last).
+        /// 1-based place in the detection order (the others shift down; past the end: last).
         position: u32,
         /// Only for this stack (default: any).
         #[arg(long, default_value = "")]
         stack: String,
+    },
+    /// Moves a buildpack in the detection order, or enables or disables it.
+    UpdateBuildpack {
+        /// The buildpack's name.
+        name: String,
+        /// New 1-based place in the detection order (the others shift; past the end: last).
+        #[arg(short = 'i', long = "position", value_name = "POSITION")]
+        position: Option<u32>,
+        /// Use it for staging again.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Leave it out of staging.
+        #[arg(long)]
+        disable: bool,
     },
     /// Deletes a buildpack.
     DeleteBuildpack {
@@ -399,6 +413,14 @@ async fn run(cli: Cli, typed: Typed) -> anyhow::Result<i32> {
         Cmd::Buildpacks { json } => staging::buildpacks(api, json).await,
         Cmd::CreateBuildpack { ref name, ref path, position, ref stack } => {
             staging::create_buildpack(api, name, path, position, stack).await
+        }
+        Cmd::UpdateBuildpack { ref name, position, enable, disable } => {
+            let enabled = match (enable, disable) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            staging::update_buildpack(api, name, position, enabled).await
         }
         Cmd::DeleteBuildpack { ref name } => staging::delete_buildpack(api, name).await,
         Cmd::DownloadDroplet { ref key, ref output } => staging::download_droplet(api, key, output).await,

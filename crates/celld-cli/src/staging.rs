@@ -137,7 +137,13 @@ pub async fn buildpacks(addr: &str, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// cf's `create-buildpack NAME PATH POSITION`, with its output; an existing
+/// name fails with Cloud Controller's message (move one with `update-buildpack -i`).
 pub async fn create_buildpack(addr: &str, name: &str, path: &Path, position: u32, stack: &str) -> Result<(), CliError> {
+    println!("Creating buildpack {name} as admin...");
+    if position == 0 {
+        return Err(CliError::Usage(POSITION_MSG.into()));
+    }
     let scratch = std::env::temp_dir().join(format!("cellctl-buildpack-{}.tgz", std::process::id()));
     let file = if path.is_dir() {
         celld_lifecycle::archive::pack_dir(path, &scratch).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -156,12 +162,38 @@ pub async fn create_buildpack(addr: &str, name: &str, path: &Path, position: u32
         })),
     };
     let data = |d| pb::CreateBuildpackRequest { part: Some(pb::create_buildpack_request::Part::Data(d)) };
-    let mut c = connect(addr).await?;
-    println!("Creating buildpack {name}...");
-    let res = c.create_buildpack(upload_stream(file, meta, data, "Uploading")?).await;
+    let res = match connect(addr).await {
+        Ok(mut c) => match upload_stream(file, meta, data, "Uploading") {
+            Ok(stream) => c.create_buildpack(stream).await.map_err(CliError::from),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_file(&scratch);
     let bp = res?.into_inner();
-    println!("OK: {} at position {} ({} bytes, sha256 {})", bp.name, bp.position, bp.size, bp.sha256);
+    // One call creates and uploads; the lines are cf's for its two steps.
+    println!("OK\n\nUploading buildpack {name} as admin...\nDone uploading\nOK\n");
+    println!("Processing uploaded buildpack {}...\nOK", bp.name);
+    Ok(())
+}
+
+/// Cloud Controller's message for a position below 1.
+const POSITION_MSG: &str = "Position must be greater than or equal to 1";
+
+/// cf's `update-buildpack NAME [-i POSITION] [--enable|--disable]`.
+pub async fn update_buildpack(
+    addr: &str,
+    name: &str,
+    position: Option<u32>,
+    enabled: Option<bool>,
+) -> Result<(), CliError> {
+    println!("Updating buildpack {name} as admin...");
+    if position == Some(0) {
+        return Err(CliError::Usage(POSITION_MSG.into()));
+    }
+    let req = pb::UpdateBuildpackRequest { name: name.to_string(), position, enabled };
+    connect(addr).await?.update_buildpack(req).await?;
+    println!("OK");
     Ok(())
 }
 

@@ -159,7 +159,9 @@ impl Router {
         let start = route.next.fetch_add(1, Ordering::Relaxed);
         let app_started = Instant::now();
         let mut last = (&route.backends[start % n], String::new());
-        for i in 0..n.min(MAX_ATTEMPTS) {
+        // gorouter's attempts are per request, not per instance: a single
+        // instance is tried again too.
+        for i in 0..MAX_ATTEMPTS {
             let backend = &route.backends[start.wrapping_add(i) % n];
             if let Some(live) = &self.config.live {
                 if !live.is_live(backend) {
@@ -176,7 +178,7 @@ impl Router {
                     return self.respond(resp, sender, done, client_upgrade, ctx);
                 }
                 Err(Failure::Retry(b, e)) => {
-                    tracing::warn!(backend = %backend.addr, error = %e, "backend failed before the request was sent");
+                    tracing::warn!(backend = %backend.addr, error = %e, "backend failed before it answered; trying again");
                     body = Some(*b);
                     last = (backend, e.to_string());
                 }
@@ -217,9 +219,11 @@ impl Router {
             if let Some(mut sender) = self.pool.take(addr) {
                 match sender.try_send_request(out.request(body)).await {
                     Ok(resp) => return Ok((resp, Some(sender))),
+                    // The app closed the idle connection as it was reused
+                    // (a backend that closes each one): a fresh one, same attempt.
                     Err(mut e) => match e.take_message() {
                         Some(req) => body = req.into_body(),
-                        None if replayable && e.error().is_incomplete_message() => body = ReqBody::empty(out.received),
+                        None if replayable && died_unanswered(e.error()) => body = ReqBody::empty(out.received),
                         None => return Err(Failure::Fatal(http(e.into_error()))),
                     },
                 }
@@ -245,6 +249,11 @@ impl Router {
             Err(mut e) => match e.take_message() {
                 // Refused before a byte of the request was written: the app never saw it.
                 Some(req) => Err(Failure::Retry(Box::new(req.into_body()), http(e.into_error()))),
+                // Closed or reset before any answer: safe to send again only
+                // when nothing but a bodyless idempotent head reached the app.
+                None if replayable && died_unanswered(e.error()) => {
+                    Err(Failure::Retry(Box::new(ReqBody::empty(out.received)), http(e.into_error())))
+                }
                 None => Err(Failure::Fatal(http(e.into_error()))),
             },
         }
@@ -268,6 +277,9 @@ impl Router {
             }
         }
         strip_hop_by_hop(resp.headers_mut());
+        // The client's connection is ours: an HTTP/1.0 app's answer must not
+        // make hyper answer as 1.0 and close it (hyper still answers a 1.0 client as 1.0).
+        *resp.version_mut() = Version::HTTP_11;
         // gorouter echoes the request id unless the app set its own.
         if !resp.headers().contains_key(&X_VCAP_REQUEST_ID) {
             if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
@@ -335,7 +347,8 @@ impl Outgoing<'_> {
 }
 
 enum Failure {
-    /// The request never reached the app; its body comes back for the next backend.
+    /// The app did not act on the request (never got it, or got only a
+    /// replayable head and no answer came); its body comes back for the next try.
     Retry(Box<ReqBody>, RouterError),
     Fatal(RouterError),
 }
@@ -417,6 +430,28 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))));
     if wants { h.get(header::UPGRADE).cloned() } else { None }
+}
+
+/// Whether a backend connection ended (closed, or reset) before the app's
+/// response head arrived.
+fn died_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -612,7 +647,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
         while let Some((since, sender)) = list.pop() {
-            if since.elapsed() < POOL_IDLE && sender.is_ready() {
+            if since.elapsed() < POOL_IDLE && sender.is_ready() && !sender.is_closed() {
                 return Some(sender);
             }
         }

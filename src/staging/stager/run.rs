@@ -179,8 +179,11 @@ impl Stager {
             .await
             .map_err(fail)?;
 
-        let info = self.gardener.info(guid).await.map_err(|e| StagingFailure::error(e.to_string()))?;
-        let env = staging_env(req, guid, memory_mb, disk_mb, &info.host_ip, &info.container_ip);
+        // The cell's IP as an app instance gets it (CF gives the same in staging).
+        let addrs = crate::executor::container::addresses(&self.gardener, guid)
+            .await
+            .map_err(|e| StagingFailure::error(e.to_string()))?;
+        let env = staging_env(req, guid, memory_mb, disk_mb, &addrs.host_ip, &addrs.container_ip);
         let order: Vec<&str> = buildpacks.iter().map(|b| b.name.as_str()).collect();
         let mut args = vec![
             "-buildDir=/tmp/app".to_string(),

@@ -37,7 +37,7 @@ use tasks::{run_task, tasks};
 #[derive(Subcommand, Debug)]
 pub enum AppsCmd {
     /// Pushes an app: creates (or updates) it, uploads its files, stages and starts it.
-    Push(PushArgs),
+    Push(Box<PushArgs>),
     /// Lists the apps in the space.
     Apps {
         /// Print the ListApps response as JSON.
@@ -223,7 +223,7 @@ pub enum AppsCmd {
 
 pub async fn run(cmd: AppsCmd, ctx: &Ctx) -> Result<(), Fail> {
     match cmd {
-        AppsCmd::Push(a) => push(ctx, a).await,
+        AppsCmd::Push(a) => push(ctx, *a).await,
         AppsCmd::Apps { json, all_spaces } => apps(ctx, json, all_spaces).await,
         AppsCmd::App { name, json, guid } => app(ctx, &name, json, guid).await,
         AppsCmd::Scale(a) => scale(ctx, a).await,

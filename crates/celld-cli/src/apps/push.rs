@@ -19,9 +19,12 @@ const CHUNK: usize = 64 * 1024;
 
 #[derive(Args, Debug, Default)]
 pub struct PushArgs {
-    /// The app's directory, or a .zip of its files; with --docker-image, the app's name.
+    /// The app's directory, or a .zip of its files; with -p or --docker-image, the app's name.
     #[arg(value_name = "DIR|ZIP|NAME")]
     pub path: PathBuf,
+    /// The app's directory or .zip (cf's `push NAME -p PATH`); the positional argument is then the name.
+    #[arg(short = 'p', long = "path", value_name = "PATH", conflicts_with = "docker_image")]
+    pub app_path: Option<PathBuf>,
     /// The app's name (default: the directory's name, or the zip's, made a valid host name).
     #[arg(short = 'n', long)]
     pub name: Option<String>,
@@ -101,6 +104,11 @@ impl PushPlan {
         }
         if a.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err(Fail::Usage("the app name is empty".into()));
+        }
+        if a.app_path.is_some() && a.name.is_some() {
+            return Err(Fail::Usage(
+                "push: with -p PATH the app's name is the argument before it; drop -n (or -p and give DIR)".into(),
+            ));
         }
         // cf's way back to detection: `-b default` (or `null`).
         let buildpacks = match a.buildpacks.as_slice() {
@@ -255,12 +263,18 @@ fn upload_stream(file: PathBuf, app: pb::AppRef) -> Result<ReceiverStream<pb::Up
 
 pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
     let plan = PushPlan::check(&a)?;
-    // A Docker app has no files: the positional argument is its name.
-    let source = match &a.docker_image {
-        Some(_) => None,
-        None => Some(package::inspect(&a.path).map_err(Fail::Usage)?),
+    // A Docker app has no files, and `-p PATH` names them: the positional argument is the name.
+    let (files, given_name) = match (&a.docker_image, &a.app_path) {
+        (Some(_), _) => (None, a.name.clone()),
+        (None, Some(p)) => (Some(p), Some(a.path.to_string_lossy().into_owned())),
+        (None, None) => (Some(&a.path), a.name.clone()),
     };
-    let name = match (&a.name, &source) {
+    let source = match files {
+        Some(p) => Some(package::inspect(p).map_err(Fail::Usage)?),
+        None => None,
+    };
+    let name = match (&given_name, &source) {
+        (Some(n), _) if n.trim().is_empty() => return Err(Fail::Usage("the app name is empty".into())),
         (Some(n), _) => n.trim().to_string(),
         (None, Some(source)) => package::default_name(source).ok_or_else(|| {
             Fail::Usage(format!("push: cannot make an app name from {}; pass -n NAME", a.path.display()))
@@ -475,6 +489,29 @@ mod tests {
             calls,
             ["get", "stop", "update i=Some(2) m=None bp=false", "upload dev/web", "stage", "start", "get"]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn push_name_dash_p_path_takes_the_name_first_as_cf_does() {
+        let p = parse(&["push", "web", "-p", "./app"]).unwrap();
+        assert_eq!((p.path, p.app_path), (PathBuf::from("web"), Some(PathBuf::from("./app"))));
+        assert_eq!(parse(&["push", "web", "--path", "a.zip"]).unwrap().app_path, Some(PathBuf::from("a.zip")));
+        assert!(parse(&["push", "web", "-p", "./app", "-o", "img"]).is_err());
+        assert!(PushPlan::check(&parse(&["push", "web", "-p", "./app", "-n", "other"]).unwrap()).is_err());
+
+        let m = mock::Mock::default();
+        let ctx = ctx_for(&m).await;
+        let dir = app_dir("dash-p");
+        push(&ctx, PushArgs { path: "web".into(), app_path: Some(dir.clone()), ..Default::default() }).await.unwrap();
+        let calls = m.0.lock().unwrap().calls.clone();
+        assert_eq!(calls[..3], ["get".to_string(), "create web i=1 m=0 host=".into(), "upload dev/web".into()]);
+        // A missing PATH is refused before anything reaches the server.
+        let m = mock::Mock::default();
+        let ctx = ctx_for(&m).await;
+        let missing = PushArgs { path: "web".into(), app_path: Some("/nonexistent/app".into()), ..Default::default() };
+        assert!(matches!(push(&ctx, missing).await, Err(Fail::Usage(_))));
+        assert!(m.0.lock().unwrap().calls.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

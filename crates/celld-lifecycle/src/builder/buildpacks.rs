@@ -6,16 +6,21 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::errors::{
     BuildError, COMPILE_FAIL_MSG, FINALIZE_FAIL_MSG, NO_SUPPLY_SCRIPT_MSG, SUPPLY_FAIL_MSG, ScriptError, os_error_text,
 };
 use super::files::{file_exists, read_small};
+use super::script::Shebang;
 use super::staging::Builder;
 use crate::buildpack_dir_name;
 
 pub(super) const MISSING_FINALIZE_WARNING: &str = "Warning: the last buildpack is not compatible with multi-buildpack apps and cannot make use of any dependencies supplied by the buildpacks specified before it";
+
+/// Printed (on stdout) before running a `bin/detect` that lacks an execute bit.
+pub(super) const DETECT_NOT_EXECUTABLE_WARNING: &str = "WARNING: buildpack script '/bin/detect' is not executable";
 
 /// `detect` prints a name; more than this is cut.
 const DETECT_OUTPUT_CAP: usize = 64 * 1024;
@@ -54,15 +59,24 @@ impl Builder<'_> {
                 }
             };
             let script = path.join("bin").join("detect");
-            if let Err(e) = fs::metadata(&script) {
-                self.warn(format!("Skipping buildpack {key}: stat {}: {}", script.display(), os_error_text(&e)));
-                continue;
+            match fs::metadata(&script) {
+                Err(e) => {
+                    self.warn(format!("Skipping buildpack {key}: stat {}: {}", script.display(), os_error_text(&e)));
+                    continue;
+                }
+                // CF warns unless every execute bit is set, then execs it as is:
+                // one nobody may execute fails to start and is skipped.
+                Ok(m) if m.permissions().mode() & 0o111 != 0o111 => self.say(DETECT_NOT_EXECUTABLE_WARNING),
+                Ok(_) => {}
             }
-            match self.run_script(&script, &[self.cfg.build_dir.as_os_str()], Some(DETECT_OUTPUT_CAP)) {
+            let args = [self.cfg.build_dir.as_os_str()];
+            match self.run_script_as(&script, &args, Some(DETECT_OUTPUT_CAP), Shebang::ExecOnly) {
                 Ok((out, _)) => {
                     let name = String::from_utf8_lossy(&out).trim_end_matches(['\r', '\n']).to_string();
                     return Some((key.clone(), path, name));
                 }
+                // Already warned about above; CF says nothing more.
+                Err(ScriptError::Spawn(_, e)) if e.raw_os_error() == Some(libc::EACCES) => {}
                 Err(e @ ScriptError::Spawn(..)) => self.warn(format!("Skipping buildpack {key}: {e}")),
                 Err(_) => {}
             }

@@ -24,8 +24,20 @@ impl Builder<'_> {
         args: &[&OsStr],
         capture: Option<usize>,
     ) -> Result<(Vec<u8>, bool), ScriptError> {
+        self.run_script_as(script, args, capture, Shebang::Fallback)
+    }
+
+    /// [`Self::run_script`], choosing whether a script without its execute
+    /// bit is run through its `#!` interpreter.
+    pub(super) fn run_script_as(
+        &mut self,
+        script: &Path,
+        args: &[&OsStr],
+        capture: Option<usize>,
+        shebang: Shebang,
+    ) -> Result<(Vec<u8>, bool), ScriptError> {
         let _ = io::stdout().flush();
-        let mut child = self.spawn(script, args, capture.is_some())?;
+        let mut child = self.spawn(script, args, capture.is_some(), shebang)?;
         let mut out = Vec::new();
         let mut overflow = false;
         if let (Some(limit), Some(mut pipe)) = (capture, child.stdout.take()) {
@@ -74,7 +86,7 @@ impl Builder<'_> {
     /// executable (or has no shebang) is run through its `#!` interpreter, or
     /// `/bin/sh`, with a warning; "text file busy" (a writer elsewhere has
     /// not closed it yet) is retried for a second.
-    fn spawn(&mut self, script: &Path, args: &[&OsStr], capture: bool) -> Result<Child, ScriptError> {
+    fn spawn(&mut self, script: &Path, args: &[&OsStr], capture: bool, shebang: Shebang) -> Result<Child, ScriptError> {
         let mut busy = 0;
         loop {
             let err = match self.command(script, capture).args(args).spawn() {
@@ -85,6 +97,9 @@ impl Builder<'_> {
                 Some(libc::ETXTBSY) if busy < 100 => {
                     busy += 1;
                     std::thread::sleep(Duration::from_millis(10));
+                }
+                Some(libc::EACCES) if shebang == Shebang::ExecOnly => {
+                    return Err(ScriptError::Spawn(script.to_path_buf(), err));
                 }
                 Some(code @ (libc::EACCES | libc::ENOEXEC)) if fs::metadata(script).is_ok_and(|m| m.is_file()) => {
                     let Some((interpreter, arg)) = interpreter(script) else {
@@ -104,6 +119,17 @@ impl Builder<'_> {
             }
         }
     }
+}
+
+/// What to do with a script that lost its execute bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shebang {
+    /// Run it through its `#!` interpreter after a warning (supply, finalize,
+    /// compile, release: the reference lifecycle's shell wrapper does).
+    Fallback,
+    /// Fail to start it (`bin/detect`: the reference lifecycle execs it
+    /// directly, so a non-executable one never matches).
+    ExecOnly,
 }
 
 /// The interpreter a script's `#!` line names (and its one optional

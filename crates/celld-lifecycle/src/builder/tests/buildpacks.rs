@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::{Value as Json, json};
 
 use super::{Env, RELEASE_WEB, detects};
-use crate::builder::buildpacks::MISSING_FINALIZE_WARNING;
+use crate::builder::buildpacks::{DETECT_NOT_EXECUTABLE_WARNING, MISSING_FINALIZE_WARNING};
 use crate::builder::errors::NO_SUPPLY_SCRIPT_MSG;
 use crate::buildpack_dir_name;
 use crate::testutil::tgz_names;
@@ -316,4 +316,20 @@ fn lifecycle_builder_runs_scripts_that_are_not_executable() {
     assert!(log.contains(&"WARNING: buildpack script '/bin/compile' is not executable".to_string()), "{log:?}");
     assert!(env.cfg.build_dir.join("compiled").exists());
     assert_eq!(env.result()["process_types"]["web"], "no-shebang");
+}
+
+#[test]
+fn lifecycle_builder_warns_about_a_detect_without_every_execute_bit() {
+    // Nobody may execute it: skipped (never run through its shebang). Only its
+    // owner may: warned about, then run as is (root may), and it matches.
+    for (mode, winner) in [(0o644, "good"), (0o744, "odd")] {
+        let env = Env::new(&["odd", "good"]);
+        let dir = env.bp("odd", &[("detect", &detects("Odd")), ("compile", "exit 0"), ("release", RELEASE_WEB)]);
+        fs::set_permissions(dir.join("bin/detect"), fs::Permissions::from_mode(mode)).unwrap();
+        env.bp("good", &[("detect", &detects("Good")), ("compile", "exit 0"), ("release", RELEASE_WEB)]);
+        let log = env.ok();
+        assert!(log.contains(&DETECT_NOT_EXECUTABLE_WARNING.to_string()), "{mode:o}: {log:?}");
+        assert!(!log.iter().any(|l| l.contains("Skipping buildpack odd")), "CF prints only the warning: {log:?}");
+        assert_eq!(env.result()["lifecycle_metadata"]["buildpack_key"], winner, "{mode:o}");
+    }
 }
