@@ -114,7 +114,8 @@ async fn create(State(api): Api, ctx: Ctx, body: axum::body::Bytes) -> CfResult<
         guid: celld_base::guid::new_guid(),
         name: name.into(),
         stack: stack.into(),
-        position: json::opt_u32(&b, "position")?.unwrap_or(0),
+        // CC's default: first.
+        position: json::opt_u32(&b, "position")?.unwrap_or(1),
         enabled: b.get("enabled").and_then(Value::as_bool).unwrap_or(true),
         locked: b.get("locked").and_then(Value::as_bool).unwrap_or(false),
         created_at: now_ns(),
@@ -147,14 +148,17 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
     if !got {
         return Err(CfError::unprocessable("Upload must include the buildpack's bits"));
     }
-    // A re-upload keeps the buildpack where it is (0); a first one takes the
-    // position it was created with.
-    let position = if existing.is_some() { 0 } else { r.position };
-    stager
-        .registry
-        .create(stager.blobs(), &r.name, position, &r.stack, &filename, &tmp.0)
-        .await
-        .map_err(|e| CfError::unprocessable(e.to_string()))?;
+    // A re-upload keeps the buildpack where it is; a first one takes the
+    // position and switches it was created with.
+    let registry = &stager.registry;
+    let done = match existing {
+        Some(_) => registry.upload(stager.blobs(), &r.name, &filename, &tmp.0).await,
+        None => match registry.create(stager.blobs(), &r.name, r.position, &r.stack, &filename, &tmp.0).await {
+            Ok(_) if !r.enabled || r.locked => registry.update(&r.name, None, Some(r.enabled), Some(r.locked)),
+            other => other,
+        },
+    };
+    done.map_err(|e| CfError::unprocessable(e.to_string()))?;
     let (r, b) = find(&api, &guid)?;
     Ok(reply(StatusCode::ACCEPTED, buildpack_json(&ctx.base, &r, b.as_ref())))
 }
@@ -172,8 +176,14 @@ async fn update(State(api): Api, ctx: Ctx, Path(guid): Path<String>, body: axum:
         r.locked = l;
     }
     if b.is_some() {
-        // MERGE: registry update
-        return Err(CfError::unprocessable("updating a registered buildpack is not served yet"));
+        let position = json::opt_u32(&body, "position")?;
+        let enabled = body.get("enabled").and_then(Value::as_bool);
+        let locked = body.get("locked").and_then(Value::as_bool);
+        api.apps
+            .stager
+            .registry
+            .update(&r.name, position, enabled, locked)
+            .map_err(|e| CfError::unprocessable(e.to_string()))?;
     }
     api.store.put("buildpacks", &r.guid, Some(&r.name), "", &r)?;
     let (r, b) = find(&api, &guid)?;
