@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::AppsError;
 use super::layer::AppLayer;
-use super::store::AppRecord;
+use super::store::{AppRecord, ProcessRecord};
 use super::validate::{host_label, validate_app_name, validate_env_name, validate_host_label};
 use crate::executor::logs::now_ns;
 use celld_base::guid::new_guid;
@@ -239,8 +239,12 @@ impl AppLayer {
                 return Err(e);
             }
         }
+        for p in app.processes.values().filter(|p| !p.process_guid.is_empty()) {
+            self.remove_lrp(&p.process_guid).await?;
+        }
         self.store.delete_app(&app.guid)?;
         self.logs.forget(&app.guid);
+        self.release_package(&app, &app.package_key).await;
         // Droplets are the app's own; packages are shared by checksum.
         for key in app.droplet.iter().map(|d| &d.key).chain(&app.old_droplets).filter(|k| !k.is_empty()) {
             let _ = self.blobs.delete(key).await;
@@ -255,12 +259,31 @@ impl AppLayer {
     pub async fn set_package(&self, r: &pb::AppRef, package: &pb::Package) -> Result<AppRecord, AppsError> {
         let _op = self.ops.lock().await;
         let mut app = self.find(r)?;
-        app.package_key = package.key.clone();
+        let replaced = std::mem::replace(&mut app.package_key, package.key.clone());
         app.package_uploaded_at = now_ns();
         app.updated_at = app.package_uploaded_at;
         self.store.put_app(&app)?;
+        if replaced != app.package_key {
+            self.release_package(&app, &replaced).await;
+        }
         self.event(&app, "audit.app.package.upload", BTreeMap::from([("size".to_string(), package.size.to_string())]));
         Ok(app)
+    }
+
+    /// Deletes a package blob no app's current package is any more (the
+    /// caller holds `ops`, so no app takes it up meanwhile through this layer).
+    async fn release_package(&self, app: &AppRecord, key: &str) {
+        if key.is_empty() {
+            return;
+        }
+        match self.store.package_in_use(key) {
+            Ok(false) => match self.blobs.delete(key).await {
+                Ok(()) => tracing::info!(app_guid = %app.guid, package = key, "package deleted: no app uses it"),
+                Err(e) => tracing::warn!(app_guid = %app.guid, package = key, error = %e, "could not delete a package"),
+            },
+            Ok(true) => {}
+            Err(e) => tracing::warn!(app_guid = %app.guid, error = %e, "could not tell whether a package is in use"),
+        }
     }
 
     pub fn proto_app(&self, a: &AppRecord) -> pb::App {
@@ -274,11 +297,7 @@ impl AppLayer {
             memory_mb: a.memory_mb,
             disk_mb: a.disk_mb,
             health_check_type: a.health_check_type.clone(),
-            health_check_endpoint: if a.health_check_endpoint.is_empty() && a.health_check_type == "http" {
-                "/".into()
-            } else {
-                a.health_check_endpoint.clone()
-            },
+            health_check_endpoint: shown_endpoint(&a.web()),
             health_check_timeout: a.health_check_timeout,
             command: a.command.clone(),
             buildpacks: a.buildpacks.clone(),
@@ -301,6 +320,39 @@ impl AppLayer {
             package_key: a.package_key.clone(),
             docker_image: a.docker_image.clone(),
             docker_username: a.docker_username.clone(),
+            package_uploaded_at: a.package_uploaded_at,
+            processes: a.all_processes().into_iter().map(|(t, p)| proto_process(a, &t, &p)).collect(),
         }
+    }
+}
+
+pub fn proto_process(app: &AppRecord, process_type: &str, p: &ProcessRecord) -> pb::AppProcess {
+    let droplet = app.droplet.as_ref();
+    let detected_command = if process_type == super::store::WEB {
+        droplet.map(|d| d.start_command.clone())
+    } else {
+        droplet.and_then(|d| d.process_types.get(process_type).cloned())
+    };
+    pb::AppProcess {
+        detected_command: detected_command.unwrap_or_default(),
+        r#type: process_type.to_string(),
+        guid: p.guid.clone(),
+        instances: p.instances,
+        memory_mb: p.memory_mb,
+        disk_mb: p.disk_mb,
+        command: p.command.clone(),
+        health_check_type: p.health_check_type.clone(),
+        health_check_endpoint: shown_endpoint(p),
+        health_check_timeout: p.health_check_timeout,
+        process_guid: p.process_guid.clone(),
+    }
+}
+
+/// The http health check's path as clients see it: "/" when unset.
+fn shown_endpoint(p: &ProcessRecord) -> String {
+    if p.health_check_endpoint.is_empty() && p.health_check_type == "http" {
+        "/".into()
+    } else {
+        p.health_check_endpoint.clone()
     }
 }

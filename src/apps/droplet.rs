@@ -97,6 +97,7 @@ impl AppLayer {
         match outcome {
             Ok(droplet) => {
                 let what = if droplet.key.is_empty() { droplet.docker_rootfs.clone() } else { droplet.key.clone() };
+                super::process::add_droplet_types(&mut app, &droplet);
                 let old = app.droplet.replace(droplet);
                 app.package_state = "STAGED".into();
                 app.staging_failed_reason.clear();

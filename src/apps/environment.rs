@@ -6,8 +6,16 @@ use serde_json::json;
 
 use super::AppsError;
 use super::layer::AppLayer;
-use super::store::AppRecord;
+use super::store::{AppRecord, ProcessRecord};
 use celld_proto as pb;
+
+/// Which process an environment is for: its type, CC's record of it and the
+/// Diego process guid it runs as.
+pub(super) struct ProcessIdent<'a> {
+    pub process_type: &'a str,
+    pub process: &'a ProcessRecord,
+    pub diego_guid: &'a str,
+}
 
 impl AppLayer {
     /// The environment CC gives an app: its own variables, VCAP_APPLICATION
@@ -15,19 +23,20 @@ impl AppLayer {
     pub(super) fn app_env(
         &self,
         app: &AppRecord,
-        process_guid: Option<&str>,
+        process: Option<ProcessIdent<'_>>,
     ) -> Result<Vec<(String, String)>, AppsError> {
         let mut env: Vec<(String, String)> = app.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.push(("VCAP_APPLICATION".into(), self.vcap_application(app, process_guid).to_string()));
+        env.push(("VCAP_APPLICATION".into(), self.vcap_application(app, process.as_ref()).to_string()));
         env.push(("VCAP_SERVICES".into(), self.vcap_services(app)?.to_string()));
         Ok(env)
     }
 
-    fn vcap_application(&self, app: &AppRecord, process_guid: Option<&str>) -> serde_json::Value {
-        let version = process_guid.and_then(|p| p.get(app.guid.len() + 1..)).unwrap_or("");
+    fn vcap_application(&self, app: &AppRecord, process: Option<&ProcessIdent<'_>>) -> serde_json::Value {
+        let version = process.and_then(|p| p.diego_guid.get(app.guid.len() + 1..)).unwrap_or("");
+        let (mem, disk) = process.map_or((app.memory_mb, app.disk_mb), |p| (p.process.memory_mb, p.process.disk_mb));
         let mut v = json!({
             "cf_api": self.cf_api.get().map(String::as_str).unwrap_or_default(),
-            "limits": { "fds": 16384, "mem": app.memory_mb, "disk": app.disk_mb },
+            "limits": { "fds": 16384, "mem": mem, "disk": disk },
             "application_name": app.name,
             "application_uris": app.routes,
             "name": app.name,
@@ -40,9 +49,10 @@ impl AppLayer {
             "version": version,
             "application_version": version,
         });
-        if let (Some(pg), Some(obj)) = (process_guid, v.as_object_mut()) {
-            obj.insert("process_id".into(), json!(pg));
-            obj.insert("process_type".into(), json!("web"));
+        // CC's process guid (the app's own for web), not Diego's.
+        if let (Some(p), Some(obj)) = (process, v.as_object_mut()) {
+            obj.insert("process_id".into(), json!(p.process.guid));
+            obj.insert("process_type".into(), json!(p.process_type));
         }
         v
     }

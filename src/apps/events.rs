@@ -82,8 +82,12 @@ impl AppLayer {
         }
         let (Some(after), Some(before)) = (&e.actual_lrp, &e.actual_lrp_before) else { return };
         let Ok(apps) = self.store.apps(None) else { return };
-        let Some(app) = apps.iter().find(|a| a.process_guid == after.process_guid) else { return };
+        let Some((app, ptype)) = apps.iter().find_map(|a| a.type_of_diego_process(&after.process_guid).map(|t| (a, t)))
+        else {
+            return;
+        };
         let meta = BTreeMap::from([
+            ("process_type".to_string(), ptype),
             ("index".to_string(), after.index.to_string()),
             ("instance".to_string(), before.instance_guid.clone()),
             ("cell_id".to_string(), before.cell_id.clone()),

@@ -79,29 +79,35 @@ impl AppLayer {
             .ok_or_else(|| AppsError::FailedPrecondition(format!("cell {cell_id} is not reachable")))
     }
 
-    /// The app with each instance's state and usage (`cf app`).
+    /// The app with each process type's instances, their state and usage
+    /// (`cf app`); `instances` are web's.
     pub async fn detail(&self, r: &pb::AppRef) -> Result<pb::AppDetail, AppsError> {
         let app = self.find(r)?;
-        let mut instances = Vec::new();
-        if app.state == "STARTED" && !app.process_guid.is_empty() {
-            let actuals = self.actuals(&app.process_guid).await?;
-            let metrics = self.metrics(&app.guid, &actuals).await;
-            for index in 0..app.instances {
-                let i = i32::try_from(index).unwrap_or(i32::MAX);
-                // The evacuating copy serves until its replacement runs.
-                let a = actuals
-                    .iter()
-                    .filter(|a| a.index == i && a.presence() != pb::actual_lrp::Presence::Suspect)
-                    .max_by_key(|a| {
-                        (
-                            a.state() == pb::actual_lrp::State::Running,
-                            a.presence() == pb::actual_lrp::Presence::Ordinary,
-                        )
-                    });
-                instances.push(instance_view(index, a, &metrics, app.memory_mb, app.disk_mb));
+        let mut processes = Vec::new();
+        for (ptype, p) in app.all_processes() {
+            let mut instances = Vec::new();
+            if app.state == "STARTED" && !p.process_guid.is_empty() {
+                let actuals = self.actuals(&p.process_guid).await?;
+                let metrics = self.metrics(&app.guid, &actuals).await;
+                for index in 0..p.instances {
+                    let i = i32::try_from(index).unwrap_or(i32::MAX);
+                    // The evacuating copy serves until its replacement runs.
+                    let a = actuals
+                        .iter()
+                        .filter(|a| a.index == i && a.presence() != pb::actual_lrp::Presence::Suspect)
+                        .max_by_key(|a| {
+                            (
+                                a.state() == pb::actual_lrp::State::Running,
+                                a.presence() == pb::actual_lrp::Presence::Ordinary,
+                            )
+                        });
+                    instances.push(instance_view(index, a, &metrics, p.memory_mb, p.disk_mb));
+                }
             }
+            processes.push(pb::ProcessDetail { process: Some(super::app::proto_process(&app, &ptype, &p)), instances });
         }
-        Ok(pb::AppDetail { app: Some(self.proto_app(&app)), instances })
+        let instances = processes.first().map(|p| p.instances.clone()).unwrap_or_default();
+        Ok(pb::AppDetail { app: Some(self.proto_app(&app)), instances, processes })
     }
 
     async fn metrics(&self, log_guid: &str, actuals: &[pb::ActualLrp]) -> HashMap<String, pb::ContainerMetrics> {

@@ -10,10 +10,13 @@
 //! staging into a droplet (`droplet`), its process on the scheduler
 //! (`process`), the environment it gets (`environment`), its instances
 //! (`instances`), services, tasks, events and routes; its log lines are kept
-//! on disk (`log_disk`) and read as log-cache does (`logcache`). `layer` holds the state
-//! they share; `validate` the rules for names a user types.
+//! on disk (`log_disk`) and read as log-cache does (`logcache`); `manifest`
+//! parses CF manifests and `apply` applies them and scales one process type.
+//! `layer` holds the state they share; `validate` the rules for names a user
+//! types.
 
 mod app;
+mod apply;
 mod docker;
 mod droplet;
 mod environment;
@@ -22,6 +25,7 @@ mod instances;
 mod layer;
 pub mod log_disk;
 pub mod logcache;
+pub mod manifest;
 mod process;
 mod routes;
 pub mod service;

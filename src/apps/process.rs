@@ -1,6 +1,7 @@
-//! An app's process on the scheduler: start, stop and restart desire or remove
-//! its DesiredLRP (a new process guid for every start), built from the droplet
-//! with CF's health checks, ports, ssh settings and default security groups.
+//! An app's processes on the scheduler: start, stop and restart desire or
+//! remove one DesiredLRP per process type (a new process guid for every
+//! start), built from the droplet with CF's health checks, ports, ssh
+//! settings and default security groups; only web is routed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,9 +9,10 @@ use serde_json::json;
 
 use super::AppsError;
 use super::app::DEFAULT_HEALTH_CHECK_TIMEOUT;
+use super::environment::ProcessIdent;
 use super::layer::AppLayer;
 use super::ssh;
-use super::store::AppRecord;
+use super::store::{AppRecord, Droplet, ProcessRecord, WEB};
 use crate::executor::logs::now_ns;
 use celld_base::guid::new_guid;
 use celld_proto as pb;
@@ -59,24 +61,46 @@ impl AppLayer {
         Ok(app)
     }
 
-    /// Desires a new process for the app's current droplet and settings
-    /// (CC gives every start a new process guid).
+    /// Desires a new Diego process for each of the app's process types with
+    /// its current droplet and settings (CC gives every start a new process
+    /// guid). A failure removes the ones already desired.
     async fn desire(&self, app: &mut AppRecord) -> Result<(), AppsError> {
-        if app.droplet.is_none() {
-            return Err(not_staged(app));
+        let Some(droplet) = app.droplet.clone() else { return Err(not_staged(app)) };
+        add_droplet_types(app, &droplet);
+        let mut desired: Vec<(String, String)> = Vec::new();
+        for (ptype, p) in app.all_processes() {
+            // A type nobody gave a command runs nowhere: CF leaves it at 0.
+            if ptype != WEB && p.instances == 0 && self.command_of(app, &ptype, &p).is_err() {
+                continue;
+            }
+            let process_guid = format!("{}-{}", app.guid, new_guid());
+            let lrp = match self.desired_lrp(app, &ptype, &p, &process_guid) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.remove_all(&desired).await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.sched().desire_lrp(lrp).await {
+                self.remove_all(&desired).await;
+                return Err(e.into());
+            }
+            desired.push((ptype, process_guid));
         }
-        let process_guid = format!("{}-{}", app.guid, new_guid());
-        let desired = self.desired_lrp(app, &process_guid)?;
-        self.sched().desire_lrp(desired).await?;
-        app.process_guid = process_guid;
+        for (ptype, guid) in &desired {
+            if let Some(mut p) = app.process(ptype) {
+                p.process_guid = guid.clone();
+                app.set_process(ptype, p);
+            }
+        }
         app.state = "STARTED".into();
         app.updated_at = now_ns();
         if let Err(e) = self.store.put_app(app) {
-            // Don't leave a process nobody records.
-            let _ = self.remove_lrp(&app.process_guid).await;
+            // Don't leave processes nobody records.
+            self.remove_all(&desired).await;
             return Err(e);
         }
-        tracing::info!(app_guid = %app.guid, process_guid = %app.process_guid, "app started");
+        tracing::info!(app_guid = %app.guid, process_guid = %app.process_guid, types = desired.len(), "app started");
         // The process that may have used them is gone.
         if !app.old_droplets.is_empty() {
             for key in std::mem::take(&mut app.old_droplets) {
@@ -86,6 +110,12 @@ impl AppLayer {
         }
         self.routes_changed.notify_one();
         Ok(())
+    }
+
+    async fn remove_all(&self, desired: &[(String, String)]) {
+        for (_, guid) in desired {
+            let _ = self.remove_lrp(guid).await;
+        }
     }
 
     async fn undesire(&self, app: &mut AppRecord) -> Result<(), AppsError> {
@@ -99,6 +129,12 @@ impl AppLayer {
             }
         }
         app.process_guid.clear();
+        for p in app.processes.values_mut() {
+            if !p.process_guid.is_empty() {
+                self.remove_lrp(&p.process_guid).await?;
+                p.process_guid.clear();
+            }
+        }
         app.state = "STOPPED".into();
         app.updated_at = now_ns();
         self.store.put_app(app)?;
@@ -106,26 +142,50 @@ impl AppLayer {
         Ok(())
     }
 
-    fn desired_lrp(&self, app: &AppRecord, process_guid: &str) -> Result<pb::DesiredLrp, AppsError> {
-        let droplet = app.droplet.as_ref().ok_or_else(|| not_staged(app))?;
-        let command = if app.command.is_empty() { droplet.start_command.clone() } else { app.command.clone() };
-        if command.is_empty() {
-            return Err(AppsError::FailedPrecondition(format!(
-                "app '{}' has no start command: the buildpack gave none; set one with -c or a Procfile",
-                app.name
-            )));
+    /// A process type's start command: its own, else the droplet's for the type.
+    fn command_of(&self, app: &AppRecord, ptype: &str, p: &ProcessRecord) -> Result<String, AppsError> {
+        if !p.command.is_empty() {
+            return Ok(p.command.clone());
         }
-        let env = self.app_env(app, Some(process_guid))?;
+        let droplet = app.droplet.as_ref().ok_or_else(|| not_staged(app))?;
+        let from_droplet = if ptype == WEB {
+            droplet.start_command.clone()
+        } else {
+            droplet.process_types.get(ptype).cloned().unwrap_or_default()
+        };
+        if from_droplet.is_empty() {
+            return Err(AppsError::FailedPrecondition(if ptype == WEB {
+                format!(
+                    "app '{}' has no start command: the buildpack gave none; set one with -c or a Procfile",
+                    app.name
+                )
+            } else {
+                format!(
+                    "process type '{ptype}' of app '{}' has no start command: give it one in the manifest's processes or the Procfile",
+                    app.name
+                )
+            }));
+        }
+        Ok(from_droplet)
+    }
+
+    pub(super) fn desired_lrp(
+        &self,
+        app: &AppRecord,
+        ptype: &str,
+        p: &ProcessRecord,
+        process_guid: &str,
+    ) -> Result<pb::DesiredLrp, AppsError> {
+        let droplet = app.droplet.as_ref().ok_or_else(|| not_staged(app))?;
+        let command = self.command_of(app, ptype, p)?;
+        let env =
+            self.app_env(app, Some(ProcessIdent { process_type: ptype, process: p, diego_guid: process_guid }))?;
         let app_port = droplet.app_port();
-        let checks = match app.health_check_type.as_str() {
+        let checks = match p.health_check_type.as_str() {
             "http" => vec![pb::Check {
                 check: Some(pb::check::Check::Http(pb::HttpCheck {
                     port: app_port,
-                    path: if app.health_check_endpoint.is_empty() {
-                        "/".into()
-                    } else {
-                        app.health_check_endpoint.clone()
-                    },
+                    path: if p.health_check_endpoint.is_empty() { "/".into() } else { p.health_check_endpoint.clone() },
                     ..Default::default()
                 })),
             }],
@@ -134,9 +194,10 @@ impl AppLayer {
                 check: Some(pb::check::Check::Tcp(pb::TcpCheck { port: app_port, ..Default::default() })),
             }],
         };
-        let timeout =
-            if app.health_check_timeout == 0 { DEFAULT_HEALTH_CHECK_TIMEOUT } else { app.health_check_timeout };
-        let routes = json!([{ "hostnames": app.routes, "port": app_port }]).to_string();
+        let timeout = if p.health_check_timeout == 0 { DEFAULT_HEALTH_CHECK_TIMEOUT } else { p.health_check_timeout };
+        // Only web is routed (CF maps routes to the web process).
+        let hosts: &[String] = if ptype == WEB { &app.routes } else { &[] };
+        let routes = json!([{ "hostnames": hosts, "port": app_port }]).to_string();
         let ssh = self.ssh_settings(app)?;
         let mut ports = vec![app_port];
         if ssh.is_some() {
@@ -145,7 +206,7 @@ impl AppLayer {
         Ok(pb::DesiredLrp {
             process_guid: process_guid.to_string(),
             domain: DOMAIN.into(),
-            instances: i32::try_from(app.instances).unwrap_or(i32::MAX),
+            instances: i32::try_from(p.instances).unwrap_or(i32::MAX),
             rootfs: if droplet.docker_rootfs.is_empty() {
                 crate::staging::stager::stack_rootfs(&droplet.stack)
             } else {
@@ -156,8 +217,8 @@ impl AppLayer {
             droplet_key: droplet.key.clone(),
             start_command: command,
             env: env.into_iter().map(|(name, value)| pb::EnvironmentVariable { name, value }).collect(),
-            memory_mb: app.memory_mb,
-            disk_mb: app.disk_mb,
+            memory_mb: p.memory_mb,
+            disk_mb: p.disk_mb,
             // CC's default process limit.
             max_pids: 1024,
             ports,
@@ -165,11 +226,36 @@ impl AppLayer {
             check_definition: Some(pb::CheckDefinition { checks, ..Default::default() }),
             start_timeout_ms: timeout.saturating_mul(1000),
             log_guid: app.guid.clone(),
+            log_source: format!("APP/PROC/{}", ptype.to_uppercase()),
             egress_rules: default_security_groups(),
             routes: HashMap::from([("cf-router".to_string(), routes)]),
             annotation: app.name.clone(),
             ..Default::default()
         })
+    }
+}
+
+/// The Procfile's or buildpack's types the app does not have yet: CF creates
+/// them with 0 instances and the app's memory and disk.
+pub(super) fn add_droplet_types(app: &mut AppRecord, droplet: &Droplet) {
+    for ptype in droplet.process_types.keys().filter(|t| *t != WEB) {
+        if !app.processes.contains_key(ptype) {
+            let p = new_process(app, 0);
+            app.processes.insert(ptype.clone(), p);
+        }
+    }
+}
+
+/// A new non-web process type with the app's memory and disk and CF's
+/// default health check for it (process).
+pub(super) fn new_process(app: &AppRecord, instances: u32) -> ProcessRecord {
+    ProcessRecord {
+        guid: new_guid(),
+        instances,
+        memory_mb: app.memory_mb,
+        disk_mb: app.disk_mb,
+        health_check_type: "process".into(),
+        ..Default::default()
     }
 }
 

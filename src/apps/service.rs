@@ -70,6 +70,33 @@ impl Apps for AppsService {
         Ok(Response::new(self.apps.detail(&r.into_inner()).await?))
     }
 
+    async fn apply_manifest(
+        &self,
+        r: Request<pb::ApplyManifestRequest>,
+    ) -> Result<Response<pb::ApplyManifestResponse>, Status> {
+        let r = r.into_inner();
+        let mut m = crate::apps::manifest::parse(&r.manifest_yaml).map_err(crate::apps::AppsError::from)?;
+        if !r.name.is_empty() {
+            m = m.only(&r.name).map_err(crate::apps::AppsError::from)?;
+        }
+        // The paths are the client's to upload.
+        let paths = m.applications.iter().filter_map(|a| a.path.clone().map(|p| (a.name.clone(), p))).collect();
+        let apps = self.apps.apply_parsed_manifest(&r.space, m).await?;
+        Ok(Response::new(pb::ApplyManifestResponse {
+            apps: apps.iter().map(|a| self.apps.proto_app(a)).collect(),
+            paths,
+        }))
+    }
+
+    async fn scale_process(&self, r: Request<pb::ScaleProcessRequest>) -> Result<Response<pb::App>, Status> {
+        let r = r.into_inner();
+        let app = self
+            .apps
+            .scale_process(&r.app.unwrap_or_default(), &r.process_type, r.instances, r.memory_mb, r.disk_mb)
+            .await?;
+        Ok(Response::new(self.apps.proto_app(&app)))
+    }
+
     async fn list_apps(&self, r: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
         let r = r.into_inner();
         let apps = self.apps.list_apps(&r.space, r.all_spaces)?;

@@ -76,10 +76,89 @@ pub struct AppRecord {
     pub docker_username: String,
     #[serde(default)]
     pub docker_password: String,
+    /// The web process's Diego process (the top-level scale, command and
+    /// health check fields above are the web process's, as every depot
+    /// written before process types has them).
     pub process_guid: String,
+    /// The process types other than web (`worker`, …), by type; an older
+    /// record has none.
+    #[serde(default)]
+    pub processes: BTreeMap<String, ProcessRecord>,
     pub enable_ssh: bool,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// One process type of an app (CC's process): its own DesiredLRP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// CC's process guid (the app's guid for web, a new one for other types).
+    pub guid: String,
+    pub instances: u32,
+    pub memory_mb: u32,
+    pub disk_mb: u32,
+    /// "" means the droplet's command for the type.
+    pub command: String,
+    pub health_check_type: String,
+    pub health_check_endpoint: String,
+    pub health_check_timeout: u32,
+    /// The Diego process desired for the type; "" while stopped.
+    pub process_guid: String,
+}
+
+pub const WEB: &str = "web";
+
+impl AppRecord {
+    /// The web process, from the record's top-level fields.
+    pub fn web(&self) -> ProcessRecord {
+        ProcessRecord {
+            guid: self.guid.clone(),
+            instances: self.instances,
+            memory_mb: self.memory_mb,
+            disk_mb: self.disk_mb,
+            command: self.command.clone(),
+            health_check_type: self.health_check_type.clone(),
+            health_check_endpoint: self.health_check_endpoint.clone(),
+            health_check_timeout: self.health_check_timeout,
+            process_guid: self.process_guid.clone(),
+        }
+    }
+
+    /// Every process type, web first.
+    pub fn all_processes(&self) -> Vec<(String, ProcessRecord)> {
+        let mut out = vec![(WEB.to_string(), self.web())];
+        out.extend(self.processes.iter().filter(|(t, _)| *t != WEB).map(|(t, p)| (t.clone(), p.clone())));
+        out
+    }
+
+    /// One process type, if the app has it.
+    pub fn process(&self, process_type: &str) -> Option<ProcessRecord> {
+        if process_type == WEB { Some(self.web()) } else { self.processes.get(process_type).cloned() }
+    }
+
+    /// Stores a process type's settings (web's in the top-level fields).
+    pub fn set_process(&mut self, process_type: &str, p: ProcessRecord) {
+        if process_type == WEB {
+            self.instances = p.instances;
+            self.memory_mb = p.memory_mb;
+            self.disk_mb = p.disk_mb;
+            self.command = p.command;
+            self.health_check_type = p.health_check_type;
+            self.health_check_endpoint = p.health_check_endpoint;
+            self.health_check_timeout = p.health_check_timeout;
+            self.process_guid = p.process_guid;
+        } else {
+            self.processes.insert(process_type.to_string(), p);
+        }
+    }
+
+    /// The type whose Diego process this is, if it is one of the app's.
+    pub fn type_of_diego_process(&self, diego_guid: &str) -> Option<String> {
+        if diego_guid.is_empty() {
+            return None;
+        }
+        self.all_processes().into_iter().find(|(_, p)| p.process_guid == diego_guid).map(|(t, _)| t)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -292,6 +371,52 @@ impl Store {
             tx.execute(sql, [guid]).map_err(store_err)?;
         }
         tx.commit().map_err(store_err)
+    }
+
+    /// Maps more hosts to an app in one transaction: a host another app holds
+    /// refuses them all; one the app already has is skipped.
+    pub fn add_routes(&self, app_guid: &str, hosts: &[String]) -> Result<(), AppsError> {
+        let mut db = self.db();
+        let tx = db.transaction().map_err(store_err)?;
+        for host in hosts {
+            let owner: Option<String> = tx
+                .query_row("SELECT app_guid FROM routes WHERE host = ?1", [host], |r| r.get(0))
+                .optional()
+                .map_err(store_err)?;
+            match owner {
+                Some(o) if o == app_guid => continue,
+                Some(_) => {
+                    return Err(AppsError::AlreadyExists(format!(
+                        "The route {host} is already in use by another app: choose another host"
+                    )));
+                }
+                None => {}
+            }
+            tx.execute("INSERT INTO routes (host, app_guid) VALUES (?1, ?2)", params![host, app_guid])
+                .map_err(store_err)?;
+        }
+        let text: Option<String> = tx
+            .query_row("SELECT record FROM apps WHERE guid = ?1", [app_guid], |r| r.get(0))
+            .optional()
+            .map_err(store_err)?;
+        let Some(text) = text else {
+            return Err(AppsError::NotFound(format!("app {app_guid} no longer exists")));
+        };
+        let mut app: AppRecord = decode(&text)?;
+        for host in hosts {
+            if !app.routes.contains(host) {
+                app.routes.push(host.clone());
+            }
+        }
+        tx.execute("UPDATE apps SET record = ?2 WHERE guid = ?1", params![app_guid, encode(&app)?])
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
+
+    /// Whether any app's current package is this blob (packages are shared
+    /// by checksum, so another app may hold the one an app let go).
+    pub fn package_in_use(&self, key: &str) -> Result<bool, AppsError> {
+        Ok(self.apps(None)?.iter().any(|a| a.package_key == key))
     }
 
     /// Every route host with its app's guid.
@@ -553,6 +678,49 @@ mod tests {
             s.add_event(&EventRecord { app_guid: "a1".into(), kind: kind.into(), ..Default::default() }).unwrap();
         }
         assert_eq!(s.events("a1", 10).unwrap()[0].kind, "app.crash");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_old_record_loads_with_its_web_process() {
+        // A record written before process types: its fields are web's.
+        let old = r#"{"guid":"a1","name":"n","space":"dev","state":"STARTED","instances":2,"memory_mb":64,
+            "disk_mb":128,"health_check_type":"port","health_check_endpoint":"","health_check_timeout":0,
+            "command":"","buildpacks":[],"stack":"","env":{},"routes":[],"package_state":"STAGED",
+            "staging_failed_reason":"","package_key":"packages/x","package_uploaded_at":5,"droplet":null,
+            "process_guid":"a1-p","enable_ssh":true,"created_at":1,"updated_at":2}"#;
+        let mut app: AppRecord = decode(old).unwrap();
+        assert!(app.processes.is_empty());
+        let all = app.all_processes();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].0.as_str(), all[0].1.guid.as_str(), all[0].1.instances), ("web", "a1", 2));
+        assert_eq!(app.type_of_diego_process("a1-p").as_deref(), Some("web"));
+        app.set_process(
+            "worker",
+            ProcessRecord { guid: "w".into(), process_guid: "a1-w".into(), ..Default::default() },
+        );
+        app.set_process("web", ProcessRecord { instances: 3, ..app.web() });
+        assert_eq!(app.instances, 3);
+        assert_eq!(app.type_of_diego_process("a1-w").as_deref(), Some("worker"));
+        assert_eq!(app.type_of_diego_process(""), None);
+        let types: Vec<String> = app.all_processes().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(types, ["web", "worker"]);
+    }
+
+    #[test]
+    fn routes_added_in_one_transaction_and_packages_in_use() {
+        let (s, dir) = store();
+        s.create_app(&AppRecord { package_key: "packages/p".into(), ..app("a1", "dev", "one", "one.apps.localhost") })
+            .unwrap();
+        s.create_app(&app("a2", "dev", "two", "two.apps.localhost")).unwrap();
+        let e = s.add_routes("a2", &["new.apps.localhost".into(), "one.apps.localhost".into()]).unwrap_err();
+        assert!(matches!(e, AppsError::AlreadyExists(ref m) if m.contains("one.apps.localhost")), "{e}");
+        // The refused call mapped nothing.
+        assert_eq!(s.routes().unwrap().len(), 2);
+        s.add_routes("a2", &["new.apps.localhost".into(), "two.apps.localhost".into()]).unwrap();
+        assert_eq!(s.app("a2").unwrap().unwrap().routes, ["two.apps.localhost", "new.apps.localhost"]);
+        assert!(s.package_in_use("packages/p").unwrap());
+        assert!(!s.package_in_use("packages/q").unwrap());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

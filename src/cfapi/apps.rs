@@ -17,7 +17,8 @@ use super::json::{self, link, metadata, passes, post_link, time, to_one};
 use super::server::reply;
 use super::store::SpaceRecord;
 use super::{CfApi, Ctx, orgs, packages};
-use crate::apps::store::AppRecord;
+use crate::apps::manifest::ManifestProcess;
+use crate::apps::store::{AppRecord, ProcessRecord, WEB};
 use celld_proto as pb;
 
 type Api = State<Arc<CfApi>>;
@@ -267,48 +268,42 @@ async fn set_env_vars(
     Ok(Json(env_vars_json(&ctx.base, &a)))
 }
 
-/// One process type of an app as CC shows it.
+/// One process type of an app as CC shows it: its type, its settings, and
+/// the command it runs (its own, else the droplet's for the type).
 pub struct ProcessView {
-    pub guid: String,
     pub kind: String,
-    pub instances: u32,
-    pub memory_mb: u32,
-    pub disk_mb: u32,
+    pub p: ProcessRecord,
     pub command: String,
-    pub health_check_type: String,
-    pub health_check_endpoint: String,
-    pub health_check_timeout: u32,
 }
 
-/// The app's process types; the web process's guid is the app's, as in CC.
+/// The app's process types, web first; web's guid is the app's, as in CC.
 pub fn processes(a: &AppRecord) -> Vec<ProcessView> {
-    vec![ProcessView {
-        guid: a.guid.clone(),
-        kind: "web".into(),
-        instances: a.instances,
-        memory_mb: a.memory_mb,
-        disk_mb: a.disk_mb,
-        command: if a.command.is_empty() {
-            a.droplet.as_ref().map(|d| d.start_command.clone()).unwrap_or_default()
-        } else {
-            a.command.clone()
-        },
-        health_check_type: a.health_check_type.clone(),
-        health_check_endpoint: a.health_check_endpoint.clone(),
-        health_check_timeout: a.health_check_timeout,
-    }]
+    a.all_processes()
+        .into_iter()
+        .map(|(kind, p)| {
+            let detected = a.droplet.as_ref().map(|d| match d.process_types.get(&kind) {
+                Some(c) => c.clone(),
+                None if kind == WEB => d.start_command.clone(),
+                None => String::new(),
+            });
+            let command = if p.command.is_empty() { detected.unwrap_or_default() } else { p.command.clone() };
+            ProcessView { kind, p, command }
+        })
+        .collect()
 }
 
-fn process_json(base: &str, a: &AppRecord, p: &ProcessView) -> Value {
+fn process_json(base: &str, a: &AppRecord, v: &ProcessView) -> Value {
+    let p = &v.p;
     let g = &p.guid;
+    let timeout = if p.health_check_timeout == 0 { Value::Null } else { json!(p.health_check_timeout) };
     let data = match p.health_check_type.as_str() {
-        "http" => json!({"timeout": p.health_check_timeout, "invocation_timeout": null,
+        "http" => json!({"timeout": timeout, "invocation_timeout": null,
                          "endpoint": if p.health_check_endpoint.is_empty() { "/" } else { &p.health_check_endpoint }}),
-        _ => json!({"timeout": p.health_check_timeout, "invocation_timeout": null}),
+        _ => json!({"timeout": timeout, "invocation_timeout": null}),
     };
     json!({
-        "guid": g, "type": p.kind,
-        "command": if p.command.is_empty() { Value::Null } else { json!(p.command) },
+        "guid": g, "type": v.kind,
+        "command": if v.command.is_empty() { Value::Null } else { json!(v.command) },
         "instances": p.instances, "memory_in_mb": p.memory_mb, "disk_in_mb": p.disk_mb,
         "log_rate_limit_in_bytes_per_second": -1,
         "health_check": {"type": p.health_check_type, "data": data},
@@ -316,7 +311,7 @@ fn process_json(base: &str, a: &AppRecord, p: &ProcessView) -> Value {
         "relationships": {"app": to_one(&a.guid), "revision": {"data": null}},
         "metadata": metadata(),
         "created_at": time(a.created_at), "updated_at": time(a.updated_at),
-        "version": a.process_guid,
+        "version": p.process_guid,
         "links": {
             "self": link(base, &format!("/v3/processes/{g}")),
             "scale": post_link(base, &format!("/v3/processes/{g}/actions/scale")),
@@ -329,13 +324,13 @@ fn process_json(base: &str, a: &AppRecord, p: &ProcessView) -> Value {
 
 /// The process of `kind` of an app, or 404.
 fn process_of(a: &AppRecord, kind: &str) -> CfResult<ProcessView> {
-    processes(a).into_iter().find(|p| p.kind == kind).ok_or(CfError::NotFound("Process"))
+    processes(a).into_iter().find(|v| v.kind == kind).ok_or(CfError::NotFound("Process"))
 }
 
 /// A process by its guid: the app and the process.
 fn find_process(api: &CfApi, guid: &str) -> CfResult<(AppRecord, ProcessView)> {
     for a in api.apps.list_apps("", true)? {
-        if let Some(p) = processes(&a).into_iter().find(|p| p.guid == guid) {
+        if let Some(p) = processes(&a).into_iter().find(|v| v.p.guid == guid) {
             return Ok((a, p));
         }
     }
@@ -360,7 +355,7 @@ async fn list_processes(State(api): Api, ctx: Ctx, Query(q): Query<json::Query>)
         if !passes(&q, "app_guids", &a.guid) {
             continue;
         }
-        for p in processes(&a).iter().filter(|p| passes(&q, "types", &p.kind) && passes(&q, "guids", &p.guid)) {
+        for p in processes(&a).iter().filter(|v| passes(&q, "types", &v.kind) && passes(&q, "guids", &v.p.guid)) {
             items.push(process_json(&ctx.base, &a, p));
         }
     }
@@ -381,14 +376,9 @@ async fn get_process(State(api): Api, ctx: Ctx, Path(guid): Path<String>) -> CfR
 async fn scale(api: &CfApi, base: &str, a: AppRecord, kind: &str, body: &[u8]) -> CfResult<Value> {
     process_of(&a, kind)?;
     let b = json::body(body)?;
-    let req = pb::UpdateAppRequest {
-        app: Some(app_ref(&a)),
-        instances: json::opt_u32(&b, "instances")?,
-        memory_mb: json::opt_u32(&b, "memory_in_mb")?,
-        disk_mb: json::opt_u32(&b, "disk_in_mb")?,
-        ..Default::default()
-    };
-    let a = api.apps.update_app(req).await?;
+    let (instances, memory, disk) =
+        (json::opt_u32(&b, "instances")?, json::opt_u32(&b, "memory_in_mb")?, json::opt_u32(&b, "disk_in_mb")?);
+    let a = api.apps.scale_process(&app_ref(&a), kind, instances, memory, disk).await?;
     Ok(process_json(base, &a, &process_of(&a, kind)?))
 }
 
@@ -421,16 +411,21 @@ async fn update_process(
 ) -> CfResult<Json<Value>> {
     let (a, p) = find_process(&api, &guid)?;
     let b = json::body(&body)?;
-    let mut req = pb::UpdateAppRequest { app: Some(app_ref(&a)), ..Default::default() };
-    req.command = json::opt_str(&b, "command")?.map(str::to_string);
+    let mut m = ManifestProcess { command: json::opt_str(&b, "command")?.map(str::to_string), ..Default::default() };
     if let Some(h) = b.get("health_check") {
-        req.health_check_type = json::opt_str(h, "type")?.map(str::to_string);
+        m.health_check_type = json::opt_str(h, "type")?.map(str::to_string);
+        if let Some(t) = m.health_check_type.as_deref().filter(|t| !["port", "process", "http"].contains(t)) {
+            return Err(CfError::unprocessable(format!(
+                "Health check type must be \"port\", \"process\", or \"http\" (got \"{t}\")"
+            )));
+        }
         if let Some(d) = h.get("data") {
-            req.health_check_endpoint = json::opt_str(d, "endpoint")?.map(str::to_string);
-            req.health_check_timeout = json::opt_u32(d, "timeout")?;
+            m.health_check_endpoint = json::opt_str(d, "endpoint")?.map(str::to_string);
+            m.timeout = json::opt_u32(d, "timeout")?;
         }
     }
-    let a = api.apps.update_app(req).await?;
+    api.apps.set_process_settings(&app_ref(&a), &p.kind, &m).await?;
+    let a = app(&api, &a.guid)?;
     Ok(Json(process_json(&ctx.base, &a, &process_of(&a, &p.kind)?)))
 }
 
@@ -438,17 +433,24 @@ async fn stats(api: &CfApi, a: &AppRecord, kind: &str) -> CfResult<Value> {
     process_of(a, kind)?;
     // While a started app has instances starting and none running yet, wait
     // for one to run or all to crash (what the CLI's polling waits for).
+    let of_kind = |d: &pb::AppDetail| -> Vec<pb::AppInstance> {
+        d.processes
+            .iter()
+            .find(|p| p.process.as_ref().is_some_and(|p| p.r#type == kind))
+            .map(|p| p.instances.clone())
+            .unwrap_or_default()
+    };
     let settled = |d: &Result<pb::AppDetail, crate::apps::AppsError>| match d {
-        Ok(d) if a.state == "STARTED" && !d.instances.is_empty() => {
-            d.instances.iter().any(|i| i.state == "running") || d.instances.iter().all(|i| i.state == "crashed")
+        Ok(d) if a.state == "STARTED" => {
+            let is = of_kind(d);
+            is.is_empty() || is.iter().any(|i| i.state == "running") || is.iter().all(|i| i.state == "crashed")
         }
         _ => true,
     };
     let r = app_ref(a);
     let detail = super::long_poll(|| api.apps.detail(&r), settled).await?;
     let now = crate::executor::logs::now_ns();
-    let resources: Vec<Value> = detail
-        .instances
+    let resources: Vec<Value> = of_kind(&detail)
         .iter()
         .map(|i| {
             let state = i.state.to_uppercase();

@@ -13,8 +13,12 @@ use serde_json::{Value, json};
 use super::error::{CfError, CfResult};
 use super::json::{link, time};
 use super::{CfApi, Ctx, orgs};
+use crate::apps::AppsError;
+use crate::apps::manifest::{self, ManifestApp, ManifestProcess};
+use crate::apps::store::{AppRecord, ProcessRecord};
 use crate::executor::logs::now_ns;
 use celld_base::guid::new_guid;
+use celld_proto as pb;
 
 type Api = State<Arc<CfApi>>;
 
@@ -104,9 +108,12 @@ async fn apply_manifest(
 }
 
 async fn apply(api: &CfApi, space: &str, yaml: &str) -> CfResult<()> {
-    // MERGE: the app layer's apply_manifest
-    let _ = (api, space, yaml);
-    Err(CfError::unprocessable("manifests are not served yet"))
+    match api.apps.apply_manifest(space, yaml).await {
+        Ok(_) => Ok(()),
+        // A missing service or domain is a mistake in the manifest, not a 404.
+        Err(AppsError::NotFound(m)) => Err(CfError::Unprocessable(m)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `POST /v3/spaces/:guid/manifest_diff`: what applying the manifest would
@@ -119,8 +126,103 @@ async fn manifest_diff(
 ) -> CfResult<Response> {
     let space = orgs::space(&api, &guid)?;
     let yaml = yaml_body(&body)?;
-    // MERGE: diff
-    let _ = (&space, &yaml);
-    let diff: Vec<Value> = vec![];
+    let m = manifest::parse(&yaml).map_err(|e| CfError::Unprocessable(e.to_string()))?;
+    let mut diff = Vec::new();
+    for (i, a) in m.applications.iter().enumerate() {
+        let existing = api.apps.find(&pb::AppRef { space: space.name.clone(), name: a.name.clone() }).ok();
+        diff.extend(app_diff(i, a, existing.as_ref()));
+    }
     Ok((StatusCode::CREATED, Json(json!({ "diff": diff }))).into_response())
+}
+
+/// CC's manifest diff of one application: JSON-patch-like operations on
+/// `/applications/I/...` for what the manifest names and the app has
+/// otherwise (a new app is one `add` of the whole application).
+fn app_diff(i: usize, m: &ManifestApp, app: Option<&AppRecord>) -> Vec<Value> {
+    let path = |p: &str| format!("/applications/{i}/{p}");
+    let Some(app) = app else {
+        return vec![json!({"op": "add", "path": format!("/applications/{i}"), "value": {"name": m.name}})];
+    };
+    let mut ops = Vec::new();
+    let mut field = |p: String, was: Value, now: Option<Value>| {
+        if let Some(now) = now.filter(|n| *n != was) {
+            ops.push(if was.is_null() {
+                json!({"op": "add", "path": p, "value": now})
+            } else {
+                json!({"op": "replace", "path": p, "was": was, "value": now})
+            });
+        }
+    };
+    let process = |prefix: String,
+                   p: &ProcessRecord,
+                   mp: &ManifestProcess,
+                   field: &mut dyn FnMut(String, Value, Option<Value>)| {
+        field(format!("{prefix}instances"), json!(p.instances), mp.instances.map(|n| json!(n)));
+        field(
+            format!("{prefix}memory"),
+            json!(format!("{}M", p.memory_mb)),
+            mp.memory_mb.map(|n| json!(format!("{n}M"))),
+        );
+        field(
+            format!("{prefix}disk_quota"),
+            json!(format!("{}M", p.disk_mb)),
+            mp.disk_mb.map(|n| json!(format!("{n}M"))),
+        );
+        let cmd = if p.command.is_empty() { Value::Null } else { json!(p.command) };
+        field(format!("{prefix}command"), cmd, mp.command.clone().map(Value::from));
+        field(
+            format!("{prefix}health-check-type"),
+            json!(p.health_check_type),
+            mp.health_check_type.clone().map(Value::from),
+        );
+    };
+    process(path(""), &app.web(), &m.web, &mut field);
+    for (kind, mp) in &m.processes {
+        match app.process(kind) {
+            Some(p) => process(path(&format!("processes/{kind}/")), &p, mp, &mut field),
+            None => field(path(&format!("processes/{kind}")), Value::Null, Some(json!({"type": kind}))),
+        }
+    }
+    if let Some(bps) = &m.buildpacks {
+        field(path("buildpacks"), json!(app.buildpacks), Some(json!(bps)));
+    }
+    if let Some(stack) = &m.stack {
+        field(path("stack"), json!(app.stack), Some(json!(stack)));
+    }
+    for (k, v) in &m.env {
+        field(path(&format!("env/{k}")), app.env.get(k).map(|w| json!(w)).unwrap_or(Value::Null), Some(json!(v)));
+    }
+    if let Some(routes) = &m.routes {
+        let now: Vec<Value> = routes.iter().map(|r| json!({"route": r})).collect();
+        let was: Vec<Value> = app.routes.iter().map(|r| json!({"route": r})).collect();
+        field(path("routes"), json!(was), Some(json!(now)));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_names_what_changes() {
+        let app = AppRecord {
+            name: "a".into(),
+            instances: 1,
+            memory_mb: 256,
+            disk_mb: 1024,
+            health_check_type: "port".into(),
+            ..Default::default()
+        };
+        let m = manifest::parse("applications:\n- name: a\n  instances: 2\n  memory: 256M\n  env: {X: y}\n").unwrap();
+        let d = app_diff(0, &m.applications[0], Some(&app));
+        assert_eq!(
+            d,
+            vec![
+                json!({"op": "replace", "path": "/applications/0/instances", "was": 1, "value": 2}),
+                json!({"op": "add", "path": "/applications/0/env/X", "value": "y"}),
+            ]
+        );
+        assert_eq!(app_diff(3, &m.applications[0], None)[0]["path"], "/applications/3");
+    }
 }

@@ -188,7 +188,8 @@ pub fn app_detail(d: &pb::AppDetail, style: Style) -> String {
         ("name", a.name.clone()),
         ("requested state", a.state.to_lowercase()),
         ("routes", a.routes.join(", ")),
-        ("last uploaded", rfc3339(a.updated_at)),
+        // The package's upload, not the app's last change (cf's "last uploaded").
+        ("last uploaded", if a.package_uploaded_at == 0 { String::new() } else { rfc3339(a.package_uploaded_at) }),
     ];
     // cf shows a Docker app's image where a buildpack app has its stack and buildpacks.
     if a.docker_image.is_empty() {
@@ -197,20 +198,48 @@ pub fn app_detail(d: &pb::AppDetail, style: Style) -> String {
         header.push(("docker image", a.docker_image.clone()));
     }
     let mut out = key_values(&header, style);
-    out.push('\n');
-    let mut instances: Vec<&pb::AppInstance> = d.instances.iter().collect();
+    if d.processes.is_empty() {
+        // A server without process types: the app's own settings are web's.
+        let web = pb::AppProcess {
+            r#type: "web".into(),
+            instances: a.instances,
+            memory_mb: a.memory_mb,
+            disk_mb: a.disk_mb,
+            command: a.command.clone(),
+            ..Default::default()
+        };
+        out.push('\n');
+        out.push_str(&process_detail(a, &web, &d.instances, style));
+    }
+    for p in &d.processes {
+        let Some(process) = &p.process else { continue };
+        out.push('\n');
+        out.push_str(&process_detail(a, process, &p.instances, style));
+    }
+    out
+}
+
+/// One process type of `cf app`: its scale and command, then its instances.
+fn process_detail(a: &pb::App, p: &pb::AppProcess, instances: &[pb::AppInstance], style: Style) -> String {
+    let mut instances: Vec<&pb::AppInstance> = instances.iter().collect();
     instances.sort_by_key(|i| i.index);
     let running = instances.iter().filter(|i| i.state == "running").count();
-    let command = if a.command.is_empty() { &a.detected_start_command } else { &a.command };
-    out.push_str(&key_values(
+    let command = if !p.command.is_empty() {
+        p.command.clone()
+    } else if p.detected_command.is_empty() && p.r#type == "web" {
+        a.detected_start_command.clone()
+    } else {
+        p.detected_command.clone()
+    };
+    let mut out = key_values(
         &[
-            ("type", "web".to_string()),
-            ("instances", format!("{running}/{}", a.instances)),
-            ("memory usage", fmt_mb(a.memory_mb)),
-            ("start command", command.clone()),
+            ("type", p.r#type.clone()),
+            ("instances", format!("{running}/{}", p.instances)),
+            ("memory usage", fmt_mb(p.memory_mb)),
+            ("start command", command),
         ],
         style,
-    ));
+    );
     if instances.is_empty() {
         out.push_str("There are no running instances of this process.\n");
         return out;
@@ -223,8 +252,8 @@ pub fn app_detail(d: &pb::AppDetail, style: Style) -> String {
             (i.state.clone(), state_paint(&i.state)),
             (rfc3339(i.since), Paint::Plain),
             (format!("{:.1}%", i.cpu_percentage), Paint::Plain),
-            (format!("{} of {}", fmt_bytes(i.memory_bytes), quota(i.memory_quota_bytes, a.memory_mb)), Paint::Plain),
-            (format!("{} of {}", fmt_bytes(i.disk_bytes), quota(i.disk_quota_bytes, a.disk_mb)), Paint::Plain),
+            (format!("{} of {}", fmt_bytes(i.memory_bytes), quota(i.memory_quota_bytes, p.memory_mb)), Paint::Plain),
+            (format!("{} of {}", fmt_bytes(i.disk_bytes), quota(i.disk_quota_bytes, p.disk_mb)), Paint::Plain),
             (i.details.clone(), Paint::Plain),
         ]);
     }
@@ -414,6 +443,17 @@ pub fn app_json(a: &pb::App) -> Value {
         "detected_start_command": a.detected_start_command, "process_guid": a.process_guid,
         "enable_ssh": a.enable_ssh, "created_at": a.created_at, "updated_at": a.updated_at,
         "package_key": a.package_key, "docker_image": a.docker_image, "docker_username": a.docker_username,
+        "package_uploaded_at": a.package_uploaded_at,
+        "processes": a.processes.iter().map(process_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn process_json(p: &pb::AppProcess) -> Value {
+    json!({
+        "type": p.r#type, "guid": p.guid, "instances": p.instances, "memory_mb": p.memory_mb,
+        "disk_mb": p.disk_mb, "command": p.command, "health_check_type": p.health_check_type,
+        "health_check_endpoint": p.health_check_endpoint, "health_check_timeout": p.health_check_timeout,
+        "process_guid": p.process_guid, "detected_command": p.detected_command,
     })
 }
 
@@ -435,6 +475,10 @@ pub fn app_detail_json(d: &pb::AppDetail) -> Value {
     json!({
         "app": opt_json(&d.app, app_json),
         "instances": d.instances.iter().map(instance_json).collect::<Vec<_>>(),
+        "processes": d.processes.iter().map(|p| json!({
+            "process": opt_json(&p.process, process_json),
+            "instances": p.instances.iter().map(instance_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -567,7 +611,8 @@ mod tests {
                 stack: "tiny".into(),
                 detected_buildpack: "staticfile_buildpack".into(),
                 detected_start_command: "sh boot.sh".into(),
-                updated_at: t,
+                updated_at: t + 1,
+                package_uploaded_at: t,
                 env: [("A".to_string(), "1".to_string())].into(),
                 ..Default::default()
             }),
@@ -591,6 +636,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            processes: vec![],
         }
     }
 
@@ -618,6 +664,35 @@ start command:   sh boot.sh
         assert!(coloured.contains("\x1b[32mrunning\x1b[0m   "), "{coloured}");
         assert!(coloured.contains("\x1b[31mcrashed\x1b[0m"), "{coloured}");
         assert!(coloured.contains("\x1b[1mname:\x1b[0m"), "{coloured}");
+    }
+
+    #[test]
+    fn app_detail_shows_each_process_type() {
+        let mut d = sample();
+        let web = pb::AppProcess { r#type: "web".into(), instances: 2, memory_mb: 256, ..Default::default() };
+        let worker = pb::AppProcess {
+            r#type: "worker".into(),
+            instances: 0,
+            memory_mb: 128,
+            detected_command: "./work".into(),
+            ..Default::default()
+        };
+        d.processes = vec![
+            pb::ProcessDetail { process: Some(web), instances: d.instances.clone() },
+            pb::ProcessDetail { process: Some(worker), instances: vec![] },
+        ];
+        let text = app_detail(&d, Style { color: false });
+        let web_at = text.find("type:            web").expect("web section");
+        let worker_at = text.find("type:            worker").expect("worker section");
+        assert!(web_at < worker_at, "{text}");
+        let worker_part = &text[worker_at..];
+        assert!(worker_part.contains("instances:       0/0"), "{text}");
+        assert!(worker_part.contains("memory usage:    128M"), "{text}");
+        assert!(worker_part.contains("start command:   ./work"), "{text}");
+        assert!(worker_part.contains("There are no running instances of this process."), "{text}");
+        // Web's falls back to the app's detected command.
+        assert!(text[web_at..worker_at].contains("start command:   sh boot.sh"), "{text}");
+        assert!(text[web_at..worker_at].contains("#1   crashed"), "{text}");
     }
 
     #[test]

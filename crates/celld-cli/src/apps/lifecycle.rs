@@ -22,6 +22,9 @@ pub struct ScaleArgs {
     /// Disk limit per instance, e.g. 512M or 1G (restarts a started app).
     #[arg(short = 'k', long, value_name = "SIZE")]
     pub disk: Option<String>,
+    /// The process type to scale (web, worker, …).
+    #[arg(long, value_name = "TYPE", default_value = "web")]
+    pub process: String,
 }
 
 pub(super) async fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<(), Fail> {
@@ -30,6 +33,21 @@ pub(super) async fn scale(ctx: &Ctx, a: ScaleArgs) -> Result<(), Fail> {
     let mut c = ctx.connect().await?;
     if a.instances.is_none() && memory_mb.is_none() && disk_mb.is_none() {
         println!("Showing current scale of app {} in space {}...\n", a.name, ctx.space);
+        print!("{}", render::app_detail(&get_app(ctx, &mut c, &a.name).await?, ctx.style));
+        return Ok(());
+    }
+    if a.process != "web" {
+        // Another type's new limits reach it at once (the server replaces its instances).
+        println!("Scaling process {} of app {} in space {}...", a.process, a.name, ctx.space);
+        let req = pb::ScaleProcessRequest {
+            app: Some(ctx.app_ref(&a.name)),
+            process_type: a.process.clone(),
+            instances: a.instances,
+            memory_mb,
+            disk_mb,
+        };
+        c.scale_process(req).await.map_err(|s| ctx.fail(s))?;
+        println!("OK\n");
         print!("{}", render::app_detail(&get_app(ctx, &mut c, &a.name).await?, ctx.style));
         return Ok(());
     }

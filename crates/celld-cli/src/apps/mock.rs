@@ -90,8 +90,17 @@ impl pb::apps_server::Apps for Mock {
             } else {
                 Vec::new()
             };
-            Ok(Response::new(pb::AppDetail { app: Some(app), instances }))
+            Ok(Response::new(pb::AppDetail { app: Some(app), instances, processes: vec![] }))
         })
+    }
+    async fn apply_manifest(
+        &self,
+        _: Request<pb::ApplyManifestRequest>,
+    ) -> Result<Response<pb::ApplyManifestResponse>, Status> {
+        nope()
+    }
+    async fn scale_process(&self, _: Request<pb::ScaleProcessRequest>) -> Result<Response<pb::App>, Status> {
+        nope()
     }
     async fn upload_package(
         &self,

@@ -13,6 +13,7 @@ mod lifecycle;
 #[cfg(test)]
 mod mock;
 mod push;
+mod push_manifest;
 mod services;
 mod settings;
 mod show;
@@ -305,13 +306,13 @@ mod tests {
     async fn bad_input_fails_before_any_call() {
         let m = mock::Mock::default();
         let ctx = ctx_for(&m).await;
-        let missing = PushArgs { path: "/nonexistent/app".into(), ..Default::default() };
+        let missing = PushArgs { path: Some("/nonexistent/app".into()), ..Default::default() };
         assert_eq!(
             push(&ctx, missing).await,
             Err(Fail::Usage("push: /nonexistent/app does not exist; pass the app's directory or a .zip".into()))
         );
         let dir = app_dir("bad");
-        let bad = PushArgs { path: dir.clone(), memory: Some("256X".into()), ..Default::default() };
+        let bad = PushArgs { path: Some(dir.clone()), memory: Some("256X".into()), ..Default::default() };
         assert!(matches!(push(&ctx, bad).await, Err(Fail::Usage(_))));
         assert!(m.0.lock().unwrap().calls.is_empty());
         // Server answers that cf treats as fine.

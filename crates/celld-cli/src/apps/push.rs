@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::input::size;
 use super::starting::{stage, wait_started};
-use crate::api::{Ctx, Fail};
+use crate::api::{Client, Ctx, Fail};
 use crate::package::{self, Source, TempFile};
 use celld_proto as pb;
 
@@ -20,11 +20,18 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Args, Debug, Default)]
 pub struct PushArgs {
     /// The app's directory, or a .zip of its files; with -p or --docker-image, the app's name.
+    /// (Default: the manifest's `path`, else its directory.)
     #[arg(value_name = "DIR|ZIP|NAME")]
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
     /// The app's directory or .zip (cf's `push NAME -p PATH`); the positional argument is then the name.
     #[arg(short = 'p', long = "path", value_name = "PATH", conflicts_with = "docker_image")]
     pub app_path: Option<PathBuf>,
+    /// The manifest to apply (default: manifest.yml in DIR, or in the current directory).
+    #[arg(short = 'f', long = "manifest", value_name = "FILE", conflicts_with = "no_manifest")]
+    pub manifest: Option<PathBuf>,
+    /// Ignore the app's manifest.yml.
+    #[arg(long)]
+    pub no_manifest: bool,
     /// The app's name (default: the directory's name, or the zip's, made a valid host name).
     #[arg(short = 'n', long)]
     pub name: Option<String>,
@@ -138,7 +145,7 @@ impl PushPlan {
         })
     }
 
-    fn update(&self, a: &PushArgs, app: pb::AppRef) -> Option<pb::UpdateAppRequest> {
+    pub(super) fn update(&self, a: &PushArgs, app: pb::AppRef) -> Option<pb::UpdateAppRequest> {
         let req = pb::UpdateAppRequest {
             app: Some(app),
             instances: a.instances,
@@ -184,8 +191,11 @@ impl PushPlan {
     }
 }
 
+/// The file to upload, and the temp file to remove after (a zipped directory).
+pub(super) type Packaged = (PathBuf, Option<TempFile>);
+
 /// Zips a directory to a temp file off the async thread; a zip is used as is.
-async fn package(source: &Source) -> Result<(PathBuf, Option<TempFile>), Fail> {
+pub(super) async fn package(source: &Source) -> Result<Packaged, Fail> {
     match source {
         Source::Zip(p) => Ok((p.clone(), None)),
         Source::Dir(dir) => {
@@ -261,27 +271,36 @@ fn upload_stream(file: PathBuf, app: pb::AppRef) -> Result<ReceiverStream<pb::Up
     Ok(ReceiverStream::new(rx))
 }
 
-pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
+pub async fn push(ctx: &Ctx, mut a: PushArgs) -> Result<(), Fail> {
     let plan = PushPlan::check(&a)?;
-    // A Docker app has no files, and `-p PATH` names them: the positional argument is the name.
-    let (files, given_name) = match (&a.docker_image, &a.app_path) {
-        (Some(_), _) => (None, a.name.clone()),
-        (None, Some(p)) => (Some(p), Some(a.path.to_string_lossy().into_owned())),
-        (None, None) => (Some(&a.path), a.name.clone()),
+    // cf's `push NAME -p PATH`: the files are PATH and the positional argument is the name.
+    if let Some(files) = a.app_path.take() {
+        a.name = a.path.take().map(|n| n.to_string_lossy().into_owned());
+        a.path = Some(files);
+    }
+    if let Some(manifest) = super::push_manifest::manifest_file(&a)? {
+        return super::push_manifest::push_manifest(ctx, &a, &plan, &manifest).await;
+    }
+    let Some(path) = a.path.clone() else {
+        return Err(Fail::Usage(
+            "push: give the app's directory (cellctl push DIR), or a manifest with -f FILE".into(),
+        ));
     };
-    let source = match files {
-        Some(p) => Some(package::inspect(p).map_err(Fail::Usage)?),
-        None => None,
+    // A Docker app has no files: the positional argument is its name.
+    let source = match &a.docker_image {
+        Some(_) => None,
+        None => Some(package::inspect(&path).map_err(Fail::Usage)?),
     };
-    let name = match (&given_name, &source) {
+    let name = match (&a.name, &source) {
         (Some(n), _) if n.trim().is_empty() => return Err(Fail::Usage("the app name is empty".into())),
         (Some(n), _) => n.trim().to_string(),
         (None, Some(source)) => package::default_name(source).ok_or_else(|| {
-            Fail::Usage(format!("push: cannot make an app name from {}; pass -n NAME", a.path.display()))
+            Fail::Usage(format!("push: cannot make an app name from {}; pass -n NAME", path.display()))
         })?,
-        (None, None) => a.path.to_string_lossy().trim().to_string(),
+        (None, None) => path.to_string_lossy().trim().to_string(),
     };
     println!("Pushing app {name} to space {}...", ctx.space);
+    // Files are checked before the app is created.
     let packaged = match &source {
         Some(source) => Some(package(source).await?),
         None => None,
@@ -297,10 +316,7 @@ pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
                     "warning: --hostname and --no-route only apply when an app is created; {name} keeps its routes"
                 );
             }
-            if existing.state == "STARTED" {
-                println!("Stopping app {name}...");
-                c.stop_app(app_ref.clone()).await.map_err(|s| ctx.fail(s))?;
-            }
+            stop_if_started(ctx, &mut c, &existing).await?;
             match plan.update(&a, app_ref.clone()) {
                 Some(req) => {
                     println!("Updating app {name}...");
@@ -316,6 +332,30 @@ pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
         }
         Err(s) => return Err(ctx.fail(s)),
     };
+    upload_stage_start(ctx, &mut c, &app, packaged, created, a.no_start).await
+}
+
+/// cf stops a started app before giving it new files.
+pub(super) async fn stop_if_started(ctx: &Ctx, c: &mut Client, app: &pb::App) -> Result<(), Fail> {
+    if app.state == "STARTED" {
+        println!("Stopping app {}...", app.name);
+        c.stop_app(ctx.app_ref(&app.name)).await.map_err(|s| ctx.fail(s))?;
+    }
+    Ok(())
+}
+
+/// Uploads the app's files (if it has any), then stages and starts it and
+/// waits for it as cf does; `created` apps that got no files are deleted.
+pub(super) async fn upload_stage_start(
+    ctx: &Ctx,
+    c: &mut Client,
+    app: &pb::App,
+    packaged: Option<Packaged>,
+    created: bool,
+    no_start: bool,
+) -> Result<(), Fail> {
+    let name = &app.name;
+    let app_ref = ctx.app_ref(name);
     if let Some((file, _tmp)) = packaged {
         println!("Uploading files...");
         let uploaded = match upload_stream(file, app_ref.clone()) {
@@ -330,14 +370,14 @@ pub async fn push(ctx: &Ctx, a: PushArgs) -> Result<(), Fail> {
             return Err(e);
         }
     }
-    if a.no_start {
+    if no_start {
         println!("OK\n\nApp {name} was not started (--no-start): use 'cellctl start {name}'");
         return Ok(());
     }
-    stage(ctx, &mut c, &name).await?;
+    stage(ctx, c, name).await?;
     println!("\nStarting app {name}...");
     c.start_app(app_ref).await.map_err(|s| ctx.fail(s))?;
-    wait_started(ctx, &mut c, &name, app.health_check_timeout).await
+    wait_started(ctx, c, name, app.health_check_timeout).await
 }
 
 #[cfg(test)]
@@ -397,7 +437,7 @@ mod tests {
             "hi",
         ])
         .unwrap();
-        assert_eq!(p.path, PathBuf::from("./app"));
+        assert_eq!(p.path, Some(PathBuf::from("./app")));
         assert_eq!(p.name.as_deref(), Some("hello"));
         assert_eq!(p.buildpacks, ["a_bp", "b_bp"]);
         assert_eq!((p.instances, p.timeout), (Some(3), Some(120)));
@@ -408,7 +448,9 @@ mod tests {
         assert_eq!((create.instances, create.memory_mb, create.hostname.as_str()), (3, 512, "hi"));
         assert_eq!(create.health_check_endpoint, "/health");
         assert!(parse(&["push", "x", "--no-route", "--hostname", "h"]).is_err());
-        assert!(parse(&["push"]).is_err());
+        // The path may come from a manifest instead.
+        assert_eq!(parse(&["push", "-f", "m.yml"]).unwrap().manifest, Some(PathBuf::from("m.yml")));
+        assert!(parse(&["push", "-f", "m.yml", "--no-manifest"]).is_err());
     }
 
     #[test]
@@ -436,9 +478,10 @@ mod tests {
     #[test]
     fn push_updates_only_what_was_given() {
         let app = pb::AppRef { space: "dev".into(), name: "a".into() };
-        let p = PushArgs { path: "x".into(), ..Default::default() };
+        let p = PushArgs { path: Some("x".into()), ..Default::default() };
         assert_eq!(PushPlan::check(&p).unwrap().update(&p, app.clone()), None);
-        let p = PushArgs { path: "x".into(), instances: Some(0), memory: Some("1G".into()), ..Default::default() };
+        let p =
+            PushArgs { path: Some("x".into()), instances: Some(0), memory: Some("1G".into()), ..Default::default() };
         let u = PushPlan::check(&p).unwrap().update(&p, app).unwrap();
         assert_eq!((u.instances, u.memory_mb, u.disk_mb, u.set_buildpacks), (Some(0), Some(1024), None, false));
     }
@@ -448,7 +491,7 @@ mod tests {
         let m = mock::Mock::default();
         let ctx = ctx_for(&m).await;
         let dir = app_dir("new");
-        let args = PushArgs { path: dir.clone(), memory: Some("128M".into()), ..Default::default() };
+        let args = PushArgs { path: Some(dir.clone()), memory: Some("128M".into()), ..Default::default() };
         push(&ctx, args).await.unwrap();
         let s = m.0.lock().unwrap();
         let name = package::sanitize_name(&dir.file_name().unwrap().to_string_lossy());
@@ -481,9 +524,12 @@ mod tests {
             Some(pb::App { name: "web".into(), state: "STARTED".into(), instances: 1, ..Default::default() });
         let ctx = ctx_for(&m).await;
         let dir = app_dir("update");
-        push(&ctx, PushArgs { path: dir.clone(), name: Some("web".into()), instances: Some(2), ..Default::default() })
-            .await
-            .unwrap();
+        push(
+            &ctx,
+            PushArgs { path: Some(dir.clone()), name: Some("web".into()), instances: Some(2), ..Default::default() },
+        )
+        .await
+        .unwrap();
         let calls = m.0.lock().unwrap().calls.clone();
         assert_eq!(
             calls,
@@ -495,7 +541,7 @@ mod tests {
     #[tokio::test]
     async fn push_name_dash_p_path_takes_the_name_first_as_cf_does() {
         let p = parse(&["push", "web", "-p", "./app"]).unwrap();
-        assert_eq!((p.path, p.app_path), (PathBuf::from("web"), Some(PathBuf::from("./app"))));
+        assert_eq!((p.path, p.app_path), (Some(PathBuf::from("web")), Some(PathBuf::from("./app"))));
         assert_eq!(parse(&["push", "web", "--path", "a.zip"]).unwrap().app_path, Some(PathBuf::from("a.zip")));
         assert!(parse(&["push", "web", "-p", "./app", "-o", "img"]).is_err());
         assert!(PushPlan::check(&parse(&["push", "web", "-p", "./app", "-n", "other"]).unwrap()).is_err());
@@ -503,13 +549,16 @@ mod tests {
         let m = mock::Mock::default();
         let ctx = ctx_for(&m).await;
         let dir = app_dir("dash-p");
-        push(&ctx, PushArgs { path: "web".into(), app_path: Some(dir.clone()), ..Default::default() }).await.unwrap();
+        push(&ctx, PushArgs { path: Some("web".into()), app_path: Some(dir.clone()), ..Default::default() })
+            .await
+            .unwrap();
         let calls = m.0.lock().unwrap().calls.clone();
         assert_eq!(calls[..3], ["get".to_string(), "create web i=1 m=0 host=".into(), "upload dev/web".into()]);
         // A missing PATH is refused before anything reaches the server.
         let m = mock::Mock::default();
         let ctx = ctx_for(&m).await;
-        let missing = PushArgs { path: "web".into(), app_path: Some("/nonexistent/app".into()), ..Default::default() };
+        let missing =
+            PushArgs { path: Some("web".into()), app_path: Some("/nonexistent/app".into()), ..Default::default() };
         assert!(matches!(push(&ctx, missing).await, Err(Fail::Usage(_))));
         assert!(m.0.lock().unwrap().calls.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
@@ -521,7 +570,7 @@ mod tests {
         m.0.lock().unwrap().fail_staging = true;
         let ctx = ctx_for(&m).await;
         let dir = app_dir("fail");
-        let r = push(&ctx, PushArgs { path: dir.clone(), name: Some("x".into()), ..Default::default() }).await;
+        let r = push(&ctx, PushArgs { path: Some(dir.clone()), name: Some("x".into()), ..Default::default() }).await;
         assert_eq!(
             r,
             Err(Fail::Failed(
@@ -533,7 +582,7 @@ mod tests {
         let m = mock::Mock::default();
         m.0.lock().unwrap().crash = true;
         let ctx = ctx_for(&m).await;
-        let r = push(&ctx, PushArgs { path: dir.clone(), name: Some("x".into()), ..Default::default() }).await;
+        let r = push(&ctx, PushArgs { path: Some(dir.clone()), name: Some("x".into()), ..Default::default() }).await;
         let Err(Fail::Failed(msg)) = r else { panic!("a crash passed: {r:?}") };
         assert!(msg.starts_with("Start unsuccessful\n"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
