@@ -11,7 +11,7 @@ use common::cfapi::{Cf, admin_password, password_grant, request, zip_app};
 use common::local::Local;
 use serde_json::{Value, json};
 
-const HELLO: &str = "#!/bin/sh\nwhile true; do printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 12\\r\\n\\r\\nhello from v3' | nc -l -p $PORT >/dev/null; done\n";
+const HELLO: &str = "#!/bin/sh\nwhile true; do printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 13\\r\\n\\r\\nhello from v3' | nc -l -p $PORT >/dev/null; done\n";
 
 fn login(l: &Local) -> Cf {
     Cf::login(&l.cf_api, &admin_password(&l.d.depot()))
@@ -110,6 +110,19 @@ fn push_through_the_v3_api() {
     push_package(&cf, &l, &app, &json!([]), Some(&zip));
     l.wait_status("v3app.apps.localhost", "/", 200, "hello from v3", Duration::from_secs(60));
 
+    // log-cache has the staging's lines and the router's, newest first.
+    let logs = cf.get(&format!("/api/v1/read/{app}?envelope_types=LOG&descending=true&limit=1000&start_time=-1"));
+    let batch = logs["envelopes"]["batch"].as_array().expect("a batch").clone();
+    let sources: Vec<&str> = batch.iter().filter_map(|e| e["tags"]["source_type"].as_str()).collect();
+    assert!(sources.contains(&"STG") && sources.contains(&"RTR"), "{sources:?}");
+    let ts: Vec<i64> = batch.iter().map(|e| e["timestamp"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] >= w[1]), "descending: {ts:?}");
+    use base64::Engine;
+    let first = base64::engine::general_purpose::STANDARD.decode(batch[0]["log"]["payload"].as_str().unwrap()).unwrap();
+    assert!(!first.is_empty());
+    let bad = cf.call("GET", &format!("/api/v1/read/{app}?limit=5000"), None);
+    assert_eq!(bad.status / 100, 5, "log-cache refuses a limit over 1000 as it does");
+
     // Every file is kept now: the CLI sends only the list.
     let matched = cf.ok("POST", "/v3/resource_matches", Some(json!({ "resources": resources })), 201);
     assert_eq!(matched["resources"].as_array().map(Vec::len), Some(3));
@@ -202,4 +215,61 @@ fn a_third_party_v3_client_works() {
         String::from_utf8_lossy(&out.stderr),
         l.d.log()
     );
+}
+
+/// A manifest with two process types: each its own LRP, scaled on its own.
+#[test]
+fn two_process_types_through_the_v3_api() {
+    require_local!();
+    let l = Local::start(&[]);
+    let cf = login(&l);
+    let space = cf.space_guid("dev");
+    let manifest = "applications:\n- name: duo\n  memory: 64M\n  processes:\n  - type: web\n  - type: worker\n    instances: 1\n    memory: 32M\n    command: while true; do echo worker-tick; sleep 1; done\n";
+    let job = cf.wait_job(&cf.raw(
+        "POST",
+        &format!("/v3/spaces/{space}/actions/apply_manifest"),
+        "application/x-yaml",
+        manifest.as_bytes(),
+    ));
+    assert_eq!(job["state"], "COMPLETE", "{job}");
+    let app = cf.get(&format!("/v3/apps?names=duo&space_guids={space}"))["resources"][0]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let files = [("start.sh", 0o755, HELLO), ("Procfile", 0o644, "web: ./start.sh\n")];
+    let (zip, _) = zip_app(&files);
+    push_package(&cf, &l, &app, &json!([]), Some(&zip));
+    let procs = cf.get(&format!("/v3/apps/{app}/processes"));
+    let types: Vec<&str> = procs["resources"].as_array().unwrap().iter().filter_map(|p| p["type"].as_str()).collect();
+    assert_eq!(types, ["web", "worker"]);
+    let worker = procs["resources"][1]["guid"].as_str().unwrap().to_string();
+    assert_ne!(worker, app, "only web's guid is the app's");
+    assert_eq!(procs["resources"][1]["memory_in_mb"], 32);
+    cf.ok("POST", &format!("/v3/apps/{app}/processes/worker/actions/scale"), Some(json!({"instances": 2})), 202);
+    let stats =
+        cf.poll(&format!("/v3/processes/{worker}/stats"), "/resources/1/state", &["RUNNING"], Duration::from_secs(60));
+    assert!(stats["resources"].as_array().unwrap().iter().all(|i| i["type"] == "worker"));
+    let web = cf.get(&format!("/v3/processes/{app}/stats"));
+    assert_eq!(web["resources"].as_array().map(Vec::len), Some(1), "web stays at one instance");
+    // The diff of a manifest that scales web names exactly that.
+    let diff = cf.raw(
+        "POST",
+        &format!("/v3/spaces/{space}/manifest_diff"),
+        "application/x-yaml",
+        b"applications:\n- name: duo\n  instances: 3\n",
+    );
+    assert_eq!(diff.status, 201);
+    assert_eq!(
+        diff.json()["diff"],
+        json!([{"op": "replace", "path": "/applications/0/instances", "was": 1, "value": 3}])
+    );
+    // A manifest naming a service that does not exist fails its job with CC's words.
+    let bad = cf.wait_job(&cf.raw(
+        "POST",
+        &format!("/v3/spaces/{space}/actions/apply_manifest"),
+        "application/x-yaml",
+        b"applications:\n- name: duo\n  services: [nope]\n",
+    ));
+    assert_eq!(bad["state"], "FAILED");
+    assert!(bad["errors"][0]["detail"].as_str().unwrap().contains("nope"), "{bad}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::AppsError;
 use super::layer::AppLayer;
-use super::store::AppRecord;
+use super::store::{AppRecord, WEB};
 use crate::executor::logs::cell_line;
 use celld_proto as pb;
 use celld_sshproxy::{self as sshproxy, Authority, Login, ProxyError, Target};
@@ -163,16 +163,28 @@ impl AppLayer {
 
     async fn authorize_cf(&self, app: &str, index: u32, code: &str) -> Result<Target, ProxyError> {
         let refuse = |m: String| ProxyError::Refused(m);
+        // `cf:GUID/INDEX`: GUID is CC's process guid, the app's own for web
+        // and the type's for another process type (`cf ssh --process`).
         let found = match self.store.app(app) {
-            Ok(Some(a)) => Some(a),
-            Ok(None) => self.store.app_by_name(&self.cfg.default_space, app).ok().flatten(),
+            Ok(Some(a)) => Some((a, WEB.to_string())),
+            Ok(None) => self.store.apps(None).ok().and_then(|apps| {
+                apps.into_iter().find_map(|a| {
+                    let t = a.all_processes().into_iter().find(|(_, p)| p.guid == app).map(|(t, _)| t)?;
+                    Some((a, t))
+                })
+            }),
             Err(e) => return Err(refuse(e.to_string())),
+        };
+        let found = match found {
+            Some(f) => Some(f),
+            None => self.store.app_by_name(&self.cfg.default_space, app).ok().flatten().map(|a| (a, WEB.to_string())),
         };
         // The code is spent whatever happens next, as UAA's is.
         let code_ok = self.take_code(code);
-        let Some(record) = found else {
+        let Some((record, ptype)) = found else {
             return Err(refuse(format!("unknown app '{app}'")));
         };
+        let process = record.process(&ptype).unwrap_or_else(|| record.web());
         let denied = |reason: String| {
             self.ssh_event(&record, false, index);
             refuse(reason)
@@ -188,13 +200,13 @@ impl AppLayer {
         if !self.store.space_allows_ssh(&record.space).unwrap_or(false) {
             return Err(denied(format!("ssh is disabled in space '{}'", record.space)));
         }
-        if record.state != "STARTED" || record.process_guid.is_empty() {
-            return Err(denied(format!("app '{}' is not started", record.name)));
+        if record.state != "STARTED" || process.process_guid.is_empty() {
+            return Err(denied(format!("app '{}' ({ptype}) is not started", record.name)));
         }
-        if index >= record.instances {
-            return Err(denied(format!("app '{}' has no instance {index}", record.name)));
+        if index >= process.instances {
+            return Err(denied(format!("app '{}' has no {ptype} instance {index}", record.name)));
         }
-        match self.ssh_target(&record.process_guid, index).await {
+        match self.ssh_target(&process.process_guid, index).await {
             Ok(t) => {
                 self.ssh_event(&record, true, index);
                 Ok(t)

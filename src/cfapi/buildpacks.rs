@@ -27,7 +27,8 @@ pub fn routes() -> Router<Arc<CfApi>> {
     Router::new()
         .route("/v3/buildpacks", get(list).post(create))
         .route("/v3/buildpacks/{guid}", get(get_one).patch(update).delete(delete))
-        .route("/v3/buildpacks/{guid}/upload", post(upload))
+        // The upload counts its bits against --max-package-size-mb itself.
+        .route("/v3/buildpacks/{guid}/upload", post(upload).layer(axum::extract::DefaultBodyLimit::disable()))
 }
 
 /// A buildpack's guid: the one it was created with, or one from its name
@@ -139,10 +140,7 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
             continue;
         }
         filename = field.file_name().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
-        let mut f = tokio::fs::File::create(&tmp.0).await.map_err(|e| CfError::Server(e.to_string()))?;
-        while let Some(chunk) = field.chunk().await.map_err(|e| CfError::MessageParse(e.to_string()))? {
-            tokio::io::AsyncWriteExt::write_all(&mut f, &chunk).await.map_err(|e| CfError::Server(e.to_string()))?;
-        }
+        super::packages::receive_field(&mut field, &tmp.0, stager.config().max_package_bytes).await?;
         got = true;
     }
     if !got {

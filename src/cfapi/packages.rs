@@ -37,11 +37,15 @@ type Api = State<Arc<CfApi>>;
 /// a maximum too); they are uploaded every time.
 const MAX_CACHED_FILE: u64 = 512 << 20;
 
+/// How long after a build failed its failure is first told (see `get_build`).
+const FAILED_BUILD_HOLD_NS: i64 = 2_500_000_000;
+
 pub fn routes() -> Router<Arc<CfApi>> {
     Router::new()
         .route("/v3/packages", get(list_packages).post(create_package))
         .route("/v3/packages/{guid}", get(get_package))
-        .route("/v3/packages/{guid}/upload", post(upload))
+        // The upload counts its bits against --max-package-size-mb itself.
+        .route("/v3/packages/{guid}/upload", post(upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/v3/apps/{guid}/packages", get(app_packages))
         .route("/v3/resource_matches", post(resource_matches))
         .route("/v3/builds", get(list_builds).post(create_build))
@@ -244,20 +248,7 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
                     .map_err(|e| CfError::unprocessable(format!("resources must be a JSON list of files: {e}")))?;
             }
             "bits" => {
-                let mut f = tokio::fs::File::create(&bits.0).await.map_err(|e| CfError::Server(e.to_string()))?;
-                let mut n = 0u64;
-                while let Some(chunk) = field.chunk().await.map_err(|e| CfError::MessageParse(e.to_string()))? {
-                    n += chunk.len() as u64;
-                    if n > limit {
-                        return Err(CfError::unprocessable(format!(
-                            "the package is larger than this cell takes ({}, celld --max-package-size-mb)",
-                            crate::staging::byte_size(limit)
-                        )));
-                    }
-                    tokio::io::AsyncWriteExt::write_all(&mut f, &chunk)
-                        .await
-                        .map_err(|e| CfError::Server(e.to_string()))?;
-                }
+                receive_field(&mut field, &bits.0, limit).await?;
                 got_bits = true;
             }
             _ => {}
@@ -280,10 +271,17 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
     let size = tokio::task::spawn_blocking(move || assemble(&cache, bits_path.as_deref(), &resources, &whole_path))
         .await
         .map_err(|e| CfError::Server(e.to_string()))??;
-    let stored = store_package(&stager, &whole.0, size).await.map_err(|s| {
-        p.state = "FAILED".into();
-        CfError::from(s)
-    })?;
+    let stored = match store_package(&stager, &whole.0, size).await {
+        Ok(stored) => stored,
+        Err(s) => {
+            // CC marks the package FAILED with the reason; the CLI shows it.
+            p.state = "FAILED".into();
+            p.error = s.message().to_string();
+            p.updated_at = now_ns();
+            api.store.put("packages", &p.guid, None, &p.app_guid, &p)?;
+            return Err(s.into());
+        }
+    };
     api.apps.set_package(&app_ref(&a), &stored).await?;
     p.key = stored.key;
     p.sha256 = stored.sha256;
@@ -292,6 +290,27 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
     api.store.put("packages", &p.guid, None, &p.app_guid, &p)?;
     tracing::info!(app_guid = %a.guid, package = %p.guid, size, "package uploaded through the CF API");
     Ok(Json(package_json(&ctx.base, &p)))
+}
+
+/// Writes one multipart field to `dest`, refusing more than `limit` bytes.
+pub async fn receive_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    dest: &FsPath,
+    limit: u64,
+) -> CfResult<u64> {
+    let mut f = tokio::fs::File::create(dest).await.map_err(|e| CfError::Server(e.to_string()))?;
+    let mut n = 0u64;
+    while let Some(chunk) = field.chunk().await.map_err(|e| CfError::MessageParse(e.to_string()))? {
+        n += chunk.len() as u64;
+        if n > limit {
+            return Err(CfError::unprocessable(format!(
+                "the upload is larger than this cell takes ({}, celld --max-package-size-mb)",
+                crate::staging::byte_size(limit)
+            )));
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut f, &chunk).await.map_err(|e| CfError::Server(e.to_string()))?;
+    }
+    Ok(n)
 }
 
 /// Writes the whole app to `out` (a zip): the uploaded zip's entries, each
@@ -425,6 +444,15 @@ async fn get_build(State(api): Api, ctx: Ctx, Path(guid): Path<String>) -> CfRes
     let read = || async { api.store.get::<BuildRecord>("builds", &guid) };
     let b = super::long_poll(read, |b| !matches!(b, Ok(Some(b)) if b.state == "STAGING")).await;
     let b = b?.ok_or(CfError::NotFound("Build"))?;
+    // The CLI shows staging output through log-cache, leaving out lines newer
+    // than 2 s, and stops once the build ends: a failure is told no sooner
+    // than that after it, so the output that explains it is shown.
+    if b.state == "FAILED" {
+        let shown = b.updated_at.saturating_add(FAILED_BUILD_HOLD_NS) - now_ns();
+        if shown > 0 {
+            tokio::time::sleep(std::time::Duration::from_nanos(shown.unsigned_abs())).await;
+        }
+    }
     Ok(Json(build_json(&api, &ctx.base, &b)))
 }
 
