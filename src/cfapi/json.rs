@@ -54,8 +54,26 @@ fn number(q: &Query, key: &str, default: usize, max: usize) -> Result<usize, CfE
     }
 }
 
-/// One page of `items` as CC lists them, with links that keep the filters.
-pub fn paginate(base: &str, path: &str, q: &Query, items: Vec<Value>) -> Result<Value, CfError> {
+/// One page of `items` as CC lists them, with links that keep the filters;
+/// `order_by` (`created_at`, `updated_at`, `name`, `position`, `-` for
+/// descending) sorts them first, stably.
+pub fn paginate(base: &str, path: &str, q: &Query, mut items: Vec<Value>) -> Result<Value, CfError> {
+    if let Some(order) = q.get("order_by") {
+        let (desc, field) = match order.strip_prefix('-') {
+            Some(f) => (true, f),
+            None => (false, order.strip_prefix('+').unwrap_or(order)),
+        };
+        if !["created_at", "updated_at", "name", "position"].contains(&field) {
+            return Err(CfError::BadQuery(format!(
+                "Order by can only be: 'created_at', 'updated_at', 'name', 'position' (got '{order}')"
+            )));
+        }
+        let key = |v: &Value| match &v[field] {
+            Value::Number(n) => format!("{:020}", n.as_u64().unwrap_or(0)),
+            other => other.as_str().unwrap_or_default().to_string(),
+        };
+        items.sort_by(|a, b| if desc { key(b).cmp(&key(a)) } else { key(a).cmp(&key(b)) });
+    }
     let per_page = number(q, "per_page", 50, 5000)?;
     let page = number(q, "page", 1, usize::MAX)?;
     let total = items.len();
@@ -152,6 +170,21 @@ mod tests {
         assert_eq!((p["resources"].clone(), p["pagination"]["next"].clone()), (json!([4]), Value::Null));
         let bad: Query = [("per_page".to_string(), "0".to_string())].into();
         assert!(paginate("h", "/", &bad, vec![]).is_err());
+    }
+
+    #[test]
+    fn order_by_sorts_stably() {
+        let items = vec![
+            json!({"created_at": "b", "n": 1}),
+            json!({"created_at": "a", "n": 2}),
+            json!({"created_at": "b", "n": 3}),
+        ];
+        let q: Query = [("order_by".to_string(), "-created_at".to_string())].into();
+        let p = paginate("h", "/x", &q, items.clone()).unwrap();
+        let ns: Vec<u64> = p["resources"].as_array().unwrap().iter().map(|v| v["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, [1, 3, 2]);
+        let bad: Query = [("order_by".to_string(), "color".to_string())].into();
+        assert!(paginate("h", "/x", &bad, items).is_err());
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn routes() -> Router<Arc<CfApi>> {
         // The upload counts its bits against --max-package-size-mb itself.
         .route("/v3/packages/{guid}/upload", post(upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/v3/apps/{guid}/packages", get(app_packages))
+        .route("/v3/packages/{guid}/droplets", get(package_droplets))
         .route("/v3/resource_matches", post(resource_matches))
         .route("/v3/builds", get(list_builds).post(create_build))
         .route("/v3/builds/{guid}", get(get_build))
@@ -106,6 +107,19 @@ fn packages_of(api: &CfApi, a: &AppRecord) -> CfResult<Vec<PackageRecord>> {
     Ok(list)
 }
 
+/// The app layer keeps only the current package's bits: the app's other bits
+/// packages are EXPIRED, as CC's pruned packages are.
+fn expire_older_packages(api: &CfApi, app_guid: &str, current_key: &str) -> CfResult<()> {
+    for mut p in api.store.list::<PackageRecord>("packages", Some(app_guid))? {
+        if p.kind == "bits" && p.state == "READY" && p.key != current_key {
+            p.state = "EXPIRED".into();
+            p.updated_at = now_ns();
+            api.store.put("packages", &p.guid, None, &p.app_guid, &p)?;
+        }
+    }
+    Ok(())
+}
+
 fn package(api: &CfApi, guid: &str) -> CfResult<PackageRecord> {
     api.store.get("packages", guid)?.ok_or(CfError::NotFound("Package"))
 }
@@ -128,14 +142,11 @@ async fn app_packages(
     Query(q): Query<json::Query>,
 ) -> CfResult<Json<Value>> {
     let a = app(&api, &guid)?;
-    let mut items: Vec<Value> = packages_of(&api, &a)?
+    let items: Vec<Value> = packages_of(&api, &a)?
         .iter()
         .filter(|p| passes(&q, "states", &p.state))
         .map(|p| package_json(&ctx.base, p))
         .collect();
-    if q.get("order_by").is_some_and(|o| o == "-created_at") {
-        items.reverse();
-    }
     Ok(Json(json::paginate(&ctx.base, &format!("/v3/apps/{guid}/packages"), &q, items)?))
 }
 
@@ -283,6 +294,7 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
         }
     };
     api.apps.set_package(&app_ref(&a), &stored).await?;
+    expire_older_packages(&api, &a.guid, &stored.key)?;
     p.key = stored.key;
     p.sha256 = stored.sha256;
     p.state = "READY".into();
@@ -621,6 +633,34 @@ async fn app_droplets(
     let a = app(&api, &guid)?;
     let items = droplets_of(&api, &a)?.iter().map(|d| droplet_json(&api, &ctx.base, &a, d)).collect();
     Ok(Json(json::paginate(&ctx.base, &format!("/v3/apps/{guid}/droplets"), &q, items)?))
+}
+
+/// The droplets staged from a package (`cf restart` asks whether the newest
+/// package has one, to know whether to stage first).
+async fn package_droplets(
+    State(api): Api,
+    ctx: Ctx,
+    Path(guid): Path<String>,
+    Query(q): Query<json::Query>,
+) -> CfResult<Json<Value>> {
+    let p = package(&api, &guid)?;
+    let a = app(&api, &p.app_guid)?;
+    let mut list: Vec<Droplet> = api
+        .store
+        .list::<DropletRecord>("droplets", Some(&a.guid))?
+        .into_iter()
+        .filter(|r| r.package_guid == p.guid)
+        .map(|r| r.droplet)
+        .collect();
+    // A droplet staged outside the API (cellctl push) is its current package's.
+    if let Some(d) = a.droplet.as_ref().filter(|_| p.kind == "bits" && p.key == a.package_key) {
+        if !list.iter().any(|x| droplet_guid(x) == droplet_guid(d)) {
+            list.push(d.clone());
+        }
+    }
+    let items =
+        list.iter().filter(|_| passes(&q, "states", "STAGED")).map(|d| droplet_json(&api, &ctx.base, &a, d)).collect();
+    Ok(Json(json::paginate(&ctx.base, &format!("/v3/packages/{guid}/droplets"), &q, items)?))
 }
 
 async fn get_droplet(State(api): Api, ctx: Ctx, Path(guid): Path<String>) -> CfResult<Json<Value>> {

@@ -96,15 +96,12 @@ async fn app_tasks(
     let path = format!("/v3/apps/{guid}/tasks");
     let filters = q.clone();
     q.insert("app_guids".into(), guid);
-    let mut items: Vec<Value> = tasks_of(&api, &q)
+    let items: Vec<Value> = tasks_of(&api, &q)
         .await?
         .iter()
         .filter(|(_, t)| passes(&filters, "states", &t.state) && passes(&filters, "names", &t.name))
         .map(|(a, t)| task_json(&ctx.base, a, t))
         .collect();
-    if filters.get("order_by").is_some_and(|o| o == "-created_at") {
-        items.reverse();
-    }
     Ok(Json(json::paginate(&ctx.base, &path, &filters, items)?))
 }
 
@@ -134,7 +131,7 @@ async fn cancel_task(State(api): Api, ctx: Ctx, Path(guid): Path<String>) -> CfR
 }
 
 /// `GET /v3/audit_events?target_guids=APP`: the app's events, oldest first
-/// (the CLI asks `order_by=-created_at` for newest first).
+/// unless `order_by` says otherwise.
 async fn audit_events(State(api): Api, ctx: Ctx, Query(q): Query<json::Query>) -> CfResult<Json<Value>> {
     let mut items = Vec::new();
     for a in api.apps.list_apps("", true)?.into_iter().filter(|a| passes(&q, "target_guids", &a.guid)) {
@@ -159,8 +156,5 @@ async fn audit_events(State(api): Api, ctx: Ctx, Query(q): Query<json::Query>) -
         }
     }
     items.sort_by_key(|(t, _)| *t);
-    if q.get("order_by").is_some_and(|o| o == "-created_at") {
-        items.reverse();
-    }
     Ok(Json(json::paginate(&ctx.base, "/v3/audit_events", &q, items.into_iter().map(|(_, v)| v).collect())?))
 }
