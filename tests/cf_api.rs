@@ -13,6 +13,15 @@ use serde_json::{Value, json};
 
 const HELLO: &str = "#!/bin/sh\nwhile true; do printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 13\\r\\n\\r\\nhello from v3' | nc -l -p $PORT >/dev/null; done\n";
 
+/// A JWT (HS256) over `claims` with `key`, as the daemon signs its own.
+fn sign(key: &str, claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let signing = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()), signing.as_bytes());
+    format!("{signing}.{}", b64(tag.as_ref()))
+}
+
 fn login(l: &Local) -> Cf {
     Cf::login(&l.cf_api, &admin_password(&l.d.depot()))
 }
@@ -47,6 +56,13 @@ fn root_document_and_tokens() {
     assert_eq!(bad.status, 401);
     assert_eq!(bad.json()["errors"][0]["code"], 1000);
     assert_eq!(bad.json()["errors"][0]["title"], "CF-InvalidAuthToken");
+
+    // A token signed with the daemon's own key but expired: 401, code 1000.
+    let key = std::fs::read_to_string(l.d.depot().join("cf-api/token-key")).unwrap();
+    let expired =
+        sign(key.trim(), &json!({"user_name": "admin", "user_id": "x", "origin": "uaa", "exp": 1, "jti": "j"}));
+    let r = Cf { addr: cf.addr.clone(), token: expired }.call("GET", "/v3/apps", None);
+    assert_eq!((r.status, r.json()["errors"][0]["code"].as_u64()), (401, Some(1000)));
 
     // The refresh grant gives a new access token that works.
     let (_, tokens) = password_grant(&l.cf_api, "admin", &admin_password(&l.d.depot()));
@@ -272,4 +288,22 @@ fn two_process_types_through_the_v3_api() {
     ));
     assert_eq!(bad["state"], "FAILED");
     assert!(bad["errors"][0]["detail"].as_str().unwrap().contains("nope"), "{bad}");
+}
+
+/// `--cf-api-tls`: the same API over HTTPS with a self-signed certificate
+/// (what `cf api --skip-ssl-validation` accepts), its links in https.
+#[test]
+fn the_api_over_tls() {
+    require_local!();
+    let l = Local::start(&["--cf-api-tls"]);
+    let out =
+        std::process::Command::new("curl").args(["-sk", &format!("https://{}/", l.cf_api)]).output().expect("curl");
+    let root: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(root["links"]["cloud_controller_v3"]["href"], format!("https://{}/v3", l.cf_api), "{root}");
+    let plain = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://{}/", l.cf_api)])
+        .output()
+        .expect("curl");
+    assert!(serde_json::from_slice::<Value>(&plain.stdout).is_err(), "plain HTTP is not served next to TLS");
+    assert!(l.d.depot().join("cf-api/tls.crt").is_file());
 }
