@@ -101,12 +101,7 @@ fn push_through_the_v3_api() {
     let cf = login(&l);
     let space = cf.space_guid("dev");
     let manifest = "applications:\n- name: v3app\n  memory: 64M\n  default-route: true\n";
-    let job = cf.wait_job(&cf.raw(
-        "POST",
-        &format!("/v3/spaces/{space}/actions/apply_manifest"),
-        "application/x-yaml",
-        manifest.as_bytes(),
-    ));
+    let job = cf.apply_manifest(&space, manifest);
     assert_eq!(job["state"], "COMPLETE", "{job}");
     let apps = cf.get(&format!("/v3/apps?names=v3app&space_guids={space}"));
     let app = apps["resources"][0]["guid"].as_str().expect("the manifest made the app").to_string();
@@ -241,12 +236,7 @@ fn two_process_types_through_the_v3_api() {
     let cf = login(&l);
     let space = cf.space_guid("dev");
     let manifest = "applications:\n- name: duo\n  memory: 64M\n  processes:\n  - type: web\n  - type: worker\n    instances: 1\n    memory: 32M\n    command: while true; do echo worker-tick; sleep 1; done\n";
-    let job = cf.wait_job(&cf.raw(
-        "POST",
-        &format!("/v3/spaces/{space}/actions/apply_manifest"),
-        "application/x-yaml",
-        manifest.as_bytes(),
-    ));
+    let job = cf.apply_manifest(&space, manifest);
     assert_eq!(job["state"], "COMPLETE", "{job}");
     let app = cf.get(&format!("/v3/apps?names=duo&space_guids={space}"))["resources"][0]["guid"]
         .as_str()
@@ -280,12 +270,7 @@ fn two_process_types_through_the_v3_api() {
         json!([{"op": "replace", "path": "/applications/0/instances", "was": 1, "value": 3}])
     );
     // A manifest naming a service that does not exist fails its job with CC's words.
-    let bad = cf.wait_job(&cf.raw(
-        "POST",
-        &format!("/v3/spaces/{space}/actions/apply_manifest"),
-        "application/x-yaml",
-        b"applications:\n- name: duo\n  services: [nope]\n",
-    ));
+    let bad = cf.apply_manifest(&space, "applications:\n- name: duo\n  services: [nope]\n");
     assert_eq!(bad["state"], "FAILED");
     assert!(bad["errors"][0]["detail"].as_str().unwrap().contains("nope"), "{bad}");
 }

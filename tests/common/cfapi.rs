@@ -136,6 +136,12 @@ impl Cf {
         }
     }
 
+    /// `apply_manifest` in a space, followed to its job's end; the job.
+    pub fn apply_manifest(&self, space: &str, yaml: &str) -> Value {
+        let path = format!("/v3/spaces/{space}/actions/apply_manifest");
+        self.wait_job(&self.raw("POST", &path, "application/x-yaml", yaml.as_bytes()))
+    }
+
     /// The guid of the space `space` of org `local`.
     pub fn space_guid(&self, space: &str) -> String {
         let orgs = self.get("/v3/organizations?names=local");
