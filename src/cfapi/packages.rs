@@ -37,6 +37,11 @@ type Api = State<Arc<CfApi>>;
 /// a maximum too); they are uploaded every time.
 const MAX_CACHED_FILE: u64 = 512 << 20;
 
+/// The files kept for resource matching: at most this much, least recently
+/// used (matched or uploaded) going first, but none used in the last 10 min.
+const RESOURCE_CACHE_BYTES: u64 = 1 << 30;
+const RESOURCE_CACHE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How long after a build failed its failure is first told (see `get_build`).
 const FAILED_BUILD_HOLD_NS: i64 = 2_500_000_000;
 
@@ -233,10 +238,52 @@ async fn resource_matches(State(api): Api, _ctx: Ctx, body: axum::body::Bytes) -
         .filter(|r| {
             r.pointer("/checksum/value")
                 .and_then(Value::as_str)
-                .is_some_and(|sha| is_sha1(sha) && api.resources.join(sha.to_ascii_lowercase()).is_file())
+                .is_some_and(|sha| is_sha1(sha) && touch(&api.resources.join(sha.to_ascii_lowercase())))
         })
         .collect();
     Ok(reply(StatusCode::CREATED, json!({ "resources": matched })))
+}
+
+/// Marks a kept file used now (the cache drops the least recently used);
+/// whether it is there.
+fn touch(path: &FsPath) -> bool {
+    match std::fs::File::options().append(true).open(path) {
+        Ok(f) => {
+            let _ = f.set_modified(std::time::SystemTime::now());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Keeps the resource cache under `max` bytes, least recently used first;
+/// a file used in the last `grace` stays (a push may be between its
+/// resource_matches and its upload).
+fn prune_cache(cache: &FsPath, max: u64, grace: std::time::Duration) -> std::io::Result<u64> {
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for e in std::fs::read_dir(cache)?.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_file() {
+            total += m.len();
+            files.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), e.path()));
+        }
+    }
+    if total <= max {
+        return Ok(0);
+    }
+    files.sort();
+    let recent = std::time::SystemTime::now() - grace;
+    let mut freed = 0u64;
+    for (used, len, path) in files {
+        if total - freed <= max || used > recent {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            freed += len;
+        }
+    }
+    Ok(freed)
 }
 
 /// `POST /v3/packages/:guid/upload`.
@@ -279,9 +326,15 @@ async fn upload(State(api): Api, ctx: Ctx, Path(guid): Path<String>, mut form: M
     }
     let whole = Scratch(scratch_file(&stager, "cf-package"));
     let (cache, bits_path, whole_path) = (api.resources.clone(), got_bits.then(|| bits.0.clone()), whole.0.clone());
-    let size = tokio::task::spawn_blocking(move || assemble(&cache, bits_path.as_deref(), &resources, &whole_path))
-        .await
-        .map_err(|e| CfError::Server(e.to_string()))??;
+    let size = tokio::task::spawn_blocking(move || {
+        let size = assemble(&cache, bits_path.as_deref(), &resources, &whole_path)?;
+        if let Err(e) = prune_cache(&cache, RESOURCE_CACHE_BYTES, RESOURCE_CACHE_GRACE) {
+            tracing::warn!(error = %e, "could not prune the CF API's resource cache");
+        }
+        Ok::<_, CfError>(size)
+    })
+    .await
+    .map_err(|e| CfError::Server(e.to_string()))??;
     let stored = match store_package(&stager, &whole.0, size).await {
         Ok(stored) => stored,
         Err(s) => {
@@ -391,7 +444,7 @@ fn keep(cache: &FsPath, entry: &mut impl Read) -> std::io::Result<()> {
     }
     let sha = celld_base::guid::hex(&h.finalize());
     let dest = cache.join(&sha);
-    if dest.exists() { std::fs::remove_file(&tmp) } else { std::fs::rename(&tmp, dest) }
+    if touch(&dest) { std::fs::remove_file(&tmp) } else { std::fs::rename(&tmp, dest) }
 }
 
 /// Forgets an app's packages, builds and droplets once the app is deleted.
@@ -722,6 +775,26 @@ async fn set_current_droplet(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_drops_the_least_recently_used_past_its_size() {
+        let dir = std::env::temp_dir().join(format!("cfapi-prune-{}", new_guid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            std::fs::write(dir.join(name), [0u8; 100]).unwrap();
+            let f = std::fs::File::options().append(true).open(dir.join(name)).unwrap();
+            f.set_modified(old + std::time::Duration::from_secs(i as u64)).unwrap();
+        }
+        // "a" is matched again: it is the most recently used now.
+        assert!(touch(&dir.join("a")));
+        assert!(!touch(&dir.join("missing")));
+        assert_eq!(prune_cache(&dir, 250, std::time::Duration::from_secs(60)).unwrap(), 100);
+        assert!(dir.join("a").exists() && !dir.join("b").exists() && dir.join("c").exists());
+        // Recently used files stay even past the size.
+        assert_eq!(prune_cache(&dir, 0, std::time::Duration::from_secs(7200)).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn resource_paths_stay_inside_the_app() {
