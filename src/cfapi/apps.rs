@@ -517,7 +517,7 @@ async fn ssh_enabled(State(api): Api, _ctx: Ctx, Path(guid): Path<String>) -> Cf
 
 fn feature(a: &AppRecord, name: &str) -> CfResult<Value> {
     match name {
-        "ssh" => Ok(json!({"name": "ssh", "description": "Enable SSHing into the app.", "enabled": a.enable_ssh})),
+        "ssh" => Ok(orgs::ssh_feature(a.enable_ssh)),
         "revisions" => {
             Ok(json!({"name": "revisions", "description": "Enable versioning of an application", "enabled": false}))
         }

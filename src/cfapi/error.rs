@@ -30,8 +30,6 @@ pub enum CfError {
     MessageParse(String),
     #[error("The query parameter is invalid: {0}")]
     BadQuery(String),
-    #[error("{0}")]
-    NotStaged(String),
     #[error("An unknown error occurred: {0}")]
     Server(String),
     #[error("{0}")]
@@ -53,7 +51,6 @@ impl CfError {
             Uniqueness(_) => (StatusCode::UNPROCESSABLE_ENTITY, 10016, "CF-UniquenessError"),
             MessageParse(_) => (StatusCode::BAD_REQUEST, 1001, "CF-MessageParseError"),
             BadQuery(_) => (StatusCode::BAD_REQUEST, 10005, "CF-BadQueryParameter"),
-            NotStaged(_) => (StatusCode::UNPROCESSABLE_ENTITY, 170002, "CF-NotStaged"),
             Server(_) => (StatusCode::INTERNAL_SERVER_ERROR, 10001, "UnknownError"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 10015, "CF-ServiceUnavailable"),
             LogCache(e) => (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), 0, ""),

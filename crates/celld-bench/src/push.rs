@@ -161,7 +161,7 @@ pub async fn run(dir: &Path, hello: &Path) -> Result<()> {
     let http = reqwest::Client::builder().build()?;
     let base = format!("http://{CF_API}");
     let form = [("grant_type", "password"), ("username", "admin"), ("password", password.trim())];
-    let body = url_form(&form);
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     let tokens: Value = http
         .post(format!("{base}/oauth/token"))
         .basic_auth("cf", Some(""))
@@ -205,13 +205,4 @@ pub async fn run(dir: &Path, hello: &Path) -> Result<()> {
     println!("cf push / cellctl push p50: {:.2}x (target <= 1.2, and under 2 s)", ms(p50) / ms(b50));
     println!();
     Ok(())
-}
-
-fn url_form(kv: &[(&str, &str)]) -> String {
-    kv.iter()
-        .map(|(k, v)| {
-            format!("{k}={}", v.replace('%', "%25").replace('&', "%26").replace('+', "%2B").replace('=', "%3D"))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
