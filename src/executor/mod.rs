@@ -565,6 +565,7 @@ impl Executor {
             evacuating: self.is_evacuating(),
             stacks: self.stacks(),
             placement_tags: self.cfg.placement_tags.clone(),
+            vitals: None,
         }
     }
 
