@@ -43,6 +43,14 @@ fn docker_images_run_as_apps() {
 
     let out = l.ok(&["push", "dapp", "--docker-image", &image]);
     assert!(out.contains("Staging complete"), "{out}");
+    // The pull's progress as plain lines (no terminal): each layer with its
+    // size, then the image's total; no bar drawn into the pipe.
+    assert!(out.contains(&format!("Downloading docker image {image}...")), "{out}");
+    assert_eq!(out.matches("Downloaded layer ").count(), 2, "a line per layer: {out}");
+    let total = format!("Downloaded docker image {image} (");
+    let line = out.lines().find(|x| x.contains(&total)).unwrap_or_else(|| panic!("{total} in {out}"));
+    assert!(line.ends_with("M)") || line.ends_with("K)"), "a size in {line:?}");
+    assert!(!out.contains('\r') && !out.contains("\u{1b}["), "{out:?}");
     l.wait_instances("dapp", "dev", "1 instance running", T, all_running(1));
     let page = l.wait_status("dapp.apps.localhost", "/", 200, "docker app hello on 9000", T);
     assert!(page.contains("docker app hello on 9000"), "{page}");

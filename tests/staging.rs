@@ -146,7 +146,7 @@ async fn stage(c: &mut StagerClient<Channel>, req: pb::StageRequest) -> Staged {
             }
             Some(Event::Result(r)) => return Staged { guid, logs, result: Ok(r) },
             Some(Event::Failure(f)) => return Staged { guid, logs, result: Err(f) },
-            None => {}
+            Some(Event::Progress(_)) | None => {}
         }
     }
     panic!("staging stream ended without an outcome:\n{}", logs.join("\n"));

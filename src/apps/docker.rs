@@ -1,17 +1,25 @@
 //! Docker-image apps, as CF's docker lifecycle runs them: no package and no
-//! buildpacks. "Staging" reads the image's config from its registry (no
-//! layers): its entrypoint and command become the start command and its first
-//! exposed TCP port the app's port (8080 when it exposes none). The instances
-//! run on the image itself (`docker://…` as their rootfs).
+//! buildpacks. "Staging" reads the image's config from its registry: its
+//! entrypoint and command become the start command and its first exposed TCP
+//! port the app's port (8080 when it exposes none). It also pulls the layers
+//! into the cell's image store, with progress on the staging stream, so the
+//! push shows the download and the first start finds the image. The
+//! instances run on the image itself (`docker://…` as their rootfs).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use celld_base::size::byte_size;
+use celld_image::LayerProgress;
 use tokio::sync::mpsc;
 
 use super::AppsError;
 use super::layer::AppLayer;
 use super::store::{AppRecord, Droplet};
 use crate::executor::logs::now_ns;
+use crate::staging::service::{event, log_event};
+use crate::staging::stager::Stager;
 use celld_base::guid::new_guid;
 use celld_proto as pb;
 
@@ -44,7 +52,6 @@ impl AppLayer {
         app: AppRecord,
         tx: mpsc::Sender<pb::StagingEvent>,
     ) -> Result<(), AppsError> {
-        use crate::staging::service::{event, log_event};
         use pb::staging_event::Event as E;
         let rootfs = docker_rootfs(&app.docker_image)?;
         let guid = new_guid();
@@ -62,7 +69,14 @@ impl AppLayer {
             say(log(format!("Fetching the metadata of docker image {}", app.docker_image), false)).await;
             let creds =
                 (!app.docker_username.is_empty()).then(|| (app.docker_username.clone(), app.docker_password.clone()));
-            match this.stager.image_config(&rootfs, creds).await {
+            let fetched = match this.stager.image_config(&rootfs, creds.clone()).await {
+                Ok(config) => pull_reporting(&this.stager, &rootfs, &app.docker_image, creds, &guid, &tx)
+                    .await
+                    .map(|()| config)
+                    .map_err(|e| format!("Failed to download the docker image: {e}")),
+                Err(e) => Err(format!("Failed to get the docker image's details: {e}")),
+            };
+            match fetched {
                 Ok(config) => {
                     let port = config.exposed_ports.first().map_or(super::APP_PORT, |p| u32::from(*p));
                     let command = start_command(&config);
@@ -99,8 +113,8 @@ impl AppLayer {
                     })))
                     .await;
                 }
-                Err(e) => {
-                    let message = format!("Failed to get the docker image's details: {e}");
+                Err(message) => {
+                    tracing::warn!(app_guid = %app.guid, %message, "docker staging failed");
                     this.staged(&app.guid, Err(format!("StagingError - {message}"))).await;
                     say(log(message.clone(), true)).await;
                     say(event(E::Failure(pb::StagingFailure {
@@ -115,6 +129,90 @@ impl AppLayer {
         });
         Ok(())
     }
+}
+
+/// How often the staging stream hears how far a pull is.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What a pull's callback has seen, per layer digest.
+type Seen = Arc<Mutex<BTreeMap<String, LayerProgress>>>;
+
+/// Pulls a Docker app's image into the store, telling the staging stream: a
+/// line when it starts, a line per layer once it is in (with its size), a
+/// progress event every [`PROGRESS_EVERY`] for a bar, and the total at the
+/// end. A listener gone away only stops the telling.
+async fn pull_reporting(
+    stager: &Stager,
+    rootfs: &str,
+    image: &str,
+    creds: Option<(String, String)>,
+    guid: &str,
+    tx: &mpsc::Sender<pb::StagingEvent>,
+) -> Result<(), String> {
+    let seen: Seen = Arc::default();
+    let progress: celld_image::Progress = {
+        let seen = seen.clone();
+        Arc::new(move |p: &LayerProgress| {
+            seen.lock().unwrap_or_else(|e| e.into_inner()).insert(p.digest.clone(), p.clone());
+        })
+    };
+    let _ = tx.send(log_event(guid, format!("Downloading docker image {image}..."), false, now_ns())).await;
+    let mut announced = HashSet::new();
+    let pull = stager.pull_image(rootfs, creds, progress);
+    tokio::pin!(pull);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let result = loop {
+        tokio::select! {
+            r = &mut pull => break r,
+            _ = tick.tick() => {
+                report(&seen, &mut announced, guid, tx).await;
+            }
+        }
+    };
+    let total = report(&seen, &mut announced, guid, tx).await;
+    let unpacked = result.map_err(|e| e.to_string())?;
+    // A store that had the image pulls nothing and reports no layer.
+    let line = if total == 0 {
+        format!("Using the cell's copy of docker image {image} ({})", byte_size(unpacked))
+    } else {
+        format!("Downloaded docker image {image} ({})", byte_size(total))
+    };
+    let _ = tx.send(log_event(guid, line, false, now_ns())).await;
+    Ok(())
+}
+
+/// Sends the lines of layers newly in and one progress event; the bytes of
+/// every layer seen so far.
+async fn report(seen: &Seen, announced: &mut HashSet<String>, guid: &str, tx: &mpsc::Sender<pb::StagingEvent>) -> u64 {
+    let (lines, done, total) = progress_lines(&seen.lock().unwrap_or_else(|e| e.into_inner()), announced);
+    for line in lines {
+        let _ = tx.send(log_event(guid, line, false, now_ns())).await;
+    }
+    if total > 0 {
+        let p = pb::StagingProgress { what: "Downloading docker image".into(), done_bytes: done, total_bytes: total };
+        let _ = tx.send(event(pb::staging_event::Event::Progress(p))).await;
+    }
+    total
+}
+
+/// The lines for layers finished since `announced` (which it updates), and
+/// the bytes done and expected over every layer seen.
+fn progress_lines(seen: &BTreeMap<String, LayerProgress>, announced: &mut HashSet<String>) -> (Vec<String>, u64, u64) {
+    let mut lines = Vec::new();
+    let (mut done, mut total) = (0u64, 0u64);
+    for (digest, p) in seen {
+        done = done.saturating_add(p.done.min(p.total));
+        total = total.saturating_add(p.total);
+        if p.done >= p.total && announced.insert(digest.clone()) {
+            let short: String = digest.trim_start_matches("sha256:").chars().take(12).collect();
+            lines.push(if p.cached {
+                format!("Layer {short} already present ({})", byte_size(p.total))
+            } else {
+                format!("Downloaded layer {short} ({})", byte_size(p.total))
+            });
+        }
+    }
+    (lines, done, total)
 }
 
 #[cfg(test)]
@@ -138,5 +236,34 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(start_command(&config), "/bin/server --port 9000");
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    fn layer(digest: &str, done: u64, total: u64, cached: bool) -> (String, LayerProgress) {
+        (digest.to_string(), LayerProgress { digest: digest.into(), done, total, cached })
+    }
+
+    #[test]
+    fn a_line_per_finished_layer_once_and_the_sums() {
+        let mut seen: BTreeMap<_, _> =
+            [layer("sha256:aaaaaaaaaaaaaaaa", 100, 2048, false), layer("sha256:bbbbbbbbbbbbbbbb", 1536, 1536, true)]
+                .into();
+        let mut announced = HashSet::new();
+        let (lines, done, total) = progress_lines(&seen, &mut announced);
+        assert_eq!(lines, vec!["Layer bbbbbbbbbbbb already present (1.5K)".to_string()]);
+        assert_eq!((done, total), (1636, 3584));
+        seen.extend([layer("sha256:aaaaaaaaaaaaaaaa", 2048, 2048, false)]);
+        let (lines, done, _) = progress_lines(&seen, &mut announced);
+        assert_eq!(lines, vec!["Downloaded layer aaaaaaaaaaaa (2K)".to_string()]);
+        assert_eq!(done, 3584);
+        // Nothing new: no lines again.
+        assert!(progress_lines(&seen, &mut announced).0.is_empty());
+        // A server that sent more than the manifest said still sums sanely.
+        let over: BTreeMap<_, _> = [layer("sha256:cc", 10, 5, false)].into();
+        assert_eq!(progress_lines(&over, &mut HashSet::new()).1, 5);
     }
 }

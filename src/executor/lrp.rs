@@ -390,19 +390,25 @@ impl Executor {
         if key.is_empty() {
             return Ok(false);
         }
-        super::logs::cell_line(&self.logs, log_guid, source, index, "Downloading droplet...");
-        let (path, size) = self.droplet(key).await.map_err(|e| format!("failed to download the droplet: {e}"))?;
-        super::logs::cell_line(
-            &self.logs,
-            log_guid,
-            source,
-            index,
-            &format!("Downloaded droplet ({})", celld_base::size::byte_size(size)),
-        );
+        // Diego's download step: "Downloading droplet...", then the size
+        // once it is in the container, or an error line saying which part
+        // failed.
+        let out = |m: &str| super::logs::cell_line(&self.logs, log_guid, source, index, m);
+        let err = |m: &str| super::logs::cell_error_line(&self.logs, log_guid, source, index, m);
+        out("Downloading droplet...");
+        let (path, size) = match self.droplet(key).await {
+            Ok(d) => d,
+            Err(e) => {
+                err("Downloading droplet failed");
+                return Err(format!("failed to download the droplet: {e}"));
+            }
+        };
         let limit = if disk_mb == 0 { u64::MAX } else { u64::from(disk_mb) << 20 };
-        container::stream_droplet(&self.gardener, guid, &path, limit)
-            .await
-            .map_err(|e| format!("failed to put the droplet in the container: {e}"))?;
+        if let Err(e) = container::stream_droplet(&self.gardener, guid, &path, limit).await {
+            err(&format!("Copying droplet into the container failed: {e}"));
+            return Err(format!("failed to put the droplet in the container: {e}"));
+        }
+        out(&format!("Downloaded droplet ({})", celld_base::size::byte_size(size)));
         Ok(true)
     }
 

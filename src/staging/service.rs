@@ -341,6 +341,7 @@ impl pb::stager_server::Stager for StagerService {
         let tmp = Scratch(self.scratch_file("droplet"));
         self.stager.blobs().get_to_file(&key, &tmp.0).await.map_err(blobstore_status)?;
         let file = std::fs::File::open(&tmp.0).map_err(|e| Status::internal(e.to_string()))?;
+        let size = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
         let (tx, rx) = mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let _tmp = tmp;
@@ -362,7 +363,9 @@ impl pb::stager_server::Stager for StagerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut resp = Response::new(Box::pin(ReceiverStream::new(rx)) as Self::DownloadDropletStream);
+        resp.metadata_mut().insert(celld_transport::grpc::SIZE_METADATA, size.into());
+        Ok(resp)
     }
 
     async fn list_buildpacks(

@@ -5,6 +5,7 @@ mod api;
 pub mod apps;
 pub mod cellctl;
 pub mod package;
+pub mod progress;
 pub mod render;
 pub mod ssh;
 pub mod staging;

@@ -1,10 +1,9 @@
 //! cellctl's staging commands, over the Stager gRPC service: `buildpacks`,
 //! `create-buildpack`, `delete-buildpack`, `stage`, `download-droplet`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -51,17 +50,6 @@ pub async fn connect(addr: &str) -> Result<StagerClient<Channel>, CliError> {
     Ok(StagerClient::new(ch).max_decoding_message_size(8 << 20))
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// Streams `file` as `data` parts after `first`, with a progress bar.
 fn upload_stream<T: Send + 'static>(
     file: PathBuf,
@@ -71,7 +59,7 @@ fn upload_stream<T: Send + 'static>(
 ) -> Result<ReceiverStream<T>, CliError> {
     let mut f = std::fs::File::open(&file).map_err(io(&file))?;
     let len = f.metadata().map_err(io(&file))?.len();
-    let bar = progress(len, what);
+    let bar = crate::progress::bar(len, what);
     let (tx, rx) = mpsc::channel(16);
     tokio::task::spawn_blocking(move || {
         if tx.blocking_send(first).is_err() {
@@ -249,11 +237,13 @@ pub async fn stage(addr: &str, a: StageArgs) -> Result<pb::StagingResult, CliErr
         ..Default::default()
     };
     let mut events = c.stage(req).await?.into_inner();
+    let mut bar = crate::progress::StagingBar::default();
     while let Some(ev) = events.message().await? {
         use pb::staging_event::Event;
         match ev.event {
             Some(Event::Started(s)) => println!("Staging app (staging guid {})...", s.staging_guid),
-            Some(Event::Log(l)) => println!("   {}", l.message),
+            Some(Event::Log(l)) => bar.println(&format!("   {}", l.message)),
+            Some(Event::Progress(p)) => bar.update(&p),
             Some(Event::Result(r)) => return Ok(r),
             Some(Event::Failure(f)) => {
                 return Err(CliError::StagingFailed { reason: f.reason, message: f.message, exit_code: f.exit_code });
@@ -285,17 +275,35 @@ pub fn print_result(r: &pb::StagingResult) {
 }
 
 pub async fn download_droplet(addr: &str, key: &str, out: &Path) -> Result<(), CliError> {
-    let mut stream = connect(addr)
-        .await?
-        .download_droplet(pb::DownloadDropletRequest { droplet_key: key.to_string() })
-        .await?
-        .into_inner();
+    let resp =
+        connect(addr).await?.download_droplet(pb::DownloadDropletRequest { droplet_key: key.to_string() }).await?;
+    let size =
+        resp.metadata().get(celld_transport::grpc::SIZE_METADATA).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut stream = resp.into_inner();
+    let bar = crate::progress::bar(size.unwrap_or(0), "Downloading droplet");
     let tmp = out.with_extension("part");
+    // The partial file goes on any failure below, whatever returns early.
+    struct Partial<'a>(&'a Path, bool);
+    impl Drop for Partial<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+    let mut partial = Partial(&tmp, false);
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut got = 0u64;
     while let Some(chunk) = stream.message().await? {
         f.write_all(&chunk.data).map_err(io(&tmp))?;
+        got += chunk.data.len() as u64;
+        bar.set_position(got);
     }
+    bar.finish_and_clear();
     std::fs::rename(&tmp, out).map_err(io(out))?;
+    partial.1 = true;
+    // Diego's words for a finished download, on stderr so stdout stays free.
+    eprintln!("Downloaded droplet ({})", celld_base::size::byte_size(got));
     Ok(())
 }
 

@@ -7,13 +7,15 @@
 //! verified blobs, `unpack.rs` turns layer tars into overlay layers (and
 //! flattens), `shift.rs` makes uid-shifted copies, `store.rs` keeps layers and
 //! images on disk, `gc.rs` collects them, `keyed.rs` is the per-key single
-//! flight, `config.rs` the image config; `testing/` (feature `test-images`)
-//! builds test images and runs a real registry.
+//! flight, `config.rs` the image config, `progress.rs` the pull's progress
+//! callback; `testing/` (feature `test-images`) builds test images and runs a
+//! real registry.
 
 mod config;
 mod error;
 mod gc;
 pub mod keyed;
+mod progress;
 pub mod reference;
 mod registry;
 pub mod shift;
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 pub use config::ImageConfig;
 pub use error::ImageError;
+pub use progress::{LayerProgress, Progress};
 pub use reference::ImageRef;
 pub use store::{GcReport, ImageStore, LeasedImage};
 

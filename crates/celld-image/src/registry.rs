@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::ImageError;
+use crate::progress::{Counting, Progress};
 use crate::reference::{DOCKER_HUB, ImageRef, Source};
 use crate::{Credentials, StoreConfig};
 
@@ -221,7 +222,8 @@ impl Fetcher {
         }
     }
 
-    /// Writes the blob `digest` to the new file `dest`, verified.
+    /// Writes the blob `digest` to the new file `dest`, verified, telling
+    /// `progress` (with the blob's expected size) how far it is.
     pub async fn blob(
         &self,
         resolved: &Resolved,
@@ -229,11 +231,13 @@ impl Fetcher {
         what: &'static str,
         digest: &str,
         dest: &Path,
+        progress: Option<(&Progress, u64)>,
     ) -> Result<(), ImageError> {
+        let progress = progress.map(|(p, total)| (p, digest, total));
         let res = match &resolved.origin {
             Origin::Remote { client, reference } => {
                 let file = tokio::fs::File::create(dest).await.map_err(ImageError::io("creating", dest))?;
-                let mut w = tokio::io::BufWriter::new(file);
+                let mut w = Counting::new(tokio::io::BufWriter::new(file), progress);
                 client.pull_blob(reference, digest, &mut w).await.map_err(|e| {
                     match map_err(image, reference, e, self.timeout) {
                         ImageError::Digest { image, detail, .. } => {
@@ -243,7 +247,7 @@ impl Fetcher {
                     }
                 })
             }
-            Origin::Layout { dir } => copy_verified(image, what, &blob_path(dir, digest), digest, dest).await,
+            Origin::Layout { dir } => copy_verified(image, what, &blob_path(dir, digest), digest, dest, progress).await,
         };
         if res.is_err() {
             let _ = tokio::fs::remove_file(dest).await;
@@ -263,10 +267,12 @@ async fn copy_verified(
     src: &Path,
     digest: &str,
     dest: &Path,
+    progress: Option<(&Progress, &str, u64)>,
 ) -> Result<(), ImageError> {
     use tokio::io::AsyncReadExt;
     let mut r = tokio::fs::File::open(src).await.map_err(ImageError::io("opening", src))?;
-    let mut w = tokio::fs::File::create(dest).await.map_err(ImageError::io("creating", dest))?;
+    let file = tokio::fs::File::create(dest).await.map_err(ImageError::io("creating", dest))?;
+    let mut w = Counting::new(file, progress);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::keyed::{BusyKeys, Keyed};
 use crate::registry::{Fetcher, Resolved};
 use crate::unpack;
-use crate::{Credentials, ImageConfig, ImageError, ImageRef, StoreConfig};
+use crate::{Credentials, ImageConfig, ImageError, ImageRef, LayerProgress, Progress, StoreConfig};
 
 pub(crate) type InUse = Arc<dyn Fn() -> HashSet<String> + Send + Sync>;
 
@@ -315,7 +315,7 @@ impl ImageStore {
     async fn fetch_config(&self, image: &ImageRef, resolved: &Resolved) -> Result<ImageConfig, ImageError> {
         let digest = resolved.manifest.config().digest().to_string();
         let tmp = Tmp(self.inner.tmp_path("config"));
-        self.inner.fetcher.blob(resolved, &image.uri, "config", &digest, &tmp.0).await?;
+        self.inner.fetcher.blob(resolved, &image.uri, "config", &digest, &tmp.0, None).await?;
         let raw = tokio::fs::read(&tmp.0).await.map_err(ImageError::io("reading", &tmp.0))?;
         ImageConfig::from_blob(&raw).map_err(|cause| ImageError::Malformed {
             image: image.uri.clone(),
@@ -326,8 +326,19 @@ impl ImageStore {
 
     /// Pulls (or finds) the image and unpacks its layers; it is leased until
     /// the returned value drops.
-    #[tracing::instrument(skip(self, creds), fields(image = %uri))]
     pub async fn pull(&self, uri: &str, creds: Option<&Credentials>) -> Result<LeasedImage, ImageError> {
+        self.pull_with_progress(uri, creds, None).await
+    }
+
+    /// [`Self::pull`], telling `progress` how far each layer's download is
+    /// (layers already stored are reported once, as cached).
+    #[tracing::instrument(skip(self, creds, progress), fields(image = %uri))]
+    pub async fn pull_with_progress(
+        &self,
+        uri: &str,
+        creds: Option<&Credentials>,
+        progress: Option<Progress>,
+    ) -> Result<LeasedImage, ImageError> {
         let image = Self::parse(uri)?;
         let recent_key = (image.uri.clone(), crate::registry::creds_key(creds));
         let recent = {
@@ -347,13 +358,14 @@ impl ImageStore {
         }
         let layers: Vec<(String, String)> =
             resolved.manifest.layers().iter().map(|l| (l.digest().to_string(), l.media_type().to_string())).collect();
+        let sizes: Vec<u64> = resolved.manifest.layers().iter().map(|l| l.size()).collect();
         let max = self.inner.cfg.max_bytes;
         let compressed: u64 = resolved.manifest.layers().iter().map(|l| l.size()).sum();
         if max > 0 && compressed > max {
             return Err(ImageError::TooLarge { image: uri.into(), needed: compressed, max });
         }
         let pin = self.pin(layers.iter().map(|(d, _)| d.clone()).collect());
-        let result = self.pull_layers(&image, &resolved, &layers).await;
+        let result = self.pull_layers(&image, &resolved, &layers, &sizes, progress.as_ref()).await;
         let result = match result {
             Ok(config) => self.commit(&image, &id, &layers, config),
             Err(e) => Err(e),
@@ -399,6 +411,8 @@ impl ImageStore {
         image: &ImageRef,
         resolved: &Resolved,
         layers: &[(String, String)],
+        sizes: &[u64],
+        progress: Option<&Progress>,
     ) -> Result<ImageConfig, ImageError> {
         use futures_util::StreamExt;
         let config = self.fetch_config(image, resolved).await?;
@@ -407,8 +421,13 @@ impl ImageStore {
         // The futures made first: a closure inside the stream's type makes
         // the pull's future not `Send` for every lifetime (rustc #110338),
         // which Garden's create, spawned on the runtime, needs.
-        let fetches: Vec<_> =
-            layers.iter().map(|(digest, media_type)| self.ensure_layer(image, resolved, digest, media_type)).collect();
+        let fetches: Vec<_> = layers
+            .iter()
+            .zip(sizes)
+            .map(|((digest, media_type), size)| {
+                self.ensure_layer(image, resolved, digest, media_type, progress.map(|p| (p, *size)))
+            })
+            .collect();
         let results: Vec<Result<(), ImageError>> =
             futures_util::stream::iter(fetches).buffer_unordered(LAYERS_AT_ONCE).collect().await;
         results.into_iter().collect::<Result<(), _>>()?;
@@ -421,16 +440,20 @@ impl ImageStore {
         resolved: &Resolved,
         digest: &str,
         media_type: &str,
+        progress: Option<(&Progress, u64)>,
     ) -> Result<(), ImageError> {
         if media_type.contains("zstd") || !(media_type.contains("tar") || media_type.contains("layer")) {
             return Err(ImageError::MediaType { image: image.uri.clone(), media_type: media_type.into() });
         }
         let _one_download = self.inner.keys.lock(&format!("layer:{digest}")).await;
         if self.inner.lock().layers.contains_key(digest) {
+            if let Some((cb, total)) = progress {
+                cb(&LayerProgress { digest: digest.into(), done: total, total, cached: true });
+            }
             return Ok(());
         }
         let blob = Tmp(self.inner.tmp_path("blob"));
-        self.inner.fetcher.blob(resolved, &image.uri, "layer", digest, &blob.0).await?;
+        self.inner.fetcher.blob(resolved, &image.uri, "layer", digest, &blob.0, progress).await?;
         // The unpack stores the layer itself: a pull dropped meanwhile leaves
         // a complete layer no image refers to (the next collection's), never
         // a half one.

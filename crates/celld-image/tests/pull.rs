@@ -467,3 +467,51 @@ async fn a_registry_that_stalls_mid_blob_fails_the_pull_in_time() {
         assert_eq!(std::fs::read_dir(tmp.path().join("store").join(d)).unwrap().count(), 0, "{d}");
     }
 }
+
+/// A progress callback that keeps everything it is told.
+fn recorder() -> (celld_image::Progress, Arc<std::sync::Mutex<Vec<celld_image::LayerProgress>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    (Arc::new(move |p: &celld_image::LayerProgress| s.lock().unwrap().push(p.clone())), seen)
+}
+
+/// Per layer digest, its reports in order.
+fn by_layer(
+    seen: &[celld_image::LayerProgress],
+) -> std::collections::BTreeMap<String, Vec<celld_image::LayerProgress>> {
+    let mut m = std::collections::BTreeMap::<String, Vec<_>>::new();
+    for p in seen {
+        m.entry(p.digest.clone()).or_default().push(p.clone());
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_report_each_layers_bytes_and_stored_layers_as_cached() {
+    let WithApp { reg: _reg, store: s, uri, tmp } = with_app("progress", |_| {});
+    let (cb, seen) = recorder();
+    s.pull_with_progress(&uri, None, Some(cb)).await.unwrap();
+    let layers = by_layer(&seen.lock().unwrap());
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    for reports in layers.values() {
+        let last = reports.last().unwrap();
+        assert!(last.total > 0 && last.done == last.total && !last.cached, "{last:?}");
+        assert!(reports.windows(2).all(|w| w[0].done <= w[1].done), "done only grows: {reports:?}");
+    }
+    // From a layout: the two layers it shares come back cached, the new one
+    // is counted as it is copied.
+    let layout = tmp.path().join("layout2");
+    app_image().layer(vec![Entry::file("extra", b"e")]).write(&layout, "v2").unwrap();
+    let (cb, seen) = recorder();
+    s.pull_with_progress(&format!("oci://{}:v2", layout.display()), None, Some(cb)).await.unwrap();
+    let layers2 = by_layer(&seen.lock().unwrap());
+    assert_eq!(layers2.len(), 3, "{layers2:?}");
+    for (digest, reports) in &layers2 {
+        let last = reports.last().unwrap();
+        assert_eq!(last.done, last.total, "{last:?}");
+        assert_eq!(last.cached, layers.contains_key(digest), "{reports:?}");
+        if last.cached {
+            assert_eq!(reports.len(), 1, "a stored layer is reported once");
+        }
+    }
+}

@@ -23,6 +23,10 @@ pub enum GrpcError {
 /// at start from the TLS flags (one deployment CA signs every party).
 static CLIENT_TLS: std::sync::OnceLock<Arc<crate::tls::TlsMaterial>> = std::sync::OnceLock::new();
 
+/// Response metadata of a streamed download (DownloadDroplet): the whole
+/// size in bytes, so a client can draw a bar (the Chunk message has no room).
+pub const SIZE_METADATA: &str = "x-celld-size";
+
 /// Makes every later `endpoint()` dial with mutual TLS using `tls`.
 pub fn set_client_tls(tls: Arc<crate::tls::TlsMaterial>) {
     let _ = CLIENT_TLS.set(tls);

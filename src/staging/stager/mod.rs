@@ -97,6 +97,17 @@ impl Stager {
         self.gardener.image_config(uri, creds).await
     }
 
+    /// Pulls a Docker app's image ahead of its first start, with progress;
+    /// the unpacked size.
+    pub async fn pull_image(
+        &self,
+        uri: &str,
+        creds: Option<(String, String)>,
+        progress: celld_image::Progress,
+    ) -> Result<u64, celld_garden::gardener::GardenError> {
+        self.gardener.pull_image(uri, creds, progress).await
+    }
+
     /// Opens the stager's directory, puts the lifecycle binary where staging
     /// containers mount it, and settles stagings a previous run left unfinished.
     pub async fn new(

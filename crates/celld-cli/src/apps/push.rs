@@ -1,11 +1,10 @@
 //! `push`: checks the flags, zips the app's files, creates or updates the app,
 //! uploads the package in chunks with a progress bar, then stages and starts it.
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -228,24 +227,13 @@ fn source_path(s: &Source) -> &std::path::Path {
     }
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// The UploadPackage stream: the app first, then the file in 64 KiB chunks,
 /// read on a blocking thread as the server takes them.
 fn upload_stream(file: PathBuf, app: pb::AppRef) -> Result<ReceiverStream<pb::UploadAppPackageRequest>, Fail> {
     use pb::upload_app_package_request::Part;
     let mut f = std::fs::File::open(&file).map_err(|e| Fail::Usage(format!("cannot read {}: {e}", file.display())))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = progress(len, "Uploading files");
+    let bar = crate::progress::bar(len, "Uploading files");
     let (tx, rx) = mpsc::channel(16);
     tokio::task::spawn_blocking(move || {
         // The size up front lets the server refuse an oversized package at once.

@@ -21,9 +21,12 @@ pub(super) async fn stage(ctx: &Ctx, c: &mut Client, name: &str) -> Result<(), F
     println!("\nStaging app and tracing logs...");
     let req = pb::StageAppRequest { app: Some(ctx.app_ref(name)) };
     let mut events = c.stage_app(req).await.map_err(|s| ctx.fail(s))?.into_inner();
+    // Dropped (cleared) on every way out.
+    let mut bar = crate::progress::StagingBar::default();
     while let Some(ev) = events.message().await.map_err(|s| ctx.fail(s))? {
         match ev.event {
-            Some(Event::Log(l)) => println!("{}", l.message.trim_end_matches(['\r', '\n'])),
+            Some(Event::Log(l)) => bar.println(l.message.trim_end_matches(['\r', '\n'])),
+            Some(Event::Progress(p)) => bar.update(&p),
             Some(Event::Result(_)) => return Ok(()),
             Some(Event::Failure(f)) => {
                 return Err(Fail::Failed(format!("staging failed: {} - {}", f.reason, f.message)));

@@ -231,6 +231,24 @@ impl Gardener {
         self.rt.images().config(uri, creds.as_ref()).await.map_err(GardenError::Image)
     }
 
+    /// Pulls the image into the store (layers too) so a later create finds
+    /// it, telling `progress` how far each layer is. Nothing is leased after.
+    pub async fn pull_image(
+        &self,
+        uri: &str,
+        creds: Option<(String, String)>,
+        progress: celld_image::Progress,
+    ) -> Result<u64, GardenError> {
+        let creds = creds.map(|(username, password)| celld_image::Credentials { username, password });
+        let leased = self
+            .rt
+            .images()
+            .pull_with_progress(uri, creds.as_ref(), Some(progress))
+            .await
+            .map_err(GardenError::Image)?;
+        Ok(leased.size_bytes)
+    }
+
     /// Removes the images and layers no container uses (`cellctl garden gc`).
     pub async fn collect_images(&self) -> ImageGcReply {
         let images = self.rt.images().clone();
