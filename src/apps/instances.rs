@@ -166,6 +166,7 @@ impl AppLayer {
                     status.tasks =
                         u32::try_from(s.tasks.iter().filter(|t| t.state == "RUNNING").count()).unwrap_or(u32::MAX);
                     status.available = s.available.or(status.available);
+                    status.vitals = s.vitals;
                 }
             }
             out.push(status);

@@ -235,6 +235,11 @@ impl Executor {
         if r.is_empty() { self.cfg.default_rootfs.clone() } else { r.to_string() }
     }
 
+    /// DEPOT/executor: records and the droplet cache.
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.cfg.work_dir
+    }
+
     pub fn cell_id(&self) -> &str {
         &self.cfg.cell_id
     }

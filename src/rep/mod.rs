@@ -8,6 +8,7 @@
 
 pub mod scheduler;
 pub mod service;
+pub mod vitals;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::vitals::Vitals;
 use crate::executor::{Executor, ExecutorError, StopReason};
 use celld_proto as pb;
 use celld_proto::cell_server::Cell;
@@ -27,11 +28,15 @@ impl From<ExecutorError> for Status {
 
 pub struct CellService {
     executor: Arc<Executor>,
+    vitals: Vitals,
 }
 
 impl CellService {
     pub fn new(executor: Arc<Executor>) -> Self {
-        Self { executor }
+        // The executor's work dir is in the depot: its file system is the
+        // depot's ("ephemeral disk").
+        let vitals = Vitals::new(executor.work_dir());
+        Self { executor, vitals }
     }
 }
 
@@ -41,7 +46,17 @@ const MAX_RECENT: u32 = 1000;
 #[tonic::async_trait]
 impl Cell for CellService {
     async fn state(&self, _: Request<pb::StateRequest>) -> Result<Response<pb::CellState>, Status> {
-        Ok(Response::new(self.executor.state()))
+        let mut state = self.executor.state();
+        // Vitals are the host's, for people; a /proc that cannot be read
+        // leaves them out rather than failing the cell's state.
+        state.vitals = match self.vitals.sample() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(cell_id = %state.cell_id, error = %e, "cell vitals unavailable");
+                None
+            }
+        };
+        Ok(Response::new(state))
     }
 
     async fn perform(&self, req: Request<pb::Work>) -> Result<Response<pb::Work>, Status> {

@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use celld_proto as pb;
 
+mod cells;
+pub use cells::{cells_json, cells_table};
+
 /// Parses a memory or disk size like `cf` does: `256M`, `256MB`, `1G`, `1GB`,
 /// `512m`, or a plain number of megabytes. `what` names the flag in the error.
 pub fn parse_size_mb(what: &str, s: &str) -> Result<u32, String> {
@@ -341,44 +344,6 @@ pub fn tasks_table(r: &pb::ListTasksResponse, style: Style) -> String {
     t.render(style)
 }
 
-/// Like `bosh vms --vitals`: a cell's place and what it has left.
-pub fn cells_table(r: &pb::ListCellsResponse, style: Style) -> String {
-    if r.cells.is_empty() {
-        return "No cells found\n".to_string();
-    }
-    let mut t = Table::new(&[
-        "cell",
-        "address",
-        "zone",
-        "state",
-        "memory avail/total",
-        "disk avail/total",
-        "containers",
-        "instances",
-        "tasks",
-        "stacks",
-    ]);
-    for c in &r.cells {
-        let none = pb::Resources::default();
-        let (cap, avail) = (c.capacity.as_ref().unwrap_or(&none), c.available.as_ref().unwrap_or(&none));
-        let (state, paint) = if c.evacuating { ("evacuating", Paint::Yellow) } else { ("ok", Paint::Green) };
-        t.row(vec![
-            (c.cell_id.clone(), Paint::Plain),
-            (c.grpc_address.clone(), Paint::Plain),
-            (c.zone.clone(), Paint::Plain),
-            (state.to_string(), paint),
-            (format!("{}/{}", fmt_mb(avail.memory_mb), fmt_mb(cap.memory_mb)), Paint::Plain),
-            (format!("{}/{}", fmt_mb(avail.disk_mb), fmt_mb(cap.disk_mb)), Paint::Plain),
-            // In use, as a count like instances and tasks.
-            (cap.containers.saturating_sub(avail.containers).to_string(), Paint::Plain),
-            (c.instances.to_string(), Paint::Plain),
-            (c.tasks.to_string(), Paint::Plain),
-            (c.stacks.join(", "), Paint::Plain),
-        ]);
-    }
-    t.render(style)
-}
-
 /// A JSON document pretty-printed when it parses, else as it came.
 fn pretty_json(s: &str) -> String {
     serde_json::from_str::<Value>(s).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or(s.to_string())
@@ -457,7 +422,7 @@ pub fn process_json(p: &pb::AppProcess) -> Value {
     })
 }
 
-fn opt_json<T>(v: &Option<T>, f: fn(&T) -> Value) -> Value {
+pub(crate) fn opt_json<T>(v: &Option<T>, f: fn(&T) -> Value) -> Value {
     v.as_ref().map_or(Value::Null, f)
 }
 
@@ -527,24 +492,8 @@ pub fn tasks_json(r: &pb::ListTasksResponse) -> Value {
     json!({ "tasks": r.tasks.iter().map(task_json).collect::<Vec<_>>() })
 }
 
-fn resources_json(r: &pb::Resources) -> Value {
+pub(crate) fn resources_json(r: &pb::Resources) -> Value {
     json!({"memory_mb": r.memory_mb, "disk_mb": r.disk_mb, "containers": r.containers})
-}
-
-pub fn cells_json(r: &pb::ListCellsResponse) -> Value {
-    let cells: Vec<Value> = r
-        .cells
-        .iter()
-        .map(|c| {
-            json!({
-                "cell_id": c.cell_id, "grpc_address": c.grpc_address, "zone": c.zone,
-                "capacity": opt_json(&c.capacity, resources_json),
-                "available": opt_json(&c.available, resources_json),
-                "instances": c.instances, "tasks": c.tasks, "stacks": c.stacks, "evacuating": c.evacuating,
-            })
-        })
-        .collect();
-    json!({ "cells": cells })
 }
 
 /// The JSON text cellctl prints for `--json`.

@@ -180,7 +180,8 @@ pub enum AppsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Lists the cells: capacity, what is left, and what runs there.
+    /// Lists the cells: capacity, what is left, what runs there, and the
+    /// host's vitals as `bosh vms --vitals` shows them.
     Cells {
         /// Print the ListCells response as JSON.
         #[arg(long)]
