@@ -83,6 +83,20 @@ fn cells_show_vitals_and_droplet_downloads_show_sizes() {
     assert!(has_size(line), "{line:?}");
     assert!(!stderr.contains('\r') && !stderr.contains("\u{1b}["), "no bar drawn on a pipe: {stderr:?}");
     assert!(!l.d.dir.join("hello-droplet.part").exists(), "no partial file left");
+    // On a terminal (script(1) gives it a pty): the bar, then the same line.
+    let tty_out = l.d.dir.join("hello-droplet-tty.tgz");
+    let cmd =
+        format!("{} --api {} download-droplet {key} {}", env!("CARGO_BIN_EXE_cellctl"), l.d.grpc, tty_out.display());
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CELLCTL_HOME", &l.home)
+        .output()
+        .expect("script(1)");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("Downloading droplet [") && shown.contains("\u{1b}["), "a bar: {shown:?}");
+    assert!(shown.contains("Downloaded droplet ("), "{shown:?}");
+    assert_eq!(std::fs::metadata(&tty_out).map(|m| m.len()).unwrap_or(0), size);
     // A key that is not there: a clear failure and no partial file.
     let missing = l.d.dir.join("missing.tgz");
     let (code, _, err) = l.cellctl(&["download-droplet", "droplets/no-such", missing.to_str().expect("path")]);
