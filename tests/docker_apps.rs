@@ -64,6 +64,18 @@ fn docker_images_run_as_apps() {
     l.wait_instances("onimage", "dev", "1 instance running", T, all_running(1));
     l.wait_status("onimage.apps.localhost", "/", 200, "Hello from celld!", T);
 
+    // On a terminal: a bar while the new layer comes; the stored ones are
+    // said to be present.
+    let layout2 = tmp.path().join("layout2");
+    web_image().layer(vec![Entry::file("app/extra", b"x")]).write(&layout2, "v2").unwrap();
+    push(&layout2, "v2", &reg, "team/web").unwrap();
+    let image2 = format!("{}/team/web:v2", reg.host());
+    let (ok, shown) = l.cellctl_tty(&["push", "dapp2", "--docker-image", &image2]);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("Downloading docker image ["), "a bar: {shown:?}");
+    assert_eq!(shown.matches("already present").count(), 2, "{shown:?}");
+    assert_eq!(shown.matches("Downloaded layer ").count(), 1, "{shown:?}");
+
     // Buildpacks refused for a Docker app.
     let out = l.fails(&["push", "dapp", "--docker-image", &image, "-b", "shell_buildpack"]);
     assert!(out.contains("cannot be used with"), "{out}");

@@ -85,15 +85,8 @@ fn cells_show_vitals_and_droplet_downloads_show_sizes() {
     assert!(!l.d.dir.join("hello-droplet.part").exists(), "no partial file left");
     // On a terminal (script(1) gives it a pty): the bar, then the same line.
     let tty_out = l.d.dir.join("hello-droplet-tty.tgz");
-    let cmd =
-        format!("{} --api {} download-droplet {key} {}", env!("CARGO_BIN_EXE_cellctl"), l.d.grpc, tty_out.display());
-    let tty = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("CELLCTL_HOME", &l.home)
-        .output()
-        .expect("script(1)");
-    let shown = String::from_utf8_lossy(&tty.stdout);
-    assert!(tty.status.success(), "{shown}");
+    let (ok, shown) = l.cellctl_tty(&["download-droplet", &key, tty_out.to_str().expect("path")]);
+    assert!(ok, "{shown}");
     assert!(shown.contains("Downloading droplet [") && shown.contains("\u{1b}["), "a bar: {shown:?}");
     assert!(shown.contains("Downloaded droplet ("), "{shown:?}");
     assert_eq!(std::fs::metadata(&tty_out).map(|m| m.len()).unwrap_or(0), size);

@@ -103,6 +103,26 @@ impl Local {
         )
     }
 
+    /// cellctl on a terminal (a pty from script(1)), where it draws its
+    /// bars; (success, what the terminal showed: stdout and stderr).
+    pub fn cellctl_tty(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = format!("{} --api {}", env!("CARGO_BIN_EXE_cellctl"), self.d.grpc);
+        for a in args {
+            // Test arguments are paths, names and image refs: no quote in them.
+            assert!(!a.contains('\''), "{a:?}");
+            cmd.push_str(&format!(" '{a}'"));
+        }
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("CELLCTL_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env_remove("CELLD_API")
+            .env_remove("CELLCTL_SPACE")
+            .output()
+            .expect("run script(1)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// cellctl that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.cellctl(args);
