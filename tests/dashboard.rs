@@ -167,6 +167,8 @@ fn chromium_shows_the_app_its_instance_and_a_live_log_line() {
         assert_eq!(status, 404, "busybox httpd has no {probe}");
         let logs = wait_text(&c, "#logs", &probe, Duration::from_secs(30)).await;
         assert!(logs.contains("[RTR/0]") && logs.contains("[APP/PROC/WEB/0]"), "{logs}");
+        // The instance's charts are drawn (SVG made by the page itself).
+        assert!(c.find(Locator::Css(".instance svg.chart")).await.is_ok(), "no chart drawn");
         // No action buttons on a read-only dashboard.
         let actions = c.find(Locator::Id("actions")).await.expect("the actions box");
         assert!(!actions.is_displayed().await.unwrap_or(true), "actions shown on a read-only dashboard");
@@ -309,4 +311,46 @@ fn dashboard_listen_serves_a_plain_cell_its_own_state() {
     let page = request(&addr, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("dashboard-actions\" content=\"off\""));
+}
+
+/// The README's picture: the hello app after a minute of requests, at
+/// 1280×800, into the artifacts as `dashboard-docs.png`. Run by hand, then
+/// shrink it into the docs: `cargo test -p celld --test dashboard -- --ignored
+/// docs_screenshot` and `pngquant --quality 60-90 --strip --output
+/// docs/dashboard.png target/test-artifacts/dashboard-docs.png`.
+#[test]
+#[ignore]
+fn docs_screenshot() {
+    require_local!();
+    let l = Local::start(&[]);
+    let guid = push_hello(&l);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (router, port, stop) = (l.router.clone(), l.port().to_string(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let host = format!("hello.apps.localhost:{port}");
+                let _ = std::panic::catch_unwind(|| request(&router, "GET", "/", &[("Host", &host)], b""));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(75));
+    let driver = Driver::start();
+    common::rt().block_on(async {
+        let c = driver.browser().await;
+        c.goto(&format!("http://celld.apps.localhost:{}/#/apps/{guid}", l.port())).await.expect("open the app");
+        let inner: i64 =
+            c.execute("return window.innerHeight", vec![]).await.ok().and_then(|v| v.as_i64()).unwrap_or(800);
+        c.set_window_size(1280, u32::try_from(800 + (800 - inner)).unwrap_or(800)).await.expect("window size");
+        wait_text(&c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::write(artifacts().join("dashboard-docs.png"), png).expect("write the screenshot");
+        c.close().await.expect("close the session");
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    drop(driver);
+    l.finish();
 }

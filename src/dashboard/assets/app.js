@@ -84,7 +84,11 @@ function chart(title, history, pick, fmt, max) {
   const top = Math.max(max || 0, ...history.map(pick), 1e-9);
   const scale = svg("text", { x: W - 4, y: 12, class: "chart-scale", "text-anchor": "end" });
   scale.textContent = `max ${fmt(top)}`;
-  s.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "chart-bg" }), label, scale);
+  const from = svg("text", { x: 4, y: H - 4, class: "chart-scale" });
+  from.textContent = "−10 min";
+  const to = svg("text", { x: W - 4, y: H - 4, class: "chart-scale", "text-anchor": "end" });
+  to.textContent = "now";
+  s.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "chart-bg" }), label, scale, from, to);
   const pts = history.map((p) => {
     const x = W - ((now - p.t) / TEN_MINUTES) * W;
     const y = H - 4 - (pick(p) / top) * (H - 20);
