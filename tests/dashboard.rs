@@ -80,12 +80,19 @@ impl Drop for Driver {
         let _ = self.child.wait();
         // Chromium processes of this profile only (a failed test may leave them).
         let marker = format!("--user-data-dir={}", self.profile.display());
+        let mut pids = Vec::new();
         for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == marker) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                pids.push(pid);
             }
+        }
+        // A dying Chromium still writes its profile: remove it once they are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -284,6 +291,23 @@ fn actions_need_the_flag_the_token_and_the_same_origin() {
     let start = dash(&l, "POST", &format!("/api/apps/{guid}/start"), &[("X-Dashboard-Token", &token)], b"");
     assert_eq!(start.status, 200, "{:?}", start.json());
     l.wait_instances("hello", "dev", "running again", T, all_running(1));
+    // The page's own buttons pass (Chromium sends its Origin and Sec-Fetch-Site).
+    let driver = Driver::start();
+    common::rt().block_on(async {
+        let c = driver.browser().await;
+        c.goto(&format!("http://celld.apps.localhost:{}/#/apps/{guid}", l.port())).await.expect("open the app");
+        wait_text(&c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
+        c.find(Locator::Css("#actions button[data-action='stop']"))
+            .await
+            .expect("a stop button")
+            .click()
+            .await
+            .expect("click stop");
+        wait_text(&c, "#action-result", "stop: STOPPED", Duration::from_secs(30)).await;
+        c.close().await.expect("close the session");
+    });
+    drop(driver);
+    assert_eq!(l.app_json("hello", "dev")["app"]["state"], "STOPPED");
     l.finish();
 }
 

@@ -126,7 +126,7 @@ async function refreshOverview() {
   if (MODE === "cell") {
     const inst = await getJSON("/api/instances");
     document.getElementById("cell-instances").replaceChildren(el("h2", {}, "Instances"),
-      ...inst.instances.map((i) => instanceRow({ ...i, process_type: i.process_guid, since: 0 })));
+      ...inst.instances.map((i) => instanceRow({ ...i, state: i.state.toLowerCase(), process_type: i.process_guid, since: 0 })));
   }
 }
 
