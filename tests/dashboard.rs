@@ -121,6 +121,17 @@ async fn wait_text(c: &Client, css: &str, needle: &str, timeout: Duration) -> St
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
+    e.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// An app's page, once its instance runs.
+async fn open_app(c: &Client, l: &Local, guid: &str) {
+    c.goto(&format!("http://celld.apps.localhost:{}/#/apps/{guid}", l.port())).await.expect("open the app");
+    wait_text(c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
+}
+
 fn artifacts() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("..").join("test-artifacts");
     std::fs::create_dir_all(&dir).expect("test artifacts dir");
@@ -160,12 +171,7 @@ fn chromium_shows_the_app_its_instance_and_a_live_log_line() {
         c.goto(&format!("http://celld.apps.localhost:{}/", l.port())).await.expect("open the dashboard");
         wait_text(&c, "tr.app-row[data-name='hello']", "1/1", Duration::from_secs(30)).await;
         wait_text(&c, "#cells", "memory", Duration::from_secs(10)).await;
-        c.find(Locator::Css("tr.app-row[data-name='hello'] a.app-link"))
-            .await
-            .expect("the app's link")
-            .click()
-            .await
-            .expect("open the app");
+        click(&c, "tr.app-row[data-name='hello'] a.app-link").await;
         wait_text(&c, "#app-name", "hello", Duration::from_secs(10)).await;
         wait_text(&c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
         // The page follows the logs: a request made now shows up in it.
@@ -295,14 +301,8 @@ fn actions_need_the_flag_the_token_and_the_same_origin() {
     let driver = Driver::start();
     common::rt().block_on(async {
         let c = driver.browser().await;
-        c.goto(&format!("http://celld.apps.localhost:{}/#/apps/{guid}", l.port())).await.expect("open the app");
-        wait_text(&c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
-        c.find(Locator::Css("#actions button[data-action='stop']"))
-            .await
-            .expect("a stop button")
-            .click()
-            .await
-            .expect("click stop");
+        open_app(&c, &l, &guid).await;
+        click(&c, "#actions button[data-action='stop']").await;
         wait_text(&c, "#action-result", "stop: STOPPED", Duration::from_secs(30)).await;
         c.close().await.expect("close the session");
     });
@@ -363,11 +363,10 @@ fn docs_screenshot() {
     let driver = Driver::start();
     common::rt().block_on(async {
         let c = driver.browser().await;
-        c.goto(&format!("http://celld.apps.localhost:{}/#/apps/{guid}", l.port())).await.expect("open the app");
+        open_app(&c, &l, &guid).await;
         let inner: i64 =
             c.execute("return window.innerHeight", vec![]).await.ok().and_then(|v| v.as_i64()).unwrap_or(800);
         c.set_window_size(1280, u32::try_from(800 + (800 - inner)).unwrap_or(800)).await.expect("window size");
-        wait_text(&c, ".instance[data-state='running']", "running", Duration::from_secs(30)).await;
         tokio::time::sleep(Duration::from_secs(6)).await;
         let png = c.screenshot().await.expect("a screenshot");
         std::fs::write(artifacts().join("dashboard-docs.png"), png).expect("write the screenshot");
