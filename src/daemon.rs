@@ -314,16 +314,16 @@ async fn dashboard(
         Some(a) => Source::Apps(a.clone()),
         None => Source::Cell(executor.clone()),
     };
-    let d = Dashboard::new(source, DashboardConfig { actions: cfg.dashboard_actions })?;
+    let host = apps.map(|a| format!("{SYSTEM_HOST}.{}", a.domain()));
+    let d = Dashboard::new(source, DashboardConfig { actions: cfg.dashboard_actions, system_host: host.clone() })?;
     if let Some(addr) = &cfg.dashboard_listen {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--dashboard-listen {addr}"))?;
         tracing::info!(address = %addr, actions = cfg.dashboard_actions, "serving the dashboard");
         tokio::spawn(d.clone().serve(l));
     }
-    let (Some(table), Some(apps)) = (routed, apps) else { return Ok(None) };
+    let (Some(table), Some(apps), Some(host)) = (routed, apps, host) else { return Ok(None) };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("listening for the dashboard")?;
     let addr = l.local_addr().context("listening for the dashboard")?;
-    let host = format!("{SYSTEM_HOST}.{}", apps.domain());
     table.set_system_route(&host, addr);
     tokio::spawn(d.serve(l));
     let url = apps.url(&host);

@@ -335,6 +335,10 @@ fn dashboard_listen_serves_a_plain_cell_its_own_state() {
     let page = request(&addr, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("dashboard-actions\" content=\"off\""));
+    // A name that is not this cell's (DNS rebinding) gets nothing.
+    let rebound = request(&addr, "GET", "/api/cells", &[("Host", "rebind.example")], b"");
+    assert_eq!(rebound.status, 403);
+    assert!(rebound.json()["error"].as_str().is_some_and(|e| e.contains("IP address")), "{:?}", rebound.json());
 }
 
 /// The README's picture: the hello app after a minute of requests, at

@@ -62,6 +62,30 @@ pub fn check(h: &HeaderMap, actions: bool, token: &str) -> Result<(), DashboardE
     }
 }
 
+/// Whether a request's Host may be answered: an IP address, `localhost` or a
+/// name under it, or the dashboard's own system host. Any other name could be
+/// a site of someone else's that now resolves to this address (DNS
+/// rebinding), reading the dashboard as its own origin.
+pub fn host_allowed(host: &str, system_host: Option<&str>) -> bool {
+    let name = celld_router::normalize_host(host);
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    !name.is_empty()
+        && (bare.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || system_host.is_some_and(|s| celld_router::normalize_host(s) == name))
+}
+
+pub fn check_host(h: &HeaderMap, system_host: Option<&str>) -> Result<(), DashboardError> {
+    let host = header(h, HOST).unwrap_or("");
+    if host_allowed(host, system_host) {
+        return Ok(());
+    }
+    Err(DashboardError::Forbidden(format!(
+        "the dashboard answers only by IP address, localhost or its own host name, not {host:?}: open it as http://<address of the cell>:<port>/"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +117,21 @@ mod tests {
         assert!(check(&foreign, true, "t").is_err_and(|e| e.to_string().contains("cross-origin")));
         let cross = headers(&[("host", "127.0.0.1:1"), (TOKEN_HEADER, "t"), ("sec-fetch-site", "cross-site")]);
         assert!(check(&cross, true, "t").is_err_and(|e| e.to_string().contains("cross-site")));
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_the_system_host_are_answered() {
+        for ok in ["127.0.0.1:8081", "[::1]:8081", "10.0.0.5", "localhost:1", "celld.apps.localhost:8080"] {
+            assert!(host_allowed(ok, None), "{ok}");
+        }
+        assert!(host_allowed("Celld.Example.COM:80", Some("celld.example.com")));
+        for bad in ["evil.example", "evil.example:8081", "", "127.0.0.1.evil.example"] {
+            assert!(!host_allowed(bad, Some("celld.example.com")), "{bad}");
+        }
+        assert!(
+            check_host(&headers(&[("host", "rebind.example:8081")]), None)
+                .is_err_and(|e| e.to_string().contains("IP address"))
+        );
     }
 
     #[test]

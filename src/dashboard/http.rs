@@ -8,6 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
@@ -30,7 +31,20 @@ pub fn router(d: Arc<Dashboard>) -> Router {
         .route("/api/apps/{guid}/logs", get(logs::stream))
         .route("/api/apps/{guid}/{action}", post(action))
         .fallback(|| async { DashboardError::NotFound("no such page or API".into()) })
+        .layer(axum::middleware::from_fn_with_state(d.clone(), host_guard))
         .with_state(d)
+}
+
+/// Every request, page or API, must name a host the dashboard answers to.
+async fn host_guard(
+    State(d): State<Arc<Dashboard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match guard::check_host(req.headers(), d.system_host.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn info(State(d): State<Arc<Dashboard>>) -> Json<Value> {

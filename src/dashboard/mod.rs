@@ -5,7 +5,8 @@
 //!
 //! Read-only unless `--dashboard-actions`; then start, stop, restart and scale
 //! are POSTs that need the page's per-daemon token and a same-origin request
-//! (`guard`). The page is hand-written HTML, CSS and JS compiled into the
+//! (`guard`), and any request must name an IP address, a `localhost` name
+//! or the dashboard's own host (`guard::host_allowed`). The page is hand-written HTML, CSS and JS compiled into the
 //! binary (`assets`); charts are drawn in SVG by the page itself.
 //!
 //! `source` reads the app layer (or a plain cell's executor), `samples` keeps
@@ -72,6 +73,9 @@ impl IntoResponse for DashboardError {
 pub struct DashboardConfig {
     /// `--dashboard-actions`: start, stop, restart and scale from the page.
     pub actions: bool,
+    /// Local mode's `celld.<domain>`, answered besides addresses and
+    /// `localhost` names.
+    pub system_host: Option<String>,
 }
 
 pub struct Dashboard {
@@ -80,6 +84,7 @@ pub struct Dashboard {
     /// Required in `X-Dashboard-Token` on every action; new per daemon start.
     token: String,
     actions: bool,
+    system_host: Option<String>,
     sampling: OnceLock<()>,
 }
 
@@ -90,6 +95,7 @@ impl Dashboard {
             samples: Samples::default(),
             token: guard::new_token()?,
             actions: cfg.actions,
+            system_host: cfg.system_host,
             sampling: OnceLock::new(),
         }))
     }
