@@ -33,7 +33,7 @@ DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protob
                 iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps python3-venv libsqlite3-dev \
                 openssh-client openssh-server gcc libc6-dev openssl \
-                btrfs-progs docker-registry skopeo umoci curl
+                btrfs-progs docker-registry skopeo umoci curl chromium chromium-driver
 
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -49,6 +49,18 @@ pub struct Config {
     /// authentication, so keep it on a local address.
     #[arg(long)]
     pub debug_listen: Option<String>,
+    /// Serve the web dashboard (cells, apps, instances, logs) on this TCP
+    /// address, e.g. 127.0.0.1:8081; off unless given. A cell without the app
+    /// layer shows its own capacity, vitals and instances. It has no login:
+    /// keep it on a local address.
+    #[arg(long)]
+    pub dashboard_listen: Option<String>,
+    /// Let the dashboard start, stop, restart and scale apps; read-only without.
+    #[arg(long)]
+    pub dashboard_actions: bool,
+    /// Local mode: no dashboard at http://celld.<domain>:<router port>/.
+    #[arg(long)]
+    pub no_dashboard: bool,
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,

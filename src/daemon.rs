@@ -160,14 +160,15 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     let executor =
         executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter.clone(), stager.lifecycle_dir())?;
     executor.restore().await;
-    let (apps, cf_api_hint) = match (&scheduler_addr, cfg.local) {
+    let (apps, cf_api_hint, routes) = match (&scheduler_addr, cfg.local) {
         (Some(addr), true) => {
-            let (apps, cf) =
+            let (apps, cf, routes) =
                 local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone()).await?;
-            (Some(apps), cf)
+            (Some(apps), cf, Some(routes))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
+    let dashboard_url = dashboard(&cfg, apps.as_ref(), &executor, routes.as_deref()).await?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match cfg.grpc_listen() {
         Some(addr) => {
@@ -227,7 +228,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     }
     tokio::spawn(gardener.clone().reap_forever());
     if let Some(apps) = &apps {
-        print_local_banner(&cfg, apps, cf_api_hint.as_deref());
+        print_local_banner(&cfg, apps, cf_api_hint.as_deref(), dashboard_url.as_deref());
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let evacuate_requested = async {
@@ -294,6 +295,42 @@ async fn embedded_scheduler(
     Ok(handle)
 }
 
+/// The web dashboard: in local mode on the router's `celld.<domain>` (a
+/// listener of its own on loopback that only the router dials), and on
+/// `--dashboard-listen` on any cell; one dashboard, so one sampler, for both.
+/// Its URL through the router, for the banner.
+async fn dashboard(
+    cfg: &Config,
+    apps: Option<&Arc<crate::apps::AppLayer>>,
+    executor: &Arc<Executor>,
+    routes: Option<&crate::router::RouteTable>,
+) -> anyhow::Result<Option<String>> {
+    use crate::dashboard::{Dashboard, DashboardConfig, SYSTEM_HOST, Source};
+    let routed = routes.filter(|_| !cfg.no_dashboard);
+    if routed.is_none() && cfg.dashboard_listen.is_none() {
+        return Ok(None);
+    }
+    let source = match apps {
+        Some(a) => Source::Apps(a.clone()),
+        None => Source::Cell(executor.clone()),
+    };
+    let host = apps.map(|a| format!("{SYSTEM_HOST}.{}", a.domain()));
+    let d = Dashboard::new(source, DashboardConfig { actions: cfg.dashboard_actions, system_host: host.clone() })?;
+    if let Some(addr) = &cfg.dashboard_listen {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--dashboard-listen {addr}"))?;
+        tracing::info!(address = %addr, actions = cfg.dashboard_actions, "serving the dashboard");
+        tokio::spawn(d.clone().serve(l));
+    }
+    let (Some(table), Some(apps), Some(host)) = (routed, apps, host) else { return Ok(None) };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("listening for the dashboard")?;
+    let addr = l.local_addr().context("listening for the dashboard")?;
+    table.set_system_route(&host, addr);
+    tokio::spawn(d.serve(l));
+    let url = apps.url(&host);
+    tracing::info!(url = %url, actions = cfg.dashboard_actions, "serving the dashboard through the router");
+    Ok(Some(url))
+}
+
 /// Local mode's app layer and router.
 async fn local_apps(
     cfg: &Config,
@@ -302,7 +339,7 @@ async fn local_apps(
     blobs: Arc<Blobstore>,
     logs: Arc<LogHub>,
     executor: Arc<Executor>,
-) -> anyhow::Result<(Arc<crate::apps::AppLayer>, Option<String>)> {
+) -> anyhow::Result<(Arc<crate::apps::AppLayer>, Option<String>, Arc<crate::router::RouteTable>)> {
     use crate::router::{RouteTable, Router, RouterConfig};
     let listener = tokio::net::TcpListener::bind(&cfg.router_listen)
         .await
@@ -326,7 +363,7 @@ async fn local_apps(
     apps.prune_logs().context("pruning the logs of deleted apps")?;
     apps.start();
     let router = Router::new(
-        table,
+        table.clone(),
         RouterConfig { access_log: Some(Arc::new(crate::apps::RouterLog(logs))), live: Some(executor) },
     );
     tokio::spawn(router.serve(listener, std::future::pending()));
@@ -338,7 +375,7 @@ async fn local_apps(
         "off" => None,
         _ => Some(cf_api(cfg, apps.clone()).await?),
     };
-    Ok((apps, cf))
+    Ok((apps, cf, table))
 }
 
 /// Local mode's ssh proxy, deciding logins through the app layer.
@@ -392,7 +429,7 @@ async fn cf_api(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Resul
 }
 
 /// What a person starting `celld --local` needs to know, on stdout.
-fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer, cf: Option<&str>) {
+fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer, cf: Option<&str>, dashboard: Option<&str>) {
     println!("celld --local is up:");
     println!("  apps API (cellctl --api)  {}", cfg.grpc_listen().unwrap_or_default());
     println!("  router                    {}  (http://APP.{}:PORT/)", cfg.router_listen, apps.domain());
@@ -402,6 +439,9 @@ fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer, cf: Option<&st
     let ssh = apps.ssh_info();
     if !ssh.endpoint.is_empty() {
         println!("  ssh proxy (cellctl ssh)   {}  ({})", ssh.endpoint, ssh.host_key_fingerprint);
+    }
+    if let Some(url) = dashboard {
+        println!("  dashboard                 {url}");
     }
     println!("  default space             {}", cfg.default_space);
     if let Some(cf) = cf {

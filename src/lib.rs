@@ -20,6 +20,7 @@ pub mod apps;
 pub mod cfapi;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod diego;
 pub mod executor;
 pub mod grpc;

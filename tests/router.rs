@@ -541,3 +541,22 @@ async fn a_single_dead_instance_gives_502_after_the_retries() {
     let lines = wait_for_line(&h.log, "dead.apps.localhost").await;
     assert!(lines.contains("\" 502 "), "{lines}");
 }
+
+#[tokio::test]
+async fn a_system_route_reaches_its_component_ahead_of_apps_and_logs_nothing() {
+    let (app, system) = (backend("app").await, backend("system").await);
+    let h = router(&[("celld.apps.localhost", vec![be(app, 0)])]).await;
+    h.table.set_system_route("celld.apps.localhost", system);
+    let (status, _, body) = get(h.addr, "celld.apps.localhost:8080").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("system\n"), "{body}");
+    // The app layer's wholesale replace keeps it; no app header, no RTR line.
+    h.table.replace(HashMap::new());
+    let (status, _, body) = get(h.addr, "celld.apps.localhost").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("system\n") && seen(&body, "x-cf-applicationid").is_none(), "{body}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.log.0.lock().unwrap().is_empty(), "a system route wrote an access log line");
+    h.table.remove_system_route("celld.apps.localhost");
+    assert_eq!(get(h.addr, "celld.apps.localhost").await.0, StatusCode::NOT_FOUND);
+}

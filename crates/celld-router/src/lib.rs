@@ -4,7 +4,10 @@
 //! is written per request for the app's log stream.
 //!
 //! The app layer owns the route set and swaps it wholesale with
-//! [`RouteTable::replace`]; the router only reads it.
+//! [`RouteTable::replace`]; the router only reads it. System routes
+//! ([`RouteTable::set_system_route`]) send a host to one local address of the
+//! platform itself (gorouter's routes registered by system components): they
+//! outlive every replace, come before app routes, and write no `RTR` lines.
 
 mod proxy;
 mod rtr;
@@ -39,6 +42,9 @@ struct Route {
 #[derive(Default)]
 pub struct RouteTable {
     routes: RwLock<Arc<HashMap<String, Arc<Route>>>>,
+    /// Host → a component of the platform; kept apart so the app layer's
+    /// wholesale replace never drops them.
+    system: RwLock<HashMap<String, SocketAddr>>,
 }
 
 impl RouteTable {
@@ -89,6 +95,22 @@ impl RouteTable {
         let mut hosts: Vec<String> = self.snapshot().keys().cloned().collect();
         hosts.sort();
         hosts
+    }
+
+    /// Routes `host` (normalised) to a component listening on `addr`, ahead
+    /// of any app route of the same host.
+    pub fn set_system_route(&self, host: &str, addr: SocketAddr) {
+        self.system.write().unwrap_or_else(PoisonError::into_inner).insert(normalize_host(host), addr);
+    }
+
+    pub fn remove_system_route(&self, host: &str) {
+        self.system.write().unwrap_or_else(PoisonError::into_inner).remove(&normalize_host(host));
+    }
+
+    fn lookup_system(&self, host: &str) -> Option<Arc<Route>> {
+        let addr = *self.system.read().unwrap_or_else(PoisonError::into_inner).get(host)?;
+        let backend = Backend { addr, app_guid: String::new(), instance_guid: String::new(), index: 0 };
+        Some(Arc::new(Route { backends: vec![backend], next: Arc::default() }))
     }
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<Route>>> {
@@ -231,5 +253,18 @@ mod tests {
         assert_eq!(ports("a.apps.localhost"), Some(vec![]));
         assert_eq!(ports("b.apps.localhost"), Some(vec![3]));
         assert_eq!(ports("ab.apps.localhost"), Some(vec![3]));
+    }
+
+    #[test]
+    fn system_routes_outlive_replace_and_are_normalised() {
+        let table = RouteTable::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        table.set_system_route("Celld.Apps.Localhost:8080", addr);
+        table.replace(HashMap::new());
+        let route = table.lookup_system("celld.apps.localhost");
+        assert_eq!(route.map(|r| r.backends.iter().map(|b| b.addr).collect::<Vec<_>>()), Some(vec![addr]));
+        assert!(table.lookup_system("other.apps.localhost").is_none());
+        table.remove_system_route("celld.apps.localhost");
+        assert!(table.lookup_system("celld.apps.localhost").is_none());
     }
 }

@@ -112,7 +112,9 @@ impl Router {
                 Some("public,max-age=2"),
             );
         }
-        let route = match self.table.lookup(host) {
+        let system = self.table.lookup_system(host);
+        let is_system = system.is_some();
+        let route = match system.or_else(|| self.table.lookup(host)) {
             Some(r) if !r.backends.is_empty() => r,
             found => {
                 let why = if found.is_some() {
@@ -130,7 +132,8 @@ impl Router {
         let (parts, body) = req.into_parts();
         let headers = backend_headers(parts.headers, &parts.uri, upgrade.as_ref(), &ctx);
         let uri = parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
-        let log = self.config.access_log.clone().map(|sink| LogCtx {
+        // A system component is no app: no app's log gets its requests.
+        let log = self.config.access_log.clone().filter(|_| !is_system).map(|sink| LogCtx {
             sink,
             entry: rtr::Entry {
                 host: ctx.raw_host.clone(),
@@ -163,7 +166,9 @@ impl Router {
         // instance is tried again too.
         for i in 0..MAX_ATTEMPTS {
             let backend = &route.backends[start.wrapping_add(i) % n];
-            if let Some(live) = &self.config.live {
+            // A system route's address is the platform's own listener, not
+            // an instance whose address could be handed on.
+            if let (Some(live), false) = (&self.config.live, is_system) {
                 if !live.is_live(backend) {
                     tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
                     last = (backend, "backend is not a live instance of this cell".into());
