@@ -312,7 +312,7 @@ async fn dashboard(
     }
     let source = match apps {
         Some(a) => Source::Apps(a.clone()),
-        None => Source::Cell(executor.clone()),
+        None => Source::Cell(executor.clone(), Arc::new(crate::rep::vitals::Vitals::new(executor.work_dir()))),
     };
     let host = apps.map(|a| format!("{SYSTEM_HOST}.{}", a.domain()));
     let d = Dashboard::new(source, DashboardConfig { actions: cfg.dashboard_actions, system_host: host.clone() })?;

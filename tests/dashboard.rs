@@ -207,6 +207,7 @@ fn json_apis_show_cells_apps_history_events_and_masked_env() {
     let cell = &cells["cells"][0];
     assert!(cell["capacity"]["memory_mb"].as_u64().unwrap_or(0) > 0, "{cells}");
     assert!(cell["instances"].as_u64().unwrap_or(0) >= 1, "{cells}");
+    assert!(cell["vitals"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0, "{cells}");
     let apps = dash_json(&l, "/api/apps");
     let app = apps["apps"].as_array().and_then(|a| a.iter().find(|a| a["name"] == "hello")).cloned();
     let app = app.unwrap_or_else(|| panic!("hello missing: {apps}"));
@@ -327,6 +328,9 @@ fn dashboard_listen_serves_a_plain_cell_its_own_state() {
     let cells = request(&addr, "GET", "/api/cells", &[], b"").json();
     assert_eq!(cells["cells"].as_array().map(Vec::len), Some(1), "{cells}");
     assert!(cells["cells"][0]["capacity"]["containers"].as_u64().unwrap_or(0) > 0, "{cells}");
+    // The host's vitals, read by the dashboard itself on a plain cell.
+    assert!(cells["cells"][0]["vitals"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0, "{cells}");
+    assert!(cells["cells"][0]["vitals"]["uptime_seconds"].as_u64().unwrap_or(0) > 0, "{cells}");
     assert_eq!(request(&addr, "GET", "/api/apps", &[], b"").json(), json!({"apps": []}));
     assert_eq!(request(&addr, "GET", "/api/instances", &[], b"").json(), json!({"instances": []}));
     let events = request(&addr, "GET", "/api/apps/x/events", &[], b"");

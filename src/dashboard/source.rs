@@ -13,12 +13,15 @@ use super::views;
 use crate::apps::AppLayer;
 use crate::executor::Executor;
 use crate::executor::logs::now_ns;
+use crate::rep::vitals::Vitals;
 use celld_proto as pb;
 
 #[derive(Clone)]
 pub enum Source {
     Apps(Arc<AppLayer>),
-    Cell(Arc<Executor>),
+    /// A plain cell: its executor, and the sampler of its host's vitals (kept,
+    /// so CPU is measured between the dashboard's own reads).
+    Cell(Arc<Executor>, Arc<Vitals>),
 }
 
 fn app_ref(guid: &str) -> pb::AppRef {
@@ -30,15 +33,19 @@ impl Source {
     pub fn mode(&self) -> &'static str {
         match self {
             Source::Apps(_) => "local",
-            Source::Cell(_) => "cell",
+            Source::Cell(..) => "cell",
         }
     }
 
     pub async fn cells(&self) -> Result<Vec<Value>, DashboardError> {
         match self {
             Source::Apps(apps) => Ok(apps.list_cells().await?.iter().map(views::cell).collect()),
-            Source::Cell(executor) => {
+            Source::Cell(executor, vitals) => {
                 let s = executor.state();
+                let vitals = vitals
+                    .sample()
+                    .inspect_err(|e| tracing::warn!(cell_id = %s.cell_id, error = %e, "cell vitals unavailable"))
+                    .ok();
                 let status = pb::CellStatus {
                     cell_id: s.cell_id,
                     zone: s.zone,
@@ -48,7 +55,7 @@ impl Source {
                     tasks: u32::try_from(s.tasks.iter().filter(|t| t.state == "RUNNING").count()).unwrap_or(u32::MAX),
                     stacks: s.stacks,
                     evacuating: s.evacuating,
-                    vitals: s.vitals,
+                    vitals,
                     ..Default::default()
                 };
                 Ok(vec![views::cell(&status)])
@@ -120,7 +127,7 @@ impl Source {
 
     /// A plain cell's instances (local mode: an app's, in `app`).
     pub async fn cell_instances(&self, samples: &Samples) -> Result<Vec<Value>, DashboardError> {
-        let Source::Cell(executor) = self else { return Ok(Vec::new()) };
+        let Source::Cell(executor, _) = self else { return Ok(Vec::new()) };
         let state = executor.state();
         let metrics = executor.metrics("").await;
         Ok(state
@@ -187,7 +194,7 @@ impl Source {
                     }
                 }
             }
-            Source::Cell(executor) => {
+            Source::Cell(executor, _) => {
                 for m in executor.metrics("").await.into_iter().filter(|m| m.task_guid.is_empty()) {
                     seen.push(Seen {
                         instance_guid: m.instance_guid,
@@ -203,7 +210,7 @@ impl Source {
     pub fn app_layer(&self) -> Result<&Arc<AppLayer>, DashboardError> {
         match self {
             Source::Apps(a) => Ok(a),
-            Source::Cell(_) => Err(DashboardError::NoApps),
+            Source::Cell(..) => Err(DashboardError::NoApps),
         }
     }
 }
