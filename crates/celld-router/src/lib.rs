@@ -6,6 +6,7 @@
 //! The app layer owns the route set and swaps it wholesale with
 //! [`RouteTable::replace`]; the router only reads it.
 
+pub mod metrics;
 mod proxy;
 mod rtr;
 
@@ -118,6 +119,7 @@ pub struct RouterConfig {
     pub access_log: Option<Arc<dyn AccessLog>>,
     /// `None`: every backend in the table is dialled (tests with local servers).
     pub live: Option<Arc<dyn LiveBackends>>,
+    pub metrics: metrics::RouterMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
