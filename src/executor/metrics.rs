@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use celld_metrics::help;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -82,82 +81,32 @@ impl ExecutorMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        let gauges = [
-            (
-                "celld_capacity_total_memory_bytes",
-                "Memory this cell offers",
-                "CapacityTotalMemory",
-                &m.capacity_total_memory,
-            ),
-            ("celld_capacity_total_disk_bytes", "Disk this cell offers", "CapacityTotalDisk", &m.capacity_total_disk),
-            (
-                "celld_capacity_total_containers",
-                "Containers this cell can host",
-                "CapacityTotalContainers",
-                &m.capacity_total_containers,
-            ),
-            (
-                "celld_capacity_remaining_memory_bytes",
-                "Memory not yet allocated to instances and tasks",
-                "CapacityRemainingMemory",
-                &m.capacity_remaining_memory,
-            ),
-            (
-                "celld_capacity_remaining_disk_bytes",
-                "Disk not yet allocated to instances and tasks",
-                "CapacityRemainingDisk",
-                &m.capacity_remaining_disk,
-            ),
-            (
-                "celld_capacity_remaining_containers",
-                "Containers this cell can still host",
-                "CapacityRemainingContainers",
-                &m.capacity_remaining_containers,
-            ),
-        ];
-        for (name, meaning, original, g) in gauges {
-            r.register(name, help(meaning, "rep", original), (*g).clone());
-        }
-        r.register(
-            "celld_instance_cpu_percent",
-            help("CPU an app instance used since the last reading, in % of one core", "container metric", "cpu"),
-            m.instance_cpu.clone(),
-        );
-        r.register(
-            "celld_instance_memory_bytes",
-            help("Memory an app instance uses", "container metric", "memory"),
-            m.instance_memory.clone(),
-        );
-        r.register(
-            "celld_instance_disk_bytes",
-            help("Disk an app instance's container writes", "container metric", "disk"),
-            m.instance_disk.clone(),
-        );
-        r.register(
-            "celld_oom_kills",
-            "Instances and tasks whose process was killed for using more than its memory limit",
-            m.oom_kills.clone(),
-        );
-        r.register(
-            "celld_instance_crashes",
-            help("App instances that crashed, by reason", "bbs", "CrashedActualLRPs"),
-            m.crashes.clone(),
-        );
-        r.register(
-            "celld_health_checks",
-            help(
-                "Health-check outcomes, by check type",
-                "rep",
-                "HTTPLivenessChecksFailedCount, TCPLivenessChecksFailedCount",
-            ),
-            m.health_checks.clone(),
-        );
-        r.register("celld_log_lines", "Log lines instances, tasks and stagings emitted", m.log_lines.clone());
-        r.register(
-            "celld_log_lines_dropped",
-            help("Log lines dropped by the log rate limit", "rep", "AppInstanceExceededLogRateLimitCount"),
-            m.log_lines_dropped.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            capacity_total_memory: "celld_capacity_total_memory_bytes", "Memory this cell offers",
+                "rep CapacityTotalMemory";
+            capacity_total_disk: "celld_capacity_total_disk_bytes", "Disk this cell offers", "rep CapacityTotalDisk";
+            capacity_total_containers: "celld_capacity_total_containers", "Containers this cell can host",
+                "rep CapacityTotalContainers";
+            capacity_remaining_memory: "celld_capacity_remaining_memory_bytes",
+                "Memory not yet allocated to instances and tasks", "rep CapacityRemainingMemory";
+            capacity_remaining_disk: "celld_capacity_remaining_disk_bytes",
+                "Disk not yet allocated to instances and tasks", "rep CapacityRemainingDisk";
+            capacity_remaining_containers: "celld_capacity_remaining_containers", "Containers this cell can still host",
+                "rep CapacityRemainingContainers";
+            instance_cpu: "celld_instance_cpu_percent",
+                "CPU an app instance used since the last reading, in % of one core", "container metric cpu";
+            instance_memory: "celld_instance_memory_bytes", "Memory an app instance uses", "container metric memory";
+            instance_disk: "celld_instance_disk_bytes", "Disk an app instance's container writes",
+                "container metric disk";
+            oom_kills: "celld_oom_kills",
+                "Instances and tasks whose process was killed for using more than its memory limit";
+            crashes: "celld_instance_crashes", "App instances that crashed, by reason", "bbs CrashedActualLRPs";
+            health_checks: "celld_health_checks", "Health-check outcomes, by check type",
+                "rep HTTPLivenessChecksFailedCount, TCPLivenessChecksFailedCount";
+            log_lines: "celld_log_lines", "Log lines instances, tasks and stagings emitted";
+            log_lines_dropped: "celld_log_lines_dropped", "Log lines dropped by the log rate limit",
+                "rep AppInstanceExceededLogRateLimitCount";
+        });
         m
     }
 

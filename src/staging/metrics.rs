@@ -1,6 +1,6 @@
 //! Staging's metrics: how long stagings took, by outcome.
 
-use celld_metrics::{duration_histogram, help};
+use celld_metrics::duration_histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -36,15 +36,10 @@ impl StagingMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        r.register(
-            "celld_staging_duration_seconds",
-            help(
-                "Seconds a staging took, by outcome",
-                "cloud controller",
-                "cc.staging.succeeded_duration, cc.staging.failed_duration",
-            ),
-            m.duration.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            duration: "celld_staging_duration_seconds", "Seconds a staging took, by outcome",
+                "cloud controller cc.staging.succeeded_duration, cc.staging.failed_duration";
+        });
         m
     }
 

@@ -1,10 +1,10 @@
 //! The Garden layer's metrics: its container table and how long creates take.
 
+use celld_metrics::duration_histogram;
 use celld_metrics::prometheus_client::metrics::counter::Counter;
 use celld_metrics::prometheus_client::metrics::gauge::Gauge;
 use celld_metrics::prometheus_client::metrics::histogram::Histogram;
 use celld_metrics::prometheus_client::registry::Registry;
-use celld_metrics::{duration_histogram, help};
 
 /// Handles the gardener records into; clones share the same series.
 #[derive(Clone)]
@@ -30,14 +30,13 @@ impl GardenMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        r.register("celld_containers", help("Containers on this cell", "rep", "ContainerCount"), m.containers.clone());
-        r.register("celld_containers_created", "Containers created since the daemon started", m.created.clone());
-        r.register("celld_containers_destroyed", "Containers destroyed since the daemon started", m.destroyed.clone());
-        r.register(
-            "celld_container_create_duration_seconds",
-            help("Seconds a successful container create took", "rep", "GardenContainerCreationSucceededDuration"),
-            m.create_duration.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            containers: "celld_containers", "Containers on this cell", "rep ContainerCount";
+            created: "celld_containers_created", "Containers created since the daemon started";
+            destroyed: "celld_containers_destroyed", "Containers destroyed since the daemon started";
+            create_duration: "celld_container_create_duration_seconds", "Seconds a successful container create took",
+                "rep GardenContainerCreationSucceededDuration";
+        });
         m
     }
 }

@@ -33,10 +33,31 @@ pub fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
-/// HELP text that names the metric Diego or Garden emits for the same thing,
-/// so operators can map dashboards: `help("Containers", "garden", "numContainers")`.
-pub fn help(meaning: &str, component: &str, original: &str) -> String {
-    format!("{meaning} (Diego/Garden: {component} {original})")
+/// HELP text that names the metric Diego or Garden emits for the same thing
+/// ("component Name"), so operators can map dashboards:
+/// `help("Containers on this cell", Some("rep ContainerCount"))`.
+pub fn help(meaning: &str, original: Option<&str>) -> String {
+    match original {
+        Some(o) => format!("{meaning} (Diego/Garden: {o})"),
+        None => meaning.to_string(),
+    }
+}
+
+/// Registers the handles of a metrics struct, one row per metric: its field,
+/// its name, what it means and, if there is one, Diego's or Garden's
+/// original ("component Name", see [`help`]).
+///
+/// ```ignore
+/// celld_metrics::register_all!(r, m, {
+///     containers: "celld_containers", "Containers on this cell", "rep ContainerCount";
+///     created: "celld_containers_created", "Containers created";
+/// });
+/// ```
+#[macro_export]
+macro_rules! register_all {
+    ($r:expr, $m:expr, { $( $field:ident: $name:literal, $meaning:literal $(, $original:literal)?; )* }) => {
+        $( $r.register($name, $crate::help($meaning, [$($original)?].first().copied()), $m.$field.clone()); )*
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,26 +135,32 @@ pub async fn serve(listen: SocketAddr, registry: SharedRegistry) -> Result<Serve
     let listener = TcpListener::bind(listen).await.map_err(|source| MetricsError::Bind { addr: listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| MetricsError::Bind { addr: listen, source })?;
     tracing::info!(addr = %local_addr, "serving Prometheus metrics on /metrics");
-    let task = tokio::spawn(accept_loop(listener, registry));
+    let task = tokio::spawn(serve_simple(listener, move |m: &Method, p: &str| respond(m, p, &registry)));
     Ok(Server { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, registry: SharedRegistry) {
+/// Serves small GET endpoints over HTTP/1 on `listener` until aborted:
+/// `respond(method, path)` answers each request (the metrics endpoint here,
+/// Garden's `/debug/vars`).
+pub async fn serve_simple<F>(listener: TcpListener, respond: F)
+where
+    F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     loop {
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
             Err(e) => {
                 // Out of descriptors, say: wait rather than spin.
-                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                tracing::warn!(error = %e, "accepting a connection failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let registry = registry.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(respond(req.method(), req.uri().path(), &registry)) }
+                let r = respond(req.method(), req.uri().path());
+                async move { Ok::<_, Infallible>(r) }
             });
             let io = hyper_util::rt::TokioIo::new(conn);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
@@ -174,7 +201,7 @@ mod tests {
     fn registry_with_counter() -> (SharedRegistry, Counter) {
         let reg = SharedRegistry::new();
         let c = Counter::default();
-        reg.register(|r| r.register("celld_test_things", help("Things seen", "rep", "Things"), c.clone()));
+        reg.register(|r| r.register("celld_test_things", help("Things seen", Some("rep Things")), c.clone()));
         (reg, c)
     }
 

@@ -1,11 +1,11 @@
 //! The router's metrics: requests by status and how long they took.
 
+use celld_metrics::duration_histogram;
 use celld_metrics::prometheus_client::encoding::EncodeLabelSet;
 use celld_metrics::prometheus_client::metrics::counter::Counter;
 use celld_metrics::prometheus_client::metrics::family::Family;
 use celld_metrics::prometheus_client::metrics::histogram::Histogram;
 use celld_metrics::prometheus_client::registry::Registry;
-use celld_metrics::{duration_histogram, help};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -31,16 +31,12 @@ impl RouterMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        r.register(
-            "celld_router_requests",
-            help("Requests the router answered, by status", "gorouter", "total_requests, responses.NXX"),
-            m.requests.clone(),
-        );
-        r.register(
-            "celld_router_request_duration_seconds",
-            help("Seconds from a request's arrival to its response's head", "gorouter", "latency"),
-            m.latency.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            requests: "celld_router_requests", "Requests the router answered, by status",
+                "gorouter total_requests, responses.NXX";
+            latency: "celld_router_request_duration_seconds", "Seconds from a request's arrival to its response's head",
+                "gorouter latency";
+        });
         m
     }
 

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celld_metrics::duration_histogram;
 use celld_metrics::prometheus_client::encoding::EncodeLabelSet;
 use celld_metrics::prometheus_client::metrics::counter::Counter;
 use celld_metrics::prometheus_client::metrics::family::Family;
 use celld_metrics::prometheus_client::metrics::gauge::Gauge;
 use celld_metrics::prometheus_client::metrics::histogram::Histogram;
 use celld_metrics::prometheus_client::registry::Registry;
-use celld_metrics::{duration_histogram, help};
 use celld_proto as pb;
 
 use crate::Scheduler;
@@ -76,52 +76,24 @@ impl SchedulerMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        r.register(
-            "celld_scheduler_desired_lrps",
-            "DesiredLRPs (apps' processes) the scheduler holds",
-            m.desired_lrps.clone(),
-        );
-        r.register(
-            "celld_scheduler_desired_instances",
-            help("LRP instances desired across all DesiredLRPs", "bbs", "LRPsDesired"),
-            m.desired_instances.clone(),
-        );
-        r.register(
-            "celld_scheduler_actual_lrps",
-            help("ActualLRPs by state", "bbs", "LRPsUnclaimed, LRPsClaimed, LRPsRunning, CrashedActualLRPs"),
-            m.actual_lrps.clone(),
-        );
-        r.register(
-            "celld_scheduler_tasks",
-            help("Tasks by state", "bbs", "TasksPending, TasksRunning, TasksCompleted, TasksResolving"),
-            m.tasks.clone(),
-        );
-        r.register(
-            "celld_scheduler_cells",
-            help("Cells present (heartbeating)", "bbs", "PresentCells"),
-            m.cells.clone(),
-        );
-        r.register("celld_scheduler_auctions", "Auction rounds run", m.auctions.clone());
-        r.register(
-            "celld_scheduler_auction_duration_seconds",
-            help("Seconds one auction round took", "auctioneer", "AuctioneerFetchStatesDuration"),
-            m.auction_duration.clone(),
-        );
-        r.register(
-            "celld_scheduler_convergence_duration_seconds",
-            help("Seconds one convergence pass took", "bbs", "ConvergenceLRPDuration"),
-            m.convergence_duration.clone(),
-        );
-        r.register(
-            "celld_scheduler_convergence_missing_instances",
-            help("Desired instances convergence found without any record", "bbs", "LRPsMissing"),
-            m.missing.clone(),
-        );
-        r.register(
-            "celld_scheduler_convergence_extra_instances",
-            help("Instances convergence found no longer desired", "bbs", "LRPsExtra"),
-            m.extra.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            desired_lrps: "celld_scheduler_desired_lrps", "DesiredLRPs (apps' processes) the scheduler holds";
+            desired_instances: "celld_scheduler_desired_instances", "LRP instances desired across all DesiredLRPs",
+                "bbs LRPsDesired";
+            actual_lrps: "celld_scheduler_actual_lrps", "ActualLRPs by state",
+                "bbs LRPsUnclaimed, LRPsClaimed, LRPsRunning, CrashedActualLRPs";
+            tasks: "celld_scheduler_tasks", "Tasks by state", "bbs TasksPending, TasksRunning, TasksCompleted, TasksResolving";
+            cells: "celld_scheduler_cells", "Cells present (heartbeating)", "bbs PresentCells";
+            auctions: "celld_scheduler_auctions", "Auction rounds run";
+            auction_duration: "celld_scheduler_auction_duration_seconds", "Seconds one auction round took",
+                "auctioneer AuctioneerFetchStatesDuration (nearest)";
+            convergence_duration: "celld_scheduler_convergence_duration_seconds", "Seconds one convergence pass took",
+                "bbs ConvergenceLRPDuration";
+            missing: "celld_scheduler_convergence_missing_instances",
+                "Desired instances convergence found without any record", "bbs LRPsMissing";
+            extra: "celld_scheduler_convergence_extra_instances", "Instances convergence found no longer desired",
+                "bbs LRPsExtra";
+        });
         m
     }
 

@@ -1,6 +1,5 @@
 //! The ssh proxy's metrics: sessions relayed to instances.
 
-use celld_metrics::help;
 use celld_metrics::prometheus_client::metrics::counter::Counter;
 use celld_metrics::prometheus_client::metrics::gauge::Gauge;
 use celld_metrics::prometheus_client::registry::Registry;
@@ -16,12 +15,10 @@ impl SshMetrics {
     /// New handles, registered in `r`.
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
-        r.register("celld_ssh_sessions", "ssh sessions the proxy relayed to an instance", m.sessions.clone());
-        r.register(
-            "celld_ssh_sessions_current",
-            help("ssh sessions open now", "ssh-proxy", "ssh-connections"),
-            m.sessions_current.clone(),
-        );
+        celld_metrics::register_all!(r, m, {
+            sessions: "celld_ssh_sessions", "ssh sessions the proxy relayed to an instance";
+            sessions_current: "celld_ssh_sessions_current", "ssh sessions open now", "ssh-proxy ssh-connections";
+        });
         m
     }
 }
