@@ -70,8 +70,8 @@ fn scrape_until(addr: &str, what: &str, timeout: Duration, ok: impl Fn(&[Sample]
 }
 
 /// Push, route, scrape: the instance's memory by app name, the containers,
-/// the router's 200s, the staging, the scheduler's RUNNING instance; after a
-/// delete the instance's series are gone.
+/// the router's 200s, the staging, the scheduler's RUNNING instance, a
+/// crash; after a delete the instance's series are gone.
 #[test]
 fn local_cell_metrics_follow_an_app_from_push_to_delete() {
     require_local!();
@@ -105,6 +105,8 @@ fn local_cell_metrics_follow_an_app_from_push_to_delete() {
     assert!(value(&s, "celld_scheduler_desired_instances", &[]) == Some(1.0));
     assert!(value(&s, "celld_capacity_remaining_memory_bytes", &[]).is_some_and(|v| v > 0.0));
     assert!(value(&s, "celld_log_lines_total", &[]).is_some_and(|v| v >= 1.0), "log lines");
+    let started = [("check", "tcp"), ("phase", "startup"), ("result", "passed")];
+    assert!(value(&s, "celld_health_checks_total", &started).is_some_and(|v| v >= 1.0), "the port check passed");
     assert!(value(&s, "celld_scheduler_auctions_total", &[]).is_some_and(|v| v >= 1.0), "auctions");
 
     // Only GET (and HEAD) /metrics.
@@ -113,6 +115,15 @@ fn local_cell_metrics_follow_an_app_from_push_to_delete() {
     let r = request(&l.metrics, "GET", "/nope", &[], b"");
     assert_eq!(r.status, 404);
     assert!(String::from_utf8_lossy(&r.body).contains("/metrics"));
+
+    // A crash, counted by the kind of its reason.
+    let crash =
+        l.app("crasher", &[("Procfile", "web: ./crash.sh\n"), ("crash.sh", "#!/bin/sh\necho about to fail\nexit 3\n")]);
+    let (code, _, _) = l.cellctl(&["push", crash.to_str().unwrap(), "-n", "crasher", "-m", "32M", "-u", "process"]);
+    assert_ne!(code, 0, "a push whose app crashes fails");
+    scrape_until(&l.metrics, "the crash", Duration::from_secs(30), |s| {
+        value(s, "celld_instance_crashes_total", &[("reason", "exited")]).is_some_and(|v| v >= 1.0)
+    });
 
     l.ok(&["delete", "hello", "-f"]);
     scrape_until(&l.metrics, "the deleted instance's series gone", Duration::from_secs(30), |s| {
