@@ -85,9 +85,9 @@ impl FromStr for MetricsListen {
     }
 }
 
-/// For clap's `value_parser`: the error as a sentence.
+/// For clap's `value_parser` (clap names the flag and the value itself).
 pub fn parse_listen(s: &str) -> Result<MetricsListen, String> {
-    s.parse().map_err(|e: MetricsError| e.to_string())
+    s.parse().map_err(|_| "not an address: use HOST:PORT (e.g. 127.0.0.1:9101) or off".to_string())
 }
 
 /// The process's one registry. Registration takes the write lock (start-up, and
@@ -244,8 +244,9 @@ mod tests {
             "127.0.0.1:9101".parse::<MetricsListen>().unwrap(),
             MetricsListen::On(([127, 0, 0, 1], 9101).into())
         );
-        let e = parse_listen("localhost").unwrap_err();
-        assert!(e.contains("--metrics-listen \"localhost\": not an address"), "{e}");
+        assert!(parse_listen("localhost").unwrap_err().starts_with("not an address: use HOST:PORT"));
+        let e = "localhost".parse::<MetricsListen>().unwrap_err().to_string();
+        assert!(e.starts_with("--metrics-listen \"localhost\": not an address"), "{e}");
     }
 
     #[tokio::test]

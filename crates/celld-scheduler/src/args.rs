@@ -29,7 +29,7 @@ pub struct SchedulerArgs {
     pub presence_ttl: u64,
     /// Where Prometheus scrapes this scheduler's metrics (`GET /metrics`,
     /// OpenMetrics text), or `off`.
-    #[arg(long, default_value = "127.0.0.1:9102", value_parser = celld_metrics::parse_listen)]
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9102", value_parser = celld_metrics::parse_listen)]
     pub metrics_listen: celld_metrics::MetricsListen,
     /// A clock that only moves when told (the AdvanceClock call): for tests
     /// of crash back-off, never for production.
