@@ -67,6 +67,11 @@ deps:
 	  echo "deps: installing cloudfoundry-client (CC v3 client for tests) into /opt/celld-venv"; \
 	  $(SUDO) /opt/celld-venv/bin/pip install -q 'cloudfoundry-client==1.40.4'; \
 	fi
+	@# prometheus_client: its OpenMetrics parser reads /metrics in tests/metrics.rs.
+	@if ! /opt/celld-venv/bin/python -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then \
+	  echo "deps: installing prometheus_client (OpenMetrics parser for tests) into /opt/celld-venv"; \
+	  $(SUDO) /opt/celld-venv/bin/pip install -q 'prometheus_client>=0.20,<1'; \
+	fi
 
 rootfs: deps $(TINY_STAMP)
 

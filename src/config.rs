@@ -61,6 +61,11 @@ pub struct Config {
     /// Local mode: no dashboard at http://celld.<domain>:<router port>/.
     #[arg(long)]
     pub no_dashboard: bool,
+    /// Where Prometheus scrapes this cell's metrics (`GET /metrics`,
+    /// OpenMetrics text), or `off`. In --local mode the embedded scheduler's
+    /// metrics are served here too (one registry), not on a port of their own.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9101", value_parser = celld_metrics::parse_listen)]
+    pub metrics_listen: celld_metrics::MetricsListen,
     /// Where container records, bundles and overlay layers live.
     #[arg(long, default_value = "/var/lib/celld")]
     pub depot: PathBuf,

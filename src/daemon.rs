@@ -75,6 +75,8 @@ pub fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
         disk: cfg.disk(),
     })?;
     let net = if cfg.no_network { None } else { Some(Arc::new(networker(&cfg)?)) };
+    // The process's one registry: every part registers its handles here.
+    let registry = crate::metrics::SharedRegistry::new();
     let gardener = Arc::new(Gardener::new(
         rt,
         net,
@@ -83,13 +85,14 @@ pub fn run_daemon(cfg: Config, nofile: u64) -> anyhow::Result<()> {
             default_grace_time: cfg.default_grace_time.saturating_mul(1_000_000_000),
             stop_timeout: Duration::from_secs(cfg.stop_timeout),
         },
+        registry.register(crate::garden::metrics::GardenMetrics::register),
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg, gardener, tls, nofile))
+    runtime.block_on(serve(cfg, gardener, tls, nofile, registry))
 }
 
 fn networker(cfg: &Config) -> anyhow::Result<Networker> {
@@ -113,11 +116,25 @@ fn networker(cfg: &Config) -> anyhow::Result<Networker> {
     .context("setting up container networking")
 }
 
-async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    gardener: Arc<Gardener>,
+    tls: Tls,
+    nofile: u64,
+    registry: crate::metrics::SharedRegistry,
+) -> anyhow::Result<()> {
+    // First: a taken port fails the start before anything is restored.
+    let _metrics_endpoint = match cfg.metrics_listen {
+        crate::metrics::MetricsListen::On(addr) => Some(crate::metrics::serve(addr, registry.clone()).await?),
+        crate::metrics::MetricsListen::Off => None,
+    };
+    let executor_metrics = registry.register(crate::executor::metrics::ExecutorMetrics::register);
     gardener.restore(cfg.destroy_containers_on_startup).await;
     let url = cfg.blobstore_url();
     let blobs = Arc::new(Blobstore::open(&url).with_context(|| format!("opening the blobstore {url}"))?);
-    let logs = Arc::new(LogHub::default());
+    let logs = Arc::new(
+        LogHub::default().with_counters(executor_metrics.log_lines.clone(), executor_metrics.log_lines_dropped.clone()),
+    );
     // Local mode keeps apps' lines across restarts; read back before anything
     // emits, so the disk and the hub agree on their order.
     let disk_log = if cfg.local {
@@ -127,10 +144,13 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     } else {
         None
     };
-    let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone()).await?;
+    let staging_metrics = registry.register(crate::staging::metrics::StagingMetrics::register);
+    let stager = stager(&cfg, gardener.clone(), blobs.clone(), logs.clone(), staging_metrics).await?;
     // Local mode embeds the scheduler (unless told to use another one).
     let (scheduler_addr, embedded) = match (&cfg.scheduler, cfg.local) {
-        (None, true) => (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg, tls.grpc.clone()).await?)),
+        (None, true) => {
+            (Some(cfg.scheduler_listen.clone()), Some(embedded_scheduler(&cfg, tls.grpc.clone(), &registry).await?))
+        }
         (addr, _) => (addr.clone(), None),
     };
     // Joined to Diego: BBS is the control plane (the rep API below takes the
@@ -157,18 +177,29 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
         Some(r) => r.clone(),
         None => Arc::new(NoReporter),
     };
-    let executor =
-        executor(&cfg, gardener.clone(), blobs.clone(), logs.clone(), reporter.clone(), stager.lifecycle_dir())?;
+    let executor = executor(
+        &cfg,
+        gardener.clone(),
+        blobs.clone(),
+        logs.clone(),
+        reporter.clone(),
+        stager.lifecycle_dir(),
+        executor_metrics,
+    )?;
     executor.restore().await;
     let (apps, cf_api_hint, routes) = match (&scheduler_addr, cfg.local) {
         (Some(addr), true) => {
             let (apps, cf, routes) =
-                local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone()).await?;
+                local_apps(&cfg, addr, stager.clone(), blobs.clone(), logs.clone(), executor.clone(), &registry)
+                    .await?;
             (Some(apps), cf, Some(routes))
         }
         _ => (None, None, None),
     };
     let dashboard_url = dashboard(&cfg, apps.as_ref(), &executor, routes.as_deref()).await?;
+    // Instances are labelled with their app's name where the app layer has it.
+    let names = apps.clone().map(|a| -> crate::executor::metrics::AppNames { Arc::new(move |g| a.app_name(g)) });
+    let metrics_refresh = tokio::spawn(crate::executor::metrics::refresh_forever(executor.clone(), names));
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match cfg.grpc_listen() {
         Some(addr) => {
@@ -252,6 +283,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
     for l in &listeners {
         l.abort();
     }
+    metrics_refresh.abort();
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
     if let Some(j) = joined {
@@ -275,6 +307,7 @@ async fn serve(cfg: Config, gardener: Arc<Gardener>, tls: Tls, nofile: u64) -> a
 async fn embedded_scheduler(
     cfg: &Config,
     tls: Option<Arc<crate::tls::TlsMaterial>>,
+    registry: &crate::metrics::SharedRegistry,
 ) -> anyhow::Result<Arc<crate::scheduler::SchedulerHandle>> {
     use crate::scheduler::{SchedulerConfig, SchedulerHandle};
     let listener = crate::grpc::bind(&cfg.scheduler_listen).await?;
@@ -283,6 +316,8 @@ async fn embedded_scheduler(
         convergence_interval: Duration::from_secs(30),
         presence_ttl: Duration::from_secs(15),
         test_clock: false,
+        // On the cell's endpoint: local mode has one /metrics.
+        metrics: registry.register(crate::scheduler::metrics::SchedulerMetrics::register),
     };
     let handle = Arc::new(SchedulerHandle::start(config).await.context("starting the embedded scheduler")?);
     let serving = handle.clone();
@@ -339,6 +374,7 @@ async fn local_apps(
     blobs: Arc<Blobstore>,
     logs: Arc<LogHub>,
     executor: Arc<Executor>,
+    registry: &crate::metrics::SharedRegistry,
 ) -> anyhow::Result<(Arc<crate::apps::AppLayer>, Option<String>, Arc<crate::router::RouteTable>)> {
     use crate::router::{RouteTable, Router, RouterConfig};
     let listener = tokio::net::TcpListener::bind(&cfg.router_listen)
@@ -364,12 +400,16 @@ async fn local_apps(
     apps.start();
     let router = Router::new(
         table.clone(),
-        RouterConfig { access_log: Some(Arc::new(crate::apps::RouterLog(logs))), live: Some(executor) },
+        RouterConfig {
+            access_log: Some(Arc::new(crate::apps::RouterLog(logs))),
+            live: Some(executor),
+            metrics: registry.register(crate::router::metrics::RouterMetrics::register),
+        },
     );
     tokio::spawn(router.serve(listener, std::future::pending()));
     tracing::info!(address = %cfg.router_listen, domain = %cfg.domain, "serving the router");
     if cfg.ssh_proxy_listen != "off" {
-        ssh_proxy(cfg, apps.clone()).await?;
+        ssh_proxy(cfg, apps.clone(), registry).await?;
     }
     let cf = match cfg.cf_api_listen.as_str() {
         "off" => None,
@@ -379,7 +419,11 @@ async fn local_apps(
 }
 
 /// Local mode's ssh proxy, deciding logins through the app layer.
-async fn ssh_proxy(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Result<()> {
+async fn ssh_proxy(
+    cfg: &Config,
+    apps: Arc<crate::apps::AppLayer>,
+    registry: &crate::metrics::SharedRegistry,
+) -> anyhow::Result<()> {
     use crate::sshproxy::{ProxyConfig, SshProxy};
     let listen: std::net::SocketAddr = cfg
         .ssh_proxy_listen
@@ -395,6 +439,7 @@ async fn ssh_proxy(cfg: &Config, apps: Arc<crate::apps::AppLayer>) -> anyhow::Re
             host_key_path: cfg.depot.join("ssh-proxy").join("host_key"),
             idle_timeout: Duration::from_secs(cfg.ssh_idle_timeout.max(1)),
             ciphers: crate::sshproxy::parse_ciphers(&cfg.ssh_ciphers)?,
+            metrics: registry.register(crate::sshproxy::metrics::SshMetrics::register),
         },
         authority,
     )?;
@@ -456,6 +501,7 @@ fn executor(
     logs: Arc<LogHub>,
     reporter: Arc<dyn Reporter>,
     lifecycle_dir: std::path::PathBuf,
+    metrics: crate::executor::metrics::ExecutorMetrics,
 ) -> anyhow::Result<Arc<Executor>> {
     let machine = gardener.capacity();
     let total = crate::grpc::pb::Resources {
@@ -482,6 +528,7 @@ fn executor(
             placement_tags: cfg.placement_tags.iter().chain(&cfg.optional_placement_tags).cloned().collect(),
             total,
             log_rate_limit: cfg.log_rate_limit,
+            metrics,
         },
     )
     .context("starting the executor")
@@ -492,6 +539,7 @@ async fn stager(
     gardener: Arc<Gardener>,
     blobs: Arc<Blobstore>,
     logs: Arc<LogHub>,
+    metrics: crate::staging::metrics::StagingMetrics,
 ) -> anyhow::Result<Arc<Stager>> {
     let stager = Stager::new(
         gardener,
@@ -507,6 +555,7 @@ async fn stager(
             disk_mb: cfg.staging_disk_mb,
             max_package_bytes: cfg.max_package_size_mb.saturating_mul(1 << 20),
             logs: Some(logs),
+            metrics,
         },
     )
     .await

@@ -9,6 +9,7 @@ pub use celld_blobstore as blobstore;
 pub use celld_diego as diego_wire;
 pub use celld_garden::gardener;
 pub use celld_lifecycle as lifecycle;
+pub use celld_metrics as metrics;
 pub use celld_network as network;
 pub use celld_router as router;
 pub use celld_runtime as runtime;
@@ -30,6 +31,6 @@ pub mod staging;
 /// The Garden API: its wire types and client (garden-api), its server and
 /// listeners (celld-garden).
 pub mod garden {
-    pub use celld_garden::{debug, listener, server};
+    pub use celld_garden::{debug, listener, metrics, server};
     pub use garden_api::{client, types};
 }

@@ -43,6 +43,7 @@ impl Sched {
                 convergence_interval: Duration::from_secs(3600),
                 presence_ttl: Duration::from_secs(presence_ttl),
                 test_clock,
+                metrics: Default::default(),
             })
             .await
             .unwrap(),
@@ -709,7 +710,7 @@ async fn a_restarted_scheduler_keeps_every_record() {
         std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
             .args(["--log-level", "warn", "--depot"])
             .arg(&dir)
-            .args(["scheduler", "--listen", &addr, "--db"])
+            .args(["scheduler", "--listen", &addr, "--metrics-listen", "off", "--db"])
             .arg(&db)
             .spawn()
             .unwrap()

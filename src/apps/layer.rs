@@ -108,6 +108,12 @@ impl AppLayer {
         &self.cfg.domain
     }
 
+    /// The name of the app whose guid (its instances' log guid) this is, if
+    /// it is one of ours (the `app` label of instance metrics).
+    pub fn app_name(&self, guid: &str) -> Option<String> {
+        self.store.app(guid).ok().flatten().map(|a| a.name)
+    }
+
     /// An app's URL as a person types it.
     pub fn url(&self, host: &str) -> String {
         match self.cfg.router_port {

@@ -60,6 +60,9 @@ pub struct LogHub {
     history: usize,
     max_guids: usize,
     sink: OnceLock<Arc<dyn LogSink>>,
+    /// /metrics: lines emitted, and dropped by rate limits.
+    emitted: prometheus_client::metrics::counter::Counter,
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 struct Inner {
@@ -94,7 +97,20 @@ impl LogHub {
             history: history.max(1),
             max_guids: max_guids.max(1),
             sink: OnceLock::new(),
+            emitted: Default::default(),
+            dropped: Default::default(),
         }
+    }
+
+    /// Counts lines into these (the executor's registered metrics).
+    pub fn with_counters(
+        mut self,
+        emitted: prometheus_client::metrics::counter::Counter,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.emitted = emitted;
+        self.dropped = dropped;
+        self
     }
 
     /// Lines kept per log guid.
@@ -158,6 +174,7 @@ impl LogHub {
     /// Records a line and sends it to the followers of its log guid. Never
     /// blocks on followers.
     pub fn emit(&self, env: pb::LogEnvelope) {
+        self.emitted.inc();
         let mut inner = self.lock();
         let stream = inner.stream(&env.log_guid, self.max_guids);
         if stream.recent.len() >= self.history {
@@ -396,8 +413,12 @@ impl LineWriter {
         if let Some(limiter) = &self.limiter {
             match limiter.check() {
                 Verdict::Allow => {}
-                Verdict::Drop => return,
+                Verdict::Drop => {
+                    self.hub.dropped.inc();
+                    return;
+                }
                 Verdict::Report(msg) => {
+                    self.hub.dropped.inc();
                     let env = envelope(&self.log_guid, &self.source_type, &self.source_instance, MessageType::Out, msg);
                     self.hub.emit(env);
                     return;

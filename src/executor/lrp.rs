@@ -72,6 +72,7 @@ impl Executor {
             match end {
                 End::Crashed(reason) => {
                     tracing::info!(reason = %reason, "instance crashed");
+                    self.cfg.metrics.crashed(&reason);
                     self.reporter.crash(key, ik, reason);
                     self.destroy_container(&guid, &d, start.index).await;
                 }
@@ -168,6 +169,9 @@ impl Executor {
             match ended {
                 Some(Ended::Process(source, Some(code))) => {
                     let oom = container::out_of_memory(&self.gardener, guid).await;
+                    if oom {
+                        self.cfg.metrics.oom_kills.inc();
+                    }
                     self.cell_line(d, index, &format!("Exit status {code}"));
                     End::Crashed(container::exit_reason(&source, code, oom))
                 }
@@ -190,9 +194,12 @@ impl Executor {
         if !probes.is_empty() {
             self.health_line(d, index, "Starting health monitoring of container");
             tokio::select! {
-                r = health::until_healthy(&probes, target.clone(), timeout) => if let Err(reason) = r {
-                    self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
-                    return End::Crashed(reason);
+                r = health::until_healthy(&probes, target.clone(), timeout) => {
+                    self.cfg.metrics.health_check(check_kind(&probes), "startup", r.is_ok());
+                    if let Err(reason) = r {
+                        self.health_line(d, index, &format!("Failed after {}: startup health check never passed.", health::go_duration(timeout)));
+                        return End::Crashed(reason);
+                    }
                 },
                 ended = &mut exit => return exited(ended.ok()).await,
                 r = super::stopped(&mut stop) => return End::Stopped(r),
@@ -201,8 +208,11 @@ impl Executor {
         } else if let Some((m, steps)) = &monitor {
             self.health_line(d, index, "Starting health monitoring of container");
             tokio::select! {
-                r = actions::until_healthy(steps, m, timeout, actions::UNHEALTHY_INTERVAL) => if let Err(reason) = r {
-                    return End::Crashed(reason);
+                r = actions::until_healthy(steps, m, timeout, actions::UNHEALTHY_INTERVAL) => {
+                    self.cfg.metrics.health_check("monitor", "startup", r.is_ok());
+                    if let Err(reason) = r {
+                        return End::Crashed(reason);
+                    }
                 },
                 ended = &mut exit => return exited(ended.ok()).await,
                 r = super::stopped(&mut stop) => return End::Stopped(r),
@@ -233,6 +243,7 @@ impl Executor {
         // Liveness: until the process exits, a check fails, or it is stopped.
         let end = tokio::select! {
             reason = health::until_unhealthy(&probes, target.clone()), if !probes.is_empty() => {
+                self.cfg.metrics.health_check(check_kind(&probes), "liveness", false);
                 self.health_line(d, index, "Container became unhealthy");
                 End::Crashed(reason)
             },
@@ -242,6 +253,7 @@ impl Executor {
                     None => std::future::pending().await,
                 }
             } => {
+                self.cfg.metrics.health_check("monitor", "liveness", false);
                 self.health_line(d, index, "Container became unhealthy");
                 End::Crashed(reason)
             },
@@ -561,4 +573,12 @@ pub(super) fn app_process(
         ("/bin/sh".to_string(), vec!["-c".to_string(), command.to_string()])
     };
     ProcessSpec { path, args, env, user: user.name.into(), dir: user.dir.into(), ..Default::default() }
+}
+
+/// The metrics label of an instance's checks: its first check's type.
+fn check_kind(probes: &[health::Probe]) -> &'static str {
+    match probes.first() {
+        Some(health::Probe::Http { .. }) => "http",
+        _ => "tcp",
+    }
 }

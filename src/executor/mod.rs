@@ -14,6 +14,7 @@ pub mod env;
 pub mod health;
 pub mod logs;
 pub(crate) mod lrp;
+pub mod metrics;
 mod task;
 mod tree;
 
@@ -97,6 +98,8 @@ pub struct ExecutorConfig {
     pub total: pb::Resources,
     /// Log lines per second per instance; 0 = unlimited.
     pub log_rate_limit: u32,
+    /// Where crashes, health checks and capacity are counted.
+    pub metrics: metrics::ExecutorMetrics,
 }
 
 /// Why an instance or task is being ended by the cell (not by itself).

@@ -122,6 +122,9 @@ impl Executor {
         };
         if code != 0 {
             let oom = container::out_of_memory(&self.gardener, guid).await;
+            if oom {
+                self.cfg.metrics.oom_kills.inc();
+            }
             return End::Exited {
                 failed: true,
                 reason: container::exit_reason(&source, code, oom),

@@ -2,6 +2,7 @@
 //! the lifecycle's `builder` in a staging container and turns its output into a
 //! droplet and a build cache in the blobstore ([`stager`]).
 
+pub mod metrics;
 pub mod registry;
 pub mod service;
 pub mod stager;

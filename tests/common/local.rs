@@ -32,6 +32,8 @@ pub struct Local {
     pub ssh: String,
     /// The CF API's address (`cf api http://ADDR`).
     pub cf_api: String,
+    /// The cell's /metrics endpoint (the embedded scheduler's metrics too).
+    pub metrics: String,
     pub home: PathBuf,
     pub apps_dir: PathBuf,
 }
@@ -44,6 +46,7 @@ impl Local {
         let router = format!("127.0.0.1:{}", 15000 + slot);
         let ssh = format!("127.0.0.1:{}", 16000 + slot);
         let cf_api = format!("127.0.0.1:{}", 17000 + slot);
+        let metrics = format!("127.0.0.1:{}", 18000 + slot);
         let mut args = vec![
             "--local",
             "--scheduler-listen",
@@ -54,13 +57,15 @@ impl Local {
             &ssh,
             "--cf-api-listen",
             &cf_api,
+            "--metrics-listen",
+            &metrics,
         ];
         args.extend_from_slice(extra);
         let d = Daemon::start_with(&args);
         let home = d.dir.join("cellctl-home");
         let apps_dir = d.dir.join("apps");
         std::fs::create_dir_all(&apps_dir).expect("apps dir");
-        let l = Local { d, router, ssh, cf_api, home, apps_dir };
+        let l = Local { d, router, ssh, cf_api, metrics, home, apps_dir };
         l.wait_up();
         l
     }

@@ -119,6 +119,7 @@ impl Daemon {
             .arg("100")
             .arg("--grpc-listen")
             .arg(&self.grpc)
+            .args(metrics_off(&self.extra_args))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -369,6 +370,12 @@ impl Daemon {
     }
 }
 
+/// `--metrics-listen off` unless `args` choose an address: parallel daemons
+/// would all take the default port.
+pub fn metrics_off<S: AsRef<str>>(args: &[S]) -> &'static [&'static str] {
+    if args.iter().any(|a| a.as_ref() == "--metrics-listen") { &[] } else { &["--metrics-listen", "off"] }
+}
+
 /// Runs a `celld` of its own with its depot, run directory, socket and log
 /// under `dir` and `args` after them, for tests that expect it to stop at
 /// start: its exit status and log, or `None` (killed) if it still ran after `timeout`.
@@ -384,7 +391,10 @@ pub fn celld_exit(dir: &Path, args: &[&str], timeout: Duration) -> Option<(std::
         .arg(dir.join("garden.sock"))
         // A daemon that stops at start keeps no disk store mounted behind it.
         .args(if args.contains(&"--disk-limits") { &[][..] } else { &["--disk-limits", "none"][..] })
+        .args(metrics_off(args))
         .args(args)
+        // The scheduler role's own flag, after its subcommand.
+        .args(if args.contains(&"scheduler") { metrics_off(args) } else { &[][..] })
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()

@@ -25,6 +25,8 @@ pub fn lifecycle_built() -> bool {
 pub struct Scheduler {
     dir: PathBuf,
     pub addr: String,
+    /// Its /metrics endpoint.
+    pub metrics: String,
     child: Option<Child>,
 }
 
@@ -35,7 +37,12 @@ impl Scheduler {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scheduler dir");
         let slot = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 500;
-        let mut s = Scheduler { dir, addr: format!("127.0.0.1:{}", 13000 + slot), child: None };
+        let mut s = Scheduler {
+            dir,
+            addr: format!("127.0.0.1:{}", 13000 + slot),
+            metrics: format!("127.0.0.1:{}", 19000 + slot),
+            child: None,
+        };
         s.spawn();
         s
     }
@@ -55,6 +62,8 @@ impl Scheduler {
             .arg("--db")
             .arg(self.dir.join("scheduler.db"))
             .arg("--test-clock")
+            .arg("--metrics-listen")
+            .arg(&self.metrics)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -405,7 +405,7 @@ impl TlsScheduler {
         let child = Command::new(env!("CARGO_BIN_EXE_celld"))
             .arg("--depot")
             .arg(dir.join("depot"))
-            .args(["scheduler", "--listen", &addr, "--db"])
+            .args(["scheduler", "--listen", &addr, "--metrics-listen", "off", "--db"])
             .arg(dir.join("scheduler.db"))
             .args(["--tls-cert", &pki.s("server.pem"), "--tls-key", &pki.s("server.key"), "--tls-ca", &pki.s("ca.pem")])
             .stdout(Stdio::null())

@@ -27,7 +27,7 @@ impl Scheduler {
         let child = Command::new(celld)
             .arg("--depot")
             .arg(dir)
-            .args(["--log-level", "warn", "scheduler", "--listen", SCHEDULER, "--db"])
+            .args(["--log-level", "warn", "scheduler", "--listen", SCHEDULER, "--metrics-listen", "off", "--db"])
             .arg(dir.join("scheduler.db"))
             .stdin(Stdio::null())
             .spawn()

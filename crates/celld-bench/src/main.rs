@@ -639,6 +639,8 @@ impl Daemon {
         cmd.arg("--rootfs-dir").arg(&args.rootfs_dir);
         // libcgroups warns about every absent v1 controller on every create.
         cmd.args(["--log-level", "warn,libcgroups=error"]);
+        // Not measured, and the default port may be another daemon's.
+        cmd.args(["--metrics-listen", "off"]);
         cmd.args(extra);
         if args.idle > 250 {
             cmd.arg("--max-containers").arg(args.idle.to_string());

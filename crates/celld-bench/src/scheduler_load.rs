@@ -134,7 +134,7 @@ impl SchedulerProcess {
         let log = std::fs::File::create(dir.join("scheduler.log")).context("creating the scheduler's log")?;
         let mut cmd = Command::new(celld);
         cmd.arg("--depot").arg(dir.join("depot"));
-        cmd.args(["--log-level", "info", "scheduler", "--listen", LISTEN, "--db"]);
+        cmd.args(["--log-level", "info", "scheduler", "--listen", LISTEN, "--metrics-listen", "off", "--db"]);
         cmd.arg(dir.join("scheduler.db"));
         // Convergence only when the bench asks (its own timed pass), not every 30 s.
         cmd.args(["--test-clock", "--convergence-interval", "3600"]);

@@ -3,13 +3,12 @@
 //! figures are this process's own measurements under Garden's names; Go's
 //! runtime counters with no counterpart here (a garbage collector's) read 0.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response};
+use hyper::Response;
 use tokio::net::TcpListener;
 
 /// What the vars are read from.
@@ -76,37 +75,19 @@ impl DebugVars {
 
 /// Serves `/debug/vars` on `listener` until aborted; other paths are 404.
 pub async fn serve(listener: TcpListener, vars: Arc<DebugVars>) {
-    loop {
-        let conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
-            Err(e) => {
-                // Out of descriptors, say: wait rather than spin.
-                tracing::warn!(error = %e, "accepting a debug connection failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
+    celld_metrics::serve_simple(listener, move |_: &hyper::Method, path: &str| {
+        let resp = if path == "/debug/vars" {
+            let mut body = serde_json::to_vec_pretty(&vars.render()).unwrap_or_default();
+            body.push(b'\n');
+            Response::builder()
+                .header("Content-Type", "application/json; charset=utf-8")
+                .body(Full::new(Bytes::from(body)))
+        } else {
+            Response::builder().status(404).body(Full::new(Bytes::from_static(b"404 page not found\n")))
         };
-        let vars = vars.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let vars = vars.clone();
-                async move {
-                    let resp = if req.uri().path() == "/debug/vars" {
-                        let mut body = serde_json::to_vec_pretty(&vars.render()).unwrap_or_default();
-                        body.push(b'\n');
-                        Response::builder()
-                            .header("Content-Type", "application/json; charset=utf-8")
-                            .body(Full::new(Bytes::from(body)))
-                    } else {
-                        Response::builder().status(404).body(Full::new(Bytes::from_static(b"404 page not found\n")))
-                    };
-                    Ok::<_, Infallible>(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(conn);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-        });
-    }
+        resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    })
+    .await
 }
 
 #[cfg(test)]

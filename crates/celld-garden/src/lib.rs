@@ -7,5 +7,6 @@ mod conns;
 pub mod debug;
 pub mod gardener;
 pub mod listener;
+pub mod metrics;
 pub mod server;
 mod streams;

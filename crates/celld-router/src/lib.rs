@@ -9,6 +9,7 @@
 //! platform itself (gorouter's routes registered by system components): they
 //! outlive every replace, come before app routes, and write no `RTR` lines.
 
+pub mod metrics;
 mod proxy;
 mod rtr;
 
@@ -140,6 +141,7 @@ pub struct RouterConfig {
     pub access_log: Option<Arc<dyn AccessLog>>,
     /// `None`: every backend in the table is dialled (tests with local servers).
     pub live: Option<Arc<dyn LiveBackends>>,
+    pub metrics: metrics::RouterMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]

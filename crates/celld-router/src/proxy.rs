@@ -99,8 +99,11 @@ impl Router {
         let host = super::normalize_host(&raw_host);
         let request_id = celld_base::guid::new_guid();
         let span = tracing::info_span!("route", host = %host, request_id = %request_id);
-        let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started: Instant::now() };
-        self.route(req, &host, ctx).instrument(span).await
+        let started = Instant::now();
+        let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started };
+        let resp = self.route(req, &host, ctx).instrument(span).await;
+        self.config.metrics.record(resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     async fn route(&self, mut req: Request<Incoming>, host: &str, ctx: Ctx) -> Response<RouterBody> {

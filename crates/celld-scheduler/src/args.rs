@@ -27,6 +27,10 @@ pub struct SchedulerArgs {
     /// Seconds a cell's presence lasts without a heartbeat.
     #[arg(long, default_value_t = 15)]
     pub presence_ttl: u64,
+    /// Where Prometheus scrapes this scheduler's metrics (`GET /metrics`,
+    /// OpenMetrics text), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9102", value_parser = celld_metrics::parse_listen)]
+    pub metrics_listen: celld_metrics::MetricsListen,
     /// A clock that only moves when told (the AdvanceClock call): for tests
     /// of crash back-off, never for production.
     #[arg(long)]

@@ -13,6 +13,7 @@ pub mod args;
 pub mod auction;
 pub mod clock;
 pub mod core;
+pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod store;
@@ -44,6 +45,8 @@ pub enum SchedulerError {
     Internal(String),
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    #[error(transparent)]
+    Metrics(#[from] celld_metrics::MetricsError),
 }
 
 /// How a scheduler runs; `from_args` for the `celld scheduler` command line.
@@ -53,6 +56,8 @@ pub struct SchedulerConfig {
     pub convergence_interval: Duration,
     pub presence_ttl: Duration,
     pub test_clock: bool,
+    /// Where its metrics go (registered by the caller; default: nowhere).
+    pub metrics: metrics::SchedulerMetrics,
 }
 
 impl SchedulerConfig {
@@ -62,6 +67,7 @@ impl SchedulerConfig {
             convergence_interval: Duration::from_secs(args.convergence_interval.max(1)),
             presence_ttl: Duration::from_secs(args.presence_ttl.max(1)),
             test_clock: args.test_clock,
+            metrics: Default::default(),
         }
     }
 }
@@ -90,9 +96,16 @@ impl SchedulerHandle {
     pub fn with_store(config: SchedulerConfig, store: Arc<dyn SchedulerStore>) -> Self {
         let (scheduler, auctions) = Scheduler::new(
             store,
-            core::SchedulerOptions { presence_ttl: config.presence_ttl, test_clock: config.test_clock },
+            core::SchedulerOptions {
+                presence_ttl: config.presence_ttl,
+                test_clock: config.test_clock,
+                metrics: config.metrics.clone(),
+            },
         );
-        let mut loops = vec![tokio::spawn(scheduler.clone().auction_loop(auctions))];
+        let mut loops = vec![
+            tokio::spawn(scheduler.clone().auction_loop(auctions)),
+            tokio::spawn(metrics::refresh_forever(scheduler.clone())),
+        ];
         let s = scheduler.clone();
         let interval = config.convergence_interval;
         loops.push(tokio::spawn(async move {
@@ -176,7 +189,9 @@ pub async fn run(
     depot: &Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
-    let config = SchedulerConfig::from_args(&args, depot);
+    let mut config = SchedulerConfig::from_args(&args, depot);
+    let registry = celld_metrics::SharedRegistry::new();
+    config.metrics = registry.register(metrics::SchedulerMetrics::register);
     let tls = match args.tls().map_err(|e| SchedulerError::Internal(e.to_string()))? {
         Some(files) => Some(files.load().map_err(|e| SchedulerError::Internal(e.to_string()))?),
         None => None,
@@ -186,6 +201,11 @@ pub async fn run(
         celld_transport::grpc::set_client_tls(t.clone());
     }
     let listener = celld_transport::grpc::bind(&args.listen).await?;
+    // Dropped (and so closed) when the scheduler stops serving.
+    let _metrics = match args.metrics_listen {
+        celld_metrics::MetricsListen::On(addr) => Some(celld_metrics::serve(addr, registry).await?),
+        celld_metrics::MetricsListen::Off => None,
+    };
     let handle = SchedulerHandle::start(config.clone()).await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| args.listen.clone());
     tracing::info!(address = %addr, db = %config.db.display(), test_clock = config.test_clock, presence_ttl = config.presence_ttl.as_secs(), tls = tls.is_some(), "serving gRPC (Scheduler)");

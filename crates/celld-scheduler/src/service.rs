@@ -21,7 +21,7 @@ impl From<crate::SchedulerError> for Status {
             E::NotFound(m) => Status::not_found(m),
             E::AlreadyExists(m) => Status::already_exists(m),
             E::FailedPrecondition(m) => Status::failed_precondition(m),
-            E::Store(_) | E::Internal(_) | E::Grpc(_) => Status::internal(e.to_string()),
+            E::Store(_) | E::Internal(_) | E::Grpc(_) | E::Metrics(_) => Status::internal(e.to_string()),
         }
     }
 }

@@ -50,6 +50,38 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError>;
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError>;
     async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError>;
+    /// How many records there are, by kind and state (the /metrics gauges).
+    /// Stores that keep counts answer without listing.
+    async fn counts(&self) -> Result<StoreCounts, SchedulerError> {
+        let mut c = StoreCounts::default();
+        for d in self.desired_lrps(None).await? {
+            c.add_desired(&d);
+        }
+        for a in self.actual_lrps(ActualLrpFilter::default()).await? {
+            *c.actual.entry(a.state).or_default() += 1;
+        }
+        for t in self.tasks(TaskFilter::default()).await? {
+            *c.tasks.entry(t.state).or_default() += 1;
+        }
+        Ok(c)
+    }
+}
+
+/// Records by kind and state; states are the protos' `State as i32`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub desired_lrps: u64,
+    /// The sum of every DesiredLRP's instances.
+    pub desired_instances: u64,
+    pub actual: std::collections::BTreeMap<i32, u64>,
+    pub tasks: std::collections::BTreeMap<i32, u64>,
+}
+
+impl StoreCounts {
+    fn add_desired(&mut self, d: &pb::DesiredLrp) {
+        self.desired_lrps += 1;
+        self.desired_instances += u64::try_from(d.instances).unwrap_or(0);
+    }
 }
 
 /// SQLite in WAL mode. rusqlite is blocking: every call runs on the blocking
@@ -488,6 +520,20 @@ impl SchedulerStore for CachedStore {
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError> {
         let big = filter.cell_id.is_none() && self.read().tasks.len() > BIG_LISTING;
         self.listing(big, move |r| r.tasks(&filter)).await
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, SchedulerError> {
+        // Counted in memory without copying a record; off the async workers
+        // when there are many.
+        let big = self.read().actual.len() > BIG_LISTING;
+        self.listing(big, |r| {
+            let mut c = StoreCounts::default();
+            r.desired.values().for_each(|d| c.add_desired(d));
+            r.actual.values().for_each(|a| *c.actual.entry(a.state).or_default() += 1);
+            r.tasks.values().for_each(|t| *c.tasks.entry(t.state).or_default() += 1);
+            c
+        })
+        .await
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {

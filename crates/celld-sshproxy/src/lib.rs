@@ -6,6 +6,7 @@
 //! its host key against the fingerprint recorded for the LRP, logs in with the
 //! LRP's key, and relays every channel and request both ways (`relay`).
 
+pub mod metrics;
 mod quickack;
 mod relay;
 
@@ -99,6 +100,7 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// What users' clients may encrypt with (`parse_ciphers`).
     pub ciphers: Vec<cipher::Name>,
+    pub metrics: metrics::SshMetrics,
 }
 
 /// The ciphers offered to users unless `--ssh-ciphers` says otherwise. An SSH
@@ -278,7 +280,7 @@ impl SshProxy {
             // this, Nagle holds each small reply for the peer's delayed ACK (40 ms).
             let _ = stream.set_nodelay(true);
             let stream = quickack::QuickAck::new(stream);
-            let handler = relay::Connection::new(self.authority.clone(), remote);
+            let handler = relay::Connection::new(self.authority.clone(), remote, self.cfg.metrics.clone());
             let config = config.clone();
             tokio::spawn(async move {
                 match russh::server::run_stream(config, stream, handler).await {

@@ -33,11 +33,12 @@ pub(super) struct Connection {
     backend: Option<Arc<Backend>>,
     /// The user-side session, for channels the instance opens (`-R`).
     user_side: Arc<OnceLock<server::Handle>>,
+    metrics: crate::metrics::SshMetrics,
 }
 
 impl Connection {
-    pub(super) fn new(authority: Arc<dyn Authority>, remote: SocketAddr) -> Self {
-        Self { authority, remote, target: None, backend: None, user_side: Arc::new(OnceLock::new()) }
+    pub(super) fn new(authority: Arc<dyn Authority>, remote: SocketAddr, metrics: crate::metrics::SshMetrics) -> Self {
+        Self { authority, remote, target: None, backend: None, user_side: Arc::new(OnceLock::new()), metrics }
     }
 
     fn backend(&self) -> Result<Arc<Backend>, russh::Error> {
@@ -53,6 +54,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(t) = &self.target {
             self.authority.session_ended(t, self.remote);
+            self.metrics.sessions_current.dec();
         }
         if let Some(b) = self.backend.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -124,6 +126,8 @@ impl server::Handler for Connection {
             Ok(b) => {
                 tracing::info!(%remote, process_guid = %target.process_guid, index = target.index, "ssh proxy: session started");
                 self.authority.session_started(&target, remote);
+                self.metrics.sessions.inc();
+                self.metrics.sessions_current.inc();
                 self.backend = Some(Arc::new(b));
                 self.target = Some(target);
                 Ok(Auth::Accept)

@@ -52,6 +52,7 @@ pub struct StagerConfig {
     /// The cell's log hub: staging lines also go there as `STG` envelopes
     /// under the app guid, beside the app's own logs.
     pub logs: Option<Arc<crate::executor::logs::LogHub>>,
+    pub metrics: crate::staging::metrics::StagingMetrics,
 }
 
 pub(super) struct Task {

@@ -35,6 +35,7 @@ impl Stager {
         // get there, rather than dropping it mid-step: a dropped container
         // create could finish after the clean-up below and leave a container.
         let (stop, stopped) = watch::channel(false);
+        let started = std::time::Instant::now();
         let staged = async {
             std::fs::create_dir_all(&scratch)
                 .map_err(|e| StagingError::Internal(format!("creating {}: {e}", scratch.display())))
@@ -79,6 +80,7 @@ impl Stager {
             }
         }
         let _ = std::fs::remove_dir_all(&scratch);
+        self.cfg.metrics.staged(matches!(outcome, Outcome::Succeeded(_)), started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Succeeded(s) => {
                 tracing::info!(staging_guid = %guid, droplet = %s.droplet.key, "staging succeeded")

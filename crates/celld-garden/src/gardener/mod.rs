@@ -95,6 +95,7 @@ pub struct Gardener {
     /// Containers whose init died, as their pidfds report it; handled by `reap_forever`.
     init_exits: tokio::sync::mpsc::UnboundedSender<InitExit>,
     init_exits_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InitExit>>>,
+    metrics: crate::metrics::GardenMetrics,
 }
 
 /// Keeps a container's grace timer paused while a process stream is open.
@@ -133,7 +134,12 @@ fn no_network(handle: &str) -> GardenError {
 }
 
 impl Gardener {
-    pub fn new(rt: Containerizer, net: Option<Arc<Networker>>, cfg: GardenerConfig) -> Self {
+    pub fn new(
+        rt: Containerizer,
+        net: Option<Arc<Networker>>,
+        cfg: GardenerConfig,
+        metrics: crate::metrics::GardenMetrics,
+    ) -> Self {
         let (init_exits, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             rt,
@@ -143,6 +149,7 @@ impl Gardener {
             handle_seq: AtomicU64::new(0),
             init_exits,
             init_exits_rx: Mutex::new(Some(rx)),
+            metrics,
         }
     }
 
@@ -195,6 +202,7 @@ impl Gardener {
             }
         }
         let known: std::collections::HashSet<String> = lock(&self.table).live.keys().cloned().collect();
+        self.metrics.containers.set(known.len() as i64);
         self.rt.sweep_strays(&known).await;
     }
 
@@ -308,6 +316,7 @@ impl Gardener {
             }
             t.creating.insert(handle.clone());
         }
+        let started = Instant::now();
         let result = self.create_networked(&spec, allowances).await;
         let mut t = lock(&self.table);
         t.creating.remove(&handle);
@@ -319,6 +328,9 @@ impl Gardener {
         let entry = Entry::new(rec);
         self.watch_init(&handle, &entry);
         t.live.insert(handle.clone(), entry);
+        self.metrics.containers.set(t.live.len() as i64);
+        self.metrics.created.inc();
+        self.metrics.create_duration.observe(started.elapsed().as_secs_f64());
         Ok(handle)
     }
 
@@ -446,6 +458,8 @@ impl Gardener {
         match result {
             Ok(()) => {
                 t.live.remove(handle);
+                self.metrics.containers.set(t.live.len() as i64);
+                self.metrics.destroyed.inc();
                 if t.live.is_empty() && t.creating.is_empty() {
                     self.rt.tidy_cgroup_parent();
                 }

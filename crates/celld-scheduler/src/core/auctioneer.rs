@@ -93,7 +93,11 @@ impl Scheduler {
             while let Ok(more) = rx.try_recv() {
                 items.extend(more);
             }
-            if let Err(e) = self.auction(items).await {
+            let started = std::time::Instant::now();
+            let r = self.auction(items).await;
+            self.metrics.auctions.inc();
+            self.metrics.auction_duration.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "auction failed; convergence retries");
             }
         }

@@ -28,6 +28,13 @@ impl Scheduler {
     /// Diego's convergence pass; returns how many instances and tasks it
     /// started, retired or replaced.
     pub async fn converge(&self) -> Result<u32, SchedulerError> {
+        let started = std::time::Instant::now();
+        let r = self.converge_once().await;
+        self.metrics.convergence_duration.observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn converge_once(&self) -> Result<u32, SchedulerError> {
         let now = self.now();
         let _w = self.write.lock().await;
         let busy = self.busy_cells(now);
@@ -53,6 +60,7 @@ impl Scheduler {
         for d in &desired {
             for index in 0..d.instances {
                 if !by_key.contains_key(&(d.process_guid.clone(), index)) {
+                    self.metrics.missing.inc();
                     batch.put_actual(None, new_unclaimed(d, index, now))?;
                     fx.auctions.push(AuctionItem::Lrp { process_guid: d.process_guid.clone(), index, exclude: None });
                     changes += 1;
@@ -63,6 +71,7 @@ impl Scheduler {
             let Some(d) = desired_by_guid.get(pg.as_str()).filter(|d| *index < d.instances) else {
                 // Extra indexes and orphans.
                 for l in [&copies.ordinary, &copies.suspect].into_iter().flatten() {
+                    self.metrics.extra.inc();
                     self.retire(l, &mut batch, &mut fx);
                     changes += 1;
                 }

@@ -95,6 +95,7 @@ struct PresenceEntry {
 pub struct SchedulerOptions {
     pub presence_ttl: Duration,
     pub test_clock: bool,
+    pub metrics: crate::metrics::SchedulerMetrics,
 }
 
 pub struct Scheduler {
@@ -115,6 +116,7 @@ pub struct Scheduler {
     started: Instant,
     /// For tasks spawned by `dispatch` that must take the write lock later.
     me: std::sync::Weak<Scheduler>,
+    metrics: crate::metrics::SchedulerMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +151,7 @@ impl Scheduler {
             auctions: tx,
             presence_ttl: opts.presence_ttl,
             started: Instant::now(),
+            metrics: opts.metrics,
         });
         (s, rx)
     }
@@ -159,6 +162,15 @@ impl Scheduler {
 
     pub fn presence_ttl(&self) -> Duration {
         self.presence_ttl
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::SchedulerMetrics {
+        &self.metrics
+    }
+
+    /// The store's records by kind and state.
+    pub async fn store_counts(&self) -> Result<super::store::StoreCounts, crate::SchedulerError> {
+        self.store.counts().await
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
