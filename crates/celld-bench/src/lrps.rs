@@ -15,6 +15,10 @@ pub const SCHEDULER: &str = "127.0.0.1:11890";
 pub const CELL_GRPC: &str = "127.0.0.1:11804";
 pub const CELL_ID: &str = "bench-cell";
 const DROPLET_KEY: &str = "droplets/bench-web";
+/// The cell's /metrics in this phase.
+pub const METRICS: &str = "127.0.0.1:11821";
+const SCRAPES: usize = 20;
+
 /// How long the steady state is watched.
 const STEADY: Duration = Duration::from_secs(30);
 
@@ -219,6 +223,7 @@ pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<
         rss_after.saturating_sub(rss_before) as f64 / steady as f64,
         init_pss as f64 / inits.len().max(1) as f64
     );
+    scrapes(steady).await?;
     println!();
     s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "bench-steady".into() }).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -226,5 +231,33 @@ pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<
         ensure!(Instant::now() < deadline, "instances were not removed within 2 min");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// What a Prometheus scrape of the cell costs with `steady` instances
+/// (issue 23): `GET /metrics` on a new connection each time, as Prometheus
+/// does after an idle interval.
+async fn scrapes(steady: usize) -> Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().context("an HTTP client")?;
+    let url = format!("http://{METRICS}/metrics");
+    let mut samples = Vec::with_capacity(SCRAPES);
+    let mut size = 0;
+    for _ in 0..SCRAPES {
+        let t = Instant::now();
+        let r = http.get(&url).send().await.context("GET /metrics")?;
+        ensure!(r.status() == 200, "GET /metrics: {}", r.status());
+        let body = r.bytes().await.context("GET /metrics")?;
+        samples.push(t.elapsed());
+        size = body.len();
+        let series = String::from_utf8_lossy(&body).matches("celld_instance_memory_bytes{").count();
+        ensure!(series >= steady, "the scrape has {series} instance memory series, {steady} instances run");
+    }
+    let (p50, p95) = super::percentiles(&mut samples);
+    println!(
+        "GET /metrics at {steady} instances: p50 {:.2} ms, p95 {:.2} ms, {} KiB",
+        super::ms(p50),
+        super::ms(p95),
+        size / 1024
+    );
     Ok(())
 }

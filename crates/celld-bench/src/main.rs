@@ -72,6 +72,9 @@ struct Args {
     /// Only the images phase (pulls against skopeo + umoci, creates from an image).
     #[arg(long)]
     images_only: bool,
+    /// Only the app-instance phase (desired → RUNNING, the steady state, /metrics scrapes).
+    #[arg(long)]
+    lrps_only: bool,
     /// LRPs timed from desired to RUNNING through BBS and through celld's
     /// own scheduler in the Diego phase (after 3 warm-ups each).
     #[arg(long, default_value_t = 30)]
@@ -105,6 +108,13 @@ fn main() -> Result<()> {
     }
     if args.push_only {
         let r = push_phase(&rt, &celld, &dir, &args);
+        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
+    if args.lrps_only {
+        let r = lrps_phase(&rt, &celld, &dir, &args);
         let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
         let removed = remove_dir(&dir);
         r?;
@@ -159,18 +169,7 @@ fn main() -> Result<()> {
     let networked = networked.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("staging"), &args, &staging_args, async |_, _, d| staging(&args, d).await)
     });
-    let networked = networked.and_then(|()| {
-        let sched = lrps::Scheduler::start(&celld, &dir.join("scheduler"))?;
-        let mut cell_args = pool.to_vec();
-        cell_args[5] = lrps::CELL_GRPC;
-        let max = (args.steady_instances + 10).to_string();
-        cell_args.extend(["--scheduler", lrps::SCHEDULER, "--cell-id", lrps::CELL_ID, "--max-containers", &max]);
-        let r = run_cell(&rt, &celld, &dir.join("lrps"), &args, &cell_args, async |_, pid, d| {
-            lrps::run(args.lrps, args.steady_instances, pid, d).await
-        });
-        drop(sched);
-        r
-    });
+    let networked = networked.and_then(|()| lrps_phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| {
         run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await)
     });
@@ -181,6 +180,35 @@ fn main() -> Result<()> {
     let removed = remove_dir(&dir);
     networked?;
     removed
+}
+
+/// App instances on a networked cell under celld's own scheduler: desired →
+/// RUNNING, the steady state of many, and what a /metrics scrape costs there.
+fn lrps_phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: &Args) -> Result<()> {
+    let sched = lrps::Scheduler::start(celld, &dir.join("scheduler"))?;
+    let max = (args.steady_instances + 10).to_string();
+    let cell_args = [
+        "--network-pool",
+        BENCH_POOL,
+        "--port-pool-start",
+        "51001",
+        "--grpc-listen",
+        lrps::CELL_GRPC,
+        "--scheduler",
+        lrps::SCHEDULER,
+        "--cell-id",
+        lrps::CELL_ID,
+        "--max-containers",
+        &max,
+        // On, as by default: the steady state includes the metrics' refresh.
+        "--metrics-listen",
+        lrps::METRICS,
+    ];
+    let r = run_cell(rt, celld, &dir.join("lrps"), args, &cell_args, async |_, pid, d| {
+        lrps::run(args.lrps, args.steady_instances, pid, d).await
+    });
+    drop(sched);
+    r
 }
 
 /// Issue 22's push: the CF API's v3 sequence against cellctl push, on a
@@ -639,8 +667,11 @@ impl Daemon {
         cmd.arg("--rootfs-dir").arg(&args.rootfs_dir);
         // libcgroups warns about every absent v1 controller on every create.
         cmd.args(["--log-level", "warn,libcgroups=error"]);
-        // Not measured, and the default port may be another daemon's.
-        cmd.args(["--metrics-listen", "off"]);
+        // Off unless a phase measures it (the default port may be another
+        // daemon's).
+        if !extra.contains(&"--metrics-listen") {
+            cmd.args(["--metrics-listen", "off"]);
+        }
         cmd.args(extra);
         if args.idle > 250 {
             cmd.arg("--max-containers").arg(args.idle.to_string());
