@@ -21,7 +21,7 @@ mod tree;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::sync::watch;
@@ -164,8 +164,38 @@ struct TaskEntry {
 struct Table {
     lrps: HashMap<String, LrpEntry>,
     tasks: HashMap<String, TaskEntry>,
-    /// Last CPU sample per container, for CPU percentages.
-    cpu: HashMap<String, (Instant, u64)>,
+    /// CPU samples per container, for CPU percentages.
+    cpu: HashMap<String, CpuSamples>,
+}
+
+/// A container's CPU usage samples. Several readers (the metrics refresh, the
+/// dashboard's sampler, `cf app`, Diego's ContainerMetrics) read at their own
+/// pace; a percentage is always taken over at least [`CPU_WINDOW`], so one
+/// reader's read just before another's does not make the other's a 0.1 s
+/// sample.
+struct CpuSamples {
+    /// The sample before `last`, at least CPU_WINDOW older than it.
+    prev: Option<(Instant, u64)>,
+    last: (Instant, u64),
+}
+
+const CPU_WINDOW: Duration = Duration::from_secs(2);
+
+impl CpuSamples {
+    /// The CPU % since a sample at least CPU_WINDOW old (or the oldest there
+    /// is), recording `now` as a new sample when the window allows.
+    fn percent(&mut self, now: Instant, usage_ns: u64) -> Option<f64> {
+        let base = if now.duration_since(self.last.0) >= CPU_WINDOW {
+            let base = self.last;
+            self.prev = Some(self.last);
+            self.last = (now, usage_ns);
+            base
+        } else {
+            self.prev.unwrap_or(self.last)
+        };
+        let wall = now.duration_since(base.0).as_nanos() as f64;
+        (wall > 0.0).then(|| usage_ns.saturating_sub(base.1) as f64 * 100.0 / wall)
+    }
 }
 
 pub struct Executor {
@@ -663,13 +693,13 @@ impl Executor {
                     let g = me.gardener.metrics(&guid).ok()?;
                     let now = Instant::now();
                     let mut t = lock(&me.table);
-                    if let Some((at, usage)) = t.cpu.get(&guid) {
-                        let wall = now.duration_since(*at).as_nanos() as f64;
-                        if wall > 0.0 {
-                            m.cpu_percentage = (g.cpu_stat.usage.saturating_sub(*usage) as f64) * 100.0 / wall;
+                    let usage = g.cpu_stat.usage;
+                    match t.cpu.get_mut(&guid) {
+                        Some(samples) => m.cpu_percentage = samples.percent(now, usage).unwrap_or(0.0),
+                        None => {
+                            t.cpu.insert(guid, CpuSamples { prev: None, last: (now, usage) });
                         }
                     }
-                    t.cpu.insert(guid, (now, g.cpu_stat.usage));
                     m.memory_bytes = g.memory_stat.total_usage_toward_limit;
                     m.disk_bytes = g.disk_stat.exclusive_bytes_used;
                     m.container_age_ns = g.age;
@@ -788,5 +818,21 @@ mod tests {
         assert!(guid_ok("instance_guid", "").is_err());
         assert!(guid_ok("instance_guid", "../x").is_err());
         assert!(guid_ok("instance_guid", "a1b2-c3").is_ok());
+    }
+
+    #[test]
+    fn cpu_percent_is_taken_over_at_least_the_window() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut c = CpuSamples { prev: None, last: (t0, 0) };
+        // Too soon after the first sample: over what there is.
+        assert_eq!(c.percent(s(0.5), 250_000_000), Some(50.0));
+        // A window later: over the window, and a new sample.
+        assert_eq!(c.percent(s(2.0), 1_000_000_000), Some(50.0));
+        // A reader right after: over the sample before, not over 0.1 s.
+        let p = c.percent(s(2.1), 1_100_000_000).unwrap_or(0.0);
+        assert!((p - 1_100_000_000.0 * 100.0 / 2.1e9).abs() < 1e-6, "{p}");
+        assert_eq!(c.percent(s(4.0), 2_000_000_000), Some(50.0));
+        assert_eq!(c.percent(s(4.0), 2_000_000_000), Some(50.0));
     }
 }
