@@ -85,6 +85,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // reqwest (push, /metrics scrapes) is built without a TLS provider of its
+    // own: ring is the tree's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if args.sim.only.is_some() {
         return scheduler_load::alone(args.celld.as_deref(), &args.sim);
     }

@@ -156,8 +156,6 @@ pub async fn run(dir: &Path, hello: &Path) -> Result<()> {
     let depot = dir.join("depot");
     let password = std::fs::read_to_string(depot.join("cf-api/admin-password"))
         .context("the CF API's admin password in the depot")?;
-    // reqwest is built without a provider of its own (ring is the tree's).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().build()?;
     let base = format!("http://{CF_API}");
     let form = [("grant_type", "password"), ("username", "admin"), ("password", password.trim())];
