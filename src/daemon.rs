@@ -124,7 +124,7 @@ async fn serve(
     registry: crate::metrics::SharedRegistry,
 ) -> anyhow::Result<()> {
     // First: a taken port fails the start before anything is restored.
-    let _metrics_endpoint = match cfg.metrics_listen {
+    let metrics_endpoint = match cfg.metrics_listen {
         crate::metrics::MetricsListen::On(addr) => Some(crate::metrics::serve(addr, registry.clone()).await?),
         crate::metrics::MetricsListen::Off => None,
     };
@@ -198,8 +198,11 @@ async fn serve(
     };
     let dashboard_url = dashboard(&cfg, apps.as_ref(), &executor, routes.as_deref()).await?;
     // Instances are labelled with their app's name where the app layer has it.
+    // Read only when someone may scrape them: the reading costs CPU per container.
     let names = apps.clone().map(|a| -> crate::executor::metrics::AppNames { Arc::new(move |g| a.app_name(g)) });
-    let metrics_refresh = tokio::spawn(crate::executor::metrics::refresh_forever(executor.clone(), names));
+    let metrics_refresh = metrics_endpoint
+        .is_some()
+        .then(|| tokio::spawn(crate::executor::metrics::refresh_forever(executor.clone(), names)));
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match cfg.grpc_listen() {
         Some(addr) => {
@@ -283,7 +286,9 @@ async fn serve(
     for l in &listeners {
         l.abort();
     }
-    metrics_refresh.abort();
+    if let Some(r) = metrics_refresh {
+        r.abort();
+    }
     // Containers keep running; the next celld picks them up from the depot.
     tracing::info!("shutting down; containers keep running");
     if let Some(j) = joined {
@@ -487,6 +492,9 @@ fn print_local_banner(cfg: &Config, apps: &crate::apps::AppLayer, cf: Option<&st
     }
     if let Some(url) = dashboard {
         println!("  dashboard                 {url}");
+    }
+    if let crate::metrics::MetricsListen::On(addr) = cfg.metrics_listen {
+        println!("  metrics (Prometheus)      http://{addr}/metrics");
     }
     println!("  default space             {}", cfg.default_space);
     if let Some(cf) = cf {

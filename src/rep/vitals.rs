@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use celld_proto as pb;
 
@@ -152,12 +153,41 @@ fn statvfs_percent(path: &Path) -> Result<f64, VitalsError> {
     Ok(disk_percent(blocks, bfree, bavail))
 }
 
-/// Samples the host's vitals; keeps the previous CPU sample so each call's
-/// CPU split is over the time since the call before.
+/// Samples the host's vitals; keeps CPU samples so each call's CPU split is
+/// over at least [`CPU_WINDOW`] (two calls a moment apart would otherwise
+/// split a tick or two: 100 % user).
 pub struct Vitals {
     proc_dir: PathBuf,
     depot: PathBuf,
-    prev_cpu: Mutex<Option<CpuTicks>>,
+    cpu: Mutex<CpuSamples>,
+}
+
+const CPU_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The newest CPU sample, and the one before it (at least CPU_WINDOW older).
+#[derive(Default)]
+struct CpuSamples {
+    prev: Option<(Instant, CpuTicks)>,
+    last: Option<(Instant, CpuTicks)>,
+}
+
+impl CpuSamples {
+    /// The sample to measure `now` against (none: since boot), recording
+    /// `now` when the newest is a window old.
+    fn base(&mut self, at: Instant, now: CpuTicks) -> CpuTicks {
+        match self.last {
+            Some((t, last)) if at.duration_since(t) >= CPU_WINDOW => {
+                self.prev = self.last;
+                self.last = Some((at, now));
+                last
+            }
+            Some(_) => self.prev.or(self.last).map(|(_, c)| c).unwrap_or_default(),
+            None => {
+                self.last = Some((at, now));
+                CpuTicks::default()
+            }
+        }
+    }
 }
 
 impl Vitals {
@@ -168,7 +198,7 @@ impl Vitals {
 
     /// Reads `proc_dir` instead of /proc (tests).
     pub fn with_proc(depot: impl Into<PathBuf>, proc_dir: impl Into<PathBuf>) -> Self {
-        Self { proc_dir: proc_dir.into(), depot: depot.into(), prev_cpu: Mutex::new(None) }
+        Self { proc_dir: proc_dir.into(), depot: depot.into(), cpu: Mutex::new(CpuSamples::default()) }
     }
 
     fn read(&self, name: &str) -> Result<String, VitalsError> {
@@ -176,15 +206,16 @@ impl Vitals {
         std::fs::read_to_string(&path).map_err(|source| VitalsError::Read { path: path.display().to_string(), source })
     }
 
-    /// One sample. The first call's CPU split is since boot.
+    /// One sample. The first call's CPU split is since boot; later ones over
+    /// at least CPU_WINDOW.
     pub fn sample(&self) -> Result<pb::CellVitals, VitalsError> {
         let [load_1m, load_5m, load_15m] = parse_loadavg(&self.read("loadavg")?)?;
         let now = parse_stat(&self.read("stat")?)?;
         let prev = {
             // A poisoned lock only means another sampler panicked mid-swap;
             // the value inside is still a valid sample.
-            let mut g = self.prev_cpu.lock().unwrap_or_else(|p| p.into_inner());
-            g.replace(now).unwrap_or_default()
+            let mut g = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+            g.base(Instant::now(), now)
         };
         let [cpu_user_percent, cpu_sys_percent, cpu_wait_percent] = cpu_percent(prev, now);
         let mem = parse_meminfo(&self.read("meminfo")?)?;
@@ -269,6 +300,19 @@ mod tests {
         assert_eq!(disk_percent(100, 40, 20), 75.0);
         assert_eq!(disk_percent(0, 0, 0), 0.0);
         assert_eq!(disk_percent(10, 20, 0), 0.0);
+    }
+
+    #[test]
+    fn cpu_is_split_over_at_least_the_window() {
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + std::time::Duration::from_secs_f64(secs);
+        let ticks = |user, total| CpuTicks { user, sys: 0, wait: 0, total };
+        let mut c = CpuSamples::default();
+        assert_eq!(c.base(at(0.0), ticks(10, 100)), CpuTicks::default(), "the first: since boot");
+        assert_eq!(c.base(at(1.0), ticks(20, 200)), ticks(10, 100), "too soon: against the only sample");
+        assert_eq!(c.base(at(2.0), ticks(30, 300)), ticks(10, 100), "a window on: against it, and kept");
+        assert_eq!(c.base(at(2.1), ticks(31, 310)), ticks(10, 100), "right after: the sample before");
+        assert_eq!(c.base(at(4.0), ticks(50, 500)), ticks(30, 300));
     }
 
     #[test]

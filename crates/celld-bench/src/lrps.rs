@@ -151,7 +151,32 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((utime + stime) * 1000 / ticks)
 }
 
+/// The phase, then (whether it failed or not) every DesiredLRP it made
+/// removed and its instances gone: left desired, the scheduler would restart
+/// each instance the bench's teardown destroys, and the cell would leave them
+/// running when it stops.
 pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<()> {
+    let measured = measure(lrps, steady, daemon, dir).await;
+    let removed = remove_all().await;
+    measured?;
+    removed
+}
+
+async fn remove_all() -> Result<()> {
+    let mut s = scheduler_client().await?;
+    let desired = s.desired_lr_ps(pb::DesiredLrPsRequest::default()).await?.into_inner().desired_lrps;
+    for d in desired {
+        s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: d.process_guid }).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !s.actual_lr_ps(pb::ActualLrPsRequest::default()).await?.into_inner().actual_lrps.is_empty() {
+        ensure!(Instant::now() < deadline, "instances were not removed within 2 min");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+async fn measure(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<()> {
     super::settle().await;
     let blobs = PathBuf::from(format!("file://{}", dir.join("depot/blobs").display()));
     let store = celld_blobstore::Blobstore::open(&blobs.to_string_lossy()).context("the cell's blobstore")?;
@@ -225,12 +250,6 @@ pub async fn run(lrps: usize, steady: usize, daemon: u32, dir: &Path) -> Result<
     );
     scrapes(steady).await?;
     println!();
-    s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "bench-steady".into() }).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !s.actual_lr_ps(pb::ActualLrPsRequest::default()).await?.into_inner().actual_lrps.is_empty() {
-        ensure!(Instant::now() < deadline, "instances were not removed within 2 min");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     Ok(())
 }
 
