@@ -10,8 +10,18 @@ use crate::store::{GcReport, ImageStore, State, Tmp};
 const AUTO_FREE_PERCENT: u64 = 15;
 
 impl ImageStore {
-    /// Collects now; returns what went.
+    /// Collects now what the limit asks for; returns what went.
     pub fn gc(&self) -> GcReport {
+        self.collect(false)
+    }
+
+    /// Collects every image no container uses and no lease holds, however
+    /// far under its limit the store is (an operator's `cellctl garden gc`).
+    pub fn gc_unused(&self) -> GcReport {
+        self.collect(true)
+    }
+
+    fn collect(&self, all_unused: bool) -> GcReport {
         let in_use = (self.inner.in_use)();
         let inner = &self.inner;
         // What goes is moved aside under the lock and deleted after it:
@@ -19,6 +29,7 @@ impl ImageStore {
         let mut doomed = Vec::new();
         let mut st = inner.lock();
         let to_free = match inner.cfg.max_bytes {
+            _ if all_unused => u64::MAX,
             0 => auto_excess(&inner.cfg.dir),
             max => st.total.saturating_sub(max),
         };

@@ -359,6 +359,35 @@ async fn gc_keeps_leased_and_in_use_images() {
     assert_eq!(std::fs::read_dir(tmp.path().join("store/l")).unwrap().count(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_unused_ignores_the_limit_but_keeps_leased_and_in_use_images() {
+    let tmp = TestDir::new("t7u");
+    let mut uris = Vec::new();
+    for i in 0..3u8 {
+        let l = tmp.path().join(format!("l{i}"));
+        ImageBuilder::new().layer(vec![Entry::file("own", &[i; 10_000])]).write(&l, "t").unwrap();
+        uris.push(format!("oci://{}:t", l.display()));
+    }
+    let s = store(tmp.path(), NO_LIMIT);
+    let in_use_id = s.pull(&uris[0], None).await.unwrap().id.clone();
+    drop(s.pull(&uris[1], None).await.unwrap());
+    drop(s);
+    let mut cfg = StoreConfig::new(tmp.path().join("store"));
+    cfg.max_bytes = NO_LIMIT;
+    let keep = in_use_id.clone();
+    let s = ImageStore::open(cfg, Arc::new(move || HashSet::from([keep.clone()]))).unwrap();
+    let leased = s.pull(&uris[2], None).await.unwrap();
+    // Far under its limit: the limit's collection takes nothing.
+    assert_eq!(s.gc(), celld_image::GcReport::default());
+    // An operator's: the one unused image, not the used or the leased one.
+    let before = s.size_bytes();
+    let r = s.gc_unused();
+    assert_eq!((r.images_removed, r.layers_removed), (1, 1), "{r:?}");
+    assert_eq!(s.size_bytes(), before - r.bytes_freed);
+    drop(leased);
+    assert_eq!(s.gc_unused().images_removed, 1, "the lease gone, that image goes too");
+}
+
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![p.to_path_buf()];

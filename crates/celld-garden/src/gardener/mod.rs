@@ -260,7 +260,7 @@ impl Gardener {
     /// Removes the images and layers no container uses (`cellctl garden gc`).
     pub async fn collect_images(&self) -> ImageGcReply {
         let images = self.rt.images().clone();
-        let r = tokio::task::spawn_blocking(move || images.gc()).await.unwrap_or_default();
+        let r = tokio::task::spawn_blocking(move || images.gc_unused()).await.unwrap_or_default();
         ImageGcReply {
             images_removed: r.images_removed as u64,
             layers_removed: r.layers_removed as u64,
