@@ -330,11 +330,11 @@ async fn digest_pins_and_the_docker_hub_mirror() {
     assert_eq!(s.config("docker://busybox:v1", None).await.unwrap().user, "vcap");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn gc_keeps_leased_and_in_use_images() {
-    let tmp = TestDir::new("t7");
+/// `n` one-layer OCI layouts; the first two pulled into a store, which is
+/// opened again with `max` bytes and the first image in use.
+async fn one_image_in_use(tmp: &TestDir, n: u8, max: u64) -> (Vec<String>, ImageStore) {
     let mut uris = Vec::new();
-    for i in 0..2u8 {
+    for i in 0..n {
         let l = tmp.path().join(format!("l{i}"));
         ImageBuilder::new().layer(vec![Entry::file("own", &[i; 10_000])]).write(&l, "t").unwrap();
         uris.push(format!("oci://{}:t", l.display()));
@@ -343,11 +343,17 @@ async fn gc_keeps_leased_and_in_use_images() {
     let in_use_id = s.pull(&uris[0], None).await.unwrap().id.clone();
     drop(s.pull(&uris[1], None).await.unwrap());
     drop(s);
-    // Over a 1-byte limit: only what is in use or leased stays.
     let mut cfg = StoreConfig::new(tmp.path().join("store"));
-    cfg.max_bytes = 1;
-    let keep = in_use_id.clone();
-    let s = ImageStore::open(cfg, Arc::new(move || HashSet::from([keep.clone()]))).unwrap();
+    cfg.max_bytes = max;
+    let s = ImageStore::open(cfg, Arc::new(move || HashSet::from([in_use_id.clone()]))).unwrap();
+    (uris, s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_leased_and_in_use_images() {
+    let tmp = TestDir::new("t7");
+    // Over a 1-byte limit: only what is in use or leased stays.
+    let (uris, s) = one_image_in_use(&tmp, 2, 1).await;
     let leased = s.pull(&uris[1], None).await.unwrap();
     let before = s.size_bytes();
     assert_eq!(s.gc(), celld_image::GcReport::default(), "one in use, one leased");
@@ -362,20 +368,7 @@ async fn gc_keeps_leased_and_in_use_images() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_unused_ignores_the_limit_but_keeps_leased_and_in_use_images() {
     let tmp = TestDir::new("t7u");
-    let mut uris = Vec::new();
-    for i in 0..3u8 {
-        let l = tmp.path().join(format!("l{i}"));
-        ImageBuilder::new().layer(vec![Entry::file("own", &[i; 10_000])]).write(&l, "t").unwrap();
-        uris.push(format!("oci://{}:t", l.display()));
-    }
-    let s = store(tmp.path(), NO_LIMIT);
-    let in_use_id = s.pull(&uris[0], None).await.unwrap().id.clone();
-    drop(s.pull(&uris[1], None).await.unwrap());
-    drop(s);
-    let mut cfg = StoreConfig::new(tmp.path().join("store"));
-    cfg.max_bytes = NO_LIMIT;
-    let keep = in_use_id.clone();
-    let s = ImageStore::open(cfg, Arc::new(move || HashSet::from([keep.clone()]))).unwrap();
+    let (uris, s) = one_image_in_use(&tmp, 3, NO_LIMIT).await;
     let leased = s.pull(&uris[2], None).await.unwrap();
     // Far under its limit: the limit's collection takes nothing.
     assert_eq!(s.gc(), celld_image::GcReport::default());
