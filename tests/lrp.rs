@@ -477,7 +477,13 @@ fn restarts_of_the_scheduler_and_the_cell_lose_nothing() {
             )
             .await
             .expect("run pkill");
-        assert_eq!(p.wait().await.expect("pkill"), 0, "could not kill the app");
+        // The app's exit makes the cell destroy the container, which can take
+        // init (and the connection that would carry kill's own exit status)
+        // first; the crash report below proves the kill either way.
+        match p.wait().await {
+            Ok(code) => assert_eq!(code, 0, "could not kill the app"),
+            Err(e) => eprintln!("kill's exit status was lost with the container: {e}"),
+        }
         tokio::time::sleep(Duration::from_secs(30)).await;
         sched.spawn();
         let mut s = sched.client().await;
