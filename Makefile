@@ -83,13 +83,14 @@ rootfs-full: deps $(BOOKWORM_STAMP)
 $(BOOKWORM_STAMP): $(ROOTFS_SCRIPT) | deps
 	$(SUDO) bash $(ROOTFS_SCRIPT) bookworm $(ROOTFS_OUT)/bookworm
 
-# The in-container lifecycle binary is static (the tiny rootfs has no libc): it is
-# built for the host triple named explicitly, so crt-static reaches it but not
-# build scripts or proc macros; its own crate (crates/celld-lifecycle) carries
-# only the few crates it needs.
+# The in-container lifecycle binary and the container init are static (the tiny
+# rootfs has no libc): they are built for the host triple named explicitly, so
+# crt-static reaches them but not build scripts or proc macros; their own crates
+# (crates/celld-lifecycle, crates/celld-init) carry only the few crates they need.
 HOST_TRIPLE := $(shell $(CARGO) -vV 2>/dev/null | sed -n 's/^host: //p')
 TRIPLE_ENV  := $(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')
 LIFECYCLE   := target/release/celld-lifecycle
+INIT        := target/release/celld-init
 
 build: deps
 	$(CARGO) build --release --bins
@@ -97,8 +98,9 @@ build: deps
 
 lifecycle: deps
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
-	  $(CARGO) build --release --target $(HOST_TRIPLE) -p celld-lifecycle --bin celld-lifecycle
+	  $(CARGO) build --release --target $(HOST_TRIPLE) -p celld-lifecycle --bin celld-lifecycle -p celld-init --bin celld-init
 	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-lifecycle $(LIFECYCLE)
+	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-init $(INIT)
 
 # celld --local in the foreground, then pushes examples/hello (scripts/run-local.sh).
 run: build rootfs lifecycle

@@ -164,6 +164,11 @@ fn pid_1_is_garden_init_without_host_paths() {
         let pid_1 = out.lines().find(|l| l.split_whitespace().next() == Some("1"));
         assert!(pid_1.is_some_and(|l| l.ends_with(" garden-init")), "{out}");
         assert!(!out.contains(&host), "{out}");
+        // init is the static celld-init, exec'd from a sealed memfd: no host
+        // path shows, and no container can write to it.
+        let (_, out, _) = run(&d, &h, sh("readlink /proc/1/exe; echo x >> /proc/1/exe && echo WROTE")).await;
+        assert!(out.starts_with("/memfd:garden-init"), "{out}");
+        assert!(!out.contains("WROTE"), "{out}");
     });
     // The daemon finds its containers again without their command lines.
     d.restart();

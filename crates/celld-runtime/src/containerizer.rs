@@ -428,7 +428,7 @@ impl Containerizer {
             let killed = t0.elapsed();
             // Its peas' own cgroups: their processes die with the container's
             // pid namespace, but the cgroups sit beside the container's.
-            if let Err(e) = super::pea::remove_cgroups(&rec.handle, &rec.cgroup_path) {
+            if let Err(e) = super::pea::remove_cgroups(&rec.handle, &rec.cgroup_path, &dir) {
                 first_err.get_or_insert(e);
             }
             // Whatever hierarchies it is in: a create cut short by a crash

@@ -72,6 +72,25 @@ pub fn run() -> std::io::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
 
+    // Every container's init is exec'd from one sealed copy of the static
+    // init binary; without one, inits go on as copies of this process.
+    let init_exe = match super::spawn::InitExe::beside_current_exe() {
+        Some(path) => match super::spawn::InitExe::load(&path) {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                tracing::warn!(error = %e, "container inits will run in copies of the helper");
+                None
+            }
+        },
+        None => {
+            tracing::warn!(
+                binary = super::spawn::INIT_BINARY,
+                "no static init binary beside celld (make lifecycle builds it): container inits will run in copies of the helper, with more memory each"
+            );
+            None
+        }
+    };
+
     let sock = unsafe { std::fs::File::from_raw_fd(0) };
     let mut writer = sock.try_clone()?;
     let mut reader = BufReader::new(sock);
@@ -96,7 +115,7 @@ pub fn run() -> std::io::Result<()> {
                     super::rootfs::Overlay::mount_at(&rootfs.merged, &rootfs.options).map_err(|e| e.to_string());
                 mounted = Some(rootfs.merged);
                 match filter.and_then(|f| mount.map(|()| f)) {
-                    Ok(filter) => create(&id, &bundle, &socket, filter),
+                    Ok(filter) => create(&id, &bundle, &socket, filter, init_exe.as_ref()),
                     Err(message) => HelperReply::Failed { message },
                 }
             }
@@ -130,7 +149,13 @@ fn reap_children() {
     while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
-fn create(id: &str, bundle: &Path, socket: &Path, seccomp: Option<&'static [libc::sock_filter]>) -> HelperReply {
+fn create(
+    id: &str,
+    bundle: &Path,
+    socket: &Path,
+    seccomp: Option<&'static [libc::sock_filter]>,
+    init_exe: Option<&super::spawn::InitExe>,
+) -> HelperReply {
     let _ = std::fs::remove_file(socket);
     let listener = match UnixListener::bind(socket) {
         Ok(l) => l,
@@ -140,7 +165,7 @@ fn create(id: &str, bundle: &Path, socket: &Path, seccomp: Option<&'static [libc
     let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
     let listen: OwnedFd = listener.into();
     let started = std::time::Instant::now();
-    let result = super::spawn::start(bundle, listen.as_raw_fd(), seccomp);
+    let result = super::spawn::start(bundle, listen.as_raw_fd(), seccomp, init_exe);
     tracing::debug!(container = id, ms = started.elapsed().as_secs_f64() * 1e3, "container started");
     drop(listen);
     match result {

@@ -1,23 +1,22 @@
 //! The containerizer: OCI spec, rootfs, cgroups, the runtime helper that
 //! starts containers, the in-container init, and the depot (state on disk).
 
-pub mod caps;
 pub mod cgroups;
 pub mod containerizer;
 pub mod depot;
 pub mod disk;
 pub mod helper;
-pub mod init;
-pub mod initproto;
 pub mod pea;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
-pub mod users;
 
 use std::path::Path;
 
+// Init and what the daemon shares with it live in their own small crate (a
+// static binary); their paths here are unchanged.
+pub use celld_init::{caps, init, initproto, users};
 pub use containerizer::{Containerizer, ImageSettings, RuntimeConfig};
 
 #[derive(Debug, thiserror::Error)]

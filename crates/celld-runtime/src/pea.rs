@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
 use super::RuntimeError;
-use super::cgroups::{self, Cgroup};
+use super::cgroups::Cgroup;
 use super::containerizer::{Containerizer, Lower, now_ns};
 use super::depot::ContainerRecord;
 use super::helper::{HelperReply, HelperRequest, RootfsMount};
@@ -217,15 +217,19 @@ fn remove_leftovers(dir: &Path, own_cgroup: Option<&str>) {
 }
 
 /// Removes the own cgroups of a container's peas (beside the container's).
-pub fn remove_cgroups(handle: &str, container_cgroup: &str) -> Result<(), RuntimeError> {
+/// Every pea has its directory under the container's (made before its
+/// cgroup), which names them: listing the parent cgroup instead, which holds
+/// every container's, made each destroy cost as much as there are
+/// containers. A cgroup a crash left without its directory is the daemon's
+/// sweep of strays at start.
+pub fn remove_cgroups(handle: &str, container_cgroup: &str, container_dir: &Path) -> Result<(), RuntimeError> {
     let mut first_err = None;
     let parent = cgroup_parent(container_cgroup);
     let prefix = own_cgroup_prefix(handle);
-    for name in cgroups::children(Path::new(parent)) {
-        if name.starts_with(&prefix) {
-            if let Err(e) = Cgroup::new(format!("{parent}/{name}")).remove() {
-                first_err.get_or_insert(e);
-            }
+    let Ok(peas) = std::fs::read_dir(container_dir.join("peas")) else { return Ok(()) };
+    for name in peas.flatten().map(|e| e.file_name().to_string_lossy().into_owned()) {
+        if let Err(e) = Cgroup::new(format!("{parent}/{prefix}{name}")).remove() {
+            first_err.get_or_insert(e);
         }
     }
     first_err.map_or(Ok(()), Err)

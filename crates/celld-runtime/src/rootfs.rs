@@ -325,8 +325,17 @@ impl Overlay {
     }
 
     /// Mounts the overlay prepared with `options` on `merged`.
+    ///
+    /// `volatile`: a container's writes do not outlive it (nor a reboot of
+    /// the host, after which Garden's containers are gone), so the overlay
+    /// never syncs its upper file system; without it, the last unmount of
+    /// every container's overlay (its init's exit) commits the whole depot
+    /// file system (a btrfs transaction), one container after another.
+    /// Kernels before 5.10 do not know the option.
     pub fn mount_at(merged: &Path, options: &str) -> Result<(), RuntimeError> {
-        nix::mount::mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options))
+        let mount = |o: &str| nix::mount::mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(o));
+        mount(&format!("{options},volatile"))
+            .or_else(|e| if e == nix::errno::Errno::EINVAL { mount(options) } else { Err(e) })
             .map_err(|e| RuntimeError::Mount(format!("overlay on {}: {e}", merged.display())))
     }
 

@@ -24,7 +24,10 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, LinuxResources, Spec
 use super::cgroups::Cgroup;
 use mounts::{make_devices, mask, mount_cgroups, mount_one, pivot_root, remount};
 
+mod init_exe;
 mod mounts;
+
+pub use init_exe::{INIT_BINARY, InitExe};
 
 /// One of the spec's mounts, decided before the clone so that the child only
 /// makes system calls.
@@ -356,7 +359,12 @@ const CGROUPS_DONE: u8 = b'd';
 /// Creates and starts the container `bundle/config.json` describes; its first
 /// process becomes celld's init, serving `listen_fd`. Returns init's host pid.
 /// On failure nothing of the container is left: no process, no cgroup.
-pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filter]>) -> Result<i32, String> {
+pub fn start(
+    bundle: &Path,
+    listen_fd: RawFd,
+    seccomp: Option<&[libc::sock_filter]>,
+    init_exe: Option<&InitExe>,
+) -> Result<i32, String> {
     let t0 = std::time::Instant::now();
     let path = bundle.join("config.json");
     let spec = Spec::load(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -370,7 +378,7 @@ pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filte
     }
     if pid == 0 {
         drop((go_w, status_r));
-        child(&plan, go_r, status_w, listen_fd, seccomp);
+        child(&plan, go_r, status_w, listen_fd, seccomp, init_exe);
     }
     drop((go_r, status_w));
     let cloned = t0.elapsed();
@@ -391,8 +399,11 @@ pub fn start(bundle: &Path, listen_fd: RawFd, seccomp: Option<&[libc::sock_filte
         // A child that failed its set-up is gone and has said why (EPIPE here).
         let told = made.is_ok() && nix::unistd::write(&go_w, &[CGROUPS_DONE]).is_ok();
         drop(go_w);
+        // The status pipe ends when init is exec'd (it is close-on-exec) or
+        // the child exits; a 0 then a reason is an exec that failed.
         match (read_all(&status_r).as_slice(), made) {
             ([0], Ok(())) if told => Ok(()),
+            ([0, reason @ ..], _) if !reason.is_empty() => Err(String::from_utf8_lossy(reason).into_owned()),
             ([] | [0], Err(e)) => Err(e),
             ([] | [0], Ok(())) => Err("container init exited while setting up".to_string()),
             // The child's own reason says more than the cgroup write it made fail.
@@ -429,7 +440,14 @@ fn await_message(go: &OwnedFd, want: u8) {
 
 /// The container's first process: sets up the container from inside, then
 /// becomes init. Errors go back to the helper through `status`.
-fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: Option<&[libc::sock_filter]>) -> ! {
+fn child(
+    plan: &Plan,
+    go: OwnedFd,
+    status: OwnedFd,
+    listen_fd: RawFd,
+    seccomp: Option<&[libc::sock_filter]>,
+    init_exe: Option<&InitExe>,
+) -> ! {
     // The helper writes our id maps first; if it dies instead, so do we.
     await_message(&go, GO);
     let result = set_up(plan).and_then(|()| {
@@ -447,8 +465,18 @@ fn child(plan: &Plan, go: OwnedFd, status: OwnedFd, listen_fd: RawFd, seccomp: O
     match result {
         Ok(()) => {
             let _ = nix::unistd::write(&status, &[0]);
-            drop(status);
-            super::init::run(listen_fd)
+            match init_exe {
+                Some(exe) => {
+                    let reason = exe.exec(listen_fd);
+                    let _ = nix::unistd::write(&status, reason.as_bytes());
+                    unsafe { libc::_exit(1) }
+                }
+                // No static init binary: go on as init in this copy of the helper.
+                None => {
+                    drop(status);
+                    super::init::run(listen_fd)
+                }
+            }
         }
         Err(message) => {
             let _ = nix::unistd::write(&status, message.as_bytes());

@@ -464,11 +464,16 @@ impl Gardener {
                     self.rt.tidy_cgroup_parent();
                 }
                 // The layers still in use are read from the depot outside the
-                // table's lock, which every other Garden call takes.
-                let others: Vec<_> = t.live.values().cloned().collect();
-                drop(t);
-                let layers: Vec<_> = others.iter().flat_map(|e| self.rt.rootfs_layers(&lock(&e.rec))).collect();
-                self.rt.rootfs_sizes().retain(&layers);
+                // table's lock, which every other Garden call takes; only when
+                // there are measured sizes to forget (disk limits of scope
+                // total), as reading every container's layers per destroy
+                // made destroying n containers take n² reads.
+                if !self.rt.rootfs_sizes().is_empty() {
+                    let others: Vec<_> = t.live.values().cloned().collect();
+                    drop(t);
+                    let layers: Vec<_> = others.iter().flat_map(|e| self.rt.rootfs_layers(&lock(&e.rec))).collect();
+                    self.rt.rootfs_sizes().retain(&layers);
+                }
                 tracing::info!(handle = %handle, "destroyed container");
                 Ok(())
             }

@@ -40,6 +40,11 @@ impl RootfsSizes {
         usage
     }
 
+    /// Whether no layer has been measured.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.known).is_empty()
+    }
+
     /// Forgets layers no container uses any more.
     pub fn retain(&self, in_use: &[PathBuf]) {
         lock(&self.known).retain(|p, _| in_use.contains(p));

@@ -64,4 +64,8 @@ pub(super) struct Init {
     /// Exits of children not in `procs` (pid, status, when): a pea that
     /// exited before it was adopted.
     pub(super) orphan_exits: Vec<(i32, i32, Instant)>,
+    /// The read buffer (see `sys::Scratch`), and whether it (or the stack)
+    /// was touched since init last idled.
+    pub(super) scratch: super::sys::Scratch,
+    pub(super) touched: bool,
 }

@@ -165,6 +165,7 @@ pub fn parse_resize(p: &[u8]) -> Option<(u16, u16)> {
 }
 
 /// Async helpers for the daemon side.
+#[cfg(feature = "client")]
 pub mod client {
     use super::*;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -33,7 +33,7 @@ fn is_executable(p: &Path) -> bool {
 
 /// Finds the program as runc would: a path with a slash is taken as is, a bare
 /// name is looked up in the process's PATH.
-pub(crate) fn resolve_executable(path: &str, env: &[String], cwd: &str) -> Result<PathBuf, (ErrorKind, String)> {
+pub fn resolve_executable(path: &str, env: &[String], cwd: &str) -> Result<PathBuf, (ErrorKind, String)> {
     if path.is_empty() {
         return Err((ErrorKind::Invalid, "process spec has no path".into()));
     }
@@ -208,7 +208,7 @@ pub(super) fn spawn_child(
 /// Makes the process's pipes (or terminal) its user's, as runc does, so that
 /// it can reopen them (`/dev/stdout`); the group stays. Stdio on /dev/null is
 /// left alone, and a failure only means the process cannot reopen them.
-pub(crate) fn give_stdio_to(uid: u32) {
+pub fn give_stdio_to(uid: u32) {
     for fd in 0..3 {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0
@@ -226,7 +226,7 @@ fn cstr_lossy(s: &str) -> CString {
 }
 
 /// `mkdir -p`, giving every directory it creates to the user.
-pub(crate) fn mkdir_all_owned(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+pub fn mkdir_all_owned(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     let mut missing = Vec::new();
     let mut p = path;
     while std::fs::symlink_metadata(p).is_err() {

@@ -86,8 +86,9 @@ impl Init {
         let Some(p) = self.procs.get_mut(id) else { return };
         let slot = if is_err { &mut p.stderr } else { &mut p.stdout };
         let Some(fd) = slot else { return };
-        let mut buf = [0u8; 32 * 1024];
-        let data = match read_fd(fd.as_raw_fd(), &mut buf) {
+        self.touched = true;
+        let buf = self.scratch.buf();
+        let data = match read_fd(fd.as_raw_fd(), &mut buf[..32 * 1024]) {
             Ok(0) => {
                 *slot = None;
                 return;

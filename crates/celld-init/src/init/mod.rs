@@ -1,6 +1,6 @@
 //! pid 1 of every container.
 //!
-//! The container's first process becomes this code (see [`super::spawn`]) after
+//! The container's first process becomes this code (see celld-runtime's `spawn`) after
 //! it has set up namespaces, mounts, cgroups, capabilities and seccomp, so
 //! init runs with exactly the confinement of the container and needs no binary in
 //! the rootfs. It reaps zombies, never exits on its own, and is the holder of
@@ -15,7 +15,7 @@
 //! `exec` (starting a process), `stream_in_out` (tar children), `process_io`
 //! (a process's streams and exit delivery), `requests` (the daemon's frames).
 
-pub(crate) mod exec;
+pub mod exec;
 mod pea;
 mod process_io;
 mod requests;
@@ -75,11 +75,17 @@ pub fn run(listen_fd: RawFd) -> ! {
         conns: Vec::new(),
         procs: HashMap::new(),
         orphan_exits: Vec::new(),
+        scratch: sys::Scratch::new(),
+        touched: true,
     };
     loop {
         init.tick();
     }
 }
+
+/// How long init waits, idle after some work, before it gives back the
+/// pages that work touched (see `sys::Scratch`).
+const IDLE_RELEASE_MS: i32 = 1000;
 
 #[derive(Clone, Copy)]
 enum Slot {
@@ -135,9 +141,19 @@ impl Init {
                 timeout = 200;
             }
         }
+        // Idle for a while after work: give back the pages it touched.
+        let idle_check = timeout < 0 && self.touched;
+        if idle_check {
+            timeout = IDLE_RELEASE_MS;
+        }
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             return; // EINTR
+        }
+        if n == 0 && idle_check {
+            self.scratch.release();
+            sys::release_stack_below_here();
+            self.touched = false;
         }
         for (pfd, slot) in fds.iter().zip(slots.iter()) {
             if pfd.revents == 0 {

@@ -1,6 +1,6 @@
 //! init's side of a pea (a process with its own rootfs). The pea is started
 //! from the host, which alone may make its mount namespace (see
-//! [`crate::pea`]); init makes its stdio first, as for any process, and takes
+//! celld-runtime's `pea`); init makes its stdio first, as for any process, and takes
 //! the pea into its table once it runs. Its starter exits at once, so the pea
 //! becomes init's child: init reaps it, signals it and streams it like the
 //! processes it forked itself, across daemon restarts.

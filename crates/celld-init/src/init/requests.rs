@@ -26,11 +26,11 @@ impl Init {
             }
         }
         if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            let mut buf = [0u8; 64 * 1024];
-            match read_fd(self.conns[i].fd.as_raw_fd(), &mut buf) {
+            self.touched = true;
+            match read_fd(self.conns[i].fd.as_raw_fd(), self.scratch.buf()) {
                 Ok(0) => self.conns[i].dead = true,
                 Ok(n) => {
-                    self.conns[i].rbuf.extend_from_slice(&buf[..n]);
+                    self.conns[i].rbuf.extend_from_slice(&self.scratch.buf()[..n]);
                     self.handle_frames(i);
                 }
                 Err(libc::EAGAIN) | Err(libc::EINTR) => {}

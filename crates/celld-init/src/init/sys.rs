@@ -67,3 +67,67 @@ pub(super) fn set_command_line(title: &[u8]) {
         area[title.len()] = 0;
     }
 }
+
+/// init's one read buffer, for the daemon's frames and the processes'
+/// output alike: mapped on its own, so that the pages a burst of reading
+/// touched can be given back while the container idles (on the stack or the
+/// heap they would stay, ~100 KiB of every idle container's memory).
+pub(super) enum Scratch {
+    Mapped(*mut u8),
+    /// Had the kernel refused the mapping: init must go on all the same.
+    Heap(Vec<u8>),
+}
+
+const SCRATCH_LEN: usize = 64 * 1024;
+
+impl Scratch {
+    pub(super) fn new() -> Scratch {
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SCRATCH_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED { Scratch::Heap(vec![0; SCRATCH_LEN]) } else { Scratch::Mapped(ptr.cast()) }
+    }
+
+    pub(super) fn buf(&mut self) -> &mut [u8] {
+        match self {
+            // Mapped read-write for init's whole life, and only ever lent out here.
+            Scratch::Mapped(ptr) => unsafe { std::slice::from_raw_parts_mut(*ptr, SCRATCH_LEN) },
+            Scratch::Heap(v) => v,
+        }
+    }
+
+    /// Gives the buffer's pages back (they read as zeros when next touched).
+    pub(super) fn release(&mut self) {
+        if let Scratch::Mapped(ptr) = self {
+            unsafe { libc::madvise(ptr.cast(), SCRATCH_LEN, libc::MADV_DONTNEED) };
+        }
+    }
+}
+
+/// Gives back the pages of this thread's stack below the caller's frame
+/// (what deeper calls touched once), keeping a page for the red zone and
+/// the calls about to be made. Called from init's loop, at its shallowest.
+#[inline(never)]
+pub(super) fn release_stack_below_here() {
+    let marker = 0u8;
+    let here = std::ptr::addr_of!(marker) as usize;
+    let page = 4096;
+    let keep_from = (here & !(page - 1)).saturating_sub(4 * page);
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let Some(low) = maps.lines().find(|l| l.ends_with("[stack]")).and_then(|l| {
+        let (range, _) = l.split_once(' ')?;
+        usize::from_str_radix(range.split_once('-')?.0, 16).ok()
+    }) else {
+        return;
+    };
+    if keep_from > low {
+        unsafe { libc::madvise(low as *mut libc::c_void, keep_from - low, libc::MADV_DONTNEED) };
+    }
+}
