@@ -15,9 +15,16 @@ use garden_api::client::Client;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::ssh::{ROUTER, cellctl_at};
+use super::ssh::cellctl_api;
 
 const APP: &str = "router-bench";
+/// The phase's cell has a pool and ports of its own, so it runs beside the
+/// ssh and push phases' cell (another engineer's bench on this machine).
+const POOL: &str = "10.252.16.0/20";
+/// The firewall table celld names after POOL; it outlives the daemon.
+const TABLE: &str = "celld-0afc1000-20";
+const API: &str = "127.0.0.1:11884";
+const ROUTER: &str = "127.0.0.1:11882";
 const INSTANCES: usize = 2;
 const CONNECTIONS: [u32; 2] = [16, 64];
 const WARMUP: &str = "2s";
@@ -37,13 +44,31 @@ struct Sample {
     cpu_us_per_req: f64,
 }
 
-/// The phase: a local-mode cell of its own, as the ssh and push phases'.
+/// The phase: a local-mode cell of its own.
 pub fn phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: &super::Args) -> Result<()> {
     ensure!(args.router_runs > 0, "--router-runs must be at least 1");
     let runs = args.router_runs;
-    super::run_cell(rt, celld, &dir.join("router"), args, &super::ssh::local_args(), async |c, pid, d| {
-        run(c, pid, d, runs).await
-    })
+    let cell_args = [
+        "--local",
+        "--network-pool",
+        POOL,
+        "--port-pool-start",
+        "54501",
+        "--scheduler-listen",
+        "127.0.0.1:11881",
+        "--router-listen",
+        ROUTER,
+        "--ssh-proxy-listen",
+        "127.0.0.1:11883",
+        "--grpc-listen",
+        API,
+        "--cf-api-listen",
+        "127.0.0.1:11885",
+    ];
+    let r =
+        super::run_cell(rt, celld, &dir.join("router"), args, &cell_args, async |c, pid, d| run(c, pid, d, runs).await);
+    let _ = Command::new("nft").args(["delete", "table", "ip", TABLE]).status();
+    r
 }
 
 async fn run(client: &Client, celld_pid: u32, dir: &Path, runs: usize) -> Result<()> {
@@ -52,10 +77,10 @@ async fn run(client: &Client, celld_pid: u32, dir: &Path, runs: usize) -> Result
     let home = dir.join("cellctl-home");
     wait_api(&home).await?;
     let app_dir = app_dir(dir)?;
-    cellctl_at(&home, &["push", APP, "-p", &app_dir.to_string_lossy(), "-m", "64M", "-i", &INSTANCES.to_string()])
+    cellctl(&home, &["push", APP, "-p", &app_dir.to_string_lossy(), "-m", "64M", "-i", &INSTANCES.to_string()])
         .context("pushing the backend app")?;
     let r = measure(client, celld_pid, dir, &home, runs).await;
-    let deleted = cellctl_at(&home, &["delete", APP, "-f"]).map(drop).context("deleting the backend app");
+    let deleted = cellctl(&home, &["delete", APP, "-f"]).map(drop).context("deleting the backend app");
     r.and(deleted)
 }
 
@@ -120,9 +145,13 @@ fn app_dir(dir: &Path) -> Result<PathBuf> {
     Ok(app)
 }
 
+fn cellctl(home: &Path, args: &[&str]) -> Result<String> {
+    cellctl_api(API, home, args)
+}
+
 async fn wait_api(home: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cellctl_at(home, &["apps"]).is_err() {
+    while cellctl(home, &["apps"]).is_err() {
         ensure!(Instant::now() < deadline, "celld --local's API did not answer within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -134,7 +163,7 @@ async fn wait_api(home: &Path) -> Result<()> {
 async fn wait_routable(client: &Client, home: &Path) -> Result<(String, Vec<String>)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = cellctl_at(home, &["app", APP, "--json"])?;
+        let text = cellctl(home, &["app", APP, "--json"])?;
         let v: serde_json::Value = serde_json::from_str(&text).context("app --json")?;
         let host = v["app"]["routes"][0].as_str().unwrap_or_default().to_string();
         let guids: Vec<String> = v["instances"]
