@@ -33,7 +33,8 @@ DEB_PACKAGES := libseccomp-dev libnftables-dev busybox-static bash-static protob
                 iptables nftables runc iproute2 pkg-config debootstrap \
                 tar procps python3-venv libsqlite3-dev \
                 openssh-client openssh-server gcc libc6-dev openssl \
-                btrfs-progs docker-registry skopeo umoci curl chromium chromium-driver
+                btrfs-progs docker-registry skopeo umoci curl chromium chromium-driver \
+                nginx-light wrk
 
 # Use sudo only when not already root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -111,7 +112,12 @@ test: export CELLD_ROOTFS_DIR := $(ROOTFS_DIR)
 test: deps rootfs lifecycle
 	$(CARGO) test --release --workspace $(TEST_ARGS) -- --test-threads=1
 
+# The router phase's app is pushed into the tiny rootfs (no libc): its
+# backend is built static like the lifecycle and put beside celld-bench.
 bench: build rootfs
+	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
+	  $(CARGO) build --release --target $(HOST_TRIPLE) -p celld-bench-backend
+	install -D -m 0755 target/$(HOST_TRIPLE)/release/celld-bench-backend target/release/celld-bench-backend
 	$(CARGO) run --release --bin celld-bench -- --rootfs-dir $(ROOTFS_DIR) $(BENCH_ARGS)
 
 lint: deps

@@ -1,8 +1,8 @@
 //! `make bench`: times celld's create / run `true` / destroy cycle against
 //! Debian's `runc run`, creates with networking and a net-in, the cost of a
 //! net-out rule change at 10 and at 250 containers, and what an idle container
-//! costs in memory; creates with a disk limit against without (`disk.rs`); then staging, app instances, `cf ssh`, the scheduler under
-//! load and a cell joined to Diego (`diego.rs`).
+//! costs in memory; creates with a disk limit against without (`disk.rs`); then staging, app instances, `cf ssh`, the
+//! router against nginx (`router.rs`), the scheduler under load and a cell joined to Diego (`diego.rs`).
 //! Runs as root; starts its own celld on a private socket and depot under
 //! `/tmp/celld-bench-<pid>`, and removes everything it made when done.
 
@@ -12,6 +12,7 @@ mod disk;
 mod images;
 mod lrps;
 mod push;
+mod router;
 mod scheduler_load;
 mod ssh;
 
@@ -67,6 +68,12 @@ struct Args {
     /// Only the disk-limit phase (creates with and without a disk limit).
     #[arg(long)]
     disk_only: bool,
+    /// Only the router phase (celld's router against nginx under wrk).
+    #[arg(long)]
+    router_only: bool,
+    /// wrk runs per proxy and connection count in the router phase.
+    #[arg(long, default_value_t = 2)]
+    router_runs: usize,
     /// Only the Diego phase (a cell joined to a fake BBS and Locket).
     #[arg(long)]
     diego_only: bool,
@@ -138,6 +145,13 @@ fn main() -> Result<()> {
         r?;
         return removed;
     }
+    if args.router_only {
+        let r = router::phase(&rt, &celld, &dir, &args);
+        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+        let removed = remove_dir(&dir);
+        r?;
+        return removed;
+    }
     if args.diego_only {
         let r = diego::run(&celld, &dir, &args);
         let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
@@ -193,6 +207,7 @@ fn main() -> Result<()> {
         run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, pid, d| ssh::run(pid, d).await)
     });
     let networked = networked.and_then(|()| push_phase(&rt, &celld, &dir, &args));
+    let networked = networked.and_then(|()| router::phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
     let networked = networked.and_then(|()| diego::run(&celld, &dir, &args));
     let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();

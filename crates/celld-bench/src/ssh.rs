@@ -88,9 +88,20 @@ pub fn cellctl_at(home: &Path, args: &[&str]) -> Result<String> {
     cellctl_with(&exe.with_file_name("cellctl"), home, args)
 }
 
+/// cellctl (the one beside this executable) against the API of a local cell
+/// of another phase's own (its `--grpc-listen`).
+pub fn cellctl_api(api: &str, home: &Path, args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    cellctl_on(&exe.with_file_name("cellctl"), api, home, args)
+}
+
 fn cellctl_with(cellctl: &Path, home: &Path, args: &[&str]) -> Result<String> {
+    cellctl_on(cellctl, API, home, args)
+}
+
+fn cellctl_on(cellctl: &Path, api: &str, home: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(cellctl)
-        .args(["--api", API])
+        .args(["--api", api])
         .args(args)
         .env("CELLCTL_HOME", home)
         .env("NO_COLOR", "1")

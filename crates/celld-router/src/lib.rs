@@ -11,6 +11,7 @@
 
 pub mod metrics;
 mod proxy;
+mod request_id;
 mod rtr;
 
 use std::collections::HashMap;
@@ -33,9 +34,18 @@ pub struct Backend {
 
 struct Route {
     backends: Vec<Backend>,
+    /// Each backend's X-Cf-* request headers, made once per table rather than per request.
+    instance_headers: Vec<proxy::InstanceHeaders>,
     /// Round-robin position; shared with the previous table's entry for the same
     /// host so frequent replaces don't reset every host to its first instance.
     next: Arc<AtomicUsize>,
+}
+
+impl Route {
+    fn new(backends: Vec<Backend>, next: Arc<AtomicUsize>) -> Self {
+        let instance_headers = backends.iter().map(proxy::InstanceHeaders::of).collect();
+        Self { backends, instance_headers, next }
+    }
 }
 
 /// Host → instances. Readers clone an `Arc` of the current map under a read lock
@@ -65,7 +75,7 @@ impl RouteTable {
             .map(|(host, backends)| {
                 let host = normalize_host(&host);
                 let next = old.get(&host).map(|r| Arc::clone(&r.next)).unwrap_or_default();
-                (host, Arc::new(Route { backends, next }))
+                (host, Arc::new(Route::new(backends, next)))
             })
             .collect();
         *guard = Arc::new(new);
@@ -81,7 +91,7 @@ impl RouteTable {
             .map(|(host, r)| {
                 let route = if r.backends.iter().any(|b| b.app_guid == app_guid) {
                     let backends = r.backends.iter().filter(|b| b.app_guid != app_guid).cloned().collect();
-                    Arc::new(Route { backends, next: Arc::clone(&r.next) })
+                    Arc::new(Route::new(backends, Arc::clone(&r.next)))
                 } else {
                     Arc::clone(r)
                 };
@@ -111,7 +121,7 @@ impl RouteTable {
     fn lookup_system(&self, host: &str) -> Option<Arc<Route>> {
         let addr = *self.system.read().unwrap_or_else(PoisonError::into_inner).get(host)?;
         let backend = Backend { addr, app_guid: String::new(), instance_guid: String::new(), index: 0 };
-        Some(Arc::new(Route { backends: vec![backend], next: Arc::default() }))
+        Some(Arc::new(Route::new(vec![backend], Arc::default())))
     }
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<Route>>> {

@@ -97,7 +97,7 @@ impl Router {
                 .unwrap_or_default(),
         };
         let host = super::normalize_host(&raw_host);
-        let request_id = celld_base::guid::new_guid();
+        let request_id = super::request_id::new();
         let span = tracing::info_span!("route", host = %host, request_id = %request_id);
         let started = Instant::now();
         let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started };
@@ -178,7 +178,15 @@ impl Router {
                     continue;
                 }
             }
-            let out = Outgoing { method: &parts.method, uri: &uri, headers: &headers, backend, received: &received };
+            let instance = &route.instance_headers[start.wrapping_add(i) % n];
+            let out = Outgoing {
+                method: &parts.method,
+                uri: &uri,
+                headers: &headers,
+                backend,
+                instance,
+                received: &received,
+            };
             let b = body.take().unwrap_or_else(|| ReqBody::empty(&received));
             match self.exchange(&out, b, upgrade.is_some(), replayable).await {
                 Ok((resp, sender)) => {
@@ -329,7 +337,23 @@ struct Outgoing<'a> {
     uri: &'a Uri,
     headers: &'a HeaderMap,
     backend: &'a Backend,
+    instance: &'a InstanceHeaders,
     received: &'a Arc<AtomicU64>,
+}
+
+/// gorouter tells the app which instance it reached: X-Cf-ApplicationID,
+/// X-Cf-InstanceIndex, X-Cf-InstanceID (each only when known and valid).
+pub(crate) struct InstanceHeaders([(HeaderName, Option<HeaderValue>); 3]);
+
+impl InstanceHeaders {
+    pub(crate) fn of(b: &Backend) -> Self {
+        let value = |v: &str| (!v.is_empty()).then(|| HeaderValue::from_str(v).ok()).flatten();
+        Self([
+            (X_CF_APPLICATION_ID, value(&b.app_guid)),
+            (X_CF_INSTANCE_INDEX, value(&b.index.to_string())),
+            (X_CF_INSTANCE_ID, value(&b.instance_guid)),
+        ])
+    }
 }
 
 impl Outgoing<'_> {
@@ -339,15 +363,9 @@ impl Outgoing<'_> {
         *req.uri_mut() = self.uri.clone();
         let h = req.headers_mut();
         *h = self.headers.clone();
-        // gorouter tells the app which instance it reached.
-        let b = self.backend;
-        for (name, value) in [
-            (X_CF_APPLICATION_ID, b.app_guid.as_str()),
-            (X_CF_INSTANCE_INDEX, &b.index.to_string()),
-            (X_CF_INSTANCE_ID, b.instance_guid.as_str()),
-        ] {
-            if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(value)) {
-                h.insert(name, v);
+        for (name, value) in &self.instance.0 {
+            if let Some(v) = value {
+                h.insert(name, v.clone());
             }
         }
         req
@@ -665,18 +683,27 @@ impl Pool {
     /// Pools the connection once hyper has finished the exchange on it (the
     /// request body may still be going out after the response ended).
     fn put_when_ready(self: &Arc<Self>, addr: SocketAddr, mut sender: Sender) {
+        // Usually the exchange is already over: no task needed.
+        if sender.is_ready() {
+            self.put(addr, sender);
+            return;
+        }
         // Called from Drop: never panic without a runtime.
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let pool = Arc::clone(self);
         rt.spawn(async move {
             if sender.ready().await.is_ok() {
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = idle.entry(addr).or_default();
-                if list.len() < MAX_IDLE_PER_BACKEND {
-                    list.push((Instant::now(), sender));
-                }
+                pool.put(addr, sender);
             }
         });
+    }
+
+    fn put(&self, addr: SocketAddr, sender: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push((Instant::now(), sender));
+        }
     }
 
     /// Drops expired and closed connections, and backends that are gone.
