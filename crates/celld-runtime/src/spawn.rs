@@ -371,14 +371,34 @@ pub fn start(
     let plan = Plan::from_spec(&spec, bundle)?;
     let (go_r, go_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
+    // On v1 the child is born in its cgroups (see `Cgroup::enter_for_clone`).
+    let entered = match plan.cgroup.enter_for_clone(&plan.resources) {
+        Ok(entered) => entered,
+        Err(e) => {
+            let _ = plan.cgroup.remove();
+            return Err(e.to_string());
+        }
+    };
     let args = CloneArgs { flags: plan.clone_flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) } as i32;
-    if pid < 0 {
-        return Err(format!("clone3: {}", std::io::Error::last_os_error()));
-    }
     if pid == 0 {
         drop((go_w, status_r));
         child(&plan, go_r, status_w, listen_fd, seccomp, init_exe);
+    }
+    let clone_error = std::io::Error::last_os_error();
+    let left = entered.then(|| plan.cgroup.leave_after_clone(&plan.resources).map_err(|e| e.to_string()));
+    if let Some(Err(e)) = &left {
+        // Stuck in the container's cgroups, this helper would be killed with
+        // the container: the daemon starts a new one.
+        eprintln!("celld helper: cannot move back to its own cgroups ({e}); exiting");
+        if pid > 0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::process::exit(1);
+    }
+    if pid < 0 {
+        let _ = plan.cgroup.remove();
+        return Err(format!("clone3: {clone_error}"));
     }
     drop((go_r, status_w));
     let cloned = t0.elapsed();
@@ -394,7 +414,10 @@ pub fn start(
         // every cgroup, and not at all if this helper dies first (the pipe
         // ends without the second message).
         nix::unistd::write(&go_w, &[GO]).map_err(|e| format!("starting container init: {e}"))?;
-        let made = plan.cgroup.create(pid, &plan.resources).map_err(|e| e.to_string());
+        let made = match left {
+            Some(left) => left,
+            None => plan.cgroup.create(pid, &plan.resources).map_err(|e| e.to_string()),
+        };
         joined = t0.elapsed();
         // A child that failed its set-up is gone and has said why (EPIPE here).
         let told = made.is_ok() && nix::unistd::write(&go_w, &[CGROUPS_DONE]).is_ok();
