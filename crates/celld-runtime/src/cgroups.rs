@@ -172,9 +172,10 @@ impl Cgroup {
 
     /// On v1, makes the cgroup with its limits (but `pids.max`) and moves
     /// this process into it, so that the process it clones next is born
-    /// there; [`Cgroup::leave_after_clone`] must follow. `false` (nothing
-    /// done) on v2, or where this process's own cgroups are unknown: then
-    /// [`Cgroup::create`] moves the clone in afterwards.
+    /// there; [`Cgroup::return_home`] must follow, whatever the outcome, then
+    /// [`Cgroup::limit_pids`]. `false` (nothing done) on v2, or where this
+    /// process's own cgroups are unknown: then [`Cgroup::create`] moves the
+    /// clone in afterwards.
     ///
     /// Why: on v1, writing another process's pid into `cgroup.procs` waits
     /// for an RCU grace period (~10 ms here) whenever no migration happened
@@ -182,25 +183,25 @@ impl Cgroup {
     /// moves itself (`0` into `tasks`, single-threaded) takes the fast path
     /// (~0.1 ms).
     pub fn enter_for_clone(&self, resources: &LinuxResources) -> Result<bool, RuntimeError> {
-        if unified() {
+        if unified() || v1_home().is_none() {
             return Ok(false);
         }
-        let Some(home) = v1_home() else { return Ok(false) };
         self.make_v1(resources, false)?;
         for (mount, _) in v1_hierarchies() {
-            if let Err(e) = write(&mount.join(self.rel()).join("tasks"), "0") {
-                move_self(home)?;
-                return Err(e);
-            }
+            write(&mount.join(self.rel()).join("tasks"), "0")?;
         }
         Ok(true)
     }
 
-    /// Back to this process's own cgroups after [`Cgroup::enter_for_clone`],
-    /// then the pids limit (which this process counted against while in).
-    pub fn leave_after_clone(&self, resources: &LinuxResources) -> Result<(), RuntimeError> {
-        let home = v1_home().ok_or_else(|| RuntimeError::Cgroup("this process's own cgroups are unknown".into()))?;
-        move_self(home)?;
+    /// Moves this process back to its own cgroups after
+    /// [`Cgroup::enter_for_clone`].
+    pub fn return_home() -> Result<(), RuntimeError> {
+        v1_home().map_or(Ok(()), move_self)
+    }
+
+    /// The pids limit, left out by [`Cgroup::enter_for_clone`] (the process
+    /// that entered counted against it).
+    pub fn limit_pids(&self, resources: &LinuxResources) -> Result<(), RuntimeError> {
         for (mount, controllers) in v1_hierarchies() {
             if controllers.iter().any(|c| c == "pids") {
                 apply_v1("pids", &mount.join(self.rel()), resources)?;

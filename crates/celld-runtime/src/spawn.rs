@@ -375,6 +375,7 @@ pub fn start(
     let entered = match plan.cgroup.enter_for_clone(&plan.resources) {
         Ok(entered) => entered,
         Err(e) => {
+            return_home_or_exit(0);
             let _ = plan.cgroup.remove();
             return Err(e.to_string());
         }
@@ -386,16 +387,10 @@ pub fn start(
         child(&plan, go_r, status_w, listen_fd, seccomp, init_exe);
     }
     let clone_error = std::io::Error::last_os_error();
-    let left = entered.then(|| plan.cgroup.leave_after_clone(&plan.resources).map_err(|e| e.to_string()));
-    if let Some(Err(e)) = &left {
-        // Stuck in the container's cgroups, this helper would be killed with
-        // the container: the daemon starts a new one.
-        eprintln!("celld helper: cannot move back to its own cgroups ({e}); exiting");
-        if pid > 0 {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::process::exit(1);
-    }
+    let left = entered.then(|| {
+        return_home_or_exit(pid);
+        plan.cgroup.limit_pids(&plan.resources).map_err(|e| e.to_string())
+    });
     if pid < 0 {
         let _ = plan.cgroup.remove();
         return Err(format!("clone3: {clone_error}"));
@@ -446,6 +441,20 @@ pub fn start(
         "container process set up"
     );
     Ok(pid)
+}
+
+/// Back to the helper's own cgroups after `Cgroup::enter_for_clone`. A
+/// helper stuck in a container's cgroups would be killed with the container,
+/// so one that cannot move back kills its clone (`pid` > 0) and exits: the
+/// daemon starts a new helper for its next call.
+fn return_home_or_exit(pid: i32) {
+    if let Err(e) = Cgroup::return_home() {
+        eprintln!("celld helper: cannot move back to its own cgroups ({e}); exiting");
+        if pid > 0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::process::exit(1);
+    }
 }
 
 /// Reads the helper's next message; anything but `want` (the pipe's end: the
