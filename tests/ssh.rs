@@ -128,9 +128,23 @@ fn forward(s: &Ssh, user: &str, spec: &str, local: u16) -> Forward {
             }
             panic!("ssh -L exited {status}: {err}");
         }
-        TcpStream::connect(("127.0.0.1", local)).is_ok()
+        listening(local)
     });
     f
+}
+
+/// Whether something on this host listens on TCP `port`, from /proc/net/tcp*:
+/// a probe connection would be forwarded, and a one-shot server at the far
+/// end (`nc -l`) would take it for the real one.
+fn listening(port: u16) -> bool {
+    let entry = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).any(|line| {
+            let mut cols = line.split_whitespace().skip(1);
+            let (local, state) = (cols.next().unwrap_or_default(), cols.nth(1).unwrap_or_default());
+            local.ends_with(&entry) && state == "0A"
+        })
+    })
 }
 
 /// Reads what a TCP service sends after `request`.
@@ -337,5 +351,65 @@ fn ssh_files_and_forwarding() {
     let p = free_port();
     let _fwd = forward(&s, &user, &format!("{p}:{}:{}", outside.private_ip, outside.port), p);
     assert_eq!(exchange(p, b""), "", "-L to a destination no security group opens must not connect");
+    forward_bulk_both_ways(&s, &user, &l.d.dir);
     l.finish();
+}
+
+/// `command` in the instance over ssh, in the background (killed when
+/// dropped), once it listens on `port` (from the instance's /proc/net/tcp).
+fn serve_in_instance(s: &Ssh, user: &str, command: &str, port: u16) -> Forward {
+    let child = s
+        .command("ssh", &s.code())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh in the background");
+    let server = Forward(child);
+    // busybox nc listens on `::` where the instance has IPv6, else 0.0.0.0.
+    let listening = format!("grep -qsi ':{port:04X} 0*:0000 0A' /proc/net/tcp /proc/net/tcp6");
+    wait_for("the listener in the instance", T, || s.run(user, &[&listening]).status.success());
+    server
+}
+
+/// A connection to `port` in the instance through a new `ssh -L`.
+fn connect_through(s: &Ssh, user: &str, port: u16) -> (Forward, TcpStream) {
+    let p = free_port();
+    let fwd = forward(s, user, &format!("{p}:127.0.0.1:{port}"), p);
+    let c = TcpStream::connect(("127.0.0.1", p)).expect("connect to -L");
+    c.set_read_timeout(Some(T)).expect("timeout");
+    (fwd, c)
+}
+
+/// Bulk data both ways through `ssh -L`, the proxy and the instance's sshd:
+/// every byte arrives in order (the proxy joins queued packets into larger
+/// ones, the sshd writes each packet straight to the socket), and each side's
+/// EOF reaches the other.
+fn forward_bulk_both_ways(s: &Ssh, user: &str, dir: &Path) {
+    let mut blob = vec![0u8; 24 << 20];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut blob)).expect("random bytes");
+    let local = dir.join("bulk.bin");
+    std::fs::write(&local, &blob).expect("write bulk.bin");
+
+    // Up: into `nc -l` in the instance, which saves it and exits at our EOF.
+    let mut sink = serve_in_instance(s, user, "exec busybox nc -l -p 9997 > /tmp/bulk.bin", 9997);
+    let (fwd, mut c) = connect_through(s, user, 9997);
+    c.write_all(&blob).expect("write through -L");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("the far end closes after our EOF");
+    assert!(rest.is_empty(), "nc sent {} bytes back", rest.len());
+    wait_for("nc in the instance to exit", T, || matches!(sink.0.try_wait(), Ok(Some(_))));
+    drop(fwd);
+    let o = s.run(user, &["busybox sha256sum /tmp/bulk.bin"]);
+    let got = text(&o.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(got, sha256(&local), "-L up changed the bytes: {}", explain(&o));
+
+    // Down: the same file served by `nc -l` in the instance, read back whole.
+    let _source = serve_in_instance(s, user, "exec busybox nc -l -p 9996 < /tmp/bulk.bin", 9996);
+    let (_fwd, mut c) = connect_through(s, user, 9996);
+    let mut back = vec![0u8; blob.len()];
+    c.read_exact(&mut back).expect("read through -L");
+    assert!(back == blob, "-L down changed the bytes");
 }

@@ -140,7 +140,7 @@ async fn running(s: &mut SchedulerClient<Channel>, guid: &str) -> Result<usize> 
 }
 
 /// User + system CPU time of `pid`, from /proc.
-fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> =

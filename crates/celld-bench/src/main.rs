@@ -117,7 +117,9 @@ fn main() -> Result<()> {
 
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if args.ssh_only {
-        let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await);
+        let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, pid, d| {
+            ssh::run(pid, d).await
+        });
         let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
         let removed = remove_dir(&dir);
         r?;
@@ -202,7 +204,7 @@ fn main() -> Result<()> {
     });
     let networked = networked.and_then(|()| lrps_phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| {
-        run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, _, d| ssh::run(d).await)
+        run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, pid, d| ssh::run(pid, d).await)
     });
     let networked = networked.and_then(|()| push_phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| router::phase(&rt, &celld, &dir, &args));
@@ -843,6 +845,33 @@ fn container_inits(daemon: u32) -> Vec<u32> {
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     density::inits_of(&handles)
+}
+
+/// `root` and every process below it.
+fn descendants(root: u32) -> Vec<u32> {
+    below(&processes(), &[root]).into_iter().map(|p| p.0).collect()
+}
+
+/// The daemon and every process below it or in its containers (their inits
+/// may have been reparented away), with its comm.
+fn cell_processes(daemon: u32) -> Vec<(u32, String)> {
+    let mut roots = container_inits(daemon);
+    roots.push(daemon);
+    let mut found = below(&processes(), &roots);
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+fn below(all: &[(u32, u32, String)], roots: &[u32]) -> Vec<(u32, String)> {
+    let mut found: Vec<(u32, String)> =
+        all.iter().filter(|p| roots.contains(&p.0)).map(|p| (p.0, p.2.clone())).collect();
+    let mut i = 0;
+    while let Some(&(parent, _)) = found.get(i) {
+        found.extend(all.iter().filter(|p| p.1 == parent).map(|p| (p.0, p.2.clone())));
+        i += 1;
+    }
+    found
 }
 
 fn status_field_kib(path: &str, field: &str) -> Result<u64> {

@@ -257,7 +257,7 @@ impl SshProxy {
             inactivity_timeout: Some(self.cfg.idle_timeout),
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::ZERO),
-            window_size: relay::WINDOW,
+            window_size: relay::USER_WINDOW,
             maximum_packet_size: relay::MAX_PACKET,
             channel_buffer_size: relay::CHANNEL_BUFFER,
             nodelay: true,
@@ -279,7 +279,7 @@ impl SshProxy {
             // russh applies `nodelay` only to sockets it accepts itself: without
             // this, Nagle holds each small reply for the peer's delayed ACK (40 ms).
             let _ = stream.set_nodelay(true);
-            let stream = quickack::QuickAck::new(stream);
+            let stream = tokio::io::BufReader::with_capacity(relay::READ_BUFFER, quickack::QuickAck::new(stream));
             let handler = relay::Connection::new(self.authority.clone(), remote, self.cfg.metrics.clone());
             let config = config.clone();
             tokio::spawn(async move {

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use russh::server::{ChannelOpenHandle, Handle, Msg};
-use russh::{Channel, ChannelOpenFailure};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -14,7 +16,7 @@ use super::{SshdError, resolve};
 
 /// How long a `direct-tcpip` dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Copy buffers per direction: large reads become full-size SSH packets.
+/// Read from the socket at once: large reads become full-size SSH packets.
 const RELAY_BUFFER: usize = 256 * 1024;
 
 /// Dials `host:port`; accepts the channel and relays, or rejects it with
@@ -44,11 +46,59 @@ async fn dial(host: &str, port: u16) -> Result<TcpStream, SshdError> {
 }
 
 /// Both ways, with half-close: EOF from one side shuts down writing to the
-/// other, and the relay ends when both directions have.
-async fn relay(channel: Channel<Msg>, mut tcp: TcpStream) {
+/// other, and the relay ends when both directions have (or the channel
+/// closes). Data goes between the channel's messages and the socket without
+/// a copy in between: each message is written as it came, and each read
+/// from the socket is sent as it was read.
+async fn relay(channel: Channel<Msg>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let mut stream = channel.into_stream();
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, RELAY_BUFFER, RELAY_BUFFER).await;
+    let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
+    let (mut ch_rd, ch_wr) = channel.split();
+    // Ends true when the channel closed (or the socket failed): stop both ways.
+    let to_tcp = async {
+        while let Some(msg) = ch_rd.wait().await {
+            let failed = match msg {
+                ChannelMsg::Data { data } => tcp_wr.write_all(&data).await.is_err(),
+                ChannelMsg::Eof => {
+                    let _ = tcp_wr.shutdown().await;
+                    return false;
+                }
+                ChannelMsg::Close => true,
+                _ => false,
+            };
+            if failed {
+                return true;
+            }
+        }
+        true
+    };
+    let from_tcp = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(RELAY_BUFFER);
+            match tcp_rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if ch_wr.data_bytes(buf.split().freeze()).await.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+        ch_wr.eof().await.is_err()
+    };
+    tokio::pin!(to_tcp, from_tcp);
+    let (mut to_done, mut from_done) = (false, false);
+    while !(to_done && from_done) {
+        let stop = tokio::select! {
+            stop = &mut to_tcp, if !to_done => { to_done = true; stop }
+            stop = &mut from_tcp, if !from_done => { from_done = true; stop }
+        };
+        if stop {
+            break;
+        }
+    }
+    let _ = ch_wr.close().await;
 }
 
 /// The listener for a `tcpip-forward` request. The address is the client's:
