@@ -240,12 +240,15 @@ impl Cgroup {
     /// by hand: libcgroups' manager parses mountinfo once per v1 controller
     /// first, which costs more than the removal itself.
     pub fn remove(&self) -> Result<(), RuntimeError> {
-        let dirs: Vec<PathBuf> = hierarchy_dirs(self.rel()).into_iter().filter(|d| d.is_dir()).collect();
-        for d in &dirs {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        let dirs = hierarchy_dirs(self.rel());
+        // A container's processes are in every hierarchy its cgroup is in, so
+        // one list names them all. Each lookup here waits for the hierarchy's
+        // lock that every other container's mkdir and rmdir take: draining a
+        // cell of many containers at once is paced by them.
+        let procs = dirs.iter().find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok());
+        for pid in procs.unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         // Every hierarchy is tried: one that stays busy must not keep the

@@ -69,6 +69,9 @@ pub struct Containerizer {
     disk: Arc<DiskQuota>,
     /// Rootfs layers' sizes: disk metrics and limits of scope total count them.
     sizes: Arc<RootfsSizes>,
+    /// Destroyed containers' directories (already renamed into the trash),
+    /// for the one thread that deletes them.
+    trash: std::sync::mpsc::Sender<PathBuf>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -120,6 +123,15 @@ impl Containerizer {
         store.insecure_registries = cfg.images.insecure_registries.clone();
         store.registry_mirror = cfg.images.registry_mirror.clone();
         let images = ImageStore::open(store, Arc::new(move || images_in_use(&containers)))?;
+        // One deleter, not one per destroy: with many destroys at once,
+        // deleters in the trash held the directory locks every destroy's
+        // rename into it waits for (and renames across directories take one
+        // mutex per file system), which set the pace of draining a cell.
+        let (trash, doomed) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("depot-trash".into())
+            .spawn(move || doomed.iter().for_each(|dir| drop(std::fs::remove_dir_all(dir))))
+            .map_err(|e| RuntimeError::io(&depot.trash_dir(), e))?;
         Ok(Self {
             cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
             depot,
@@ -128,6 +140,7 @@ impl Containerizer {
             images,
             disk: Arc::new(disk),
             sizes: Default::default(),
+            trash,
         })
     }
 
@@ -418,7 +431,8 @@ impl Containerizer {
     pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
-        let trash = self.depot.trash_dir();
+        let trash_dir = self.depot.trash_dir();
+        let trash = self.trash.clone();
         let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
         let disk = self.disk.clone();
         tokio::task::spawn_blocking(move || {
@@ -449,10 +463,12 @@ impl Containerizer {
             // The container's files leave the depot at once (a rename); deleting
             // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
-                let doomed = trash.join(format!("{}.{}", rec.handle, now_ns()));
+                let doomed = trash_dir.join(format!("{}.{}", rec.handle, now_ns()));
                 match std::fs::rename(&dir, &doomed) {
                     Ok(()) => {
-                        std::thread::spawn(move || std::fs::remove_dir_all(&doomed));
+                        if let Err(std::sync::mpsc::SendError(doomed)) = trash.send(doomed) {
+                            let _ = std::fs::remove_dir_all(doomed);
+                        }
                     }
                     Err(_) => {
                         if let Err(e) = std::fs::remove_dir_all(&dir) {
