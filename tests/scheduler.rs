@@ -839,3 +839,118 @@ async fn a_cell_making_progress_keeps_its_placements() {
     let refused = claim(&cell, "slow", 0, &slow).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }
+
+/// Group commit must not trade durability: the real binary, SIGKILLed while
+/// cells claim and start hundreds of instances concurrently, restarts on the
+/// same database with every claim and start it acknowledged (a scheduler
+/// that answered before its transaction committed loses some here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduler_killed_mid_population_keeps_every_acknowledged_claim_and_start() {
+    const INSTANCES: i32 = 1500;
+    const CLIENTS: usize = 48;
+    let dir = temp_dir("sigkill");
+    let db = dir.join("scheduler.db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
+            .args(["--log-level", "warn", "--depot"])
+            .arg(&dir)
+            .args(["scheduler", "--listen", &addr, "--metrics-listen", "off", "--db"])
+            .arg(&db)
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let s = client(&addr).await;
+    let cell = SimCell::start_with("cell-a", &addr, 1 << 20, 4000).await;
+    cell.auto_start.store(false, Ordering::SeqCst);
+    let d = pb::DesiredLrp { memory_mb: 16, disk_mb: 16, ..desired("app", INSTANCES, 16) };
+    s.clone().desire_lrp(d).await.unwrap();
+    let work: Vec<(String, i32)> = eventually("every instance placed on the cell", || {
+        let cell = cell.clone();
+        async move {
+            let i = cell.instances.lock().unwrap();
+            (i.len() == INSTANCES as usize).then(|| i.iter().map(|(g, (_, x))| (g.clone(), *x)).collect())
+        }
+    })
+    .await;
+
+    // What the scheduler answered OK to: index → (instance guid, started).
+    let acked: Arc<Mutex<HashMap<i32, (String, bool)>>> = Arc::default();
+    let queue = Arc::new(Mutex::new(work));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (cell, queue, acked) = (cell.clone(), queue.clone(), acked.clone());
+        let mut sched = client(&addr).await;
+        workers.spawn(async move {
+            loop {
+                let Some((guid, index)) = queue.lock().unwrap().pop() else { return };
+                let r = sched
+                    .claim_actual_lrp(pb::ClaimActualLrpRequest {
+                        key: key("app", index),
+                        instance_key: Some(cell.ik(&guid)),
+                    })
+                    .await;
+                if r.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().insert(index, (guid.clone(), false));
+                let r = sched
+                    .start_actual_lrp(pb::StartActualLrpRequest {
+                        key: key("app", index),
+                        instance_key: Some(cell.ik(&guid)),
+                        net_info: Some(pb::ActualLrpNetInfo { address: "127.0.0.1".into(), ..Default::default() }),
+                        routable: true,
+                    })
+                    .await;
+                if r.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().insert(index, (guid, true));
+            }
+        });
+    }
+    // Killed while claims and starts are in flight.
+    eventually("a third of the instances started", || {
+        let acked = acked.clone();
+        async move { (acked.lock().unwrap().values().filter(|(_, s)| *s).count() >= INSTANCES as usize / 3).then_some(()) }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    while workers.join_next().await.is_some() {}
+    cell.beating.store(false, Ordering::SeqCst);
+    let acked = acked.lock().unwrap().clone();
+    let started = acked.values().filter(|(_, s)| *s).count();
+    assert!(started < INSTANCES as usize, "the kill came after population ended: nothing was in flight");
+
+    let mut child = spawn();
+    let mut s2 = client(&addr).await;
+    let after = actuals(&mut s2, "app").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let by_index: HashMap<i32, &pb::ActualLrp> =
+        after.iter().filter(|l| l.presence() == Presence::Ordinary).map(|l| (l.index, l)).collect();
+    let mut lost = Vec::new();
+    for (index, (guid, was_started)) in &acked {
+        let kept = by_index.get(index).is_some_and(|l| {
+            l.instance_guid == *guid
+                && if *was_started {
+                    l.state() == State::Running
+                } else {
+                    matches!(l.state(), State::Claimed | State::Running)
+                }
+        });
+        if !kept {
+            lost.push((*index, *was_started, by_index.get(index).map(|l| l.state().as_str_name())));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost ({started} starts acknowledged): {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+}

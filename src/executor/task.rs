@@ -92,6 +92,13 @@ impl Executor {
         restored: bool,
         mut stop: watch::Receiver<Option<StopReason>>,
     ) -> End {
+        // The create runs to its end even if a stop comes meanwhile: dropped
+        // half way, it left its depot entry behind, unknown to the destroy.
+        if !restored {
+            if let Err(reason) = self.create_task_container(guid, task).await {
+                return End::Exited { failed: true, reason, result: String::new() };
+            }
+        }
         let run = async {
             if restored {
                 let pid = self.gardener.property(guid, PROCESS_PROPERTY).map_err(|e| e.to_string())?;
@@ -164,10 +171,13 @@ impl Executor {
         mut stop: watch::Receiver<Option<StopReason>>,
     ) -> End {
         let fail = |reason: String| End::Exited { failed: true, reason, result: String::new() };
-        let started = async {
-            if !restored {
-                self.create_task_container(guid, task).await?;
+        // Not interrupted by a stop: see `task_lifecycle`.
+        if !restored {
+            if let Err(reason) = self.create_task_container(guid, task).await {
+                return fail(reason);
             }
+        }
+        let started = async {
             let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
             let spec = TreeSpec {
                 guid,
@@ -224,7 +234,6 @@ impl Executor {
         guid: &str,
         task: &pb::Task,
     ) -> Result<tokio::net::UnixStream, String> {
-        self.create_task_container(guid, task).await?;
         let droplet = self.put_droplet(guid, &task.droplet_key, task.disk_mb, &task.log_guid, "CELL", 0).await?;
         let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
         let env = super::env::task_env(task, &addrs.host_ip, &addrs.container_ip);

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use prost::Message;
 use rusqlite::{Connection, params};
@@ -42,6 +42,12 @@ pub enum Change {
     DeleteTask(String),
 }
 
+/// What `visit_instances` calls with the copies of one instance.
+pub type InstanceVisitor<'v> = dyn for<'a, 'b> FnMut(&'a [&'b pb::ActualLrp]) + Send + 'v;
+
+/// Runs once the changes of a `submit` are durable (`Ok`) or failed.
+pub type Done = Box<dyn FnOnce(Result<(), SchedulerError>) + Send>;
+
 #[async_trait::async_trait]
 pub trait SchedulerStore: Send + Sync + 'static {
     async fn desired_lrp(&self, process_guid: &str) -> Result<Option<pb::DesiredLrp>, SchedulerError>;
@@ -49,7 +55,41 @@ pub trait SchedulerStore: Send + Sync + 'static {
     async fn actual_lrps(&self, filter: ActualLrpFilter) -> Result<Vec<pb::ActualLrp>, SchedulerError>;
     async fn task(&self, task_guid: &str) -> Result<Option<pb::Task>, SchedulerError>;
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<pb::Task>, SchedulerError>;
-    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError>;
+    /// Queues `changes` after every earlier submit and returns at once;
+    /// `done` runs once they are durable or failed, in submit order (so it
+    /// may publish what they did, in order, and never for a lost write).
+    /// A store that fails a write fails every later one: they may have been
+    /// decided on what it failed to keep.
+    fn submit(&self, changes: Vec<Change>, done: Done);
+    /// `submit`, but a store that answers reads from memory shows `changes`
+    /// at once, before they are durable: for a caller that lets others act
+    /// on them before its own answer (the claim and start fast path).
+    fn submit_visible(&self, changes: Vec<Change>, done: Done) {
+        self.submit(changes, done);
+    }
+    /// `submit`, answered once durable.
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            changes,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| SchedulerError::Internal("the store dropped a write".into()))?
+    }
+    /// Calls `f` with the copies of each instance (the ActualLRPs of one
+    /// process guid and index, by presence) in listing order, without
+    /// copying them: passes over every instance clone only what they change.
+    async fn visit_instances(&self, f: &mut InstanceVisitor<'_>) -> Result<(), SchedulerError> {
+        let all = self.actual_lrps(ActualLrpFilter::default()).await?;
+        visit_groups(all.iter(), f);
+        Ok(())
+    }
+    /// The instance count of a desired LRP, without copying its record.
+    async fn desired_instances(&self, process_guid: &str) -> Result<Option<i32>, SchedulerError> {
+        Ok(self.desired_lrp(process_guid).await?.map(|d| d.instances))
+    }
     /// How many records there are, by kind and state (the /metrics gauges).
     /// Stores that keep counts answer without listing.
     async fn counts(&self) -> Result<StoreCounts, SchedulerError> {
@@ -64,6 +104,21 @@ pub trait SchedulerStore: Send + Sync + 'static {
             *c.tasks.entry(t.state).or_default() += 1;
         }
         Ok(c)
+    }
+}
+
+/// Calls `f` once per run of records with the same process guid and index.
+fn visit_groups<'a>(records: impl Iterator<Item = &'a pb::ActualLrp>, f: &mut InstanceVisitor<'_>) {
+    let mut group: Vec<&pb::ActualLrp> = Vec::with_capacity(3);
+    for a in records {
+        if group.first().is_some_and(|g| g.index != a.index || g.process_guid != a.process_guid) {
+            f(&group);
+            group.clear();
+        }
+        group.push(a);
+    }
+    if !group.is_empty() {
+        f(&group);
     }
 }
 
@@ -84,10 +139,86 @@ impl StoreCounts {
     }
 }
 
-/// SQLite in WAL mode. rusqlite is blocking: every call runs on the blocking
-/// pool behind a mutex, never on a tokio worker.
+/// SQLite in WAL mode. rusqlite is blocking: reads run on the blocking pool
+/// behind a mutex, never on a tokio worker; writes go to one writer thread
+/// that commits everything queued meanwhile in one transaction (group
+/// commit: a transaction's fixed cost is paid once for many writes, and
+/// each is answered only once its transaction committed).
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    writes: mpsc::Sender<Write>,
+}
+
+struct Write {
+    changes: Vec<Change>,
+    done: Done,
+}
+
+/// At most this many changes in one transaction: a huge backlog still
+/// answers its first writers early.
+const MAX_GROUP_CHANGES: usize = 8192;
+
+/// The writer thread: takes what is queued, commits it in one transaction,
+/// answers every writer in queue order. Ends when the store is dropped.
+fn writer(conn: Arc<Mutex<Connection>>, rx: mpsc::Receiver<Write>) {
+    let mut failed: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut n = first.changes.len();
+        let mut group = vec![first];
+        while n < MAX_GROUP_CHANGES {
+            let Ok(w) = rx.try_recv() else { break };
+            n += w.changes.len();
+            group.push(w);
+        }
+        let r = match &failed {
+            Some(e) => Err(e.clone()),
+            None if n == 0 => Ok(()),
+            None => write_group(&conn, &group),
+        };
+        if let (Err(e), None) = (&r, &failed) {
+            tracing::error!(error = %e, "scheduler store: a write failed; every later write fails until the scheduler restarts and reloads its records");
+            failed = Some(format!("an earlier write failed ({e}); restart the scheduler"));
+        }
+        for w in group {
+            (w.done)(r.clone().map_err(SchedulerError::Store));
+        }
+    }
+}
+
+fn write_group(conn: &Mutex<Connection>, group: &[Write]) -> Result<(), String> {
+    let mut c = conn.lock().map_err(|_| "store lock poisoned".to_string())?;
+    let tx = c.transaction().map_err(|e| e.to_string())?;
+    for ch in group.iter().flat_map(|w| &w.changes) {
+        write_change(&tx, ch).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn write_change(tx: &rusqlite::Transaction<'_>, ch: &Change) -> rusqlite::Result<usize> {
+    match ch {
+        Change::PutDesired(d) => tx
+            .prepare_cached("INSERT OR REPLACE INTO desired_lrps (process_guid, domain, data) VALUES (?, ?, ?)")?
+            .execute(params![d.process_guid, d.domain, d.encode_to_vec()]),
+        Change::DeleteDesired(g) => {
+            tx.prepare_cached("DELETE FROM desired_lrps WHERE process_guid = ?")?.execute(params![g])
+        }
+        Change::PutActual(a) => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO actual_lrps
+                 (process_guid, instance_index, presence, domain, state, cell_id, data)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![a.process_guid, a.index, a.presence, a.domain, a.state, a.cell_id, a.encode_to_vec()]),
+        Change::DeleteActual { process_guid, index, presence } => tx
+            .prepare_cached("DELETE FROM actual_lrps WHERE process_guid = ? AND instance_index = ? AND presence = ?")?
+            .execute(params![process_guid, index, presence]),
+        Change::PutTask(t) => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO tasks (task_guid, domain, state, cell_id, data) VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![t.task_guid, t.domain, t.state, t.cell_id, t.encode_to_vec()]),
+        Change::DeleteTask(g) => tx.prepare_cached("DELETE FROM tasks WHERE task_guid = ?")?.execute(params![g]),
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> SchedulerError {
@@ -148,7 +279,14 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(db_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", 16384).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        let conn = Arc::new(Mutex::new(conn));
+        let (writes, rx) = mpsc::channel();
+        let c = conn.clone();
+        std::thread::Builder::new()
+            .name("scheduler-store".into())
+            .spawn(move || writer(c, rx))
+            .map_err(|e| SchedulerError::Store(format!("starting the store's writer: {e}")))?;
+        Ok(Self { conn, writes })
     }
 
     async fn with<T: Send + 'static>(
@@ -259,69 +397,10 @@ impl SchedulerStore for SqliteStore {
         .await
     }
 
-    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
-        if changes.is_empty() {
-            return Ok(());
+    fn submit(&self, changes: Vec<Change>, done: Done) {
+        if let Err(mpsc::SendError(w)) = self.writes.send(Write { changes, done }) {
+            (w.done)(Err(SchedulerError::Store("the store's writer stopped".into())));
         }
-        self.with(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            for ch in changes {
-                match ch {
-                    Change::PutDesired(d) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO desired_lrps (process_guid, domain, data) VALUES (?, ?, ?)",
-                        )
-                        .and_then(|mut s| s.execute(params![d.process_guid, d.domain, d.encode_to_vec()]))
-                        .map_err(db_err)?;
-                    }
-                    Change::DeleteDesired(g) => {
-                        tx.prepare_cached("DELETE FROM desired_lrps WHERE process_guid = ?")
-                            .and_then(|mut s| s.execute(params![g]))
-                            .map_err(db_err)?;
-                    }
-                    Change::PutActual(a) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO actual_lrps
-                             (process_guid, instance_index, presence, domain, state, cell_id, data)
-                             VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                a.process_guid,
-                                a.index,
-                                a.presence,
-                                a.domain,
-                                a.state,
-                                a.cell_id,
-                                a.encode_to_vec()
-                            ])
-                        })
-                        .map_err(db_err)?;
-                    }
-                    Change::DeleteActual { process_guid, index, presence } => {
-                        tx.prepare_cached(
-                            "DELETE FROM actual_lrps WHERE process_guid = ? AND instance_index = ? AND presence = ?",
-                        )
-                        .and_then(|mut s| s.execute(params![process_guid, index, presence]))
-                        .map_err(db_err)?;
-                    }
-                    Change::PutTask(t) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO tasks (task_guid, domain, state, cell_id, data) VALUES (?, ?, ?, ?, ?)",
-                        )
-                        .and_then(|mut s| s.execute(params![t.task_guid, t.domain, t.state, t.cell_id, t.encode_to_vec()]))
-                        .map_err(db_err)?;
-                    }
-                    Change::DeleteTask(g) => {
-                        tx.prepare_cached("DELETE FROM tasks WHERE task_guid = ?")
-                            .and_then(|mut s| s.execute(params![g]))
-                            .map_err(db_err)?;
-                    }
-                }
-            }
-            tx.commit().map_err(db_err)
-        })
-        .await
     }
 }
 
@@ -442,15 +521,17 @@ impl Records {
 }
 
 /// Another store (the record of truth) with every record also kept decoded
-/// in memory: loaded once, written through (memory changes only once the
-/// store committed), so reads never reach the database. Convergence and
-/// auctions list everything and every cell reconciles by cell id: from
-/// memory and an index these are copies, not queries that decode every row.
+/// in memory: loaded once, written through, so reads never reach the
+/// database. Convergence and auctions list everything and every cell
+/// reconciles by cell id: from memory and an index these are copies, not
+/// queries that decode every row. Memory changes once a write is durable,
+/// or (`submit_visible`) when it is queued, so that the rules decide on it
+/// at once; whoever answers for such a write waits for its `done` (and the
+/// store writes in queue order, so anything decided on it is never kept
+/// without it).
 pub struct CachedStore {
     inner: Arc<dyn SchedulerStore>,
     records: Arc<RwLock<Records>>,
-    /// Applies commit and reach memory in one order.
-    writes: tokio::sync::Mutex<()>,
 }
 
 /// Listings of everything are copied off the async workers.
@@ -469,7 +550,7 @@ impl CachedStore {
         for t in inner.tasks(TaskFilter::default()).await? {
             r.put_task(t);
         }
-        Ok(Self { inner, records: Arc::new(RwLock::new(r)), writes: tokio::sync::Mutex::new(()) })
+        Ok(Self { inner, records: Arc::new(RwLock::new(r)) })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
@@ -536,14 +617,43 @@ impl SchedulerStore for CachedStore {
         .await
     }
 
-    async fn apply(&self, changes: Vec<Change>) -> Result<(), SchedulerError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let _w = self.writes.lock().await;
-        self.inner.apply(changes.clone()).await?;
-        self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(changes);
+    async fn desired_instances(&self, process_guid: &str) -> Result<Option<i32>, SchedulerError> {
+        Ok(self.read().desired.get(process_guid).map(|d| d.instances))
+    }
+
+    async fn visit_instances(&self, f: &mut InstanceVisitor<'_>) -> Result<(), SchedulerError> {
+        // In place under the read lock: copying 250 000 records took most
+        // of a convergence pass.
+        visit_groups(self.read().actual.values(), f);
         Ok(())
+    }
+
+    fn submit(&self, changes: Vec<Change>, done: Done) {
+        // Memory changes once the database has it, as reads never showed
+        // what a crash could lose (the caller holds its write lock until
+        // then, so nothing is decided on it meanwhile).
+        if changes.is_empty() {
+            self.inner.submit(changes, done);
+            return;
+        }
+        let records = self.records.clone();
+        let kept = changes.clone();
+        self.inner.submit(
+            changes,
+            Box::new(move |r| {
+                if r.is_ok() {
+                    records.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(kept);
+                }
+                done(r);
+            }),
+        );
+    }
+
+    fn submit_visible(&self, changes: Vec<Change>, done: Done) {
+        let mut r = self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the lock: the database's queue and memory change in one order.
+        self.inner.submit(changes.clone(), done);
+        r.apply(changes);
     }
 }
 

@@ -25,14 +25,14 @@ fn owner(lrp: &pb::ActualLrp) -> String {
 
 /// Why there is no ORDINARY record for `key`: an index out of range is the
 /// caller's mistake, anything else a record that is gone.
-fn missing(desired: Option<&pb::DesiredLrp>, key: &pb::ActualLrpKey) -> SchedulerError {
-    match desired {
-        Some(d) if key.index >= d.instances => SchedulerError::InvalidArgument(format!(
+fn missing(instances: Option<i32>, key: &pb::ActualLrpKey) -> SchedulerError {
+    match instances {
+        Some(n) if key.index >= n => SchedulerError::InvalidArgument(format!(
             "index {} is out of range: {} has {} instances (indexes 0 to {})",
             key.index,
             key.process_guid,
-            d.instances,
-            d.instances - 1
+            n,
+            n - 1
         )),
         _ => SchedulerError::NotFound(format!("{} does not exist", lrp_name(&key.process_guid, key.index))),
     }
@@ -84,9 +84,10 @@ impl Scheduler {
         self.store.actual_lrps(ActualLrpFilter { cell_id: Some(cell_id.to_string()), ..Default::default() }).await
     }
 
-    /// The ORDINARY record a cell reports on, with its desired LRP.
-    async fn reported(&self, key: &pb::ActualLrpKey) -> Result<(Option<pb::DesiredLrp>, Copies), SchedulerError> {
-        let desired = self.store.desired_lrp(&key.process_guid).await?;
+    /// The copies of the instance a cell reports on, with its desired LRP's
+    /// instance count (not the record: its action tree is kilobytes).
+    async fn reported(&self, key: &pb::ActualLrpKey) -> Result<(Option<i32>, Copies), SchedulerError> {
+        let desired = self.store.desired_instances(&key.process_guid).await?;
         let copies = self.copies(&key.process_guid, key.index).await?;
         if desired.is_none() && copies.ordinary.is_none() && copies.evacuating.is_none() && copies.suspect.is_none() {
             return Err(SchedulerError::NotFound(format!("no desired LRP with process guid {}", key.process_guid)));
@@ -94,24 +95,20 @@ impl Scheduler {
         Ok((desired, copies))
     }
 
-    fn check_retiring(
-        desired: Option<&pb::DesiredLrp>,
-        key: &pb::ActualLrpKey,
-        to: State,
-    ) -> Result<(), SchedulerError> {
-        match desired {
+    fn check_retiring(instances: Option<i32>, key: &pb::ActualLrpKey, to: State) -> Result<(), SchedulerError> {
+        match instances {
             None => Err(SchedulerError::FailedPrecondition(format!(
                 "cannot make {} {}: its LRP is no longer desired",
                 lrp_name(&key.process_guid, key.index),
                 state_name(to)
             ))),
-            Some(d) if key.index >= d.instances => Err(SchedulerError::FailedPrecondition(format!(
+            Some(n) if key.index >= n => Err(SchedulerError::FailedPrecondition(format!(
                 "cannot make {} {}: index {} is being retired ({} has {} instances)",
                 lrp_name(&key.process_guid, key.index),
                 state_name(to),
                 key.index,
                 key.process_guid,
-                d.instances
+                n
             ))),
             Some(_) => Ok(()),
         }
@@ -157,11 +154,15 @@ impl Scheduler {
         let now = self.now();
         let _w = self.write.lock().await;
         let (desired, copies) = self.reported(&key).await?;
-        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired, &key))?;
         if ord.state() == State::Claimed && instance_key_of(&ord) == ik {
+            // A retry: answered once the first claim is durable.
+            let barrier = self.barrier();
+            drop(_w);
+            barrier.durable().await?;
             return Ok(ord);
         }
-        Self::check_retiring(desired.as_ref(), &key, State::Claimed)?;
+        Self::check_retiring(desired, &key, State::Claimed)?;
         if ord.state() == State::Unclaimed {
             self.check_placement(&key, &ik)?;
         }
@@ -178,10 +179,14 @@ impl Scheduler {
         bump(&mut after.modification_tag);
         let mut batch = Batch::default();
         batch.put_actual(Some(&ord), after.clone())?;
-        self.commit(batch).await?;
+        let staged = self.stage(batch);
         lock(&self.placements).remove(&PlacementKey::Lrp(key.process_guid.clone(), key.index));
         // Now, not `now`: the claim may have waited long for the lock.
         self.note_progress(&ik.cell_id, self.now());
+        // Others decide on the claim from here; its answer waits until the
+        // database has it (and so everything decided on it before).
+        drop(_w);
+        staged.durable().await?;
         tracing::debug!(process_guid = %key.process_guid, index = key.index, instance_guid = %ik.instance_guid, cell_id = %ik.cell_id, "claimed");
         Ok(after)
     }
@@ -199,7 +204,7 @@ impl Scheduler {
         let now = self.now();
         let _w = self.write.lock().await;
         let (desired, copies) = self.reported(&key).await?;
-        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired, &key))?;
         let mine = instance_key_of(&ord) == ik;
         if ord.state() == State::Running
             && mine
@@ -208,9 +213,12 @@ impl Scheduler {
             && ord.ports == net.ports
             && ord.routable == req.routable
         {
+            let barrier = self.barrier();
+            drop(_w);
+            barrier.durable().await?;
             return Ok(ord);
         }
-        Self::check_retiring(desired.as_ref(), &key, State::Running)?;
+        Self::check_retiring(desired, &key, State::Running)?;
         match ord.state() {
             State::Unclaimed => self.check_placement(&key, &ik)?,
             // Stricter than Diego (which lets any instance start a CLAIMED
@@ -239,9 +247,11 @@ impl Scheduler {
         if let Some(s) = &copies.suspect {
             batch.delete_actual(s);
         }
-        self.commit(batch).await?;
+        let staged = self.stage(batch);
         lock(&self.placements).remove(&PlacementKey::Lrp(key.process_guid.clone(), key.index));
         self.note_progress(&ik.cell_id, self.now());
+        drop(_w);
+        staged.durable().await?;
         tracing::info!(process_guid = %key.process_guid, index = key.index, instance_guid = %ik.instance_guid, cell_id = %ik.cell_id, routable = req.routable, "running");
         Ok(after)
     }
@@ -263,7 +273,7 @@ impl Scheduler {
                 return Ok(copy.clone());
             }
         }
-        let ord = copies.ordinary.ok_or_else(|| missing(desired.as_ref(), &key))?;
+        let ord = copies.ordinary.ok_or_else(|| missing(desired, &key))?;
         if !matches!(ord.state(), State::Claimed | State::Running) || !allows_transition_to(&ord, &ik, State::Crashed) {
             return Err(Self::illegal(&key, &ord, State::Crashed, &ik));
         }
@@ -277,7 +287,7 @@ impl Scheduler {
         let mut crashed = event("actual_lrp_crashed");
         crashed.actual_lrp_before = Some(ord.clone());
         crashed.actual_lrp = Some(after.clone());
-        let wanted = desired.as_ref().is_some_and(|d| key.index < d.instances);
+        let wanted = desired.is_some_and(|n| key.index < n);
         if !wanted {
             batch.delete_actual(&ord);
         } else {

@@ -14,7 +14,7 @@ use super::{AuctionItem, Placement, PlacementKey, Scheduler, lock};
 use crate::SchedulerError;
 use crate::auction::{CellView, Demand, choose};
 use crate::model::bump;
-use crate::store::{ActualLrpFilter, TaskFilter};
+use crate::store::TaskFilter;
 use celld_proto as pb;
 use celld_proto::actual_lrp::{Presence, State};
 use celld_proto::task::State as TaskState;
@@ -187,18 +187,21 @@ impl Scheduler {
                 .collect();
             let demands: HashMap<&str, (Demand, bool)> =
                 desired.iter().map(|(pg, d)| (pg.as_str(), (demand_of(d), placing.contains(pg.as_str())))).collect();
-            let using = ActualLrpFilter {
-                states: Some(vec![State::Claimed as i32, State::Running as i32]),
-                ..Default::default()
-            };
-            for l in self.store.actual_lrps(using).await? {
-                if !matches!(l.state(), State::Claimed | State::Running) || l.presence() == Presence::Suspect {
-                    continue;
-                }
-                if let (Some(&i), Some((d, spread))) = (index.get(&l.cell_id), demands.get(l.process_guid.as_str())) {
-                    cells[i].add_recorded_counting(d, l.state() == State::Claimed, *spread);
-                }
-            }
+            // Visited in place: every auction reads every instance.
+            self.store
+                .visit_instances(&mut |group| {
+                    for l in group {
+                        if !matches!(l.state(), State::Claimed | State::Running) || l.presence() == Presence::Suspect {
+                            continue;
+                        }
+                        if let (Some(&i), Some((d, spread))) =
+                            (index.get(l.cell_id.as_str()), demands.get(l.process_guid.as_str()))
+                        {
+                            cells[i].add_recorded_counting(d, l.state() == State::Claimed, *spread);
+                        }
+                    }
+                })
+                .await?;
             for t in self.store.tasks(TaskFilter::default()).await? {
                 if let (TaskState::Running, Some(&i)) = (t.state(), index.get(&t.cell_id)) {
                     cells[i].add_recorded(&task_demand(&t), false);

@@ -2,10 +2,10 @@
 //! it) that creates missing instances, restarts crashed ones, replaces those
 //! of missing cells, re-auctions stale placements and expires tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use super::cells::Effects;
-use super::records::{Batch, Copies};
+use super::records::Batch;
 use super::{AuctionItem, PlacementKey, Scheduler, lock};
 use crate::SchedulerError;
 use crate::model::*;
@@ -13,6 +13,28 @@ use crate::store::{ActualLrpFilter, TaskFilter};
 use celld_proto as pb;
 use celld_proto::actual_lrp::{Presence, State};
 use celld_proto::task::State as TaskState;
+
+/// The copies of one instance, borrowed from the store.
+#[derive(Default)]
+struct CopyRefs<'a> {
+    ordinary: Option<&'a pb::ActualLrp>,
+    evacuating: Option<&'a pb::ActualLrp>,
+    suspect: Option<&'a pb::ActualLrp>,
+}
+
+impl<'a> CopyRefs<'a> {
+    fn from(group: &[&'a pb::ActualLrp]) -> Self {
+        let mut c = CopyRefs::default();
+        for l in group {
+            match l.presence() {
+                Presence::Ordinary => c.ordinary = Some(*l),
+                Presence::Evacuating => c.evacuating = Some(*l),
+                Presence::Suspect => c.suspect = Some(*l),
+            }
+        }
+        c
+    }
+}
 
 impl Scheduler {
     pub async fn advance_clock(&self, seconds: u64) -> Result<i64, SchedulerError> {
@@ -39,113 +61,48 @@ impl Scheduler {
         let _w = self.write.lock().await;
         let busy = self.busy_cells(now);
         let desired = self.store.desired_lrps(None).await?;
-        let actual = self.store.actual_lrps(ActualLrpFilter::default()).await?;
         let tasks = self.store.tasks(TaskFilter::default()).await?;
         let mut batch = Batch::default();
         let mut fx = Effects::default();
         let mut changes = 0u32;
-
-        let mut by_key: BTreeMap<(String, i32), Copies> = BTreeMap::new();
-        for l in actual {
-            let c = by_key.entry((l.process_guid.clone(), l.index)).or_default();
-            match l.presence() {
-                Presence::Ordinary => c.ordinary = Some(l),
-                Presence::Evacuating => c.evacuating = Some(l),
-                Presence::Suspect => c.suspect = Some(l),
-            }
-        }
         let desired_by_guid: HashMap<&str, &pb::DesiredLrp> =
             desired.iter().map(|d| (d.process_guid.as_str(), d)).collect();
-
-        for d in &desired {
-            for index in 0..d.instances {
-                if !by_key.contains_key(&(d.process_guid.clone(), index)) {
-                    self.metrics.missing.inc();
-                    batch.put_actual(None, new_unclaimed(d, index, now))?;
-                    fx.auctions.push(AuctionItem::Lrp { process_guid: d.process_guid.clone(), index, exclude: None });
-                    changes += 1;
+        // Which indexes of each desired LRP have a record.
+        let mut present: HashMap<&str, Vec<bool>> = desired
+            .iter()
+            .map(|d| (d.process_guid.as_str(), vec![false; usize::try_from(d.instances).unwrap_or(0)]))
+            .collect();
+        let mut failure = None;
+        // Visited in place: only what changes is copied.
+        self.store
+            .visit_instances(&mut |group| {
+                let copies = CopyRefs::from(group);
+                let Some(first) = group.first() else { return };
+                let (pg, index) = (first.process_guid.as_str(), first.index);
+                if let Some(seen) =
+                    present.get_mut(pg).and_then(|v| v.get_mut(usize::try_from(index).unwrap_or(usize::MAX)))
+                {
+                    *seen = true;
                 }
-            }
+                let d = desired_by_guid.get(pg).filter(|d| index < d.instances).copied();
+                if let Err(e) =
+                    self.converge_instance(d, pg, index, &copies, now, &busy, &mut batch, &mut fx, &mut changes)
+                {
+                    failure.get_or_insert(e);
+                }
+            })
+            .await?;
+        if let Some(e) = failure {
+            return Err(e);
         }
-        for ((pg, index), copies) in &by_key {
-            let Some(d) = desired_by_guid.get(pg.as_str()).filter(|d| *index < d.instances) else {
-                // Extra indexes and orphans.
-                for l in [&copies.ordinary, &copies.suspect].into_iter().flatten() {
-                    self.metrics.extra.inc();
-                    self.retire(l, &mut batch, &mut fx);
-                    changes += 1;
-                }
-                if let Some(e) = &copies.evacuating {
-                    if self.cell_missing(&e.cell_id) {
-                        batch.delete_actual(e);
-                        changes += 1;
-                    }
-                }
-                continue;
-            };
-            let auction = AuctionItem::Lrp { process_guid: pg.clone(), index: *index, exclude: None };
-            match &copies.ordinary {
-                None => {
-                    batch.put_actual(None, new_unclaimed(d, *index, now))?;
-                    fx.auctions.push(auction);
-                    changes += 1;
-                }
-                Some(o) => match o.state() {
-                    State::Crashed if should_restart_crashed(o.crash_count, o.since, now) => {
-                        let mut after = o.clone();
-                        after.state = State::Unclaimed as i32;
-                        after.since = now;
-                        bump(&mut after.modification_tag);
-                        batch.put_actual(Some(o), after)?;
-                        fx.auctions.push(auction);
-                        changes += 1;
-                    }
-                    State::Unclaimed => {
-                        let key = PlacementKey::Lrp(pg.clone(), *index);
-                        let mut p = lock(&self.placements);
-                        let stale = p.get(&key).is_some_and(|pl| pl.stale(now, &busy));
-                        if stale {
-                            p.remove(&key);
-                        }
-                        if stale || !p.contains_key(&key) {
-                            fx.auctions.push(auction);
-                            changes += 1;
-                        }
-                    }
-                    State::Claimed | State::Running if self.cell_missing(&o.cell_id) => {
-                        let mut after = o.clone();
-                        clear_instance(&mut after);
-                        after.state = State::Unclaimed as i32;
-                        after.since = now;
-                        bump(&mut after.modification_tag);
-                        if o.state() == State::Running {
-                            tracing::warn!(process_guid = %pg, index = *index, instance_guid = %o.instance_guid, cell_id = %o.cell_id, "cell missing: instance is suspect, auctioning a replacement");
-                            let mut suspect = o.clone();
-                            suspect.presence = Presence::Suspect as i32;
-                            bump(&mut suspect.modification_tag);
-                            if let Some(old) = &copies.suspect {
-                                batch.delete_actual(old);
-                            }
-                            batch.put_actual(None, suspect)?;
-                        }
-                        batch.put_actual(Some(o), after)?;
-                        fx.auctions.push(auction);
-                        changes += 1;
-                    }
-                    _ => {}
-                },
-            }
-            if let Some(s) = &copies.suspect {
-                if copies.ordinary.as_ref().is_some_and(|o| o.state() == State::Running) {
-                    batch.delete_actual(s);
-                    changes += 1;
-                }
-            }
-            if let Some(e) = &copies.evacuating {
-                if self.cell_missing(&e.cell_id) {
-                    batch.delete_actual(e);
-                    changes += 1;
-                }
+        for d in &desired {
+            let seen = present.get(d.process_guid.as_str()).map(Vec::as_slice).unwrap_or_default();
+            for (index, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+                let index = i32::try_from(index).unwrap_or(i32::MAX);
+                self.metrics.missing.inc();
+                batch.put_actual(None, new_unclaimed(d, index, now))?;
+                fx.auctions.push(AuctionItem::Lrp { process_guid: d.process_guid.clone(), index, exclude: None });
+                changes += 1;
             }
         }
 
@@ -203,6 +160,103 @@ impl Scheduler {
         }
         self.dispatch(fx);
         Ok(changes)
+    }
+
+    /// One instance's part of a pass: `d` is its desired LRP if its index is
+    /// still wanted.
+    #[allow(clippy::too_many_arguments)]
+    fn converge_instance(
+        &self,
+        d: Option<&pb::DesiredLrp>,
+        pg: &str,
+        index: i32,
+        copies: &CopyRefs<'_>,
+        now: i64,
+        busy: &HashSet<String>,
+        batch: &mut Batch,
+        fx: &mut Effects,
+        changes: &mut u32,
+    ) -> Result<(), SchedulerError> {
+        let Some(d) = d else {
+            // Extra indexes and orphans.
+            for l in [copies.ordinary, copies.suspect].into_iter().flatten() {
+                self.metrics.extra.inc();
+                self.retire(l, batch, fx);
+                *changes += 1;
+            }
+            if let Some(e) = copies.evacuating {
+                if self.cell_missing(&e.cell_id) {
+                    batch.delete_actual(e);
+                    *changes += 1;
+                }
+            }
+            return Ok(());
+        };
+        let auction = || AuctionItem::Lrp { process_guid: pg.to_string(), index, exclude: None };
+        match copies.ordinary {
+            None => {
+                batch.put_actual(None, new_unclaimed(d, index, now))?;
+                fx.auctions.push(auction());
+                *changes += 1;
+            }
+            Some(o) => match o.state() {
+                State::Crashed if should_restart_crashed(o.crash_count, o.since, now) => {
+                    let mut after = o.clone();
+                    after.state = State::Unclaimed as i32;
+                    after.since = now;
+                    bump(&mut after.modification_tag);
+                    batch.put_actual(Some(o), after)?;
+                    fx.auctions.push(auction());
+                    *changes += 1;
+                }
+                State::Unclaimed => {
+                    let key = PlacementKey::Lrp(pg.to_string(), index);
+                    let mut p = lock(&self.placements);
+                    let stale = p.get(&key).is_some_and(|pl| pl.stale(now, busy));
+                    if stale {
+                        p.remove(&key);
+                    }
+                    if stale || !p.contains_key(&key) {
+                        fx.auctions.push(auction());
+                        *changes += 1;
+                    }
+                }
+                State::Claimed | State::Running if self.cell_missing(&o.cell_id) => {
+                    let mut after = o.clone();
+                    clear_instance(&mut after);
+                    after.state = State::Unclaimed as i32;
+                    after.since = now;
+                    bump(&mut after.modification_tag);
+                    if o.state() == State::Running {
+                        tracing::warn!(process_guid = %pg, index, instance_guid = %o.instance_guid, cell_id = %o.cell_id, "cell missing: instance is suspect, auctioning a replacement");
+                        let mut suspect = o.clone();
+                        suspect.presence = Presence::Suspect as i32;
+                        bump(&mut suspect.modification_tag);
+                        if let Some(old) = copies.suspect {
+                            batch.delete_actual(old);
+                        }
+                        batch.put_actual(None, suspect)?;
+                    }
+                    batch.put_actual(Some(o), after)?;
+                    fx.auctions.push(auction());
+                    *changes += 1;
+                }
+                _ => {}
+            },
+        }
+        if let Some(s) = copies.suspect {
+            if copies.ordinary.is_some_and(|o| o.state() == State::Running) {
+                batch.delete_actual(s);
+                *changes += 1;
+            }
+        }
+        if let Some(e) = copies.evacuating {
+            if self.cell_missing(&e.cell_id) {
+                batch.delete_actual(e);
+                *changes += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Queues every unplaced UNCLAIMED instance and PENDING task.

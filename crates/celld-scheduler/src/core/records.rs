@@ -90,14 +90,57 @@ impl Copies {
     }
 }
 
+/// A batch queued in the store: memory already shows it; `durable` says
+/// when the database has it too.
+pub(super) struct Staged(tokio::sync::oneshot::Receiver<Result<(), SchedulerError>>);
+
+impl Staged {
+    pub(super) async fn durable(self) -> Result<(), SchedulerError> {
+        self.0.await.map_err(|_| SchedulerError::Internal("the store dropped a write".into()))?
+    }
+}
+
 impl Scheduler {
-    pub(super) async fn commit(&self, batch: Batch) -> Result<(), SchedulerError> {
-        self.store.apply(batch.changes).await?;
-        for e in batch.events {
-            // No subscribers is fine; a lagging one loses the oldest events.
-            let _ = self.events.send(e);
+    /// Queues `batch` (the caller holds the write lock, so batches queue in
+    /// the order they were decided). Its events go out once it is durable,
+    /// in that order too, whether or not anyone still waits for it.
+    /// Readers see `batch` at once: the caller may release the write lock
+    /// before it is durable (it answers only after `durable`).
+    pub(super) fn stage(&self, batch: Batch) -> Staged {
+        self.queue(batch, true)
+    }
+
+    fn queue(&self, batch: Batch, visible: bool) -> Staged {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let events = self.events.clone();
+        let published = batch.events;
+        let done: crate::store::Done = Box::new(move |r| {
+            if r.is_ok() {
+                for e in published {
+                    // No subscribers is fine; a lagging one loses the oldest events.
+                    let _ = events.send(e);
+                }
+            }
+            let _ = tx.send(r);
+        });
+        if visible {
+            self.store.submit_visible(batch.changes, done);
+        } else {
+            self.store.submit(batch.changes, done);
         }
-        Ok(())
+        Staged(rx)
+    }
+
+    /// Queues `batch` and waits until it is durable; readers see it from
+    /// then on (the caller holds the write lock meanwhile).
+    pub(super) async fn commit(&self, batch: Batch) -> Result<(), SchedulerError> {
+        self.queue(batch, false).durable().await
+    }
+
+    /// Resolves once everything queued so far is durable: an answer read
+    /// from memory must not promise what a crash could still lose.
+    pub(super) fn barrier(&self) -> Staged {
+        self.queue(Batch::default(), false)
     }
 
     pub(super) async fn copies(&self, pg: &str, index: i32) -> Result<Copies, SchedulerError> {
