@@ -380,6 +380,23 @@ fn scale_down_removes_the_highest_indexes_and_stop_replaces_an_instance() {
             .expect_err("unknown instance");
         assert_eq!(unknown.code(), tonic::Code::NotFound);
         s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "web-scale".into() }).await.expect("remove");
+        wait_until(Duration::from_secs(20), || c.client_list_len() == 0).await;
+
+        // Removed as soon as its first container appears in the depot, most
+        // likely while that container is still being made: each create runs
+        // to its end and is destroyed, and nothing is left behind.
+        s.desire_lrp(desired("web-brief", 2, "droplets/web-scale", "", vec![tcp_check(8080)]))
+            .await
+            .expect("DesireLRP");
+        let containers = c.depot().join("containers");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&containers).map_or(0, |d| d.count()) == 0 {
+            assert!(Instant::now() < deadline, "no container was made for web-brief:\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.remove_desired_lrp(pb::RemoveDesiredLrpRequest { process_guid: "web-brief".into() }).await.expect("remove");
+        wait_until(Duration::from_secs(20), || c.client_list_len() == 0).await;
+        c.assert_no_leaks_after_destroy();
     });
 }
 

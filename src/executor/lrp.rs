@@ -144,8 +144,14 @@ impl Executor {
                 Err(e) => return End::Crashed(format!("{}: {e}", Self::app_source(d))),
             }
         } else {
+            // The create runs to its end even if a stop comes meanwhile:
+            // dropped half way, it left its depot entry behind, unknown to
+            // the destroy (as with tasks).
+            if let Err(e) = self.create_container(guid, d, index).await {
+                return End::Crashed(e);
+            }
             let created = tokio::select! {
-                r = self.create_and_run(guid, d, index) => r,
+                r = self.run_in_container(guid, d, index) => r,
                 r = super::stopped(&mut stop) => return End::Stopped(r),
             };
             match created {
@@ -307,14 +313,8 @@ impl Executor {
         }
     }
 
-    /// Creates the container, puts the droplet in and starts the app. Errors
-    /// are crash reasons.
-    async fn create_and_run(
-        self: &Arc<Self>,
-        guid: &str,
-        d: &pb::DesiredLrp,
-        index: i32,
-    ) -> Result<(Addresses, Exit), String> {
+    /// Creates the instance's container. Errors are crash reasons.
+    async fn create_container(&self, guid: &str, d: &pb::DesiredLrp, index: i32) -> Result<(), String> {
         let cell = &self.cfg.cell_id;
         self.cell_line(d, index, &format!("Cell {cell} creating container for instance {guid}"));
         let properties = Properties::from([
@@ -348,6 +348,18 @@ impl Executor {
         let spec = recipe.spec().map_err(fail)?;
         self.gardener.create(spec).await.map_err(|e| fail(e.into()))?;
         self.cell_line(d, index, &format!("Cell {cell} successfully created container for instance {guid}"));
+        Ok(())
+    }
+
+    /// Puts the droplet into the created container and starts the app (or
+    /// runs the LRP's action). Errors are crash reasons.
+    async fn run_in_container(
+        self: &Arc<Self>,
+        guid: &str,
+        d: &pb::DesiredLrp,
+        index: i32,
+    ) -> Result<(Addresses, Exit), String> {
+        let rootfs = self.rootfs(&d.rootfs);
         if let Some(action) = &d.action {
             let addrs = container::addresses(&self.gardener, guid).await.map_err(|e| e.to_string())?;
             let exit = self.run_tree(guid, d, index, &addrs, action, false).await?;
