@@ -699,22 +699,29 @@ async fn evacuation_keeps_the_container_until_the_replacement_runs() {
     assert_eq!((all[0].cell_id.as_str(), all[0].presence()), ("cell-b", Presence::Ordinary));
 }
 
+/// 127.0.0.1 and a port nothing listens on.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The real `celld scheduler` on `addr`, its database in `dir`.
+fn spawn_scheduler(dir: &std::path::Path, addr: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
+        .args(["--log-level", "warn", "--depot"])
+        .arg(dir)
+        .args(["scheduler", "--listen", addr, "--metrics-listen", "off", "--db"])
+        .arg(dir.join("scheduler.db"))
+        .spawn()
+        .unwrap()
+}
+
 /// The real binary, killed and restarted: every record survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_scheduler_keeps_every_record() {
     let dir = temp_dir("restart");
-    let db = dir.join("scheduler.db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
-            .args(["--log-level", "warn", "--depot"])
-            .arg(&dir)
-            .args(["scheduler", "--listen", &addr, "--metrics-listen", "off", "--db"])
-            .arg(&db)
-            .spawn()
-            .unwrap()
-    };
+    let addr = free_address();
+    let spawn = || spawn_scheduler(&dir, &addr);
     let mut child = spawn();
     let mut s = client(&addr).await;
     let cell = SimCell::start("cell-a", &addr, 8192).await;
@@ -849,18 +856,8 @@ async fn a_scheduler_killed_mid_population_keeps_every_acknowledged_claim_and_st
     const INSTANCES: i32 = 1500;
     const CLIENTS: usize = 48;
     let dir = temp_dir("sigkill");
-    let db = dir.join("scheduler.db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_celld"))
-            .args(["--log-level", "warn", "--depot"])
-            .arg(&dir)
-            .args(["scheduler", "--listen", &addr, "--metrics-listen", "off", "--db"])
-            .arg(&db)
-            .spawn()
-            .unwrap()
-    };
+    let addr = free_address();
+    let spawn = || spawn_scheduler(&dir, &addr);
     let mut child = spawn();
     let s = client(&addr).await;
     let cell = SimCell::start_with("cell-a", &addr, 1 << 20, 4000).await;
