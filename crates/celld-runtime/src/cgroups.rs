@@ -300,7 +300,6 @@ fn write(path: &Path, value: &str) -> Result<(), RuntimeError> {
     std::fs::write(path, value).map_err(|e| RuntimeError::Cgroup(format!("write {value:?} to {}: {e}", path.display())))
 }
 
-/// The v1 hierarchies' mount points and their controllers, from mountinfo.
 /// This process's own cgroup in each v1 hierarchy (in `v1_hierarchies`'s
 /// order), read on first use, before it ever moves; `None` if one is not
 /// found under its hierarchy's mount.
@@ -331,6 +330,7 @@ fn move_self(dirs: &[PathBuf]) -> Result<(), RuntimeError> {
     dirs.iter().try_for_each(|d| write(&d.join("tasks"), "0"))
 }
 
+/// The v1 hierarchies' mount points and their controllers, from mountinfo.
 fn v1_hierarchies() -> &'static [(PathBuf, Vec<String>)] {
     static HIERARCHIES: std::sync::OnceLock<Vec<(PathBuf, Vec<String>)>> = std::sync::OnceLock::new();
     HIERARCHIES.get_or_init(|| parse_v1_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()))

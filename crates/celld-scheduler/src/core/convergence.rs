@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::cells::Effects;
-use super::records::Batch;
+use super::records::{Batch, Copies};
 use super::{AuctionItem, PlacementKey, Scheduler, lock};
 use crate::SchedulerError;
 use crate::model::*;
@@ -13,28 +13,6 @@ use crate::store::{ActualLrpFilter, TaskFilter};
 use celld_proto as pb;
 use celld_proto::actual_lrp::{Presence, State};
 use celld_proto::task::State as TaskState;
-
-/// The copies of one instance, borrowed from the store.
-#[derive(Default)]
-struct CopyRefs<'a> {
-    ordinary: Option<&'a pb::ActualLrp>,
-    evacuating: Option<&'a pb::ActualLrp>,
-    suspect: Option<&'a pb::ActualLrp>,
-}
-
-impl<'a> CopyRefs<'a> {
-    fn from(group: &[&'a pb::ActualLrp]) -> Self {
-        let mut c = CopyRefs::default();
-        for l in group {
-            match l.presence() {
-                Presence::Ordinary => c.ordinary = Some(*l),
-                Presence::Evacuating => c.evacuating = Some(*l),
-                Presence::Suspect => c.suspect = Some(*l),
-            }
-        }
-        c
-    }
-}
 
 impl Scheduler {
     pub async fn advance_clock(&self, seconds: u64) -> Result<i64, SchedulerError> {
@@ -76,7 +54,7 @@ impl Scheduler {
         // Visited in place: only what changes is copied.
         self.store
             .visit_instances(&mut |group| {
-                let copies = CopyRefs::from(group);
+                let copies = Copies::from(group.iter().copied());
                 let Some(first) = group.first() else { return };
                 let (pg, index) = (first.process_guid.as_str(), first.index);
                 if let Some(seen) =
@@ -170,7 +148,7 @@ impl Scheduler {
         d: Option<&pb::DesiredLrp>,
         pg: &str,
         index: i32,
-        copies: &CopyRefs<'_>,
+        copies: &Copies<&pb::ActualLrp>,
         now: i64,
         busy: &HashSet<String>,
         batch: &mut Batch,

@@ -68,19 +68,19 @@ impl Batch {
     }
 }
 
-/// The copies of one instance index, by presence.
-#[derive(Default)]
-pub(super) struct Copies {
-    pub(super) ordinary: Option<pb::ActualLrp>,
-    pub(super) evacuating: Option<pb::ActualLrp>,
-    pub(super) suspect: Option<pb::ActualLrp>,
+/// The copies of one instance index, by presence: owned records, or
+/// (`Copies<&ActualLrp>`) records borrowed from the store in place.
+pub(super) struct Copies<L = pb::ActualLrp> {
+    pub(super) ordinary: Option<L>,
+    pub(super) evacuating: Option<L>,
+    pub(super) suspect: Option<L>,
 }
 
-impl Copies {
-    fn from(lrps: Vec<pb::ActualLrp>) -> Self {
-        let mut c = Copies::default();
+impl<L: std::borrow::Borrow<pb::ActualLrp>> Copies<L> {
+    pub(super) fn from(lrps: impl IntoIterator<Item = L>) -> Self {
+        let mut c = Copies { ordinary: None, evacuating: None, suspect: None };
         for l in lrps {
-            match l.presence() {
+            match l.borrow().presence() {
                 Presence::Ordinary => c.ordinary = Some(l),
                 Presence::Evacuating => c.evacuating = Some(l),
                 Presence::Suspect => c.suspect = Some(l),
