@@ -51,7 +51,17 @@ pub fn connect(pid: Option<i32>) -> Result<Handle, NetworkError> {
     // SAFETY: `fd` is a non-blocking netlink socket whose ownership moves here.
     let socket: netlink_sys::TokioSocket = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
     let (conn, handle, _) = rtnetlink::from_socket(socket);
-    tokio::spawn(conn);
+    // The kernel runs a request inside the sendmsg that carries it, and
+    // deleting a veth waits there for RCU grace periods (milliseconds): on a
+    // thread of its own, that wait stalls no async worker serving Garden.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| NetworkError::Netlink(format!("netlink runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("netlink".into())
+        .spawn(move || rt.block_on(conn))
+        .map_err(|e| NetworkError::Netlink(format!("netlink thread: {e}")))?;
     Ok(handle)
 }
 
