@@ -342,7 +342,8 @@ pub enum Role {
     /// Internal: the single-threaded runtime helper the daemon starts.
     #[command(hide = true)]
     Helper {
-        /// The daemon's depot; only labels the process in listings.
+        /// The daemon's depot: labels the process in listings, and holds the
+        /// mount point of the views all containers share.
         #[arg(long)]
         depot: PathBuf,
     },

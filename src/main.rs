@@ -30,8 +30,8 @@ fn main() {
     if !ignored.is_empty() {
         tracing::info!(keys = ?ignored, "--rep-config: keys celld does not use (ignored)");
     }
-    if let Some(Role::Helper { .. }) = &cfg.role {
-        if let Err(e) = helper::run() {
+    if let Some(Role::Helper { depot }) = &cfg.role {
+        if let Err(e) = helper::run(depot) {
             eprintln!("celld helper: {e}");
             std::process::exit(1);
         }

@@ -90,15 +90,21 @@ fn capabilities_are_gardens() {
     d.assert_no_leaks();
 }
 
+/// The device (the file system instance: `major:minor`) mounted at `at`.
+fn device_at(mountinfo: &str, at: &str) -> String {
+    line_at(mountinfo, at).split_whitespace().nth(2).unwrap_or_default().to_string()
+}
+
+/// The last mountinfo line whose mount point is `at` (the one on top).
+fn line_at<'a>(mountinfo: &'a str, at: &str) -> &'a str {
+    let line = mountinfo.lines().rev().find(|l| l.split_whitespace().nth(4) == Some(at));
+    line.unwrap_or_else(|| panic!("nothing mounted at {at}: {mountinfo}"))
+}
+
 /// The mountinfo line whose mount point is `at`: (root, options, fstype,
 /// source, super options).
 fn mount_at(mountinfo: &str, at: &str) -> (String, String, String, String, String) {
-    let line = mountinfo
-        .lines()
-        .rev()
-        .find(|l| l.split_whitespace().nth(4) == Some(at))
-        .unwrap_or_else(|| panic!("nothing mounted at {at}: {mountinfo}"));
-    let (left, right) = line.split_once(" - ").unwrap();
+    let (left, right) = line_at(mountinfo, at).split_once(" - ").unwrap();
     let l: Vec<&str> = left.split_whitespace().collect();
     let r: Vec<&str> = right.split_whitespace().collect();
     (l[3].into(), l[5].into(), r[0].into(), r[1].into(), r[2].into())
@@ -144,6 +150,24 @@ fn devices_and_mounts_are_gardens() {
         let script = format!("cat {limit}; echo 1 > {limit} || echo read-only");
         let (_, out, _) = run(&d, &plain, sh(&script)).await;
         assert_eq!(out, "100663296\nread-only\n");
+
+        // Masked: an empty read-only directory, an empty file.
+        let script = "ls -A /sys/firmware | wc -l; touch /sys/firmware/x || echo read-only; wc -c < /proc/keys";
+        let (_, out, _) = run(&d, &plain, sh(script)).await;
+        assert_eq!(out, "0\nread-only\n0\n");
+        // What every container is shown alike is one file system for all of
+        // them (one superblock), not one more per container.
+        let (_, mi_priv, _) = run(&d, &privileged, sh("cat /proc/self/mountinfo")).await;
+        let mut shared = vec!["/sys/firmware"];
+        if !unified {
+            shared.push("/sys/fs/cgroup");
+        }
+        for at in shared {
+            let (a, b) = (device_at(&mi, at), device_at(&mi_priv, at));
+            assert_eq!(a, b, "{at}: one file system in both containers");
+            let (_, _, fstype, _, _) = mount_at(&mi, at);
+            assert_eq!(fstype, "tmpfs", "{at}");
+        }
         for h in [&plain, &privileged] {
             d.client.destroy(h).await.unwrap();
         }

@@ -62,8 +62,12 @@ pub enum HelperReply {
     },
 }
 
+/// Where in the depot the helper mounts the views all containers share
+/// (only in its own mount namespace: an empty directory on the host).
+const SHARED_VIEWS_DIR: &str = "views";
+
 /// The helper's main loop; returns when the daemon closes the socket.
-pub fn run() -> std::io::Result<()> {
+pub fn run(depot: &Path) -> std::io::Result<()> {
     // Die with the daemon rather than linger.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 
@@ -71,6 +75,12 @@ pub fn run() -> std::io::Result<()> {
     // own mounts (container overlays, briefly) stay here.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    // Here, so the host never sees it and it goes with the helper.
+    if let Err(e) =
+        super::spawn::mount_shared_views(&depot.join(SHARED_VIEWS_DIR), &super::cgroups::Cgroup::new("/").views())
+    {
+        tracing::warn!(error = %e, "every container gets tmpfs mounts of its own for its cgroups and masks");
+    }
 
     // Every container's init is exec'd from one sealed copy of the static
     // init binary; without one, inits go on as copies of this process.
@@ -197,8 +207,9 @@ fn protect_from_oom_killer(id: &str, pid: i32) {
 }
 
 /// Daemon side: starts `celld helper` and returns the socket to it.
-/// `depot` only labels the helper in process listings, so one can tell which
-/// daemon it belongs to (container inits name themselves `garden-init`).
+/// `depot` holds the mount point of the views its containers share, and
+/// labels the helper in process listings, so one can tell which daemon it
+/// belongs to (container inits name themselves `garden-init`).
 pub fn spawn(
     exe: &Path,
     depot: &Path,

@@ -28,6 +28,7 @@ mod init_exe;
 mod mounts;
 
 pub use init_exe::{INIT_BINARY, InitExe};
+pub(crate) use mounts::mount_shared_views;
 
 /// One of the spec's mounts, decided before the clone so that the child only
 /// makes system calls.
@@ -564,12 +565,13 @@ fn set_up(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// Into the rootfs, then what is done from inside: masks, read-only paths, `lo`.
+/// The masks, then into the rootfs, then what is done from inside: read-only
+/// paths, `lo`.
 fn enter_root(plan: &Plan) -> Result<(), String> {
-    pivot_root(&plan.rootfs)?;
     for p in &plan.masked {
-        mask(p)?;
+        mask(&plan.rootfs, p)?;
     }
+    pivot_root(&plan.rootfs)?;
     for p in &plan.readonly {
         if p.exists() {
             mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)

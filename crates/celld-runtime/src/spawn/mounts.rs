@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -114,10 +115,61 @@ pub(super) fn remount(target: &Path, flags: MsFlags) -> Result<(), String> {
         .map_err(|e| format!("remount {}: {e}", target.display()))
 }
 
-/// The container's cgroups as runc shows them: on v1 a tmpfs with each
-/// hierarchy's directory of the container bound in (and the usual symlinks
-/// for combined hierarchies such as `cpu,cpuacct`), on v2 the container's
-/// directory itself; all read-only.
+/// What every container is shown alike, in one read-only tmpfs the helper
+/// mounts once in its own mount namespace (which each container's starts as a
+/// copy of): `empty/`, bound over masked directories, and `cgroup/`, the v1
+/// hierarchies' directories and symlinks, under which each container's own
+/// cgroup directories are bound. Every file system instance costs the kernel
+/// a shrinker slot in every memory cgroup for as long as it lives, so a tmpfs
+/// of its own for each of these made every container cost more, the more
+/// containers there were.
+static SHARED_VIEWS: OnceLock<PathBuf> = OnceLock::new();
+
+const EMPTY: &str = "empty";
+const CGROUP_SKELETON: &str = "cgroup";
+
+/// Mounts the shared views at `dir` (see [`SHARED_VIEWS`]), shaped for the
+/// cgroup `views` every container of this host gets. Once per helper.
+pub(crate) fn mount_shared_views(dir: &Path, views: &[super::super::cgroups::View]) -> Result<(), String> {
+    let what = |e: &dyn std::fmt::Display| format!("shared container views at {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| what(&e))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), dir, Some("tmpfs"), flags, Some("mode=755,size=64k")).map_err(|e| what(&e))?;
+    let made = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, symlink};
+        std::fs::DirBuilder::new().mode(0o555).create(dir.join(EMPTY))?;
+        let skeleton = dir.join(CGROUP_SKELETON);
+        std::fs::DirBuilder::new().mode(0o755).create(&skeleton)?;
+        for view in views.iter().filter(|v| !v.name.is_empty()) {
+            std::fs::DirBuilder::new().mode(0o555).create(skeleton.join(&view.name))?;
+            for link in &view.links {
+                symlink(&view.name, skeleton.join(link))?;
+            }
+        }
+        Ok(())
+    })();
+    // Read-only for good: the superblock itself, not just this mount.
+    let sealed = made.map_err(|e| what(&e)).and_then(|()| {
+        mount(None::<&str>, dir, None::<&str>, flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            .map_err(|e| what(&e))
+    });
+    if let Err(e) = sealed {
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+        return Err(e);
+    }
+    let _ = SHARED_VIEWS.set(dir.to_path_buf());
+    Ok(())
+}
+
+/// A directory of the shared views, when they are mounted and have it.
+fn shared_view(name: &str) -> Option<PathBuf> {
+    SHARED_VIEWS.get().map(|d| d.join(name)).filter(|p| p.is_dir())
+}
+
+/// The container's cgroups as runc shows them: on v1 a read-only directory
+/// with each hierarchy's directory of the container bound in (and the usual
+/// symlinks for combined hierarchies such as `cpu,cpuacct`), on v2 the
+/// container's directory itself; all read-only.
 pub(super) fn mount_cgroups(rootfs: &Path, c: &CgroupMountPlan) -> Result<(), String> {
     let target = resolve_in_root(rootfs, &c.destination)?;
     let what = |e: &dyn std::fmt::Display| format!("mount the cgroups at {}: {e}", c.destination.display());
@@ -130,6 +182,16 @@ pub(super) fn mount_cgroups(rootfs: &Path, c: &CgroupMountPlan) -> Result<(), St
         if view.name.is_empty() {
             return bind_ro(&view.source, &target);
         }
+    }
+    // The shared skeleton when it has every hierarchy (it was shaped from the
+    // same list), else a tmpfs of the container's own.
+    let skeleton = shared_view(CGROUP_SKELETON).filter(|s| c.views.iter().all(|v| s.join(&v.name).is_dir()));
+    if let Some(skeleton) = skeleton {
+        bind_ro(&skeleton, &target)?;
+        for view in &c.views {
+            bind_ro(&view.source, &target.join(&view.name))?;
+        }
+        return Ok(());
     }
     let tmpfs_flags = c.flags & !MsFlags::MS_RDONLY;
     mount(Some("tmpfs"), &target, Some("tmpfs"), tmpfs_flags, Some("mode=755")).map_err(|e| what(&e))?;
@@ -188,35 +250,23 @@ pub(super) fn pivot_root(rootfs: &Path) -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
-/// Hides a path: an empty read-only tmpfs over a directory, /dev/null over a file.
-pub(super) fn mask(path: &Path) -> Result<(), String> {
-    let result = match std::fs::symlink_metadata(path) {
-        Err(_) => return Ok(()),
-        Ok(m) if m.is_dir() => mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
-        Ok(_) => mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>),
-    };
-    result.map_err(|e| format!("mask {}: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let root = std::env::temp_dir().join(format!("celld-spawn-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../../etc", root.join("up")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        let r = |p: &str| resolve_in_root(&root, Path::new(p));
-        assert_eq!(r("/bin/x"), Ok(root.join("usr/bin/x")));
-        assert_eq!(r("/abs/passwd"), Ok(root.join("etc/passwd")));
-        assert_eq!(r("/up/passwd"), Ok(root.join("etc/passwd")));
-        assert_eq!(r("/../../etc"), Ok(root.join("etc")));
-        assert!(r("/loop/x").is_err());
-        std::fs::remove_dir_all(&root).unwrap();
+/// Hides a path of the container (before the pivot, while the shared views
+/// are reachable): the shared empty directory (else an empty tmpfs of its own)
+/// over a directory, /dev/null over a file; all read-only.
+pub(super) fn mask(rootfs: &Path, path: &Path) -> Result<(), String> {
+    let target = resolve_in_root(rootfs, path)?;
+    let what = |e: &dyn std::fmt::Display| format!("mask {}: {e}", path.display());
+    match std::fs::symlink_metadata(&target) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => match shared_view(EMPTY) {
+            Some(empty) => {
+                mount(Some(&empty), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
+                remount(&target, MsFlags::MS_RDONLY)
+            }
+            None => {
+                mount(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>).map_err(|e| what(&e))
+            }
+        },
+        Ok(_) => mount(Some("/dev/null"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e)),
     }
 }
