@@ -282,9 +282,11 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
-        // Writes to the big tables touch index pages all over: keep them in
-        // memory (64 MiB, not SQLite's 2 MiB default).
-        conn.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+        // Writes to the big tables touch index pages all over: keep more of
+        // them than SQLite's 2 MiB default. Only writes use the cache (reads
+        // come from `CachedStore`'s memory), so 16 MiB, not 64: all of it
+        // fills and counts in the scheduler's RSS.
+        conn.pragma_update(None, "cache_size", -16384).map_err(db_err)?;
         // Reads through the page cache's own mapping, and checkpoints that
         // copy each page once for many commits (the WAL grows to ~64 MiB).
         conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(db_err)?;
