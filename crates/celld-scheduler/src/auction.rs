@@ -1,11 +1,12 @@
 //! Diego's auction score (auction `auctionrunner/cell.go`), over a model of
 //! each cell that counts this batch's placements as soon as they are made.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use celld_proto as pb;
 
+use super::in_use::CellUse;
 use super::model::NO_COMPATIBLE_CELL;
 
 /// What one instance or task needs from a cell.
@@ -37,7 +38,9 @@ pub struct CellView {
     /// accepted after it.
     unheard: Usage,
     unheard_starting: u64,
-    per_process: HashMap<String, u64>,
+    /// Instances per process, for the processes of this auction: a few, so
+    /// a scan beats hashing a guid for every cell of every placement.
+    per_process: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,7 +100,7 @@ impl CellView {
             placed_starting: 0,
             unheard: Usage::default(),
             unheard_starting: 0,
-            per_process: HashMap::new(),
+            per_process: Vec::new(),
         }
     }
 
@@ -119,6 +122,21 @@ impl CellView {
         }
         if spread {
             self.count_process(d);
+        }
+    }
+
+    /// What the records place on this cell, in total (`in_use`).
+    pub fn add_recorded_use(&mut self, u: &CellUse) {
+        self.recorded =
+            self.recorded.plus(Usage { memory_mb: u.memory_mb, disk_mb: u.disk_mb, containers: u.containers });
+        self.recorded_starting += u.starting;
+    }
+
+    /// `n` recorded instances of `process_guid` on this cell (spreading).
+    pub fn count_recorded(&mut self, process_guid: &str, n: u64) {
+        match self.per_process.iter_mut().find(|(pg, _)| pg == process_guid) {
+            Some((_, count)) => *count += n,
+            None => self.per_process.push((process_guid.to_string(), n)),
         }
     }
 
@@ -146,13 +164,12 @@ impl CellView {
 
     fn count_process(&mut self, d: &Demand) {
         if let Some(pg) = &d.process_guid {
-            match self.per_process.get_mut(pg) {
-                Some(n) => *n += 1,
-                None => {
-                    self.per_process.insert(pg.clone(), 1);
-                }
-            }
+            self.count_recorded(pg, 1);
         }
+    }
+
+    fn same_process(&self, process_guid: &str) -> Option<&u64> {
+        self.per_process.iter().find(|(pg, _)| pg == process_guid).map(|(_, n)| n)
     }
 
     /// Undoes `reserve` (the cell refused the work).
@@ -161,8 +178,10 @@ impl CellView {
         self.placed_starting = self.placed_starting.saturating_sub(1);
         self.unheard.sub(d);
         self.unheard_starting = self.unheard_starting.saturating_sub(1);
-        if let Some(n) = d.process_guid.as_ref().and_then(|pg| self.per_process.get_mut(pg)) {
-            *n = n.saturating_sub(1);
+        if let Some(pg) = &d.process_guid {
+            if let Some((_, n)) = self.per_process.iter_mut().find(|(p, _)| p == pg) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 
@@ -232,7 +251,7 @@ impl CellView {
             + frac(used.containers, cap.containers))
             / 3.0;
         let starting = self.starting();
-        let same = d.process_guid.as_ref().and_then(|pg| self.per_process.get(pg)).copied().unwrap_or(0);
+        let same = d.process_guid.as_deref().and_then(|pg| self.same_process(pg)).copied().unwrap_or(0);
         Fit::Score(resources + 0.25 * starting as f64 + 1000.0 * same as f64)
     }
 }

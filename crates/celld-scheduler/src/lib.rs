@@ -5,6 +5,7 @@
 //! - `store`: records behind `SchedulerStore` (SQLite, every record also
 //!   decoded in memory by `CachedStore`).
 //! - `auction`: Diego's placement score.
+//! - `in_use`: what the records place on each cell, kept as totals.
 //! - `core`: the `Scheduler` and its rules, one file per responsibility
 //!   (state machines, presence, convergence, auctions, calls to cells).
 //! - `service`: the gRPC translation.
@@ -13,6 +14,7 @@ pub mod args;
 pub mod auction;
 pub mod clock;
 pub mod core;
+pub mod in_use;
 pub mod metrics;
 pub mod model;
 pub mod service;

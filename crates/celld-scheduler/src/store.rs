@@ -1,7 +1,7 @@
 //! The scheduler's records behind a trait: SQLite now, PostgreSQL later, so
 //! the SQL stays plain (protobuf blobs plus the few columns queries filter on).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 
@@ -9,6 +9,7 @@ use prost::Message;
 use rusqlite::{Connection, params};
 
 use super::SchedulerError;
+use crate::in_use::{self, CellsInUse, Tally};
 use celld_proto as pb;
 
 /// Which ActualLRPs to list; empty/None fields match everything.
@@ -89,6 +90,16 @@ pub trait SchedulerStore: Send + Sync + 'static {
     /// The instance count of a desired LRP, without copying its record.
     async fn desired_instances(&self, process_guid: &str) -> Result<Option<i32>, SchedulerError> {
         Ok(self.desired_lrp(process_guid).await?.map(|d| d.instances))
+    }
+    /// What the records place on each cell, with the instances per cell of
+    /// `processes` (an auction's). Stores that keep a tally answer without
+    /// reading every record.
+    async fn cells_in_use(&self, processes: &HashSet<String>) -> Result<CellsInUse, SchedulerError> {
+        let desired: HashMap<String, pb::DesiredLrp> =
+            self.desired_lrps(None).await?.into_iter().map(|d| (d.process_guid.clone(), d)).collect();
+        let actual = self.actual_lrps(ActualLrpFilter::default()).await?;
+        let tasks = self.tasks(TaskFilter::default()).await?;
+        Ok(in_use::from_scratch(|pg| desired.get(pg), actual.iter(), tasks.iter(), processes))
     }
     /// How many records there are, by kind and state (the /metrics gauges).
     /// Stores that keep counts answer without listing.
@@ -271,9 +282,11 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
-        // Writes to the big tables touch index pages all over: keep them in
-        // memory (64 MiB, not SQLite's 2 MiB default).
-        conn.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+        // Writes to the big tables touch index pages all over: keep more of
+        // them than SQLite's 2 MiB default. Only writes use the cache (reads
+        // come from `CachedStore`'s memory), so 16 MiB, not 64: all of it
+        // fills and counts in the scheduler's RSS.
+        conn.pragma_update(None, "cache_size", -16384).map_err(db_err)?;
         // Reads through the page cache's own mapping, and checkpoints that
         // copy each page once for many commits (the WAL grows to ~64 MiB).
         conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(db_err)?;
@@ -419,6 +432,8 @@ struct Records {
     actual_by_cell: HashMap<String, BTreeSet<ActualKey>>,
     tasks: BTreeMap<String, pb::Task>,
     tasks_by_cell: HashMap<String, BTreeSet<String>>,
+    /// Every record's share of its cell (`in_use`), kept as they change.
+    tally: Tally,
 }
 
 fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K) {
@@ -431,10 +446,38 @@ fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K
 }
 
 impl Records {
+    /// Takes `a`'s share out of the tally (`count: false`) or puts it in.
+    fn count_actual(&mut self, a: &pb::ActualLrp, count: bool) {
+        if let Some(share) = in_use::instance_share(a, self.desired.get(&a.process_guid)) {
+            if count {
+                self.tally.add(&a.cell_id, share);
+            } else {
+                self.tally.remove(&a.cell_id, share);
+            }
+        }
+    }
+
+    fn count_task(&mut self, t: &pb::Task, count: bool) {
+        if let Some(share) = in_use::task_share(t) {
+            if count {
+                self.tally.add(&t.cell_id, share);
+            } else {
+                self.tally.remove(&t.cell_id, share);
+            }
+        }
+    }
+
+    /// The instances of `pg`, in listing order.
+    fn instances_of<'a>(&'a self, pg: &str) -> impl Iterator<Item = &'a pb::ActualLrp> + 'a {
+        self.actual.range((pg.to_string(), i32::MIN, i32::MIN)..=(pg.to_string(), i32::MAX, i32::MAX)).map(|(_, a)| a)
+    }
+
     fn put_actual(&mut self, a: pb::ActualLrp) {
         let key = actual_key(&a);
+        self.count_actual(&a, true);
         self.actual_by_cell.entry(a.cell_id.clone()).or_default().insert(key.clone());
         if let Some(old) = self.actual.insert(key.clone(), a) {
+            self.count_actual(&old, false);
             let new_cell = &self.actual[&key].cell_id;
             if old.cell_id != *new_cell {
                 unindex(&mut self.actual_by_cell, &old.cell_id, &key);
@@ -444,14 +487,44 @@ impl Records {
 
     fn delete_actual(&mut self, key: &ActualKey) {
         if let Some(old) = self.actual.remove(key) {
+            self.count_actual(&old, false);
             unindex(&mut self.actual_by_cell, &old.cell_id, key);
         }
     }
 
+    /// Puts (`Some`) or deletes the desired LRP `pg`; its instances' shares
+    /// follow its size.
+    fn set_desired(&mut self, pg: &str, d: Option<pb::DesiredLrp>) {
+        let size = |d: Option<&pb::DesiredLrp>| d.map(|d| (d.memory_mb, d.disk_mb));
+        let resized = size(self.desired.get(pg)) != size(d.as_ref());
+        let counted: Vec<pb::ActualLrp> = if resized {
+            // Few: one process's instances, and only when its size changes.
+            self.instances_of(pg).filter(|a| in_use::occupies_cell(a)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for a in &counted {
+            self.count_actual(a, false);
+        }
+        match d {
+            Some(d) => {
+                self.desired.insert(pg.to_string(), d);
+            }
+            None => {
+                self.desired.remove(pg);
+            }
+        }
+        for a in &counted {
+            self.count_actual(a, true);
+        }
+    }
+
     fn put_task(&mut self, t: pb::Task) {
+        self.count_task(&t, true);
         self.tasks_by_cell.entry(t.cell_id.clone()).or_default().insert(t.task_guid.clone());
         let guid = t.task_guid.clone();
         if let Some(old) = self.tasks.insert(guid.clone(), t) {
+            self.count_task(&old, false);
             if old.cell_id != self.tasks[&guid].cell_id {
                 unindex(&mut self.tasks_by_cell, &old.cell_id, &guid);
             }
@@ -460,19 +533,41 @@ impl Records {
 
     fn delete_task(&mut self, guid: &str) {
         if let Some(old) = self.tasks.remove(guid) {
+            self.count_task(&old, false);
             unindex(&mut self.tasks_by_cell, &old.cell_id, &guid.to_string());
         }
+    }
+
+    /// The tally, with the counted instances per cell of `processes`
+    /// (read from their own records only).
+    fn cells_in_use(&self, processes: &HashSet<String>) -> CellsInUse {
+        let mut per_process = HashMap::new();
+        for pg in processes {
+            let desired = self.desired.get(pg);
+            let mut by_cell: HashMap<String, u64> = HashMap::new();
+            for a in self.instances_of(pg).filter(|a| in_use::instance_share(a, desired).is_some()) {
+                match by_cell.get_mut(&a.cell_id) {
+                    Some(n) => *n += 1,
+                    None => {
+                        by_cell.insert(a.cell_id.clone(), 1);
+                    }
+                }
+            }
+            if !by_cell.is_empty() {
+                per_process.insert(pg.clone(), by_cell);
+            }
+        }
+        CellsInUse { cells: self.tally.cells().clone(), per_process }
     }
 
     fn apply(&mut self, changes: Vec<Change>) {
         for ch in changes {
             match ch {
                 Change::PutDesired(d) => {
-                    self.desired.insert(d.process_guid.clone(), *d);
+                    let pg = d.process_guid.clone();
+                    self.set_desired(&pg, Some(*d));
                 }
-                Change::DeleteDesired(g) => {
-                    self.desired.remove(&g);
-                }
+                Change::DeleteDesired(g) => self.set_desired(&g, None),
                 Change::PutActual(a) => self.put_actual(a),
                 Change::DeleteActual { process_guid, index, presence } => {
                     self.delete_actual(&(process_guid, index, presence))
@@ -541,6 +636,7 @@ impl CachedStore {
     /// Loads every record of `inner`.
     pub async fn load(inner: Arc<dyn SchedulerStore>) -> Result<Self, SchedulerError> {
         let mut r = Records::default();
+        // Desired first: instances' shares are sized by their desired LRP.
         for d in inner.desired_lrps(None).await? {
             r.desired.insert(d.process_guid.clone(), d);
         }
@@ -619,6 +715,10 @@ impl SchedulerStore for CachedStore {
 
     async fn desired_instances(&self, process_guid: &str) -> Result<Option<i32>, SchedulerError> {
         Ok(self.read().desired.get(process_guid).map(|d| d.instances))
+    }
+
+    async fn cells_in_use(&self, processes: &HashSet<String>) -> Result<CellsInUse, SchedulerError> {
+        Ok(self.read().cells_in_use(processes))
     }
 
     async fn visit_instances(&self, f: &mut InstanceVisitor<'_>) -> Result<(), SchedulerError> {
@@ -831,6 +931,113 @@ mod tests {
         assert!(cached.task("t2").await.unwrap().is_none());
         assert!(cached.desired_lrp("pg-b").await.unwrap().is_none());
         assert!(cached.tasks(TaskFilter { cell_id: Some("c3".into()), domain: None }).await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A small deterministic generator (xorshift): the sequences are random
+    /// but the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// One random change over a few processes, indexes, cells and tasks, so
+    /// that records move between cells and states, desired LRPs change size
+    /// or go away under their instances, tasks start and finish.
+    fn random_change(rng: &mut Rng) -> Change {
+        let pg = format!("pg-{}", rng.below(4));
+        let cell = format!("cell-{}", rng.below(4));
+        let presences = [Presence::Ordinary, Presence::Evacuating, Presence::Suspect];
+        let states = [State::Unclaimed, State::Claimed, State::Running, State::Crashed];
+        match rng.below(10) {
+            0 => Change::PutDesired(Box::new(pb::DesiredLrp {
+                process_guid: pg,
+                domain: "cf-apps".into(),
+                instances: 3,
+                memory_mb: [64, 128, 256][rng.below(3) as usize],
+                disk_mb: [100, 200][rng.below(2) as usize],
+                ..Default::default()
+            })),
+            1 => Change::DeleteDesired(pg),
+            2..=5 => Change::PutActual(pb::ActualLrp {
+                process_guid: pg,
+                index: rng.below(3) as i32,
+                domain: "cf-apps".into(),
+                presence: presences[rng.below(3) as usize] as i32,
+                state: states[rng.below(4) as usize] as i32,
+                cell_id: cell,
+                ..Default::default()
+            }),
+            6 => Change::DeleteActual {
+                process_guid: pg,
+                index: rng.below(3) as i32,
+                presence: presences[rng.below(3) as usize] as i32,
+            },
+            7 | 8 => Change::PutTask(Box::new(pb::Task {
+                task_guid: format!("t-{}", rng.below(5)),
+                domain: "cf-tasks".into(),
+                state: rng.below(4) as i32,
+                cell_id: cell,
+                memory_mb: [32, 512][rng.below(2) as usize],
+                disk_mb: 10,
+                ..Default::default()
+            })),
+            _ => Change::DeleteTask(format!("t-{}", rng.below(5))),
+        }
+    }
+
+    fn all_processes() -> HashSet<String> {
+        (0..4).map(|i| format!("pg-{i}")).collect()
+    }
+
+    /// The totals kept change by change equal a count from scratch after
+    /// every change of long random sequences.
+    #[test]
+    fn the_cells_in_use_tally_equals_a_count_from_scratch() {
+        let processes = all_processes();
+        let mut counted_something = false;
+        for seed in 1..=20u64 {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+            let mut r = Records::default();
+            for step in 0..2000 {
+                let n = 1 + rng.below(3);
+                let changes: Vec<Change> = (0..n).map(|_| random_change(&mut rng)).collect();
+                let what = format!("seed {seed}, step {step}: {changes:?}");
+                r.apply(changes);
+                let expected =
+                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual.values(), r.tasks.values(), &processes);
+                assert_eq!(r.cells_in_use(&processes), expected, "{what}");
+                counted_something |= !expected.cells.is_empty() && !expected.per_process.is_empty();
+            }
+        }
+        assert!(counted_something, "the random changes never put anything on a cell");
+    }
+
+    /// The cache's tally answers as the database's count from scratch,
+    /// after a reload too.
+    #[tokio::test]
+    async fn the_cached_cells_in_use_answer_as_the_database_does() {
+        let path = temp_db("in-use");
+        let sqlite: Arc<dyn SchedulerStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let cached = CachedStore::load(sqlite.clone()).await.unwrap();
+        let processes = all_processes();
+        let some: HashSet<String> = ["pg-1".to_string()].into();
+        let mut rng = Rng(42);
+        for _ in 0..300 {
+            let changes: Vec<Change> = (0..1 + rng.below(3)).map(|_| random_change(&mut rng)).collect();
+            cached.apply(changes).await.unwrap();
+            for p in [&processes, &some] {
+                assert_eq!(cached.cells_in_use(p).await.unwrap(), sqlite.cells_in_use(p).await.unwrap());
+            }
+        }
+        let reloaded = CachedStore::load(sqlite.clone()).await.unwrap();
+        assert_eq!(reloaded.cells_in_use(&processes).await.unwrap(), sqlite.cells_in_use(&processes).await.unwrap());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -14,9 +14,8 @@ use super::{AuctionItem, Placement, PlacementKey, Scheduler, lock};
 use crate::SchedulerError;
 use crate::auction::{CellView, Demand, choose};
 use crate::model::bump;
-use crate::store::TaskFilter;
 use celld_proto as pb;
-use celld_proto::actual_lrp::{Presence, State};
+use celld_proto::actual_lrp::State;
 use celld_proto::task::State as TaskState;
 
 fn demand_of(d: &pb::DesiredLrp) -> Demand {
@@ -113,8 +112,8 @@ impl Scheduler {
         let mut cells: Vec<CellView>;
         {
             let _w = self.write.lock().await;
-            let desired: HashMap<String, pb::DesiredLrp> =
-                self.store.desired_lrps(None).await?.into_iter().map(|d| (d.process_guid.clone(), d)).collect();
+            // The desired LRPs of this batch alone, each read once.
+            let mut desired: HashMap<String, Option<pb::DesiredLrp>> = HashMap::new();
             // Only this auction adds placements, and the others who remove
             // them hold the write lock: the map stays as it is while we do.
             for item in items {
@@ -127,7 +126,14 @@ impl Scheduler {
                 }
                 match &item {
                     AuctionItem::Lrp { process_guid, index, exclude } => {
-                        let Some(d) = desired.get(process_guid).filter(|d| *index < d.instances) else { continue };
+                        if !desired.contains_key(process_guid) {
+                            desired.insert(process_guid.clone(), self.store.desired_lrp(process_guid).await?);
+                        }
+                        let Some(d) =
+                            desired.get(process_guid).and_then(Option::as_ref).filter(|d| *index < d.instances)
+                        else {
+                            continue;
+                        };
                         let unclaimed = self
                             .copies(process_guid, *index)
                             .await?
@@ -176,40 +182,33 @@ impl Scheduler {
             let index: HashMap<String, usize> =
                 cells.iter().enumerate().map(|(i, c)| (c.cell_id().to_string(), i)).collect();
             // Spreading only looks up the processes placed now: count
-            // instances per process for those alone (every cell runs
-            // hundreds of others).
-            let placing: HashSet<&str> = lots
+            // instances per cell for those alone (every cell runs hundreds
+            // of others).
+            let placing: HashSet<String> = lots
                 .iter()
                 .filter_map(|l| match &l.item {
-                    AuctionItem::Lrp { process_guid, .. } => Some(process_guid.as_str()),
+                    AuctionItem::Lrp { process_guid, .. } => Some(process_guid.clone()),
                     AuctionItem::Task { .. } => None,
                 })
                 .collect();
-            let demands: HashMap<&str, (Demand, bool)> =
-                desired.iter().map(|(pg, d)| (pg.as_str(), (demand_of(d), placing.contains(pg.as_str())))).collect();
-            // Visited in place: every auction reads every instance.
-            self.store
-                .visit_instances(&mut |group| {
-                    for l in group {
-                        if !matches!(l.state(), State::Claimed | State::Running) || l.presence() == Presence::Suspect {
-                            continue;
-                        }
-                        if let (Some(&i), Some((d, spread))) =
-                            (index.get(l.cell_id.as_str()), demands.get(l.process_guid.as_str()))
-                        {
-                            cells[i].add_recorded_counting(d, l.state() == State::Claimed, *spread);
-                        }
+            // Totals the store keeps as records change: an auction no longer
+            // reads every instance of every cell.
+            let in_use = self.store.cells_in_use(&placing).await?;
+            for c in cells.iter_mut() {
+                if let Some(u) = in_use.cells.get(c.cell_id()) {
+                    c.add_recorded_use(u);
+                }
+            }
+            for (pg, by_cell) in &in_use.per_process {
+                for (cell_id, n) in by_cell {
+                    if let Some(&i) = index.get(cell_id) {
+                        cells[i].count_recorded(pg, *n);
                     }
-                })
-                .await?;
-            for t in self.store.tasks(TaskFilter::default()).await? {
-                if let (TaskState::Running, Some(&i)) = (t.state(), index.get(&t.cell_id)) {
-                    cells[i].add_recorded(&task_demand(&t), false);
                 }
             }
             for p in lock(&self.placements).values() {
                 if let Some(&i) = index.get(&p.cell_id) {
-                    let spread = p.demand.process_guid.as_deref().is_some_and(|pg| placing.contains(pg));
+                    let spread = p.demand.process_guid.as_ref().is_some_and(|pg| placing.contains(pg));
                     cells[i].reserve_counting(&p.demand, p.accepted, spread);
                 }
             }
