@@ -162,6 +162,8 @@ pub enum RouterError {
     ConnectTimeout(SocketAddr),
     #[error("{addr}: {source}")]
     Http { addr: SocketAddr, source: hyper::Error },
+    #[error("starting the router's threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 pub struct Router {
@@ -177,6 +179,49 @@ impl Router {
 
     /// Serves until `shutdown` resolves; in-flight connections may be dropped after it.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let pool = Arc::clone(&self.pool);
+        self.accept(listener, pool, shutdown).await;
+    }
+
+    /// Serves for the life of the process on `threads` threads of its own,
+    /// each a single-threaded runtime accepting from `listener` with its own
+    /// backend pool (nginx's worker processes, as threads). A request's
+    /// client connection, backend connection and their tasks then stay on
+    /// one thread: every hand-over between them (hyper's client dispatch,
+    /// its response and body channels) is a local queue push, never a
+    /// cross-thread wake-up and work stealing on a shared runtime.
+    pub fn serve_on_threads(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        threads: usize,
+    ) -> Result<(), RouterError> {
+        listener.set_nonblocking(true).map_err(RouterError::Threads)?;
+        for i in 0..threads.max(1) {
+            let listener = listener.try_clone().map_err(RouterError::Threads)?;
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RouterError::Threads)?;
+            let router = Arc::clone(&self);
+            std::thread::Builder::new()
+                .name(format!("router-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => router.accept(l, Arc::default(), std::future::pending()).await,
+                            Err(e) => tracing::error!(error = %e, "router thread could not take its listener"),
+                        }
+                    });
+                })
+                .map_err(RouterError::Threads)?;
+        }
+        Ok(())
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        pool: Arc<proxy::Pool>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
         // Connections hold a receiver; dropping the sender on return ends them.
         let (stop_tx, stop_rx) = watch::channel(());
         let mut sweep = tokio::time::interval(proxy::POOL_IDLE);
@@ -184,10 +229,10 @@ impl Router {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = sweep.tick() => self.pool.sweep(),
+                _ = sweep.tick() => pool.sweep(),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tokio::spawn(Arc::clone(&self).serve_conn(stream, peer, stop_rx.clone()));
+                        tokio::spawn(Arc::clone(&self).serve_conn(stream, peer, stop_rx.clone(), Arc::clone(&pool)));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
