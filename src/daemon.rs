@@ -411,7 +411,11 @@ async fn local_apps(
             metrics: registry.register(crate::router::metrics::RouterMetrics::register),
         },
     );
-    tokio::spawn(router.serve(listener, std::future::pending()));
+    // Threads of its own, one per core as nginx's `worker_processes auto`:
+    // see Router::serve_on_threads.
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let listener = listener.into_std().context("taking the router's listener off the runtime")?;
+    router.serve_on_threads(listener, threads).context("starting the router")?;
     tracing::info!(address = %cfg.router_listen, domain = %cfg.domain, "serving the router");
     if cfg.ssh_proxy_listen != "off" {
         ssh_proxy(cfg, apps.clone(), registry).await?;

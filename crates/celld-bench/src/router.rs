@@ -32,8 +32,8 @@ const DURATION: &str = "10s";
 /// wrk's own threads: one per core of this 2-core target machine's load
 /// generator share; the same for both proxies.
 const WRK_THREADS: &str = "2";
-/// The router runs on the daemon's tokio runtime of 2 worker threads
-/// (src/daemon.rs); nginx gets as many worker processes.
+/// The router runs on a thread per core of its own (src/daemon.rs), 2 on
+/// this target machine; nginx gets as many worker processes.
 const NGINX_WORKERS: u32 = 2;
 
 /// One wrk run through one proxy.
@@ -91,8 +91,8 @@ async fn measure(client: &Client, celld_pid: u32, dir: &Path, home: &Path, runs:
     let nginx_url = format!("http://127.0.0.1:{}/", nginx.port);
     println!(
         "router: wrk -t{WRK_THREADS} for {DURATION} after {WARMUP} of warm-up, Host {host}, to {INSTANCES} instances of \
-         celld-bench-backend ({}); nginx {} with {NGINX_WORKERS} worker processes (the router's runtime has \
-         {NGINX_WORKERS} worker threads), upstream keepalive, HTTP/1.1, access log on for both (nginx's buffered 64k)",
+         celld-bench-backend ({}); nginx {} with {NGINX_WORKERS} worker processes (the router has a thread \
+         per core), upstream keepalive, HTTP/1.1, access log on for both (nginx's buffered 64k)",
         backends.join(", "),
         nginx_version(),
     );

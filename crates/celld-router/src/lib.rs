@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// One routable app instance.
@@ -133,6 +133,9 @@ impl RouteTable {
     }
 }
 
+/// A connection the accepting thread hands to another.
+type Handed = (std::net::TcpStream, SocketAddr);
+
 /// Where the router writes Cloud Foundry `RTR` access-log lines for an app.
 pub trait AccessLog: Send + Sync {
     fn record(&self, app_guid: &str, index: u32, line: String);
@@ -162,6 +165,8 @@ pub enum RouterError {
     ConnectTimeout(SocketAddr),
     #[error("{addr}: {source}")]
     Http { addr: SocketAddr, source: hyper::Error },
+    #[error("starting the router's threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 pub struct Router {
@@ -177,6 +182,80 @@ impl Router {
 
     /// Serves until `shutdown` resolves; in-flight connections may be dropped after it.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let pool = Arc::clone(&self.pool);
+        self.accept(listener, pool, shutdown, Vec::new()).await;
+    }
+
+    /// Serves for the life of the process on `threads` threads of its own,
+    /// each a single-threaded runtime with its own backend pool (nginx's
+    /// worker processes, as threads). The first accepts and hands the
+    /// connections to the threads in turn: one listener woken in several
+    /// threads gave every connection to the same one. A request's client
+    /// connection, backend connection and their tasks then stay on one
+    /// thread: every hand-over between them (hyper's client dispatch, its
+    /// response and body channels) is a local queue push, never a
+    /// cross-thread wake-up and work stealing on a shared runtime.
+    pub fn serve_on_threads(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        threads: usize,
+    ) -> Result<(), RouterError> {
+        listener.set_nonblocking(true).map_err(RouterError::Threads)?;
+        let mut others = Vec::new();
+        for i in 1..threads.max(1) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            others.push(tx);
+            let router = Arc::clone(&self);
+            Self::thread(i, async move { router.serve_handed(rx).await })?;
+        }
+        let router = Arc::clone(&self);
+        Self::thread(0, async move {
+            match TcpListener::from_std(listener) {
+                Ok(l) => router.accept(l, Arc::default(), std::future::pending(), others).await,
+                Err(e) => tracing::error!(error = %e, "router thread could not take its listener"),
+            }
+        })
+    }
+
+    fn thread(i: usize, work: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), RouterError> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RouterError::Threads)?;
+        std::thread::Builder::new()
+            .name(format!("router-{i}"))
+            .spawn(move || rt.block_on(work))
+            .map(drop)
+            .map_err(RouterError::Threads)
+    }
+
+    /// A thread's share of the connections the first one accepts.
+    async fn serve_handed(self: Arc<Self>, mut handed: tokio::sync::mpsc::UnboundedReceiver<Handed>) {
+        let pool = Arc::<proxy::Pool>::default();
+        let (stop_tx, stop_rx) = watch::channel(());
+        let mut sweep = tokio::time::interval(proxy::POOL_IDLE);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => pool.sweep(),
+                next = handed.recv() => match next {
+                    Some((stream, peer)) => match TcpStream::from_std(stream) {
+                        Ok(s) => {
+                            tokio::spawn(Arc::clone(&self).serve_conn(s, peer, stop_rx.clone(), Arc::clone(&pool)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "router thread could not take a connection"),
+                    },
+                    None => break,
+                },
+            }
+        }
+        drop(stop_tx);
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        pool: Arc<proxy::Pool>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        others: Vec<tokio::sync::mpsc::UnboundedSender<Handed>>,
+    ) {
+        let mut next = 0usize;
         // Connections hold a receiver; dropping the sender on return ends them.
         let (stop_tx, stop_rx) = watch::channel(());
         let mut sweep = tokio::time::interval(proxy::POOL_IDLE);
@@ -184,10 +263,20 @@ impl Router {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = sweep.tick() => self.pool.sweep(),
+                _ = sweep.tick() => pool.sweep(),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tokio::spawn(Arc::clone(&self).serve_conn(stream, peer, stop_rx.clone()));
+                        next = next.wrapping_add(1);
+                        match others.get(next % (others.len() + 1)) {
+                            None => {
+                                tokio::spawn(Arc::clone(&self).serve_conn(stream, peer, stop_rx.clone(), Arc::clone(&pool)));
+                            }
+                            // A thread gone (it never ends on its own) just drops the connection.
+                            Some(other) => match stream.into_std() {
+                                Ok(s) => drop(other.send((s, peer))),
+                                Err(e) => tracing::warn!(error = %e, "router could not hand a connection on"),
+                            },
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

@@ -20,13 +20,16 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{AccessLog, Backend, Router, RouterError, rtr};
+use super::{AccessLog, Backend, LiveBackends, Router, RouterError, rtr};
 
 /// Idle backend connections older than this are not reused: apps close idle
 /// keep-alive connections on their own schedule (Node after 5 s, gunicorn after 2 s),
 /// and reusing one just as it closes would fail a request.
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(1);
-const MAX_IDLE_PER_BACKEND: usize = 16;
+/// As many as a busy client mix keeps in flight to one backend: a cap below
+/// that closes and dials connections all the time under load (16 did, at 64
+/// client connections).
+const MAX_IDLE_PER_BACKEND: usize = 64;
 /// gorouter's default `backends.max_attempts`.
 const MAX_ATTEMPTS: usize = 3;
 /// gorouter's default `endpoint_dial_timeout`.
@@ -54,6 +57,8 @@ struct Ctx {
     stop: watch::Receiver<()>,
     received_at: SystemTime,
     started: Instant,
+    /// The backend connections of the thread serving this client.
+    pool: Arc<Pool>,
 }
 
 impl Router {
@@ -62,6 +67,7 @@ impl Router {
         stream: TcpStream,
         peer: SocketAddr,
         mut stop: watch::Receiver<()>,
+        pool: Arc<Pool>,
     ) {
         let _ = stream.set_nodelay(true);
         let router = Arc::clone(&self);
@@ -69,7 +75,8 @@ impl Router {
         let svc = hyper::service::service_fn(move |req| {
             let router = Arc::clone(&router);
             let stop = req_stop.clone();
-            async move { Ok::<_, Infallible>(router.handle(req, peer, stop).await) }
+            let pool = Arc::clone(&pool);
+            async move { Ok::<_, Infallible>(router.handle(req, peer, stop, pool).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -86,6 +93,7 @@ impl Router {
         req: Request<Incoming>,
         peer: SocketAddr,
         stop: watch::Receiver<()>,
+        pool: Arc<Pool>,
     ) -> Response<RouterBody> {
         // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2).
         let raw_host = match req.uri().authority() {
@@ -100,7 +108,7 @@ impl Router {
         let request_id = super::request_id::new();
         let span = tracing::info_span!("route", host = %host, request_id = %request_id);
         let started = Instant::now();
-        let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started };
+        let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started, pool };
         let resp = self.route(req, &host, ctx).instrument(span).await;
         self.config.metrics.record(resp.status().as_u16(), started.elapsed());
         resp
@@ -171,13 +179,7 @@ impl Router {
             let backend = &route.backends[start.wrapping_add(i) % n];
             // A system route's address is the platform's own listener, not
             // an instance whose address could be handed on.
-            if let (Some(live), false) = (&self.config.live, is_system) {
-                if !live.is_live(backend) {
-                    tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
-                    last = (backend, "backend is not a live instance of this cell".into());
-                    continue;
-                }
-            }
+            let live = self.config.live.as_deref().filter(|_| !is_system);
             let instance = &route.instance_headers[start.wrapping_add(i) % n];
             let out = Outgoing {
                 method: &parts.method,
@@ -186,12 +188,18 @@ impl Router {
                 backend,
                 instance,
                 received: &received,
+                live,
             };
             let b = body.take().unwrap_or_else(|| ReqBody::empty(&received));
-            match self.exchange(&out, b, upgrade.is_some(), replayable).await {
+            match Self::exchange(&ctx.pool, &out, b, upgrade.is_some(), replayable).await {
                 Ok((resp, sender)) => {
                     let done = Done { log, backend: backend.clone(), app_time: app_started.elapsed(), received };
                     return self.respond(resp, sender, done, client_upgrade, ctx);
+                }
+                Err(Failure::NotLive(b)) => {
+                    tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
+                    body = Some(*b);
+                    last = (backend, "backend is not a live instance of this cell".into());
                 }
                 Err(Failure::Retry(b, e)) => {
                     tracing::warn!(backend = %backend.addr, error = %e, "backend failed before it answered; trying again");
@@ -222,7 +230,7 @@ impl Router {
 
     /// One attempt against one backend: a pooled connection first, then a fresh one.
     async fn exchange(
-        &self,
+        pool: &Pool,
         out: &Outgoing<'_>,
         mut body: ReqBody,
         upgrade: bool,
@@ -232,7 +240,7 @@ impl Router {
         let http = |source| RouterError::Http { addr, source };
         // Upgrades get a connection of their own: it becomes the spliced stream.
         if !upgrade {
-            if let Some(mut sender) = self.pool.take(addr) {
+            if let Some(mut sender) = pool.take(addr) {
                 match sender.try_send_request(out.request(body)).await {
                     Ok(resp) => return Ok((resp, Some(sender))),
                     // The app closed the idle connection as it was reused
@@ -244,6 +252,12 @@ impl Router {
                     },
                 }
             }
+        }
+        // Checked where a connection is dialled: a pooled one reaches the
+        // process that was live when it was dialled (at most POOL_IDLE ago),
+        // or fails and comes here. Per request, it cost a lock and a stat in /sys.
+        if out.live.is_some_and(|l| !l.is_live(out.backend)) {
+            return Err(Failure::NotLive(Box::new(body)));
         }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -302,7 +316,7 @@ impl Router {
                 resp.headers_mut().insert(X_VCAP_REQUEST_ID, v);
             }
         }
-        let finish = Finish { pool: Arc::clone(&self.pool), sender, done, status: status.as_u16() };
+        let finish = Finish { pool: ctx.pool, sender, done, status: status.as_u16() };
         resp.map(|inner| RouterBody { inner: Some(inner), full: None, sent: 0, finish: Some(finish) })
     }
 }
@@ -339,6 +353,8 @@ struct Outgoing<'a> {
     backend: &'a Backend,
     instance: &'a InstanceHeaders,
     received: &'a Arc<AtomicU64>,
+    /// `None`: dialled without asking (system routes, tests).
+    live: Option<&'a dyn LiveBackends>,
 }
 
 /// gorouter tells the app which instance it reached: X-Cf-ApplicationID,
@@ -373,6 +389,8 @@ impl Outgoing<'_> {
 }
 
 enum Failure {
+    /// Not dialled: the table is behind and the address is no live instance.
+    NotLive(Box<ReqBody>),
     /// The app did not act on the request (never got it, or got only a
     /// replayable head and no answer came); its body comes back for the next try.
     Retry(Box<ReqBody>, RouterError),
