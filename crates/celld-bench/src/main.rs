@@ -116,48 +116,32 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
 
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if args.ssh_only {
-        let r = run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, pid, d| {
-            ssh::run(pid, d).await
-        });
-        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
+    // A single phase's end: its cell's tables and the bench's directory go, whatever it returned.
+    let finish = |r: Result<()>| -> Result<()> {
+        drop_cell_tables(BENCH_TABLE);
         let removed = remove_dir(&dir);
         r?;
-        return removed;
+        removed
+    };
+    if args.ssh_only {
+        return finish(run_cell(&rt, &celld, &dir.join("ssh"), &args, &ssh::local_args(), async |_, pid, d| {
+            ssh::run(pid, d).await
+        }));
     }
     if args.push_only {
-        let r = push_phase(&rt, &celld, &dir, &args);
-        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(push_phase(&rt, &celld, &dir, &args));
     }
     if args.lrps_only {
-        let r = lrps_phase(&rt, &celld, &dir, &args);
-        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(lrps_phase(&rt, &celld, &dir, &args));
     }
     if args.thousand_only {
-        let r = thousand_phase(&rt, &celld, &dir, &args);
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(thousand_phase(&rt, &celld, &dir, &args));
     }
     if args.router_only {
-        let r = router::phase(&rt, &celld, &dir, &args);
-        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(router::phase(&rt, &celld, &dir, &args));
     }
     if args.diego_only {
-        let r = diego::run(&celld, &dir, &args);
-        let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(diego::run(&celld, &dir, &args));
     }
     // Issue 2's cycle is measured without networking (only loopback), the
     // rest on a cell with its network.
@@ -170,23 +154,15 @@ fn main() -> Result<()> {
         })
     };
     if args.images_only {
-        let r = images_phase(&rt, &celld, &dir, &args, &tiny);
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(images_phase(&rt, &celld, &dir, &args, &tiny));
     }
     if args.disk_only {
-        let r = disk_phase();
-        let removed = remove_dir(&dir);
-        r?;
-        return removed;
+        return finish(disk_phase());
     }
     let plain =
         run_cell(&rt, &celld, &dir.join("plain"), &args, &plain_args, async |c, _, d| cycles(&args, c, d, &tiny).await);
     if args.cycle_only {
-        let removed = remove_dir(&dir);
-        plain?;
-        return removed;
+        return finish(plain);
     }
     let plain = plain.and_then(|()| disk_phase());
     let plain = plain.and_then(|()| images_phase(&rt, &celld, &dir, &args, &tiny));
@@ -209,11 +185,7 @@ fn main() -> Result<()> {
     let networked = networked.and_then(|()| push_phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| router::phase(&rt, &celld, &dir, &args));
     let networked = networked.and_then(|()| scheduler_load::run(&celld, &dir, &args.sim));
-    let networked = networked.and_then(|()| diego::run(&celld, &dir, &args));
-    let _ = Command::new("nft").args(["delete", "table", "ip", BENCH_TABLE]).status();
-    let removed = remove_dir(&dir);
-    networked?;
-    removed
+    finish(networked.and_then(|()| diego::run(&celld, &dir, &args)))
 }
 
 /// 1 000 networked containers on one cell (`density.rs`).
@@ -233,7 +205,7 @@ fn thousand_phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: 
     let r = run_cell(rt, celld, &phase_dir, args, &extra, async |c, pid, d| {
         density::run(args.thousand, c, pid, &d.join("depot")).await
     });
-    let _ = Command::new("nft").args(["delete", "table", "ip", density::TABLE]).status();
+    drop_cell_tables(density::TABLE);
     r
 }
 
@@ -616,6 +588,15 @@ async fn network_and_density(args: &Args, client: &Client, daemon: u32) -> Resul
 /// The networked bench cell's own pool (1024 containers), so it runs beside a `make run` cell.
 const BENCH_POOL: &str = "10.252.0.0/20";
 /// Its firewall table, which outlives the daemon by design and is removed at the end.
+/// Removes a bench cell's firewall tables (a cell keeps its own across
+/// restarts): the `ip` one and the `bridge` one its shared subnets use.
+fn drop_cell_tables(table: &str) {
+    for family in ["ip", "bridge"] {
+        let _ =
+            Command::new("nft").args(["delete", "table", family, table]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
 const BENCH_TABLE: &str = "celld-0afc0000-20";
 
 /// Net-out calls timed per measurement point.

@@ -67,7 +67,7 @@ pub fn phase(rt: &tokio::runtime::Runtime, celld: &Path, dir: &Path, args: &supe
     ];
     let r =
         super::run_cell(rt, celld, &dir.join("router"), args, &cell_args, async |c, pid, d| run(c, pid, d, runs).await);
-    let _ = Command::new("nft").args(["delete", "table", "ip", TABLE]).status();
+    super::drop_cell_tables(TABLE);
     r
 }
 
