@@ -136,22 +136,21 @@ impl Cgroup {
             return manager.apply(&opts).map_err(|e| RuntimeError::Cgroup(e.to_string()));
         }
         self.make_v1(resources, true)?;
-        for (mount, _) in v1_hierarchies() {
-            write(&mount.join(self.rel()).join("cgroup.procs"), &pid.to_string())?;
+        for (_, _, dir) in v1_joined(self.rel()) {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// The cgroup in every v1 hierarchy, with its limits (`pids.max` only
-    /// if `pids_limit`).
+    /// The cgroup in every v1 hierarchy it joins, with its limits
+    /// (`pids.max` only if `pids_limit`).
     fn make_v1(&self, resources: &LinuxResources, pids_limit: bool) -> Result<(), RuntimeError> {
-        for (mount, controllers) in v1_hierarchies() {
-            let dir = mount.join(self.rel());
+        for (mount, controllers, dir) in v1_joined(self.rel()) {
             let cpuset = controllers.iter().any(|c| c == "cpuset");
             // Each new level, parent first; a new cpuset is empty and takes no task.
             for d in dir
                 .ancestors()
-                .take_while(|d| d.starts_with(mount) && *d != mount.as_path())
+                .take_while(|d| d.starts_with(mount) && *d != mount)
                 .collect::<Vec<_>>()
                 .into_iter()
                 .rev()
@@ -187,8 +186,8 @@ impl Cgroup {
             return Ok(false);
         }
         self.make_v1(resources, false)?;
-        for (mount, _) in v1_hierarchies() {
-            write(&mount.join(self.rel()).join("tasks"), "0")?;
+        for (_, _, dir) in v1_joined(self.rel()) {
+            write(&dir.join("tasks"), "0")?;
         }
         Ok(true)
     }
@@ -196,7 +195,12 @@ impl Cgroup {
     /// Moves this process back to its own cgroups after
     /// [`Cgroup::enter_for_clone`].
     pub fn return_home() -> Result<(), RuntimeError> {
-        v1_home().map_or(Ok(()), move_self)
+        let Some(home) = v1_home() else { return Ok(()) };
+        v1_hierarchies()
+            .iter()
+            .zip(home)
+            .filter(|((_, controllers), _)| membership(controllers) != Membership::None)
+            .try_for_each(|(_, dir)| write(&dir.join("tasks"), "0"))
     }
 
     /// The pids limit, left out by [`Cgroup::enter_for_clone`] (the process
@@ -217,7 +221,7 @@ impl Cgroup {
         if unified() {
             return vec![View { name: String::new(), source: Path::new(ROOT).join(self.rel()), links: Vec::new() }];
         }
-        v1_views(v1_hierarchies(), self.rel())
+        v1_views(v1_joined(self.rel()))
     }
 
     /// How many times the kernel's OOM killer fired in this cgroup.
@@ -325,11 +329,6 @@ fn own_dir(own: &str, mount: &Path, controllers: &[String]) -> Option<PathBuf> {
     dir.join("tasks").is_file().then_some(dir)
 }
 
-/// Moves this (single-threaded) process into `dirs`, one per hierarchy.
-fn move_self(dirs: &[PathBuf]) -> Result<(), RuntimeError> {
-    dirs.iter().try_for_each(|d| write(&d.join("tasks"), "0"))
-}
-
 /// The v1 hierarchies' mount points and their controllers, from mountinfo.
 fn v1_hierarchies() -> &'static [(PathBuf, Vec<String>)] {
     static HIERARCHIES: std::sync::OnceLock<Vec<(PathBuf, Vec<String>)>> = std::sync::OnceLock::new();
@@ -363,13 +362,61 @@ fn parse_v1_mounts(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
     out
 }
 
-fn v1_views(hierarchies: &[(PathBuf, Vec<String>)], rel: &Path) -> Vec<View> {
+/// How a container belongs to a v1 hierarchy. Every cgroup it has costs a
+/// mkdir and an rmdir under the kernel's one cgroup mutex (which every
+/// create and destroy on the host queue for) and kernel memory for as long
+/// as it lives, so it has one of its own only where a limit or a metric needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Membership {
+    /// A directory of its own: memory, cpu, cpuacct, pids and devices.
+    Own,
+    /// The directory of the daemon's containers (its own directory's parent),
+    /// shared by all of them: cpuset, which no container limit sets but which
+    /// runtimes such as the JVM look for to know they run in a container.
+    Shared,
+    /// Not joined and not shown (blkio, freezer, net_cls, perf_event, ...):
+    /// nothing sets or reads them; the container stays where the daemon is.
+    None,
+}
+
+fn membership(controllers: &[String]) -> Membership {
+    const OWN: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+    if controllers.iter().any(|c| OWN.contains(&c.as_str())) {
+        Membership::Own
+    } else if controllers.iter().any(|c| c == "cpuset") {
+        Membership::Shared
+    } else {
+        Membership::None
+    }
+}
+
+/// The v1 hierarchies a cgroup at `rel` joins: mount, controllers and its
+/// directory there.
+fn v1_joined(rel: &Path) -> impl Iterator<Item = (&'static Path, &'static [String], PathBuf)> + '_ {
+    joined(v1_hierarchies(), rel)
+}
+
+fn joined<'h, 'r>(
+    hierarchies: &'h [(PathBuf, Vec<String>)],
+    rel: &'r Path,
+) -> impl Iterator<Item = (&'h Path, &'h [String], PathBuf)> + use<'h, 'r> {
+    hierarchies.iter().filter_map(move |(mount, controllers)| {
+        let dir = match membership(controllers) {
+            Membership::Own => mount.join(rel),
+            Membership::Shared => mount.join(rel.parent().unwrap_or(rel)),
+            Membership::None => return None,
+        };
+        Some((mount.as_path(), controllers.as_slice(), dir))
+    })
+}
+
+fn v1_views<'a>(joined: impl Iterator<Item = (&'a Path, &'a [String], PathBuf)>) -> Vec<View> {
     let mut out = Vec::new();
-    for (mount, controllers) in hierarchies {
+    for (mount, controllers, source) in joined {
         let Some(name) = mount.file_name().and_then(|n| n.to_str()) else { continue };
         let links = controllers.iter().filter(|c| c.as_str() != name).cloned().collect::<Vec<_>>();
         let links = if controllers.len() > 1 { links } else { Vec::new() };
-        out.push(View { name: name.to_string(), source: mount.join(rel), links });
+        out.push(View { name: name.to_string(), source, links });
     }
     out
 }
@@ -509,17 +556,25 @@ mod tests {
     }
 
     #[test]
-    fn v1_views_are_named_by_mount_point() {
+    fn v1_views_are_named_by_mount_point_and_joined_only_where_needed() {
         let h = vec![
             (PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), vec!["cpu".to_string(), "cpuacct".to_string()]),
+            (PathBuf::from("/sys/fs/cgroup/blkio"), vec!["blkio".to_string()]),
             (PathBuf::from("/sys/fs/cgroup/memory"), vec!["memory".to_string()]),
+            (PathBuf::from("/sys/fs/cgroup/cpuset"), vec!["cpuset".to_string()]),
+            (PathBuf::from("/sys/fs/cgroup/freezer"), vec!["freezer".to_string()]),
         ];
-        let v = v1_views(&h, Path::new("celld-1/h"));
-        assert_eq!(v[0].name, "cpu,cpuacct");
+        let v = v1_views(joined(&h, Path::new("celld-1/h")));
+        let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["cpu,cpuacct", "memory", "cpuset"]);
         assert_eq!(v[0].source, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/celld-1/h"));
         assert_eq!(v[0].links, vec!["cpu".to_string(), "cpuacct".to_string()]);
-        assert_eq!(v[1].name, "memory");
         assert!(v[1].links.is_empty());
+        // cpuset: the daemon's directory, shared by its containers.
+        assert_eq!(v[2].source, PathBuf::from("/sys/fs/cgroup/cpuset/celld-1"));
+        // The shared skeleton is shaped from the root's views: the same names.
+        let root: Vec<String> = v1_views(joined(&h, Path::new(""))).into_iter().map(|v| v.name).collect();
+        assert_eq!(root, names);
     }
 
     #[test]
