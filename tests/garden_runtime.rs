@@ -133,6 +133,15 @@ fn devices_and_mounts_are_gardens() {
         }
         let (_, _, fstype, source, _) = mount_at(&mi, "/dev/shm");
         assert_eq!((fstype.as_str(), source.as_str()), ("tmpfs", "tmpfs"));
+        // A directory of the /dev tmpfs (one file system instance fewer),
+        // with its own flags and mode.
+        assert_eq!(device_at(&mi, "/dev/shm"), device_at(&mi, "/dev"));
+        let (_, opts, _, _, _) = mount_at(&mi, "/dev/shm");
+        for o in ["nosuid", "nodev", "noexec"] {
+            assert!(opts.split(',').any(|x| x == o), "/dev/shm options {opts}");
+        }
+        let (_, out, _) = run(&d, &plain, sh("stat -c %a /dev/shm; echo x > /dev/shm/f && cat /dev/shm/f")).await;
+        assert_eq!(out, "1777\nx\n");
 
         // The container's own cgroups, read-only.
         let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();

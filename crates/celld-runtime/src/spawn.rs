@@ -44,6 +44,9 @@ struct MountPlan {
     bind: bool,
     /// Whether the source is a directory (a bind's destination is made to match).
     source_is_dir: bool,
+    /// A tmpfs at /dev/shm made as a directory of the /dev tmpfs (mode from
+    /// `data`) bound onto itself with its own flags (see `share_dev_tmpfs`).
+    dir_in_dev: bool,
 }
 
 /// The spec's `cgroup` mount: the container's own cgroups, shown read-only
@@ -120,6 +123,26 @@ fn mount_options(options: &[String]) -> (MsFlags, String, bool) {
         }
     }
     (flags, data.join(","), bind)
+}
+
+/// Makes a tmpfs at /dev/shm a directory of the tmpfs at /dev when both have
+/// the same size: every file system instance costs the kernel a shrinker slot
+/// in every memory cgroup for as long as it lives (see `mount_shared_views`),
+/// and the two hold the same 64 MiB under runc's defaults.
+fn share_dev_tmpfs(mounts: &mut [MountPlan]) {
+    let tmpfs_at = |m: &MountPlan, at: &str| m.fstype.as_deref() == Some("tmpfs") && m.destination == Path::new(at);
+    let size = |m: &MountPlan| m.data.split(',').find(|o| o.starts_with("size=")).map(str::to_string);
+    let Some(dev) = mounts.iter().position(|m| tmpfs_at(m, "/dev") && !m.flags.contains(MsFlags::MS_RDONLY)) else {
+        return;
+    };
+    let dev_size = size(&mounts[dev]);
+    for m in mounts.iter_mut().skip(dev + 1) {
+        if tmpfs_at(m, "/dev/shm") && dev_size.is_some() && size(m) == dev_size {
+            m.dir_in_dev = true;
+            m.bind = true;
+            m.fstype = None;
+        }
+    }
 }
 
 /// The spec fields this runtime carries out; a spec with any other field set
@@ -265,8 +288,10 @@ impl Plan {
                 data,
                 bind,
                 source_is_dir,
+                dir_in_dev: false,
             });
         }
+        share_dev_tmpfs(&mut mounts);
         let process = spec.process().as_ref().ok_or("the spec has no process")?;
         let caps = process.capabilities().as_ref();
         let names = caps
@@ -659,6 +684,31 @@ mod tests {
         let (flags, data, bind) = mount_options(&["rbind".to_string(), "ro".to_string()]);
         assert_eq!(flags, MsFlags::MS_REC | MsFlags::MS_RDONLY);
         assert!(data.is_empty() && bind);
+    }
+
+    #[test]
+    fn dev_shm_shares_the_dev_tmpfs_only_when_it_has_the_same_size() {
+        let tmpfs = |at: &str, data: &str| MountPlan {
+            destination: PathBuf::from(at),
+            source: PathBuf::from("tmpfs"),
+            fstype: Some("tmpfs".into()),
+            flags: MsFlags::MS_NOSUID,
+            data: data.into(),
+            bind: false,
+            source_is_dir: true,
+            dir_in_dev: false,
+        };
+        let mut mounts = vec![tmpfs("/dev", "mode=755,size=65536k"), tmpfs("/dev/shm", "mode=1777,size=65536k")];
+        share_dev_tmpfs(&mut mounts);
+        assert!(mounts[1].dir_in_dev && mounts[1].bind && mounts[1].fstype.is_none());
+        assert!(!mounts[0].dir_in_dev && !mounts[0].bind);
+        let mut bigger = vec![tmpfs("/dev", "mode=755,size=65536k"), tmpfs("/dev/shm", "mode=1777,size=1g")];
+        share_dev_tmpfs(&mut bigger);
+        assert!(!bigger[1].dir_in_dev && !bigger[1].bind);
+        let mut ro_dev = vec![tmpfs("/dev", "size=1m"), tmpfs("/dev/shm", "size=1m")];
+        ro_dev[0].flags |= MsFlags::MS_RDONLY;
+        share_dev_tmpfs(&mut ro_dev);
+        assert!(!ro_dev[1].dir_in_dev);
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub(super) fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, Strin
 pub(super) fn mount_one(rootfs: &Path, m: &MountPlan) -> Result<(), String> {
     let target = resolve_in_root(rootfs, &m.destination)?;
     let what = |e: &dyn std::fmt::Display| format!("mount {}: {e}", m.destination.display());
+    if m.dir_in_dev {
+        // In the /dev tmpfs mounted just before: fresh, so the directory is new.
+        let mode = m.data.split(',').find_map(|o| o.strip_prefix("mode=")).unwrap_or("1777");
+        let mode = u32::from_str_radix(mode, 8).map_err(|e| what(&format!("mode {mode}: {e}")))?;
+        std::fs::create_dir(&target).map_err(|e| what(&e))?;
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(|e| what(&e))?;
+        mount(Some(&target), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| what(&e))?;
+        return remount(&target, m.flags);
+    }
     if m.source_is_dir {
         std::fs::create_dir_all(&target).map_err(|e| what(&e))?;
     } else if !target.exists() {
