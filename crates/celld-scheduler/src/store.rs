@@ -162,6 +162,7 @@ pub use sqlite::SqliteStore;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use super::*;
@@ -416,12 +417,57 @@ mod tests {
                 let what = format!("seed {seed}, step {step}: {changes:?}");
                 r.apply(changes);
                 let expected =
-                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual.values(), r.tasks.values(), &processes);
+                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual_values(), r.tasks.values(), &processes);
                 assert_eq!(r.cells_in_use(&processes), expected, "{what}");
                 counted_something |= !expected.cells.is_empty() && !expected.per_process.is_empty();
             }
         }
         assert!(counted_something, "the random changes never put anything on a cell");
+    }
+
+    /// The records kept with interned keys list as a plain map keyed by
+    /// owned guids does (all, by cell, by process and index), and no
+    /// interned guid outlives the last instance of its process.
+    #[test]
+    fn interned_keys_list_as_owned_keys_do() {
+        type Plain = std::collections::BTreeMap<(String, i32, i32), pb::ActualLrp>;
+        let mut deleted_a_process = false;
+        for seed in 1..=10u64 {
+            let mut rng = Rng(0x51_7cc1_b727_220a ^ seed);
+            let mut r = Records::default();
+            let mut plain = Plain::new();
+            for step in 0..2000 {
+                let ch = random_change(&mut rng);
+                match &ch {
+                    Change::PutActual(a) => {
+                        plain.insert((a.process_guid.clone(), a.index, a.presence), a.clone());
+                    }
+                    Change::DeleteActual { process_guid, index, presence } => {
+                        plain.remove(&(process_guid.clone(), *index, *presence));
+                    }
+                    _ => {}
+                }
+                let what = format!("seed {seed}, step {step}: {ch:?}");
+                let before = r.interned_guids().len();
+                r.apply(vec![ch]);
+                let all: Vec<pb::ActualLrp> = plain.values().cloned().collect();
+                assert_eq!(r.actual_lrps(&ActualLrpFilter::default()), all, "{what}");
+                for i in 0..4 {
+                    let cell = format!("cell-{i}");
+                    let f = ActualLrpFilter { cell_id: Some(cell.clone()), ..Default::default() };
+                    let on_cell: Vec<_> = all.iter().filter(|a| a.cell_id == cell).cloned().collect();
+                    assert_eq!(r.actual_lrps(&f), on_cell, "{what}");
+                    let pg = format!("pg-{i}");
+                    let f = ActualLrpFilter { process_guid: Some(pg.clone()), index: Some(1), ..Default::default() };
+                    let of_pg: Vec<_> = all.iter().filter(|a| a.process_guid == pg && a.index == 1).cloned().collect();
+                    assert_eq!(r.actual_lrps(&f), of_pg, "{what}");
+                }
+                let guids: BTreeSet<String> = plain.keys().map(|k| k.0.clone()).collect();
+                assert_eq!(r.interned_guids(), guids, "{what}");
+                deleted_a_process |= guids.len() < before;
+            }
+        }
+        assert!(deleted_a_process, "no sequence removed the last instance of a process");
     }
 
     /// The cache's tally answers as the database's count from scratch,
