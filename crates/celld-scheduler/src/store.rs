@@ -174,6 +174,49 @@ mod tests {
         dir.join("scheduler.db")
     }
 
+    /// A database written before the actual LRPs' secondary indexes went
+    /// opens with its records, loses those indexes, and still answers by cell.
+    #[tokio::test]
+    async fn a_database_with_the_old_indexes_opens_without_them() {
+        let path = temp_db("old-indexes");
+        let a = pb::ActualLrp {
+            process_guid: "pg".into(),
+            domain: "cf-apps".into(),
+            state: State::Claimed as i32,
+            instance_guid: "ig".into(),
+            cell_id: "c1".into(),
+            ..Default::default()
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.apply(vec![Change::PutActual(a.clone())]).await.unwrap();
+        }
+        let indexes = || -> Vec<String> {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'actual_lrps' AND sql IS NOT NULL ORDER BY name")
+                .unwrap();
+            st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect()
+        };
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE INDEX actual_lrps_cell ON actual_lrps (cell_id);
+                 CREATE INDEX actual_lrps_domain ON actual_lrps (domain);",
+            )
+            .unwrap();
+        }
+        assert_eq!(indexes(), ["actual_lrps_cell", "actual_lrps_domain"]);
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(indexes().is_empty(), "{:?}", indexes());
+        let by_cell =
+            s.actual_lrps(ActualLrpFilter { cell_id: Some("c1".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(by_cell, vec![a.clone()]);
+        let cached = CachedStore::load(Arc::new(s)).await.unwrap();
+        assert_eq!(cached.actual_lrps(ActualLrpFilter::default()).await.unwrap(), vec![a]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     #[tokio::test]
     async fn round_trips_survive_reopening() {
         let path = temp_db("rt");
