@@ -162,6 +162,7 @@ pub use sqlite::SqliteStore;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use super::*;
@@ -171,6 +172,49 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("celld-sched-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir.join("scheduler.db")
+    }
+
+    /// A database written before the actual LRPs' secondary indexes went
+    /// opens with its records, loses those indexes, and still answers by cell.
+    #[tokio::test]
+    async fn a_database_with_the_old_indexes_opens_without_them() {
+        let path = temp_db("old-indexes");
+        let a = pb::ActualLrp {
+            process_guid: "pg".into(),
+            domain: "cf-apps".into(),
+            state: State::Claimed as i32,
+            instance_guid: "ig".into(),
+            cell_id: "c1".into(),
+            ..Default::default()
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.apply(vec![Change::PutActual(a.clone())]).await.unwrap();
+        }
+        let indexes = || -> Vec<String> {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'actual_lrps' AND sql IS NOT NULL ORDER BY name")
+                .unwrap();
+            st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect()
+        };
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE INDEX actual_lrps_cell ON actual_lrps (cell_id);
+                 CREATE INDEX actual_lrps_domain ON actual_lrps (domain);",
+            )
+            .unwrap();
+        }
+        assert_eq!(indexes(), ["actual_lrps_cell", "actual_lrps_domain"]);
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(indexes().is_empty(), "{:?}", indexes());
+        let by_cell =
+            s.actual_lrps(ActualLrpFilter { cell_id: Some("c1".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(by_cell, vec![a.clone()]);
+        let cached = CachedStore::load(Arc::new(s)).await.unwrap();
+        assert_eq!(cached.actual_lrps(ActualLrpFilter::default()).await.unwrap(), vec![a]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]
@@ -416,12 +460,57 @@ mod tests {
                 let what = format!("seed {seed}, step {step}: {changes:?}");
                 r.apply(changes);
                 let expected =
-                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual.values(), r.tasks.values(), &processes);
+                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual_values(), r.tasks.values(), &processes);
                 assert_eq!(r.cells_in_use(&processes), expected, "{what}");
                 counted_something |= !expected.cells.is_empty() && !expected.per_process.is_empty();
             }
         }
         assert!(counted_something, "the random changes never put anything on a cell");
+    }
+
+    /// The records kept with interned keys list as a plain map keyed by
+    /// owned guids does (all, by cell, by process and index), and no
+    /// interned guid outlives the last instance of its process.
+    #[test]
+    fn interned_keys_list_as_owned_keys_do() {
+        type Plain = std::collections::BTreeMap<(String, i32, i32), pb::ActualLrp>;
+        let mut deleted_a_process = false;
+        for seed in 1..=10u64 {
+            let mut rng = Rng(0x51_7cc1_b727_220a ^ seed);
+            let mut r = Records::default();
+            let mut plain = Plain::new();
+            for step in 0..2000 {
+                let ch = random_change(&mut rng);
+                match &ch {
+                    Change::PutActual(a) => {
+                        plain.insert((a.process_guid.clone(), a.index, a.presence), a.clone());
+                    }
+                    Change::DeleteActual { process_guid, index, presence } => {
+                        plain.remove(&(process_guid.clone(), *index, *presence));
+                    }
+                    _ => {}
+                }
+                let what = format!("seed {seed}, step {step}: {ch:?}");
+                let before = r.interned_guids().len();
+                r.apply(vec![ch]);
+                let all: Vec<pb::ActualLrp> = plain.values().cloned().collect();
+                assert_eq!(r.actual_lrps(&ActualLrpFilter::default()), all, "{what}");
+                for i in 0..4 {
+                    let cell = format!("cell-{i}");
+                    let f = ActualLrpFilter { cell_id: Some(cell.clone()), ..Default::default() };
+                    let on_cell: Vec<_> = all.iter().filter(|a| a.cell_id == cell).cloned().collect();
+                    assert_eq!(r.actual_lrps(&f), on_cell, "{what}");
+                    let pg = format!("pg-{i}");
+                    let f = ActualLrpFilter { process_guid: Some(pg.clone()), index: Some(1), ..Default::default() };
+                    let of_pg: Vec<_> = all.iter().filter(|a| a.process_guid == pg && a.index == 1).cloned().collect();
+                    assert_eq!(r.actual_lrps(&f), of_pg, "{what}");
+                }
+                let guids: BTreeSet<String> = plain.keys().map(|k| k.0.clone()).collect();
+                assert_eq!(r.interned_guids(), guids, "{what}");
+                deleted_a_process |= guids.len() < before;
+            }
+        }
+        assert!(deleted_a_process, "no sequence removed the last instance of a process");
     }
 
     /// The cache's tally answers as the database's count from scratch,

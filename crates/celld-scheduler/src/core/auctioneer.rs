@@ -268,8 +268,10 @@ impl Scheduler {
                         None => {
                             self.accepted(&key, &cell_id, answered);
                             match &lot.work {
+                                // One line per instance: debug (a cell's
+                                // claim follows at once and is the event).
                                 Work::Lrp(s) => {
-                                    tracing::info!(process_guid = %s.desired_lrp.as_ref().map(|d| d.process_guid.as_str()).unwrap_or(""), index = s.index, instance_guid = %s.instance_guid, cell_id = %cell_id, "placed")
+                                    tracing::debug!(process_guid = %s.desired_lrp.as_ref().map(|d| d.process_guid.as_str()).unwrap_or(""), index = s.index, instance_guid = %s.instance_guid, cell_id = %cell_id, "placed")
                                 }
                                 Work::Task(t) => {
                                     tracing::info!(task_guid = %t.task_guid, cell_id = %cell_id, "task placed")

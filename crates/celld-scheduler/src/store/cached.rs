@@ -8,10 +8,16 @@ use std::sync::{Arc, RwLock};
 use super::*;
 use crate::in_use::{self, CellsInUse, Tally};
 
-type ActualKey = (String, i32, i32);
+/// (process guid, index, presence). The guid is interned (`Records::guids`):
+/// the keys of a process's instances, in the map and in the by-cell index,
+/// share one allocation instead of holding a copy each (a process has up to
+/// thousands of instances).
+type ActualKey = (Arc<str>, i32, i32);
 
-fn actual_key(a: &pb::ActualLrp) -> ActualKey {
-    (a.process_guid.clone(), a.index, a.presence)
+/// The bounds of `pg`'s keys with indexes `lo..=hi` (any presence).
+fn key_range(pg: &str, lo: i32, hi: i32) -> std::ops::RangeInclusive<ActualKey> {
+    let pg: Arc<str> = Arc::from(pg);
+    (pg.clone(), lo, i32::MIN)..=(pg, hi, i32::MAX)
 }
 
 /// Every record, decoded, with indexes by cell.
@@ -19,10 +25,16 @@ fn actual_key(a: &pb::ActualLrp) -> ActualKey {
 pub(super) struct Records {
     pub(super) desired: BTreeMap<String, pb::DesiredLrp>,
     /// In the SQL listing's order: process guid, index, presence.
-    pub(super) actual: BTreeMap<ActualKey, pb::ActualLrp>,
+    /// Boxed: a B-tree node holds up to 11 entries and, filled in key order
+    /// as instances are desired, stays about half full, so a ~280-byte
+    /// record kept in the node wasted about as much again per instance.
+    actual: BTreeMap<ActualKey, Box<pb::ActualLrp>>,
     actual_by_cell: HashMap<String, BTreeSet<ActualKey>>,
     pub(super) tasks: BTreeMap<String, pb::Task>,
     tasks_by_cell: HashMap<String, BTreeSet<String>>,
+    /// The process guids of the keys in `actual`; one goes when the last
+    /// key holding it does.
+    guids: HashSet<Arc<str>>,
     /// Every record's share of its cell (`in_use`), kept as they change.
     tally: Tally,
 }
@@ -37,6 +49,25 @@ fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K
 }
 
 impl Records {
+    fn actual_key(&mut self, a: &pb::ActualLrp) -> ActualKey {
+        let pg = match self.guids.get(a.process_guid.as_str()) {
+            Some(g) => g.clone(),
+            None => {
+                let g: Arc<str> = Arc::from(a.process_guid.as_str());
+                self.guids.insert(g.clone());
+                g
+            }
+        };
+        (pg, a.index, a.presence)
+    }
+
+    /// Drops `pg` from the interned guids once no key holds it.
+    fn release_guid(&mut self, pg: &str) {
+        if self.guids.get(pg).is_some_and(|g| Arc::strong_count(g) == 1) {
+            self.guids.remove(pg);
+        }
+    }
+
     /// Takes `a`'s share out of the tally (`count: false`) or puts it in.
     fn count_actual(&mut self, a: &pb::ActualLrp, count: bool) {
         if let Some(share) = in_use::instance_share(a, self.desired.get(&a.process_guid)) {
@@ -60,14 +91,14 @@ impl Records {
 
     /// The instances of `pg`, in listing order.
     fn instances_of<'a>(&'a self, pg: &str) -> impl Iterator<Item = &'a pb::ActualLrp> + 'a {
-        self.actual.range((pg.to_string(), i32::MIN, i32::MIN)..=(pg.to_string(), i32::MAX, i32::MAX)).map(|(_, a)| a)
+        self.actual.range(key_range(pg, i32::MIN, i32::MAX)).map(|(_, a)| &**a)
     }
 
     fn put_actual(&mut self, a: pb::ActualLrp) {
-        let key = actual_key(&a);
+        let key = self.actual_key(&a);
         self.count_actual(&a, true);
         self.actual_by_cell.entry(a.cell_id.clone()).or_default().insert(key.clone());
-        if let Some(old) = self.actual.insert(key.clone(), a) {
+        if let Some(old) = self.actual.insert(key.clone(), Box::new(a)) {
             self.count_actual(&old, false);
             let new_cell = &self.actual[&key].cell_id;
             if old.cell_id != *new_cell {
@@ -80,6 +111,7 @@ impl Records {
         if let Some(old) = self.actual.remove(key) {
             self.count_actual(&old, false);
             unindex(&mut self.actual_by_cell, &old.cell_id, key);
+            self.release_guid(&key.0);
         }
     }
 
@@ -161,7 +193,7 @@ impl Records {
                 Change::DeleteDesired(g) => self.set_desired(&g, None),
                 Change::PutActual(a) => self.put_actual(a),
                 Change::DeleteActual { process_guid, index, presence } => {
-                    self.delete_actual(&(process_guid, index, presence))
+                    self.delete_actual(&(Arc::from(process_guid), index, presence))
                 }
                 Change::PutTask(t) => self.put_task(*t),
                 Change::DeleteTask(g) => self.delete_task(&g),
@@ -169,7 +201,18 @@ impl Records {
         }
     }
 
-    fn actual_lrps(&self, f: &ActualLrpFilter) -> Vec<pb::ActualLrp> {
+    /// Every ActualLRP, in listing order.
+    pub(super) fn actual_values(&self) -> impl Iterator<Item = &pb::ActualLrp> {
+        self.actual.values().map(|a| &**a)
+    }
+
+    /// The interned process guids (for tests: none may outlive its keys).
+    #[cfg(test)]
+    pub(super) fn interned_guids(&self) -> BTreeSet<String> {
+        self.guids.iter().map(|g| g.to_string()).collect()
+    }
+
+    pub(super) fn actual_lrps(&self, f: &ActualLrpFilter) -> Vec<pb::ActualLrp> {
         let matches = |a: &pb::ActualLrp| {
             f.process_guid.as_ref().is_none_or(|v| *v == a.process_guid)
                 && f.cell_id.as_ref().is_none_or(|v| *v == a.cell_id)
@@ -179,19 +222,25 @@ impl Records {
         };
         if let Some(cell) = &f.cell_id {
             let Some(keys) = self.actual_by_cell.get(cell) else { return Vec::new() };
-            return keys.iter().filter_map(|k| self.actual.get(k)).filter(|a| matches(a)).cloned().collect();
+            return keys
+                .iter()
+                .filter_map(|k| self.actual.get(k))
+                .map(|a| &**a)
+                .filter(|a| matches(a))
+                .cloned()
+                .collect();
         }
         if let Some(pg) = &f.process_guid {
             let (lo, hi) = f.index.map_or((i32::MIN, i32::MAX), |i| (i, i));
             return self
                 .actual
-                .range((pg.clone(), lo, i32::MIN)..=(pg.clone(), hi, i32::MAX))
-                .map(|(_, a)| a)
+                .range(key_range(pg, lo, hi))
+                .map(|(_, a)| &**a)
                 .filter(|a| matches(a))
                 .cloned()
                 .collect();
         }
-        self.actual.values().filter(|a| matches(a)).cloned().collect()
+        self.actual_values().filter(|a| matches(a)).cloned().collect()
     }
 
     fn tasks(&self, f: &TaskFilter) -> Vec<pb::Task> {
@@ -297,7 +346,7 @@ impl SchedulerStore for CachedStore {
         self.listing(big, |r| {
             let mut c = StoreCounts::default();
             r.desired.values().for_each(|d| c.add_desired(d));
-            r.actual.values().for_each(|a| *c.actual.entry(a.state).or_default() += 1);
+            r.actual_values().for_each(|a| *c.actual.entry(a.state).or_default() += 1);
             r.tasks.values().for_each(|t| *c.tasks.entry(t.state).or_default() += 1);
             c
         })
@@ -315,7 +364,7 @@ impl SchedulerStore for CachedStore {
     async fn visit_instances(&self, f: &mut InstanceVisitor<'_>) -> Result<(), SchedulerError> {
         // In place under the read lock: copying 250 000 records took most
         // of a convergence pass.
-        visit_groups(self.read().actual.values(), f);
+        visit_groups(self.read().actual_values(), f);
         Ok(())
     }
 

@@ -112,8 +112,12 @@ CREATE TABLE IF NOT EXISTS actual_lrps (
     data BLOB NOT NULL,
     PRIMARY KEY (process_guid, instance_index, presence)
 );
-CREATE INDEX IF NOT EXISTS actual_lrps_cell ON actual_lrps (cell_id);
-CREATE INDEX IF NOT EXISTS actual_lrps_domain ON actual_lrps (domain);
+-- No secondary indexes on the hottest table: every claim and start rewrote
+-- both (a delete and an insert each), and the scheduler never reads this
+-- table by cell or domain (the cached store answers from memory; only the
+-- load at start reads it, in primary key order). Databases from before lose them.
+DROP INDEX IF EXISTS actual_lrps_cell;
+DROP INDEX IF EXISTS actual_lrps_domain;
 CREATE TABLE IF NOT EXISTS tasks (
     task_guid TEXT PRIMARY KEY,
     domain TEXT NOT NULL,
