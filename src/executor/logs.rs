@@ -180,12 +180,18 @@ impl LogHub {
         if stream.recent.len() >= self.history {
             stream.recent.pop_front();
         }
-        stream.recent.push_back(env.clone());
         if let Some(sink) = self.sink.get() {
             sink.record(&env);
         }
-        // No follower is not an error.
-        let _ = stream.followers.send(env);
+        // Copied only for followers: most lines (a router's RTR line per
+        // request) have none.
+        if stream.followers.receiver_count() > 0 {
+            stream.recent.push_back(env.clone());
+            // A follower gone since the count is not an error.
+            let _ = stream.followers.send(env);
+        } else {
+            stream.recent.push_back(env);
+        }
     }
 
     /// The last `recent` lines of `log_guid` (of `instance`, if given) and a
