@@ -40,17 +40,30 @@ pub(crate) struct Outcome<'a> {
 
 impl Entry {
     pub fn line(&self, o: &Outcome<'_>) -> String {
+        // Written in place: one allocation per line, not one per field.
         let mut s = String::with_capacity(512);
-        let _ = write!(s, "{} - [{}] ", self.host, timestamp(self.received_at));
-        quoted(&mut s, &format!("{} {} {}", self.method, self.uri, self.proto));
-        let _ = write!(s, " {} {} {} ", o.status, o.bytes_received, o.bytes_sent);
+        s.push_str(&self.host);
+        s.push_str(" - [");
+        write_timestamp(&mut s, self.received_at);
+        s.push_str("] \"");
+        // Spaces are never escaped: quoting the parts is quoting the whole.
+        escaped(&mut s, &self.method);
+        s.push(' ');
+        escaped(&mut s, &self.uri);
+        s.push(' ');
+        escaped(&mut s, self.proto);
+        let _ = write!(s, "\" {} {} {} ", o.status, o.bytes_received, o.bytes_sent);
         dash_or_quoted(&mut s, &self.referer);
         s.push(' ');
         dash_or_quoted(&mut s, &self.user_agent);
-        s.push(' ');
-        quoted(&mut s, &self.client.to_string());
-        s.push(' ');
-        dash_or_quoted(&mut s, &o.backend.map(|a| a.to_string()).unwrap_or_default());
+        // Addresses need no escaping.
+        let _ = write!(s, " \"{}\" ", self.client);
+        match o.backend {
+            Some(a) => {
+                let _ = write!(s, "\"{a}\"");
+            }
+            None => s.push_str("\"-\""),
+        }
         s.push_str(" x_forwarded_for:");
         dash_or_quoted(&mut s, &self.x_forwarded_for);
         s.push_str(" x_forwarded_proto:");
@@ -77,6 +90,11 @@ fn dash_or_quoted(s: &mut String, v: &str) {
 /// control characters so a header can't forge fields or lines.
 fn quoted(s: &mut String, v: &str) {
     s.push('"');
+    escaped(s, v);
+    s.push('"');
+}
+
+fn escaped(s: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '"' => s.push_str("\\\""),
@@ -93,16 +111,24 @@ fn quoted(s: &mut String, v: &str) {
             c => s.push(c),
         }
     }
-    s.push('"');
 }
 
 /// `2006-01-02T15:04:05.000000000Z` in UTC, as gorouter writes it.
+#[cfg(test)]
 pub(crate) fn timestamp(t: SystemTime) -> String {
+    let mut s = String::with_capacity(30);
+    write_timestamp(&mut s, t);
+    s
+}
+
+/// The timestamp gorouter writes, appended to `s`.
+fn write_timestamp(s: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, dd) = celld_base::civil::civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+    let (h, min, sec, ns) = (rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos());
+    let _ = write!(s, "{y:04}-{m:02}-{dd:02}T{h:02}:{min:02}:{sec:02}.{ns:09}Z");
 }
 
 #[cfg(test)]
