@@ -195,16 +195,7 @@ pub async fn run(n: usize, client: &Client, daemon: u32, depot: &Path) -> Result
     // the destroys return.
     settle().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Destroyed containers' directories are deleted by the daemon after the
-    // destroys return: give it up to 30 s more before calling one left.
-    let mut after = traces(&set, depot);
-    for _ in 0..300 {
-        if after.depot_entries <= before.depot_entries {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = traces(&set, depot);
-    }
+    let after = traces(&set, depot);
     let mem_after = meminfo();
     println!("after all are gone, per container: {}", per_container(&mem_before, &mem_after, n));
     if after != before || failed > 0 {

@@ -44,9 +44,7 @@ impl DebugVars {
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         // Async tasks are what goroutines are to Go's server.
         let tasks = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
-        let depot_dirs = std::fs::read_dir(&self.containers_dir).map_or(0, |d| {
-            d.filter_map(Result::ok).filter(|e| celld_runtime::depot::is_container_entry(&e.file_name())).count()
-        });
+        let depot_dirs = std::fs::read_dir(&self.containers_dir).map_or(0, |d| d.filter_map(Result::ok).count());
         serde_json::json!({
             "cmdline": cmdline,
             "memstats": {

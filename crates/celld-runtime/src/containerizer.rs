@@ -69,8 +69,8 @@ pub struct Containerizer {
     disk: Arc<DiskQuota>,
     /// Rootfs layers' sizes: disk metrics and limits of scope total count them.
     sizes: Arc<RootfsSizes>,
-    /// Destroyed containers' directories (already renamed aside, see
-    /// `Depot::destroyed_dir`), for the one thread that deletes them.
+    /// Destroyed containers' directories (already renamed into the trash),
+    /// for the one thread that deletes them.
     trash: std::sync::mpsc::Sender<PathBuf>,
 }
 
@@ -99,14 +99,14 @@ impl Containerizer {
         // (a cgroup mkdir waiting for the cgroup mutex) that would make a
         // cgroup after the sweep looked.
         await_old_helper(&helper_pid_file(&cfg.run_dir));
-        // What a previous daemon had not finished deleting (older versions
-        // kept it in a trash directory of its own).
-        let _ = std::fs::remove_dir_all(depot.old_trash_dir());
-        super::depot::remove_destroyed(&depot.containers_dir());
+        // What a previous daemon had not finished deleting.
+        let _ = std::fs::remove_dir_all(depot.trash_dir());
         rootfs::clean_cache(&depot.rootfs_cache(), &depot.containers_dir());
         // Host users may not look inside; container root (an unprivileged host
         // uid) must still traverse to its rootfs.
-        for (d, mode) in [(depot.containers_dir(), 0o711), (cfg.run_dir.join("init"), 0o700)] {
+        for (d, mode) in
+            [(depot.containers_dir(), 0o711), (depot.trash_dir(), 0o700), (cfg.run_dir.join("init"), 0o700)]
+        {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
@@ -124,13 +124,14 @@ impl Containerizer {
         store.registry_mirror = cfg.images.registry_mirror.clone();
         let images = ImageStore::open(store, Arc::new(move || images_in_use(&containers)))?;
         // One deleter, not one per destroy: with many destroys at once,
-        // deleters held the directory locks every destroy's rename waits for,
-        // which set the pace of draining a cell.
+        // deleters in the trash held the directory locks every destroy's
+        // rename into it waits for (and renames across directories take one
+        // mutex per file system), which set the pace of draining a cell.
         let (trash, doomed) = std::sync::mpsc::channel::<PathBuf>();
         std::thread::Builder::new()
             .name("depot-trash".into())
             .spawn(move || doomed.iter().for_each(|dir| drop(std::fs::remove_dir_all(dir))))
-            .map_err(|e| RuntimeError::io(&depot.containers_dir(), e))?;
+            .map_err(|e| RuntimeError::io(&depot.trash_dir(), e))?;
         Ok(Self {
             cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
             depot,
@@ -430,7 +431,7 @@ impl Containerizer {
     pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
-        let doomed = self.depot.destroyed_dir(&rec.handle, now_ns());
+        let trash_dir = self.depot.trash_dir();
         let trash = self.trash.clone();
         let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
         let disk = self.disk.clone();
@@ -462,6 +463,7 @@ impl Containerizer {
             // The container's files leave the depot at once (a rename); deleting
             // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
+                let doomed = trash_dir.join(format!("{}.{}", rec.handle, now_ns()));
                 match std::fs::rename(&dir, &doomed) {
                     Ok(()) => {
                         if let Err(std::sync::mpsc::SendError(doomed)) = trash.send(doomed) {
@@ -655,8 +657,7 @@ fn images_in_use(containers_dir: &Path) -> HashSet<String> {
     let dirs =
         |d: &Path| -> Vec<PathBuf> { std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).collect() };
     let mut used = HashSet::new();
-    let containers = dirs(containers_dir);
-    for container in containers.into_iter().filter(|c| c.file_name().is_some_and(super::depot::is_container_entry)) {
+    for container in dirs(containers_dir) {
         for dir in std::iter::once(container.clone()).chain(dirs(&container.join("peas"))) {
             if let Ok(id) = std::fs::read_to_string(image_file(&dir)) {
                 used.insert(id);

@@ -41,25 +41,6 @@ pub struct ContainerRecord {
 
 const RECORD: &str = "record.json";
 
-const DESTROYED_PREFIX: &str = ".destroyed-";
-
-/// Whether an entry of the containers directory is a container's (and not a
-/// destroyed one's being deleted). Handles never start with a dot: the Garden
-/// API refuses them.
-pub fn is_container_entry(name: &std::ffi::OsStr) -> bool {
-    !name.as_encoded_bytes().starts_with(b".")
-}
-
-/// Deletes what a previous daemon had not finished deleting of destroyed
-/// containers' directories.
-pub fn remove_destroyed(containers_dir: &Path) {
-    for e in std::fs::read_dir(containers_dir).into_iter().flatten().flatten() {
-        if e.file_name().as_encoded_bytes().starts_with(DESTROYED_PREFIX.as_bytes()) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Depot {
     root: PathBuf,
@@ -90,18 +71,9 @@ impl Depot {
         self.containers_dir().join(handle)
     }
 
-    /// Where older celld versions moved destroyed containers' directories.
-    pub fn old_trash_dir(&self) -> PathBuf {
+    /// Directories of destroyed containers, waiting to be deleted.
+    pub fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
-    }
-
-    /// A name for a destroyed container's directory, beside the containers'
-    /// own, until it is deleted off the request path. A rename within one
-    /// directory takes only that directory's lock; one into another
-    /// directory also takes the file system's one rename mutex, for which
-    /// a cell's concurrent destroys queued.
-    pub fn destroyed_dir(&self, handle: &str, nonce: u64) -> PathBuf {
-        self.containers_dir().join(format!("{DESTROYED_PREFIX}{handle}.{nonce}"))
     }
 
     pub fn rootfs_cache(&self) -> PathBuf {
@@ -130,7 +102,7 @@ impl Depot {
         let Ok(rd) = std::fs::read_dir(self.containers_dir()) else { return Vec::new() };
         let mut out: Vec<_> = rd
             .filter_map(|e| e.ok())
-            .filter(|e| is_container_entry(&e.file_name()) && e.path().is_dir())
+            .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .map(|h| {
                 let r = self.load(&h);

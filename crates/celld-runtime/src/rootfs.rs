@@ -201,8 +201,7 @@ const SOURCE_SUFFIX: &str = ".source";
 /// nothing may be removed.
 fn copies_in_use(containers_dir: &Path) -> Option<HashSet<PathBuf>> {
     let mut used = HashSet::new();
-    let containers = std::fs::read_dir(containers_dir).into_iter().flatten().flatten();
-    for e in containers.filter(|e| super::depot::is_container_entry(&e.file_name())) {
+    for e in std::fs::read_dir(containers_dir).into_iter().flatten().flatten() {
         match std::fs::read_link(lower_link(&e.path())) {
             Ok(target) => {
                 used.insert(target);
