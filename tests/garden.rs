@@ -650,6 +650,45 @@ fn restart_removes_leftovers_of_a_half_done_create() {
 }
 
 #[test]
+fn destroyed_handles_are_free_at_once_and_their_files_go() {
+    require_host!();
+    let mut d = Daemon::start();
+    let handles: Vec<String> = (0..12).map(|i| d.handle(&format!("gone{i}"))).collect();
+    rt().block_on(async {
+        for h in &handles {
+            d.client.create(&spec(h)).await.unwrap();
+            let (code, _, err) =
+                run(&d, h, sh("mkdir /tmp/junk && for i in $(seq 100); do echo $i > /tmp/junk/$i; done")).await;
+            assert_eq!(code, 0, "{err}");
+        }
+        // All at once, so that the depot's deleter has a queue; the handle
+        // destroyed last waits at its end.
+        let destroys = handles.iter().map(|h| d.client.destroy(h));
+        for r in futures_util::future::join_all(destroys).await {
+            r.unwrap();
+        }
+        let last = &handles[handles.len() - 1];
+        d.client.create(&spec(last)).await.unwrap();
+        assert_eq!(run(&d, last, sh("ls /tmp | grep -c junk")).await.1, "0\n");
+        // Destroyed again with the daemon gone before the deleter is done: the
+        // next daemon removes what is left.
+        for h in &handles[..4] {
+            d.client.create(&spec(h)).await.unwrap();
+        }
+        let destroys = handles[..4].iter().chain([last]).map(|h| d.client.destroy(h));
+        for r in futures_util::future::join_all(destroys).await {
+            r.unwrap();
+        }
+    });
+    d.kill();
+    d.restart();
+    rt().block_on(async {
+        assert!(d.client.list(&BTreeMap::new()).await.unwrap().is_empty());
+    });
+    d.assert_no_leaks();
+}
+
+#[test]
 fn a_daemon_killed_mid_create_leaves_nothing_after_restart() {
     require_host!();
     let mut d = Daemon::start();
