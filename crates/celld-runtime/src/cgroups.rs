@@ -244,27 +244,30 @@ impl Cgroup {
     /// by hand: libcgroups' manager parses mountinfo once per v1 controller
     /// first, which costs more than the removal itself.
     pub fn remove(&self) -> Result<(), RuntimeError> {
-        let dirs = hierarchy_dirs(self.rel());
-        // A container's processes are in every hierarchy its cgroup is in, so
-        // one list names them all. Each lookup here waits for the hierarchy's
-        // lock that every other container's mkdir and rmdir take: draining a
-        // cell of many containers at once is paced by them.
-        let procs = dirs.iter().find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok());
-        for pid in procs.unwrap_or_default().lines() {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
         // Every hierarchy is tried: one that stays busy must not keep the
         // others (a create cut short makes only some of them).
         let mut first_err = None;
-        for d in dirs {
+        let mut killed = false;
+        for d in hierarchy_dirs(self.rel()) {
             // A killed task leaves its cgroup a moment after it dies.
             let mut tries = 0;
             loop {
                 match std::fs::remove_dir(&d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    // Processes are listed only when a cgroup is still busy:
+                    // most often they are gone (a container's init was killed
+                    // and waited for), and each lookup in a hierarchy waits for
+                    // the lock every other container's mkdir and rmdir take.
+                    // They are in every hierarchy the cgroup is in, so one list
+                    // names them all.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !killed => {
+                        killed = true;
+                        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
                     Err(_) if tries < 200 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -98,7 +98,7 @@ impl Containerizer {
         // (a cgroup mkdir waiting for the cgroup mutex) that would make a
         // cgroup after the sweep looked.
         await_old_helper(&helper_pid_file(&cfg.run_dir));
-        // Where celld before 2026-12-08 moved destroyed containers' directories.
+        // Where an older celld moved destroyed containers' directories.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
         rootfs::clean_cache(&depot.rootfs_cache(), &depot.containers_dir());
         // Host users may not look inside; container root (an unprivileged host

@@ -73,8 +73,8 @@ impl Depot {
         self.containers_dir().join(handle)
     }
 
-    /// Where celld before 2026-12-08 moved destroyed containers' directories;
-    /// removed at start.
+    /// Where an older celld moved destroyed containers' directories; removed
+    /// at start.
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
     }

@@ -19,6 +19,10 @@ const TOP_LEVEL: u64 = 5;
 pub struct BtrfsStore {
     /// Where the containers' subvolumes are.
     containers: PathBuf,
+    /// `containers`, opened once: every create and destroy makes or deletes a
+    /// subvolume through it, and opening a btrfs directory takes its lock,
+    /// for which destroys at once queued.
+    containers_dir: File,
     /// `/sys/fs/btrfs/<fsid>/qgroups`: usage without walking any tree.
     qgroups: PathBuf,
     /// The loop-mounted file and its size, when the depot is not btrfs.
@@ -79,6 +83,7 @@ impl BtrfsStore {
             .spawn(move || reap(&fd, &rx))
             .map_err(|e| DiskError::io(&root, e))?;
         Ok(Self {
+            containers_dir: open_dir(&containers)?,
             containers,
             qgroups: PathBuf::from(format!("/sys/fs/btrfs/{fsid}/qgroups")),
             loop_file,
@@ -101,8 +106,8 @@ impl BtrfsStore {
 
     /// Makes container `handle`'s subvolume and limits it; on failure nothing is left.
     pub fn prepare(&self, handle: &str, limit: Option<DiskLimit>) -> Result<(), DiskError> {
-        let parent = open_dir(&self.containers)?;
-        ioctl::create_subvolume(&parent, OsStr::new(handle))
+        let parent = &self.containers_dir;
+        ioctl::create_subvolume(parent, OsStr::new(handle))
             .map_err(|e| DiskError::Subvolume(handle.into(), "create", e))?;
         let Some(limit) = limit else { return Ok(()) };
         let limited = self.id(handle).and_then(|id| {
@@ -110,7 +115,7 @@ impl BtrfsStore {
                 Scope::Exclusive => ioctl::LIMIT_MAX_EXCL,
                 Scope::Total => ioctl::LIMIT_MAX_RFER,
             };
-            ioctl::limit_qgroup(&parent, id, flag, limit.bytes).map_err(|e| DiskError::Limit(handle.into(), e))
+            ioctl::limit_qgroup(parent, id, flag, limit.bytes).map_err(|e| DiskError::Limit(handle.into(), e))
         });
         if let Err(e) = limited {
             let _ = self.remove(handle);
@@ -131,12 +136,12 @@ impl BtrfsStore {
             Err(DiskError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let parent = open_dir(&self.containers)?;
-        ioctl::delete_subvolume(&parent, OsStr::new(handle))
+        let parent = &self.containers_dir;
+        ioctl::delete_subvolume(parent, OsStr::new(handle))
             .map_err(|e| DiskError::Subvolume(handle.into(), "delete", e))?;
         // Refused while the kernel still frees the extents: it removes the
         // qgroup itself once done.
-        let _ = ioctl::destroy_qgroup(&parent, id);
+        let _ = ioctl::destroy_qgroup(parent, id);
         let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
         let _ = reaper.send(self.qgroups.join(format!("0_{id}")));
         Ok(())
@@ -170,12 +175,11 @@ impl BtrfsStore {
                 tracing::warn!(handle = %name, error = %e, "stray subvolume stays");
             }
         }
-        let Ok(parent) = open_dir(&self.containers) else { return };
         for e in std::fs::read_dir(&self.qgroups).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_prefix("0_").and_then(|n| n.parse::<u64>().ok()) {
                 if !live.contains(&id) {
-                    let _ = ioctl::destroy_qgroup(&parent, id);
+                    let _ = ioctl::destroy_qgroup(&self.containers_dir, id);
                 }
             }
         }
