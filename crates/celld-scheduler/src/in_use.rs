@@ -43,11 +43,19 @@ pub fn occupies_cell(a: &pb::ActualLrp) -> bool {
 /// An instance's share: only CLAIMED or RUNNING, not suspect (its cell is
 /// gone), and only while its process is desired (its size comes from there).
 pub fn instance_share(a: &pb::ActualLrp, desired: Option<&pb::DesiredLrp>) -> Option<Share> {
-    if !occupies_cell(a) {
+    share_of(a.state, a.presence, desired)
+}
+
+/// `instance_share` of a record in `state` with `presence` (both as the
+/// protos' i32), for records not kept as protobufs.
+pub fn share_of(state: i32, presence: i32, desired: Option<&pb::DesiredLrp>) -> Option<Share> {
+    let state = State::try_from(state).unwrap_or_default();
+    let presence = Presence::try_from(presence).unwrap_or_default();
+    if !(matches!(state, State::Claimed | State::Running) && presence != Presence::Suspect) {
         return None;
     }
     let d = desired?;
-    Some(Share { memory_mb: d.memory_mb.into(), disk_mb: d.disk_mb.into(), starting: a.state() == State::Claimed })
+    Some(Share { memory_mb: d.memory_mb.into(), disk_mb: d.disk_mb.into(), starting: state == State::Claimed })
 }
 
 /// A task's share: only while RUNNING.

@@ -179,7 +179,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             loop {
                 match events.recv().await {
                     Ok(e) => {
-                        if tx.send(Ok(e)).await.is_err() {
+                        if tx.send(Ok(Arc::unwrap_or_clone(e))).await.is_err() {
                             return;
                         }
                     }

@@ -153,6 +153,7 @@ fn decode<M: Message + Default>(blob: &[u8]) -> Result<M, SchedulerError> {
 }
 
 mod cached;
+mod compact;
 mod sqlite;
 
 pub use cached::CachedStore;
@@ -458,9 +459,10 @@ mod tests {
                 let n = 1 + rng.below(3);
                 let changes: Vec<Change> = (0..n).map(|_| random_change(&mut rng)).collect();
                 let what = format!("seed {seed}, step {step}: {changes:?}");
-                r.apply(changes);
+                r.apply(&changes);
+                let actual = r.actual_records();
                 let expected =
-                    in_use::from_scratch(|pg| r.desired.get(pg), r.actual_values(), r.tasks.values(), &processes);
+                    in_use::from_scratch(|pg| r.desired.get(pg), actual.iter(), r.tasks.values(), &processes);
                 assert_eq!(r.cells_in_use(&processes), expected, "{what}");
                 counted_something |= !expected.cells.is_empty() && !expected.per_process.is_empty();
             }
@@ -492,7 +494,7 @@ mod tests {
                 }
                 let what = format!("seed {seed}, step {step}: {ch:?}");
                 let before = r.interned_guids().len();
-                r.apply(vec![ch]);
+                r.apply(&[ch]);
                 let all: Vec<pb::ActualLrp> = plain.values().cloned().collect();
                 assert_eq!(r.actual_lrps(&ActualLrpFilter::default()), all, "{what}");
                 for i in 0..4 {
@@ -511,6 +513,104 @@ mod tests {
             }
         }
         assert!(deleted_a_process, "no sequence removed the last instance of a process");
+    }
+
+    /// What a record holds of the strings the cached store interns.
+    fn shared_strings(a: &pb::ActualLrp) -> Vec<String> {
+        let has_net = !a.address.is_empty() || !a.instance_address.is_empty() || !a.ports.is_empty();
+        let mut v = vec![a.cell_id.clone(), a.domain.clone()];
+        if has_net {
+            v.push(a.address.clone());
+        }
+        v
+    }
+
+    /// Records of every shape (guids canonical or not, with and without
+    /// network info, tags, crash reasons, placement errors), put over one
+    /// another and deleted at random, list and visit as the same records
+    /// kept as protobufs do, and no shared string outlives its last record.
+    #[test]
+    fn compact_records_list_and_visit_as_protobufs_do() {
+        use compact::testing::{Rng, random_record};
+        type Plain = std::collections::BTreeMap<(String, i32, i32), pb::ActualLrp>;
+        let mut replaced = 0;
+        for seed in 1..=10u64 {
+            let mut rng = Rng(0x6a09_e667_f3bc_c908 ^ seed);
+            let mut r = Records::default();
+            let mut plain = Plain::new();
+            for step in 0..1500 {
+                let mut a = random_record(&mut rng);
+                // Few keys, so that records replace one another.
+                a.process_guid = format!("pg-{}", rng.below(3));
+                a.index = rng.below(3) as i32;
+                a.presence = rng.below(3) as i32;
+                let k = (a.process_guid.clone(), a.index, a.presence);
+                let ch = if rng.below(4) == 0 {
+                    plain.remove(&k);
+                    Change::DeleteActual { process_guid: k.0, index: k.1, presence: k.2 }
+                } else {
+                    replaced += usize::from(plain.insert(k, a.clone()).is_some());
+                    Change::PutActual(a)
+                };
+                let what = format!("seed {seed}, step {step}: {ch:?}");
+                r.apply(&[ch]);
+                let all: Vec<pb::ActualLrp> = plain.values().cloned().collect();
+                assert_eq!(r.actual_lrps(&ActualLrpFilter::default()), all, "{what}");
+                assert_eq!(r.actual_records(), all, "{what}");
+                let cell = all.first().map(|a| a.cell_id.clone()).unwrap_or_default();
+                let f = ActualLrpFilter { cell_id: Some(cell.clone()), ..Default::default() };
+                let on_cell: Vec<_> = all.iter().filter(|a| a.cell_id == cell).cloned().collect();
+                assert_eq!(r.actual_lrps(&f), on_cell, "{what}");
+                let mut visited: Vec<Vec<pb::ActualLrp>> = Vec::new();
+                r.visit(&mut |group| visited.push(group.iter().map(|a| (*a).clone()).collect()));
+                let mut expected: Vec<Vec<pb::ActualLrp>> = Vec::new();
+                visit_groups(all.iter(), &mut |group| expected.push(group.iter().map(|a| (*a).clone()).collect()));
+                assert_eq!(visited, expected, "{what}");
+                let strings: BTreeSet<String> = all.iter().flat_map(shared_strings).collect();
+                assert_eq!(r.interned_strings(), strings, "{what}");
+                let guids: BTreeSet<String> = plain.keys().map(|k| k.0.clone()).collect();
+                assert_eq!(r.interned_guids(), guids, "{what}");
+            }
+        }
+        assert!(replaced > 1000, "records seldom replaced one another: {replaced}");
+    }
+
+    /// Records of every shape written through the cached store (as claims
+    /// and starts are, visible at once, and as other writes are, once
+    /// durable) are in the database as they were in memory, and a store
+    /// reloaded from it holds what the first one did.
+    #[tokio::test]
+    async fn compact_records_reload_from_the_database_as_they_were_in_memory() {
+        use compact::testing::{Rng, random_record};
+        let path = temp_db("compact");
+        let sqlite: Arc<dyn SchedulerStore> = Arc::new(SqliteStore::open(&path).unwrap());
+        let cached = CachedStore::load(sqlite.clone()).await.unwrap();
+        let mut rng = Rng(7);
+        for i in 0..2000 {
+            let mut a = random_record(&mut rng);
+            a.process_guid = format!("pg-{}", rng.below(20));
+            a.index = rng.below(20) as i32;
+            let changes = vec![Change::PutActual(a)];
+            if i % 2 == 0 {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                cached.submit_visible(
+                    changes,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+                rx.await.unwrap().unwrap();
+            } else {
+                cached.apply(changes).await.unwrap();
+            }
+        }
+        let all = ActualLrpFilter::default();
+        let in_memory = cached.actual_lrps(all.clone()).await.unwrap();
+        assert!(in_memory.len() > 300, "{}", in_memory.len());
+        assert_eq!(in_memory, sqlite.actual_lrps(all.clone()).await.unwrap());
+        let reloaded = CachedStore::load(sqlite.clone()).await.unwrap();
+        assert_eq!(reloaded.actual_lrps(all).await.unwrap(), in_memory);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     /// The cache's tally answers as the database's count from scratch,

@@ -118,7 +118,7 @@ impl Scheduler {
             if r.is_ok() {
                 for e in published {
                     // No subscribers is fine; a lagging one loses the oldest events.
-                    let _ = events.send(e);
+                    let _ = events.send(std::sync::Arc::new(e));
                 }
             }
             let _ = tx.send(r);

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use super::compact::{Interner, StoredActual};
 use super::*;
 use crate::in_use::{self, CellsInUse, Tally};
 
@@ -14,32 +15,39 @@ use crate::in_use::{self, CellsInUse, Tally};
 /// thousands of instances).
 type ActualKey = (Arc<str>, i32, i32);
 
-/// The bounds of `pg`'s keys with indexes `lo..=hi` (any presence).
-fn key_range(pg: &str, lo: i32, hi: i32) -> std::ops::RangeInclusive<ActualKey> {
-    let pg: Arc<str> = Arc::from(pg);
-    (pg.clone(), lo, i32::MIN)..=(pg, hi, i32::MAX)
+/// The bounds of the keys of interned guid `pg` with indexes `lo..=hi`
+/// (any presence): two reference counts, no allocation.
+fn key_range(pg: &Arc<str>, lo: i32, hi: i32) -> std::ops::RangeInclusive<ActualKey> {
+    (pg.clone(), lo, i32::MIN)..=(pg.clone(), hi, i32::MAX)
 }
 
 /// Every record, decoded, with indexes by cell.
 #[derive(Default)]
 pub(super) struct Records {
     pub(super) desired: BTreeMap<String, pb::DesiredLrp>,
-    /// In the SQL listing's order: process guid, index, presence.
+    /// In the SQL listing's order: process guid, index, presence. Compact
+    /// records (`compact`), made protobufs again only when answering.
     /// Boxed: a B-tree node holds up to 11 entries and, filled in key order
-    /// as instances are desired, stays about half full, so a ~280-byte
-    /// record kept in the node wasted about as much again per instance.
-    actual: BTreeMap<ActualKey, Box<pb::ActualLrp>>,
-    actual_by_cell: HashMap<String, BTreeSet<ActualKey>>,
+    /// as instances are desired, stays about half full, so a record kept in
+    /// the node wasted about as much again per instance.
+    actual: BTreeMap<ActualKey, Box<StoredActual>>,
+    actual_by_cell: HashMap<Arc<str>, BTreeSet<ActualKey>>,
     pub(super) tasks: BTreeMap<String, pb::Task>,
     tasks_by_cell: HashMap<String, BTreeSet<String>>,
     /// The process guids of the keys in `actual`; one goes when the last
     /// key holding it does.
-    guids: HashSet<Arc<str>>,
+    guids: Interner,
+    /// The cell ids, domains and cells' addresses the records share.
+    strings: Interner,
     /// Every record's share of its cell (`in_use`), kept as they change.
     tally: Tally,
 }
 
-fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K) {
+fn unindex<Q: std::hash::Hash + Eq + ?Sized, C: std::borrow::Borrow<Q> + std::hash::Hash + Eq, K: Ord>(
+    index: &mut HashMap<C, BTreeSet<K>>,
+    cell: &Q,
+    key: &K,
+) {
     if let Some(set) = index.get_mut(cell) {
         set.remove(key);
         if set.is_empty() {
@@ -48,33 +56,23 @@ fn unindex<K: Ord>(index: &mut HashMap<String, BTreeSet<K>>, cell: &str, key: &K
     }
 }
 
+/// Whether an ActualLRP filter's fields other than the key's match.
+fn matches_record(f: &ActualLrpFilter, key: &ActualKey, a: &StoredActual) -> bool {
+    f.process_guid.as_ref().is_none_or(|v| **v == *key.0)
+        && f.cell_id.as_ref().is_none_or(|v| **v == **a.cell_id())
+        && f.index.is_none_or(|v| v == key.1)
+        && f.domain.as_ref().is_none_or(|v| v == a.domain())
+        && f.states.as_ref().is_none_or(|v| v.contains(&a.state()))
+}
+
 impl Records {
-    fn actual_key(&mut self, a: &pb::ActualLrp) -> ActualKey {
-        let pg = match self.guids.get(a.process_guid.as_str()) {
-            Some(g) => g.clone(),
-            None => {
-                let g: Arc<str> = Arc::from(a.process_guid.as_str());
-                self.guids.insert(g.clone());
-                g
-            }
-        };
-        (pg, a.index, a.presence)
-    }
-
-    /// Drops `pg` from the interned guids once no key holds it.
-    fn release_guid(&mut self, pg: &str) {
-        if self.guids.get(pg).is_some_and(|g| Arc::strong_count(g) == 1) {
-            self.guids.remove(pg);
-        }
-    }
-
     /// Takes `a`'s share out of the tally (`count: false`) or puts it in.
-    fn count_actual(&mut self, a: &pb::ActualLrp, count: bool) {
-        if let Some(share) = in_use::instance_share(a, self.desired.get(&a.process_guid)) {
+    fn count_actual(&mut self, pg: &str, presence: i32, a: &StoredActual, count: bool) {
+        if let Some(share) = in_use::share_of(a.state(), presence, self.desired.get(pg)) {
             if count {
-                self.tally.add(&a.cell_id, share);
+                self.tally.add(a.cell_id(), share);
             } else {
-                self.tally.remove(&a.cell_id, share);
+                self.tally.remove(a.cell_id(), share);
             }
         }
     }
@@ -89,29 +87,42 @@ impl Records {
         }
     }
 
-    /// The instances of `pg`, in listing order.
-    fn instances_of<'a>(&'a self, pg: &str) -> impl Iterator<Item = &'a pb::ActualLrp> + 'a {
-        self.actual.range(key_range(pg, i32::MIN, i32::MAX)).map(|(_, a)| &**a)
+    /// The records of `pg` with indexes `lo..=hi`, in listing order.
+    fn range_of<'a>(
+        &'a self,
+        pg: &str,
+        lo: i32,
+        hi: i32,
+    ) -> impl Iterator<Item = (&'a ActualKey, &'a StoredActual)> + 'a {
+        let range = self.guids.find(pg).map(|g| self.actual.range(key_range(g, lo, hi)));
+        range.into_iter().flatten().map(|(k, a)| (k, &**a))
     }
 
-    fn put_actual(&mut self, a: pb::ActualLrp) {
-        let key = self.actual_key(&a);
-        self.count_actual(&a, true);
-        self.actual_by_cell.entry(a.cell_id.clone()).or_default().insert(key.clone());
-        if let Some(old) = self.actual.insert(key.clone(), Box::new(a)) {
-            self.count_actual(&old, false);
-            let new_cell = &self.actual[&key].cell_id;
-            if old.cell_id != *new_cell {
-                unindex(&mut self.actual_by_cell, &old.cell_id, &key);
+    fn put_actual(&mut self, a: &pb::ActualLrp) {
+        let key: ActualKey = (self.guids.get(&a.process_guid), a.index, a.presence);
+        let stored = StoredActual::new(a, &mut self.strings);
+        self.count_actual(&a.process_guid, a.presence, &stored, true);
+        let cell = stored.cell_id().clone();
+        self.actual_by_cell.entry(cell.clone()).or_default().insert(key.clone());
+        if let Some(old) = self.actual.insert(key.clone(), Box::new(stored)) {
+            self.count_actual(&a.process_guid, a.presence, &old, false);
+            if **old.cell_id() != *cell {
+                unindex(&mut self.actual_by_cell, &**old.cell_id(), &key);
             }
+            old.release(&mut self.strings);
+            // The new key holds the guid the old one did.
         }
     }
 
-    fn delete_actual(&mut self, key: &ActualKey) {
-        if let Some(old) = self.actual.remove(key) {
-            self.count_actual(&old, false);
-            unindex(&mut self.actual_by_cell, &old.cell_id, key);
-            self.release_guid(&key.0);
+    fn delete_actual(&mut self, pg: &str, index: i32, presence: i32) {
+        let Some(g) = self.guids.find(pg).cloned() else { return };
+        let key = (g, index, presence);
+        if let Some(old) = self.actual.remove(&key) {
+            self.count_actual(pg, presence, &old, false);
+            unindex(&mut self.actual_by_cell, &**old.cell_id(), &key);
+            old.release(&mut self.strings);
+            drop(key);
+            self.guids.release_str(pg);
         }
     }
 
@@ -120,14 +131,18 @@ impl Records {
     fn set_desired(&mut self, pg: &str, d: Option<pb::DesiredLrp>) {
         let size = |d: Option<&pb::DesiredLrp>| d.map(|d| (d.memory_mb, d.disk_mb));
         let resized = size(self.desired.get(pg)) != size(d.as_ref());
-        let counted: Vec<pb::ActualLrp> = if resized {
+        let shares = |r: &Self| -> Vec<(Arc<str>, Option<in_use::Share>)> {
             // Few: one process's instances, and only when its size changes.
-            self.instances_of(pg).filter(|a| in_use::occupies_cell(a)).cloned().collect()
-        } else {
-            Vec::new()
+            r.range_of(pg, i32::MIN, i32::MAX)
+                .map(|(k, a)| (a.cell_id().clone(), in_use::share_of(a.state(), k.2, r.desired.get(pg))))
+                .filter(|(_, s)| s.is_some())
+                .collect()
         };
-        for a in &counted {
-            self.count_actual(a, false);
+        let before = if resized { shares(self) } else { Vec::new() };
+        for (cell, s) in &before {
+            if let Some(s) = s {
+                self.tally.remove(cell, *s);
+            }
         }
         match d {
             Some(d) => {
@@ -137,8 +152,12 @@ impl Records {
                 self.desired.remove(pg);
             }
         }
-        for a in &counted {
-            self.count_actual(a, true);
+        if resized {
+            for (cell, s) in shares(self) {
+                if let Some(s) = s {
+                    self.tally.add(&cell, s);
+                }
+            }
         }
     }
 
@@ -149,7 +168,7 @@ impl Records {
         if let Some(old) = self.tasks.insert(guid.clone(), t) {
             self.count_task(&old, false);
             if old.cell_id != self.tasks[&guid].cell_id {
-                unindex(&mut self.tasks_by_cell, &old.cell_id, &guid);
+                unindex(&mut self.tasks_by_cell, old.cell_id.as_str(), &guid);
             }
         }
     }
@@ -157,7 +176,7 @@ impl Records {
     fn delete_task(&mut self, guid: &str) {
         if let Some(old) = self.tasks.remove(guid) {
             self.count_task(&old, false);
-            unindex(&mut self.tasks_by_cell, &old.cell_id, &guid.to_string());
+            unindex(&mut self.tasks_by_cell, old.cell_id.as_str(), &guid.to_string());
         }
     }
 
@@ -168,11 +187,14 @@ impl Records {
         for pg in processes {
             let desired = self.desired.get(pg);
             let mut by_cell: HashMap<String, u64> = HashMap::new();
-            for a in self.instances_of(pg).filter(|a| in_use::instance_share(a, desired).is_some()) {
-                match by_cell.get_mut(&a.cell_id) {
+            for (k, a) in self.range_of(pg, i32::MIN, i32::MAX) {
+                if in_use::share_of(a.state(), k.2, desired).is_none() {
+                    continue;
+                }
+                match by_cell.get_mut(&**a.cell_id()) {
                     Some(n) => *n += 1,
                     None => {
-                        by_cell.insert(a.cell_id.clone(), 1);
+                        by_cell.insert(a.cell_id().to_string(), 1);
                     }
                 }
             }
@@ -183,64 +205,106 @@ impl Records {
         CellsInUse { cells: self.tally.cells().clone(), per_process }
     }
 
-    pub(super) fn apply(&mut self, changes: Vec<Change>) {
+    /// Applies `changes` that stay the caller's (the durable store takes
+    /// them too): ActualLRPs are read in place, the rest copied.
+    pub(super) fn apply(&mut self, changes: &[Change]) {
         for ch in changes {
             match ch {
-                Change::PutDesired(d) => {
-                    let pg = d.process_guid.clone();
-                    self.set_desired(&pg, Some(*d));
-                }
-                Change::DeleteDesired(g) => self.set_desired(&g, None),
                 Change::PutActual(a) => self.put_actual(a),
                 Change::DeleteActual { process_guid, index, presence } => {
-                    self.delete_actual(&(Arc::from(process_guid), index, presence))
+                    self.delete_actual(process_guid, *index, *presence)
                 }
-                Change::PutTask(t) => self.put_task(*t),
-                Change::DeleteTask(g) => self.delete_task(&g),
+                other => self.apply_change(other.clone()),
             }
         }
     }
 
-    /// Every ActualLRP, in listing order.
-    pub(super) fn actual_values(&self) -> impl Iterator<Item = &pb::ActualLrp> {
-        self.actual.values().map(|a| &**a)
+    pub(super) fn apply_change(&mut self, ch: Change) {
+        match ch {
+            Change::PutDesired(d) => {
+                let pg = d.process_guid.clone();
+                self.set_desired(&pg, Some(*d));
+            }
+            Change::DeleteDesired(g) => self.set_desired(&g, None),
+            Change::PutActual(a) => self.put_actual(&a),
+            Change::DeleteActual { process_guid, index, presence } => {
+                self.delete_actual(&process_guid, index, presence)
+            }
+            Change::PutTask(t) => self.put_task(*t),
+            Change::DeleteTask(g) => self.delete_task(&g),
+        }
+    }
+
+    /// Calls `f` with the records of each instance (process guid and index),
+    /// in listing order, made protobufs in scratch records reused from one
+    /// instance to the next.
+    pub(super) fn visit(&self, f: &mut InstanceVisitor<'_>) {
+        let mut scratch: Vec<pb::ActualLrp> = Vec::new();
+        let mut n = 0;
+        let mut current: Option<(&Arc<str>, i32)> = None;
+        let flush = |scratch: &[pb::ActualLrp], f: &mut InstanceVisitor<'_>| {
+            let group: Vec<&pb::ActualLrp> = scratch.iter().collect();
+            f(&group);
+        };
+        for (k, a) in &self.actual {
+            if current.is_some_and(|(pg, i)| i != k.1 || !Arc::ptr_eq(pg, &k.0)) {
+                flush(&scratch[..n], f);
+                n = 0;
+            }
+            current = Some((&k.0, k.1));
+            if scratch.len() == n {
+                scratch.push(pb::ActualLrp::default());
+            }
+            a.fill(&k.0, k.1, k.2, &mut scratch[n]);
+            n += 1;
+        }
+        if n > 0 {
+            flush(&scratch[..n], f);
+        }
+    }
+
+    /// How many ActualLRPs there are by state, without making protobufs.
+    fn count_states(&self, counts: &mut BTreeMap<i32, u64>) {
+        for a in self.actual.values() {
+            *counts.entry(a.state()).or_default() += 1;
+        }
+    }
+
+    /// Every ActualLRP, in listing order (as protobufs: for tests).
+    #[cfg(test)]
+    pub(super) fn actual_records(&self) -> Vec<pb::ActualLrp> {
+        self.actual.iter().map(|(k, a)| a.to_pb(&k.0, k.1, k.2)).collect()
     }
 
     /// The interned process guids (for tests: none may outlive its keys).
     #[cfg(test)]
     pub(super) fn interned_guids(&self) -> BTreeSet<String> {
-        self.guids.iter().map(|g| g.to_string()).collect()
+        self.guids.strings()
+    }
+
+    /// The interned cell ids, domains and addresses (for tests: each is
+    /// held by some record).
+    #[cfg(test)]
+    pub(super) fn interned_strings(&self) -> BTreeSet<String> {
+        self.strings.strings()
     }
 
     pub(super) fn actual_lrps(&self, f: &ActualLrpFilter) -> Vec<pb::ActualLrp> {
-        let matches = |a: &pb::ActualLrp| {
-            f.process_guid.as_ref().is_none_or(|v| *v == a.process_guid)
-                && f.cell_id.as_ref().is_none_or(|v| *v == a.cell_id)
-                && f.index.is_none_or(|v| v == a.index)
-                && f.domain.as_ref().is_none_or(|v| *v == a.domain)
-                && f.states.as_ref().is_none_or(|v| v.contains(&a.state))
-        };
+        let out = |(k, a): (&ActualKey, &StoredActual)| a.to_pb(&k.0, k.1, k.2);
         if let Some(cell) = &f.cell_id {
-            let Some(keys) = self.actual_by_cell.get(cell) else { return Vec::new() };
+            let Some(keys) = self.actual_by_cell.get(cell.as_str()) else { return Vec::new() };
             return keys
                 .iter()
-                .filter_map(|k| self.actual.get(k))
-                .map(|a| &**a)
-                .filter(|a| matches(a))
-                .cloned()
+                .filter_map(|k| self.actual.get(k).map(|a| (k, &**a)))
+                .filter(|(k, a)| matches_record(f, k, a))
+                .map(out)
                 .collect();
         }
         if let Some(pg) = &f.process_guid {
             let (lo, hi) = f.index.map_or((i32::MIN, i32::MAX), |i| (i, i));
-            return self
-                .actual
-                .range(key_range(pg, lo, hi))
-                .map(|(_, a)| &**a)
-                .filter(|a| matches(a))
-                .cloned()
-                .collect();
+            return self.range_of(pg, lo, hi).filter(|(k, a)| matches_record(f, k, a)).map(out).collect();
         }
-        self.actual_values().filter(|a| matches(a)).cloned().collect()
+        self.actual.iter().map(|(k, a)| (k, &**a)).filter(|(k, a)| matches_record(f, k, a)).map(out).collect()
     }
 
     fn tasks(&self, f: &TaskFilter) -> Vec<pb::Task> {
@@ -281,7 +345,7 @@ impl CachedStore {
             r.desired.insert(d.process_guid.clone(), d);
         }
         for a in inner.actual_lrps(ActualLrpFilter::default()).await? {
-            r.put_actual(a);
+            r.put_actual(&a);
         }
         for t in inner.tasks(TaskFilter::default()).await? {
             r.put_task(t);
@@ -346,7 +410,7 @@ impl SchedulerStore for CachedStore {
         self.listing(big, |r| {
             let mut c = StoreCounts::default();
             r.desired.values().for_each(|d| c.add_desired(d));
-            r.actual_values().for_each(|a| *c.actual.entry(a.state).or_default() += 1);
+            r.count_states(&mut c.actual);
             r.tasks.values().for_each(|t| *c.tasks.entry(t.state).or_default() += 1);
             c
         })
@@ -364,7 +428,7 @@ impl SchedulerStore for CachedStore {
     async fn visit_instances(&self, f: &mut InstanceVisitor<'_>) -> Result<(), SchedulerError> {
         // In place under the read lock: copying 250 000 records took most
         // of a convergence pass.
-        visit_groups(self.read().actual_values(), f);
+        self.read().visit(f);
         Ok(())
     }
 
@@ -382,7 +446,8 @@ impl SchedulerStore for CachedStore {
             changes,
             Box::new(move |r| {
                 if r.is_ok() {
-                    records.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply(kept);
+                    let mut records = records.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    kept.into_iter().for_each(|ch| records.apply_change(ch));
                 }
                 done(r);
             }),
@@ -391,8 +456,9 @@ impl SchedulerStore for CachedStore {
 
     fn submit_visible(&self, changes: Vec<Change>, done: Done) {
         let mut r = self.records.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Under the lock: the database's queue and memory change in one order.
-        self.inner.submit(changes.clone(), done);
-        r.apply(changes);
+        // Under the lock: the database's queue and memory change in one
+        // order. Memory reads the changes in place: no copy of each.
+        r.apply(&changes);
+        self.inner.submit(changes, done);
     }
 }
