@@ -242,9 +242,13 @@ impl Records {
         let mut scratch: Vec<pb::ActualLrp> = Vec::new();
         let mut n = 0;
         let mut current: Option<(&Arc<str>, i32)> = None;
-        let flush = |scratch: &[pb::ActualLrp], f: &mut InstanceVisitor<'_>| {
-            let group: Vec<&pb::ActualLrp> = scratch.iter().collect();
-            f(&group);
+        // A group is one record per presence, three at most: no allocation
+        // per instance for the slice of references.
+        let flush = |scratch: &[pb::ActualLrp], f: &mut InstanceVisitor<'_>| match scratch {
+            [a] => f(&[a]),
+            [a, b] => f(&[a, b]),
+            [a, b, c] => f(&[a, b, c]),
+            more => f(&more.iter().collect::<Vec<_>>()),
         };
         for (k, a) in &self.actual {
             if current.is_some_and(|(pg, i)| i != k.1 || !Arc::ptr_eq(pg, &k.0)) {

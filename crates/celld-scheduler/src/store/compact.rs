@@ -73,14 +73,20 @@ impl Guid {
         match self {
             Guid::Text(t) => out.push_str(t),
             Guid::Bytes(b) => {
+                // Into a buffer first, then one copy: a convergence pass
+                // writes two guids per instance.
                 const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [b'-'; 36];
+                let mut at = 0;
                 for (i, byte) in b.iter().enumerate() {
                     if matches!(i, 4 | 6 | 8 | 10) {
-                        out.push('-');
+                        at += 1;
                     }
-                    out.push(char::from(HEX[usize::from(byte >> 4)]));
-                    out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+                    text[at] = HEX[usize::from(byte >> 4)];
+                    text[at + 1] = HEX[usize::from(byte & 0x0f)];
+                    at += 2;
                 }
+                out.push_str(std::str::from_utf8(&text).unwrap_or_default());
             }
         }
     }
