@@ -94,8 +94,12 @@ impl Router {
         // No hyper timer: with one, hyper arms (allocates, registers, drops)
         // a header-read timeout for every request of a keep-alive connection.
         // The idle check below is one timer per connection instead.
-        let conn =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        // writev(false): a small response goes out as one flat buffer (head
+        // and body copied together) in one write(2), not a writev of slices.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .writev(false)
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
         let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + CLIENT_IDLE, CLIENT_IDLE);
         let mut seen = 0;
         tokio::pin!(conn);
@@ -310,7 +314,8 @@ impl Router {
             Err(_) => return Err(Failure::Retry(Box::new(body), RouterError::ConnectTimeout(addr))),
         };
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        let handshake = hyper::client::conn::http1::Builder::new().writev(false).handshake(TokioIo::new(stream));
+        let (mut sender, conn) = match handshake.await {
             Ok(pair) => pair,
             Err(e) => return Err(Failure::Retry(Box::new(body), http(e))),
         };
