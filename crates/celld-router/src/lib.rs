@@ -33,7 +33,8 @@ pub struct Backend {
 }
 
 struct Route {
-    backends: Vec<Backend>,
+    /// Shared with the requests that reach them (their access-log lines) without a copy.
+    backends: Vec<Arc<Backend>>,
     /// Each backend's X-Cf-* request headers, made once per table rather than per request.
     instance_headers: Vec<proxy::InstanceHeaders>,
     /// Round-robin position; shared with the previous table's entry for the same
@@ -42,8 +43,8 @@ struct Route {
 }
 
 impl Route {
-    fn new(backends: Vec<Backend>, next: Arc<AtomicUsize>) -> Self {
-        let instance_headers = backends.iter().map(proxy::InstanceHeaders::of).collect();
+    fn new(backends: Vec<Arc<Backend>>, next: Arc<AtomicUsize>) -> Self {
+        let instance_headers = backends.iter().map(|b| proxy::InstanceHeaders::of(b)).collect();
         Self { backends, instance_headers, next }
     }
 }
@@ -75,7 +76,7 @@ impl RouteTable {
             .map(|(host, backends)| {
                 let host = normalize_host(&host);
                 let next = old.get(&host).map(|r| Arc::clone(&r.next)).unwrap_or_default();
-                (host, Arc::new(Route::new(backends, next)))
+                (host, Arc::new(Route::new(backends.into_iter().map(Arc::new).collect(), next)))
             })
             .collect();
         *guard = Arc::new(new);
@@ -121,7 +122,7 @@ impl RouteTable {
     fn lookup_system(&self, host: &str) -> Option<Arc<Route>> {
         let addr = *self.system.read().unwrap_or_else(PoisonError::into_inner).get(host)?;
         let backend = Backend { addr, app_guid: String::new(), instance_guid: String::new(), index: 0 };
-        Some(Arc::new(Route::new(vec![backend], Arc::default())))
+        Some(Arc::new(Route::new(vec![Arc::new(backend)], Arc::default())))
     }
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<Route>>> {

@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -32,6 +32,10 @@ pub(crate) const POOL_IDLE: Duration = Duration::from_secs(1);
 const MAX_IDLE_PER_BACKEND: usize = 64;
 /// gorouter's default `backends.max_attempts`.
 const MAX_ATTEMPTS: usize = 3;
+/// A client connection with no request started and none in flight for a
+/// whole period is closed: between one and two periods after it went idle
+/// (hyper's header-read timeout, which this replaces, was 30 s).
+const CLIENT_IDLE: Duration = Duration::from_secs(30);
 /// gorouter's default `endpoint_dial_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,7 +57,10 @@ type Sender = SendRequest<ReqBody>;
 struct Ctx {
     peer: SocketAddr,
     raw_host: String,
-    request_id: String,
+    /// X-Vcap-Request-Id, made once: the request's header and the response's share its bytes.
+    request_id: HeaderValue,
+    /// The connection's X-Forwarded-For when the client sent none.
+    forwarded_for: HeaderValue,
     stop: watch::Receiver<()>,
     received_at: SystemTime,
     started: Instant,
@@ -72,19 +79,50 @@ impl Router {
         let _ = stream.set_nodelay(true);
         let router = Arc::clone(&self);
         let req_stop = stop.clone();
+        let activity = Arc::new(Activity::default());
+        let conn_activity = Arc::clone(&activity);
+        // The same for every request of the connection: made once.
+        let forwarded_for = forwarded_for(peer.ip());
         let svc = hyper::service::service_fn(move |req| {
             let router = Arc::clone(&router);
             let stop = req_stop.clone();
             let pool = Arc::clone(&pool);
-            async move { Ok::<_, Infallible>(router.handle(req, peer, stop, pool).await) }
+            let active = Active::start(&conn_activity);
+            let forwarded_for = forwarded_for.clone();
+            async move { Ok::<_, Infallible>(router.handle(req, peer, forwarded_for, stop, pool, active).await) }
         });
+        // No hyper timer: with one, hyper arms (allocates, registers, drops)
+        // a header-read timeout for every request of a keep-alive connection.
+        // The idle check below is one timer per connection instead.
+        // writev(false): a small response goes out as one flat buffer (head
+        // and body copied together) in one write(2), not a writev of slices.
         let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
+            .writev(false)
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();
-        tokio::select! {
-            r = conn => if let Err(e) = r { tracing::debug!(client = %peer, error = %e, "client connection ended") },
-            _ = stop.changed() => {}
+        let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + CLIENT_IDLE, CLIENT_IDLE);
+        let mut seen = 0;
+        tokio::pin!(conn);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut conn => {
+                    if let Err(e) = r { tracing::debug!(client = %peer, error = %e, "client connection ended") }
+                    break;
+                }
+                _ = stop.changed() => break,
+                _ = idle.tick() => {
+                    // Nothing started since the last tick and nothing in
+                    // flight: idle (or a head that never completed) for a
+                    // whole period.
+                    let started = activity.started.load(Ordering::Relaxed);
+                    if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(client = %peer, "closing an idle client connection");
+                        break;
+                    }
+                    seen = started;
+                }
+            }
         }
     }
 
@@ -92,8 +130,10 @@ impl Router {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        forwarded_for: HeaderValue,
         stop: watch::Receiver<()>,
         pool: Arc<Pool>,
+        active: Active,
     ) -> Response<RouterBody> {
         // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2).
         let raw_host = match req.uri().authority() {
@@ -105,16 +145,22 @@ impl Router {
                 .unwrap_or_default(),
         };
         let host = super::normalize_host(&raw_host);
-        let request_id = super::request_id::new();
-        let span = tracing::info_span!("route", host = %host, request_id = %request_id);
+        // The id's bytes become the header value as they are (no copy).
+        let request_id = HeaderValue::from_maybe_shared(Bytes::from(super::request_id::new()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
         let started = Instant::now();
-        let ctx = Ctx { peer, raw_host, request_id, stop, received_at: SystemTime::now(), started, pool };
-        let resp = self.route(req, &host, ctx).instrument(span).await;
+        let ctx =
+            Ctx { peer, raw_host, request_id, forwarded_for, stop, received_at: SystemTime::now(), started, pool };
+        // No span per request: an enabled info span costs its creation,
+        // field formatting and an enter/exit per poll even when nothing is
+        // logged. The few events that are logged make one (`route_span`).
+        let mut resp = self.route(req, &host, ctx).await;
         self.config.metrics.record(resp.status().as_u16(), started.elapsed());
+        resp.body_mut().active = Some(active);
         resp
     }
 
-    async fn route(&self, mut req: Request<Incoming>, host: &str, ctx: Ctx) -> Response<RouterBody> {
+    async fn route(&self, mut req: Request<Incoming>, host: &str, mut ctx: Ctx) -> Response<RouterBody> {
         if host.is_empty() {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -147,7 +193,7 @@ impl Router {
         let log = self.config.access_log.clone().filter(|_| !is_system).map(|sink| LogCtx {
             sink,
             entry: rtr::Entry {
-                host: ctx.raw_host.clone(),
+                host: std::mem::take(&mut ctx.raw_host),
                 received_at: ctx.received_at,
                 method: parts.method.to_string(),
                 uri: uri.to_string(),
@@ -157,7 +203,7 @@ impl Router {
                 client: ctx.peer,
                 x_forwarded_for: text(&headers, &X_FORWARDED_FOR),
                 x_forwarded_proto: text(&headers, &X_FORWARDED_PROTO),
-                vcap_request_id: ctx.request_id.clone(),
+                vcap_request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
             },
             started: ctx.started,
         });
@@ -193,20 +239,23 @@ impl Router {
             let b = body.take().unwrap_or_else(|| ReqBody::empty(&received));
             match Self::exchange(&ctx.pool, &out, b, upgrade.is_some(), replayable).await {
                 Ok((resp, sender)) => {
-                    let done = Done { log, backend: backend.clone(), app_time: app_started.elapsed(), received };
-                    return self.respond(resp, sender, done, client_upgrade, ctx);
+                    let done = Done { log, backend: Arc::clone(backend), app_time: app_started.elapsed(), received };
+                    return self.respond(resp, sender, done, client_upgrade, host, ctx);
                 }
                 Err(Failure::NotLive(b)) => {
+                    let _span = route_span(host, &ctx.request_id).entered();
                     tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
                     body = Some(*b);
                     last = (backend, "backend is not a live instance of this cell".into());
                 }
                 Err(Failure::Retry(b, e)) => {
+                    let _span = route_span(host, &ctx.request_id).entered();
                     tracing::warn!(backend = %backend.addr, error = %e, "backend failed before it answered; trying again");
                     body = Some(*b);
                     last = (backend, e.to_string());
                 }
                 Err(Failure::Fatal(e)) => {
+                    let _span = route_span(host, &ctx.request_id).entered();
                     tracing::warn!(backend = %backend.addr, error = %e, "backend failed");
                     last = (backend, e.to_string());
                     break;
@@ -222,7 +271,7 @@ impl Router {
             None,
         );
         if let Some(log) = log {
-            let done = Done { log: Some(log), backend: last.0.clone(), app_time: Duration::ZERO, received };
+            let done = Done { log: Some(log), backend: Arc::clone(last.0), app_time: Duration::ZERO, received };
             done.write(502, resp.body().size_hint().exact().unwrap_or(0), &router_error);
         }
         resp
@@ -265,7 +314,8 @@ impl Router {
             Err(_) => return Err(Failure::Retry(Box::new(body), RouterError::ConnectTimeout(addr))),
         };
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        let handshake = hyper::client::conn::http1::Builder::new().writev(false).handshake(TokioIo::new(stream));
+        let (mut sender, conn) = match handshake.await {
             Ok(pair) => pair,
             Err(e) => return Err(Failure::Retry(Box::new(body), http(e))),
         };
@@ -295,14 +345,19 @@ impl Router {
         sender: Option<Sender>,
         done: Done,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        host: &str,
         ctx: Ctx,
     ) -> Response<RouterBody> {
         let status = resp.status();
-        tracing::debug!(backend = %done.backend.addr, status = status.as_u16(), "proxied");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let _span = route_span(host, &ctx.request_id).entered();
+            tracing::debug!(backend = %done.backend.addr, status = status.as_u16(), "proxied");
+        }
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice(client_upgrade, backend_upgrade, done, ctx.stop).in_current_span());
+                let span = route_span(host, &ctx.request_id);
+                tokio::spawn(splice(client_upgrade, backend_upgrade, done, ctx.stop).instrument(span));
                 return resp.map(|_| RouterBody::full(Bytes::new()));
             }
         }
@@ -312,12 +367,10 @@ impl Router {
         *resp.version_mut() = Version::HTTP_11;
         // gorouter echoes the request id unless the app set its own.
         if !resp.headers().contains_key(&X_VCAP_REQUEST_ID) {
-            if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-                resp.headers_mut().insert(X_VCAP_REQUEST_ID, v);
-            }
+            resp.headers_mut().insert(X_VCAP_REQUEST_ID, ctx.request_id);
         }
         let finish = Finish { pool: ctx.pool, sender, done, status: status.as_u16() };
-        resp.map(|inner| RouterBody { inner: Some(inner), full: None, sent: 0, finish: Some(finish) })
+        resp.map(|inner| RouterBody { inner: Some(inner), full: None, sent: 0, finish: Some(finish), active: None })
     }
 }
 
@@ -412,14 +465,12 @@ fn backend_headers(mut h: HeaderMap, uri: &Uri, upgrade: Option<&HeaderValue>, c
     if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         h.insert(header::HOST, v);
     }
-    append_forwarded_for(&mut h, ctx.peer.ip());
+    append_forwarded_for(&mut h, ctx.peer.ip(), &ctx.forwarded_for);
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     // gorouter always sets a fresh id (it never trusts the client's); X-Request-Id passes untouched.
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        h.insert(X_VCAP_REQUEST_ID, v);
-    }
+    h.insert(X_VCAP_REQUEST_ID, ctx.request_id.clone());
     if !h.contains_key(&X_REQUEST_START) {
         let ms = ctx.received_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
         h.insert(X_REQUEST_START, HeaderValue::from(ms as u64));
@@ -427,7 +478,18 @@ fn backend_headers(mut h: HeaderMap, uri: &Uri, upgrade: Option<&HeaderValue>, c
     h
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+/// X-Forwarded-For for a client that sent none: its address.
+fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(ip.to_canonical().to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `alone` is `forwarded_for(ip)`, used as it is when the client sent none.
+fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr, alone: &HeaderValue) {
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        h.insert(X_FORWARDED_FOR, alone.clone());
+        return;
+    }
     let ip = ip.to_canonical().to_string();
     let mut v = h.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
     if !v.is_empty() {
@@ -544,7 +606,7 @@ struct LogCtx {
 /// A request that reached (or was last tried on) a backend, to be logged when it ends.
 struct Done {
     log: Option<LogCtx>,
-    backend: Backend,
+    backend: Arc<Backend>,
     app_time: Duration,
     received: Arc<AtomicU64>,
 }
@@ -619,11 +681,13 @@ pub(crate) struct RouterBody {
     full: Option<Bytes>,
     sent: u64,
     finish: Option<Finish>,
+    /// Marks the client connection busy until the response is over.
+    active: Option<Active>,
 }
 
 impl RouterBody {
     fn full(b: Bytes) -> Self {
-        Self { inner: None, full: (!b.is_empty()).then_some(b), sent: 0, finish: None }
+        Self { inner: None, full: (!b.is_empty()).then_some(b), sent: 0, finish: None, active: None }
     }
 
     fn complete(&mut self) {
@@ -678,6 +742,37 @@ impl Drop for RouterBody {
     fn drop(&mut self) {
         self.complete();
     }
+}
+
+/// A client connection's requests, for its idle check.
+#[derive(Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// One request in flight on a client connection, until its response body is dropped.
+pub(crate) struct Active(Arc<Activity>);
+
+impl Active {
+    fn start(a: &Arc<Activity>) -> Self {
+        a.started.fetch_add(1, Ordering::Relaxed);
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(a))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The span the router's events about one request are logged in; made only
+/// for those events.
+fn route_span(host: &str, request_id: &HeaderValue) -> tracing::Span {
+    let id = String::from_utf8_lossy(request_id.as_bytes());
+    tracing::info_span!("route", host = %host, request_id = %id)
 }
 
 /// Idle keep-alive connections per backend address, most recent last.

@@ -95,6 +95,11 @@ fn quoted(s: &mut String, v: &str) {
 }
 
 fn escaped(s: &mut String, v: &str) {
+    // Most fields are printable ASCII with nothing to escape: one copy.
+    if v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        s.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '"' => s.push_str("\\\""),
