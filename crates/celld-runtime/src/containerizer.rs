@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::RuntimeError;
 use super::cgroups::{self, Cgroup};
-use super::depot::{ContainerRecord, Deleter, Depot};
+use super::depot::{ContainerRecord, Depot};
 use super::disk::sizes::RootfsSizes;
 use super::disk::{DiskConfig, DiskLimit, DiskQuota};
 use super::helper::{self, HelperReply, HelperRequest, RootfsMount};
@@ -69,8 +69,9 @@ pub struct Containerizer {
     disk: Arc<DiskQuota>,
     /// Rootfs layers' sizes: disk metrics and limits of scope total count them.
     sizes: Arc<RootfsSizes>,
-    /// Deletes destroyed containers' directories.
-    deleter: Arc<Deleter>,
+    /// Destroyed containers' directories (already renamed into the trash),
+    /// for the one thread that deletes them.
+    trash: std::sync::mpsc::Sender<PathBuf>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -98,12 +99,14 @@ impl Containerizer {
         // (a cgroup mkdir waiting for the cgroup mutex) that would make a
         // cgroup after the sweep looked.
         await_old_helper(&helper_pid_file(&cfg.run_dir));
-        // Where an older celld moved destroyed containers' directories.
+        // What a previous daemon had not finished deleting.
         let _ = std::fs::remove_dir_all(depot.trash_dir());
         rootfs::clean_cache(&depot.rootfs_cache(), &depot.containers_dir());
         // Host users may not look inside; container root (an unprivileged host
         // uid) must still traverse to its rootfs.
-        for (d, mode) in [(depot.containers_dir(), 0o711), (cfg.run_dir.join("init"), 0o700)] {
+        for (d, mode) in
+            [(depot.containers_dir(), 0o711), (depot.trash_dir(), 0o700), (cfg.run_dir.join("init"), 0o700)]
+        {
             std::fs::create_dir_all(&d).map_err(|e| RuntimeError::io(&d, e))?;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(|e| RuntimeError::io(&d, e))?;
         }
@@ -120,7 +123,15 @@ impl Containerizer {
         store.insecure_registries = cfg.images.insecure_registries.clone();
         store.registry_mirror = cfg.images.registry_mirror.clone();
         let images = ImageStore::open(store, Arc::new(move || images_in_use(&containers)))?;
-        let deleter = Arc::new(Deleter::start(depot.containers_dir())?);
+        // One deleter, not one per destroy: with many destroys at once,
+        // deleters in the trash held the directory locks every destroy's
+        // rename into it waits for (and renames across directories take one
+        // mutex per file system), which set the pace of draining a cell.
+        let (trash, doomed) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("depot-trash".into())
+            .spawn(move || doomed.iter().for_each(|dir| drop(std::fs::remove_dir_all(dir))))
+            .map_err(|e| RuntimeError::io(&depot.trash_dir(), e))?;
         Ok(Self {
             cgroup_parent: format!("/{}", super::cgroup_parent(&cfg.depot)),
             depot,
@@ -129,7 +140,7 @@ impl Containerizer {
             images,
             disk: Arc::new(disk),
             sizes: Default::default(),
-            deleter,
+            trash,
         })
     }
 
@@ -276,14 +287,6 @@ impl Containerizer {
             bind_mounts.push((m.src_path.clone(), m.dst_path.clone(), m.mode == 1));
         }
         let dir = self.depot.container_dir(&handle);
-        // A container of this handle destroyed a moment ago may still have its
-        // directory.
-        if self.deleter.pending(&handle) {
-            let (deleter, handle) = (self.deleter.clone(), handle.clone());
-            tokio::task::spawn_blocking(move || deleter.wait_gone(&handle))
-                .await
-                .map_err(|e| RuntimeError::Helper(e.to_string()))?;
-        }
         std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
         let cgroup_path = self.cgroup_path(&handle);
         let socket = self.socket_path(&handle);
@@ -428,8 +431,8 @@ impl Containerizer {
     pub async fn destroy(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
         let rec = rec.clone();
         let dir = self.depot.container_dir(&rec.handle);
-        let record = self.depot.record_path(&rec.handle);
-        let deleter = self.deleter.clone();
+        let trash_dir = self.depot.trash_dir();
+        let trash = self.trash.clone();
         let (cache, containers) = (self.depot.rootfs_cache(), self.depot.containers_dir());
         let disk = self.disk.clone();
         tokio::task::spawn_blocking(move || {
@@ -457,20 +460,21 @@ impl Containerizer {
             }
             let _ = std::fs::remove_file(&rec.socket);
             let lower = std::fs::read_link(rootfs::lower_link(&dir)).ok();
-            // Deleting the container's files takes milliseconds, so it happens
-            // off the request path. First the record goes (a daemon that dies
-            // now finds a leftover), then what the depot's listings read: the
-            // bundle, the lower layer's link and the image's id, so that no
-            // rootfs copy or image counts the directory as a user.
+            // The container's files leave the depot at once (a rename); deleting
+            // them, which takes milliseconds, happens off the request path.
             if dir.exists() {
-                let gone = [record, dir.join("config.json"), rootfs::lower_link(&dir), image_file(&dir)]
-                    .iter()
-                    .map(std::fs::remove_file)
-                    .all(|r| r.is_ok() || r.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound));
-                if gone {
-                    deleter.doom(&rec.handle);
-                } else if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    first_err.get_or_insert(RuntimeError::io(&dir, e));
+                let doomed = trash_dir.join(format!("{}.{}", rec.handle, now_ns()));
+                match std::fs::rename(&dir, &doomed) {
+                    Ok(()) => {
+                        if let Err(std::sync::mpsc::SendError(doomed)) = trash.send(doomed) {
+                            let _ = std::fs::remove_dir_all(doomed);
+                        }
+                    }
+                    Err(_) => {
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            first_err.get_or_insert(RuntimeError::io(&dir, e));
+                        }
+                    }
                 }
             }
             // Its rootfs copy goes with its last user once a newer one replaced it.

@@ -2,9 +2,7 @@
 //! (written atomically), its bundle `config.json` and its overlay layers. It is
 //! what lets a restarted daemon find and manage containers it did not create.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +71,7 @@ impl Depot {
         self.containers_dir().join(handle)
     }
 
-    /// Where an older celld moved destroyed containers' directories; removed
-    /// at start.
+    /// Directories of destroyed containers, waiting to be deleted.
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
     }
@@ -91,11 +88,6 @@ impl Depot {
         let data = serde_json::to_vec_pretty(rec).map_err(|e| RuntimeError::Depot(e.to_string()))?;
         std::fs::write(&tmp, data).map_err(|e| RuntimeError::io(&tmp, e))?;
         std::fs::rename(&tmp, dir.join(RECORD)).map_err(|e| RuntimeError::io(&dir, e))
-    }
-
-    /// The record's path: once it is gone the directory is a leftover.
-    pub fn record_path(&self, handle: &str) -> PathBuf {
-        self.container_dir(handle).join(RECORD)
     }
 
     pub fn load(&self, handle: &str) -> Result<ContainerRecord, RuntimeError> {
@@ -122,148 +114,9 @@ impl Depot {
     }
 }
 
-/// Destroyed containers' directories, deleted in place by one thread, one
-/// after another. In place: moving them out of `containers/` first (into a
-/// trash) is a rename across directories, which takes the file system's one
-/// rename mutex, and many destroys at once queued for it. One thread: deleters
-/// side by side hold `containers/`'s lock in turn for every `rmdir`. A
-/// directory is handed over only once its record is gone, so a daemon that
-/// dies before it is deleted finds a leftover (a directory without a record)
-/// and removes it.
-pub struct Deleter {
-    shared: Arc<Doomed>,
-}
-
-struct Doomed {
-    containers: PathBuf,
-    queue: Mutex<DoomedQueue>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct DoomedQueue {
-    /// Handles whose directories wait, in order.
-    waiting: VecDeque<String>,
-    /// The handle whose directory the thread deletes now.
-    deleting: Option<String>,
-    /// The deleter is dropped: the thread ends once the queue is empty.
-    closed: bool,
-}
-
-impl Doomed {
-    fn lock(&self) -> MutexGuard<'_, DoomedQueue> {
-        // A panic while holding this lock leaves the queue whole.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait<'a>(&self, q: MutexGuard<'a, DoomedQueue>) -> MutexGuard<'a, DoomedQueue> {
-        self.changed.wait(q).unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn run(&self) {
-        loop {
-            let handle = {
-                let mut q = self.lock();
-                loop {
-                    if let Some(h) = q.waiting.pop_front() {
-                        q.deleting = Some(h.clone());
-                        break h;
-                    }
-                    if q.closed {
-                        return;
-                    }
-                    q = self.wait(q);
-                }
-            };
-            let dir = self.containers.join(&handle);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(%handle, error = %e, "a destroyed container's directory stays until the next start");
-                }
-            }
-            self.lock().deleting = None;
-            self.changed.notify_all();
-        }
-    }
-}
-
-impl Deleter {
-    /// Starts the thread that deletes directories under `containers`.
-    pub fn start(containers: PathBuf) -> Result<Self, RuntimeError> {
-        let shared = Arc::new(Doomed { containers, queue: Default::default(), changed: Condvar::new() });
-        let worker = shared.clone();
-        std::thread::Builder::new()
-            .name("depot-deleter".into())
-            .spawn(move || worker.run())
-            .map_err(|e| RuntimeError::io(&shared.containers, e))?;
-        Ok(Self { shared })
-    }
-
-    /// Hands over `handle`'s directory, whose record is gone.
-    pub fn doom(&self, handle: &str) {
-        self.shared.lock().waiting.push_back(handle.to_string());
-        self.shared.changed.notify_all();
-    }
-
-    /// Whether `handle`'s directory waits or is being deleted.
-    pub fn pending(&self, handle: &str) -> bool {
-        let q = self.shared.lock();
-        q.deleting.as_deref() == Some(handle) || q.waiting.iter().any(|h| h == handle)
-    }
-
-    /// Blocks until `handle`'s directory is gone, moving it to the queue's
-    /// front: a create of a handle just destroyed waits for its own directory,
-    /// not for every other one.
-    pub fn wait_gone(&self, handle: &str) {
-        let mut q = self.shared.lock();
-        if let Some(i) = q.waiting.iter().position(|h| h == handle) {
-            if let Some(h) = q.waiting.remove(i) {
-                q.waiting.push_front(h);
-            }
-        }
-        while q.deleting.as_deref() == Some(handle) || q.waiting.iter().any(|h| h == handle) {
-            q = self.shared.wait(q);
-        }
-    }
-}
-
-impl Drop for Deleter {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deleter_deletes_in_place_and_waits() {
-        let root = std::env::temp_dir().join(format!("celld-deleter-test-{}", std::process::id()));
-        let containers = root.join("containers");
-        for h in ["a", "b", "c"] {
-            std::fs::create_dir_all(containers.join(h).join("rootfs/etc")).unwrap();
-            std::fs::write(containers.join(h).join("rootfs/etc/hosts"), "x").unwrap();
-        }
-        std::fs::create_dir_all(containers.join("kept")).unwrap();
-        let deleter = Deleter::start(containers.clone()).unwrap();
-        for h in ["a", "b", "c"] {
-            deleter.doom(h);
-        }
-        // The last one handed over, waited for first.
-        deleter.wait_gone("c");
-        assert!(!containers.join("c").exists());
-        assert!(!deleter.pending("c"));
-        deleter.wait_gone("a");
-        deleter.wait_gone("b");
-        assert!(!containers.join("a").exists() && !containers.join("b").exists());
-        // A handle never handed over is not waited for.
-        deleter.wait_gone("kept");
-        assert!(containers.join("kept").is_dir());
-        drop(deleter);
-        std::fs::remove_dir_all(&root).unwrap();
-    }
 
     #[test]
     fn save_load_list() {
