@@ -662,7 +662,7 @@ fn destroyed_handles_are_free_at_once_and_their_files_go() {
             assert_eq!(code, 0, "{err}");
         }
         // All at once, so that the depot's deleter has a queue; the handle
-        // destroyed last waits at its end.
+        // destroyed last is made again while its old files may still wait.
         let destroys = handles.iter().map(|h| d.client.destroy(h));
         for r in futures_util::future::join_all(destroys).await {
             r.unwrap();
@@ -670,8 +670,8 @@ fn destroyed_handles_are_free_at_once_and_their_files_go() {
         let last = &handles[handles.len() - 1];
         d.client.create(&spec(last)).await.unwrap();
         assert_eq!(run(&d, last, sh("ls /tmp | grep -c junk")).await.1, "0\n");
-        // Destroyed again with the daemon gone before the deleter is done: the
-        // next daemon removes what is left.
+        // Destroyed again, and the daemon killed before its deleter is done:
+        // the next daemon removes what is left.
         for h in &handles[..4] {
             d.client.create(&spec(h)).await.unwrap();
         }
