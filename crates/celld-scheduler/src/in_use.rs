@@ -35,11 +35,6 @@ pub struct Share {
     starting: bool,
 }
 
-/// Whether an instance takes room on its cell, whatever its size.
-pub fn occupies_cell(a: &pb::ActualLrp) -> bool {
-    matches!(a.state(), State::Claimed | State::Running) && a.presence() != Presence::Suspect
-}
-
 /// An instance's share: only CLAIMED or RUNNING, not suspect (its cell is
 /// gone), and only while its process is desired (its size comes from there).
 pub fn instance_share(a: &pb::ActualLrp, desired: Option<&pb::DesiredLrp>) -> Option<Share> {
