@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use super::records::Batch;
 use super::{AuctionItem, Placement, PlacementKey, Scheduler, lock};
 use crate::SchedulerError;
-use crate::auction::{CellView, Demand, choose};
+use crate::auction::{CellView, Demand, Placer};
 use crate::model::bump;
 use celld_proto as pb;
 use celld_proto::actual_lrp::State;
@@ -220,11 +220,11 @@ impl Scheduler {
         let mut unreachable: Vec<String> = Vec::new();
         while !pending.is_empty() {
             let mut by_cell: BTreeMap<usize, Vec<Lot>> = BTreeMap::new();
+            let mut placer = Placer::new(&cells);
             for mut lot in pending.drain(..) {
                 lot.excluded.extend(unreachable.iter().cloned());
-                match choose(&cells, &lot.demand, &lot.excluded) {
+                match placer.place(&mut cells, &lot.demand, &lot.excluded) {
                     Ok(i) => {
-                        cells[i].reserve(&lot.demand);
                         lock(&self.placements).insert(
                             lot.key(),
                             Placement {
