@@ -330,46 +330,44 @@ impl Placer {
 
     /// `choose`, then `reserve` on the chosen cell.
     pub fn place(&mut self, cells: &mut [CellView], d: &Demand, excluded: &[String]) -> Result<usize, String> {
-        if !excluded.is_empty() {
-            // Rare (a refusal or an unreachable cell): scan, as `choose` does.
-            let i = choose(cells, d, excluded)?;
-            self.reserve(cells, i, d);
-            return Ok(i);
+        // Rare (a refusal or an unreachable cell): scan, as `choose` does.
+        let chosen = if excluded.is_empty() { self.best(cells, d) } else { None };
+        let i = match chosen {
+            Some(i) => i,
+            // Without a heap, or no cell can take it: `choose` says why.
+            None => choose(cells, d, excluded)?,
+        };
+        cells[i].reserve(d);
+        self.reservations[i] += 1;
+        if let (Some(ranked), Some(heap)) = (self.ranked(cells, i, d), self.heaps.get_mut(d)) {
+            heap.push(ranked);
         }
-        let reservations = &self.reservations;
-        let heap = self.heaps.entry(d.clone()).or_insert_with(|| {
-            cells
-                .iter()
-                .enumerate()
-                .filter_map(|(cell, c)| match c.fit(d) {
-                    Fit::Score(score) => Some(Reverse(Ranked { score, cell, as_of: reservations[cell] })),
-                    _ => None,
-                })
-                .collect()
-        });
-        while let Some(Reverse(top)) = heap.pop() {
-            if top.as_of == self.reservations[top.cell] {
-                let i = top.cell;
-                cells[i].reserve(d);
-                self.reservations[i] += 1;
-                if let Fit::Score(score) = cells[i].fit(d) {
-                    heap.push(Reverse(Ranked { score, cell: i, as_of: self.reservations[i] }));
-                }
-                return Ok(i);
-            }
-            if let Fit::Score(score) = cells[top.cell].fit(d) {
-                heap.push(Reverse(Ranked { score, cell: top.cell, as_of: self.reservations[top.cell] }));
-            }
-        }
-        // No cell can take it: `choose` says why.
-        let i = choose(cells, d, &[])?;
-        self.reserve(cells, i, d);
         Ok(i)
     }
 
-    fn reserve(&mut self, cells: &mut [CellView], i: usize, d: &Demand) {
-        cells[i].reserve(d);
-        self.reservations[i] += 1;
+    /// The cell `choose` picks for `d` with no exclusions, from `d`'s heap.
+    fn best(&mut self, cells: &[CellView], d: &Demand) -> Option<usize> {
+        if !self.heaps.contains_key(d) {
+            let heap = (0..cells.len()).filter_map(|i| self.ranked(cells, i, d)).collect();
+            self.heaps.insert(d.clone(), heap);
+        }
+        loop {
+            let Reverse(top) = self.heaps.get_mut(d)?.pop()?;
+            if top.as_of == self.reservations[top.cell] {
+                return Some(top.cell);
+            }
+            if let Some(ranked) = self.ranked(cells, top.cell, d) {
+                self.heaps.get_mut(d)?.push(ranked);
+            }
+        }
+    }
+
+    /// Cell `i`'s entry in `d`'s heap as of now, if it can take `d`.
+    fn ranked(&self, cells: &[CellView], i: usize, d: &Demand) -> Option<Reverse<Ranked>> {
+        match cells[i].fit(d) {
+            Fit::Score(score) => Some(Reverse(Ranked { score, cell: i, as_of: self.reservations[i] })),
+            _ => None,
+        }
     }
 }
 
@@ -552,6 +550,7 @@ mod tests {
         c.release(&lrp(100));
         assert_eq!(c.fit(&lrp(100)), Fit::Score(0.0));
     }
+
     /// The placer makes `choose`'s choices, reserving as it goes, for a
     /// mix of demands, cells of every size, and exclusions.
     #[test]
