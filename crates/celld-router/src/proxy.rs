@@ -237,25 +237,26 @@ impl Router {
                 live,
             };
             let b = body.take().unwrap_or_else(|| ReqBody::empty(&received));
-            match Self::exchange(&ctx.pool, &out, b, upgrade.is_some(), replayable).await {
+            let failure = match Self::exchange(&ctx.pool, &out, b, upgrade.is_some(), replayable).await {
                 Ok((resp, sender)) => {
                     let done = Done { log, backend: Arc::clone(backend), app_time: app_started.elapsed(), received };
                     return self.respond(resp, sender, done, client_upgrade, host, ctx);
                 }
-                Err(Failure::NotLive(b)) => {
-                    let _span = route_span(host, &ctx.request_id).entered();
+                Err(failure) => failure,
+            };
+            let _span = route_span(host, &ctx.request_id).entered();
+            match failure {
+                Failure::NotLive(b) => {
                     tracing::warn!(backend = %backend.addr, instance_guid = %backend.instance_guid, "not dialling a backend that is not a live instance of this cell");
                     body = Some(*b);
                     last = (backend, "backend is not a live instance of this cell".into());
                 }
-                Err(Failure::Retry(b, e)) => {
-                    let _span = route_span(host, &ctx.request_id).entered();
+                Failure::Retry(b, e) => {
                     tracing::warn!(backend = %backend.addr, error = %e, "backend failed before it answered; trying again");
                     body = Some(*b);
                     last = (backend, e.to_string());
                 }
-                Err(Failure::Fatal(e)) => {
-                    let _span = route_span(host, &ctx.request_id).entered();
+                Failure::Fatal(e) => {
                     tracing::warn!(backend = %backend.addr, error = %e, "backend failed");
                     last = (backend, e.to_string());
                     break;
